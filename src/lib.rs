@@ -1,6 +1,25 @@
 //! quorumd: a small, fast Raft node for edge clusters.
+//!
+//! Every node reads the same cluster file ([`config`]), opens its peer and admin
+//! listeners, waits until a quorum of members can reach each other
+//! ([`health`], [`quorum`]), and then forms the metadata Raft group `__meta/0`
+//! and elects a leader ([`coordinator`], [`raft`]). Peers talk plain TCP
+//! ([`transport`]); operators use a small HTTP API ([`admin`]).
+//!
+//! Each long-lived task owns its state and talks to the others over flume
+//! channels: the replica driver, the tick driver, the transport's accept loop
+//! and per-peer senders, the health monitor and its probers, and the admin
+//! server.
 
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod coordinator;
 pub mod error;
+pub mod health;
+pub mod quorum;
 pub mod raft;
+pub mod transport;
 
+pub use coordinator::ClusterCoordinator;
 pub use error::{Error, Result};

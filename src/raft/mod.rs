@@ -1,6 +1,8 @@
 //! Raft groups: one driver task per group, and the storage seam beneath it.
 //!
 //! - [`storage`] defines how a replica's log is made durable.
+//! - [`replica`] is the driver task that owns one group's `RawNode`.
+//! - [`manager`] creates groups, routes messages to them and ticks them.
 //!
 //! Invariants kept here (DESIGN.md, "Raft rules"):
 //! - every node starts from the same static bootstrap snapshot, with all
@@ -9,4 +11,9 @@
 //!   nothing is acknowledged before it is durable;
 //! - one tick source drives every group.
 
+pub mod manager;
+pub mod replica;
 pub mod storage;
+
+pub use manager::{spawn_tick_driver, RaftGroupManager, Router};
+pub use replica::{PartitionReplica, ReplicaHandle, ReplicaMsg, ReplicaStatus};

@@ -1,0 +1,124 @@
+//! The command line: `quorumd run`, `quorumd check`.
+//!
+//! Each command returns a [`Result`]; `main` turns an error into its exit code
+//! and one sentence on stderr.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use async_signal::{Signal, Signals};
+use clap::{Parser, Subcommand};
+use futures_lite::{future, StreamExt};
+use log::{error, info};
+
+use crate::config::ClusterConfig;
+use crate::coordinator::{ClusterCoordinator, NodeOptions, StorageMode};
+use crate::error::{Error, Result};
+
+/// A small, fast Raft node for edge clusters.
+#[derive(Debug, Parser)]
+#[command(name = "quorumd", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one node of the cluster in the foreground.
+    Run {
+        /// The cluster file.
+        #[arg(long, value_name = "FILE")]
+        cluster: PathBuf,
+        /// This node's id in the cluster file.
+        #[arg(long, value_name = "ID")]
+        node_id: u64,
+        /// Keep state here instead of <data_dir>/node-<id>.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Validate a cluster file and print a summary.
+    Check {
+        /// The cluster file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli, started: Instant) -> Result<()> {
+    match cli.command {
+        Command::Check { file } => {
+            let config = ClusterConfig::load(&file)?;
+            print!("{}", config.summary());
+            println!("{}: ok", file.display());
+            Ok(())
+        }
+        Command::Run {
+            cluster,
+            node_id,
+            data_dir,
+        } => {
+            let config = ClusterConfig::load(&cluster)?;
+            config.require_node(node_id)?;
+            let options = NodeOptions {
+                data_dir,
+                storage: StorageMode::Memory,
+                started,
+            };
+            async_std::task::block_on(run_node(config, node_id, options))
+        }
+    }
+}
+
+enum Event {
+    Signal(Signal),
+    Fatal(Error),
+    Bootstrapped(Result<()>),
+}
+
+async fn run_node(config: ClusterConfig, node_id: u64, options: NodeOptions) -> Result<()> {
+    // Register before binding anything, so an early SIGTERM is a clean stop.
+    let mut signals = Signals::new([Signal::Term, Signal::Int])
+        .map_err(|e| Error::io("cannot install signal handlers", e))?;
+    let node = ClusterCoordinator::new(config, node_id, options).await?;
+
+    let event = future::or(next_signal(&mut signals), async {
+        future::or(async { Event::Fatal(node.fatal_error().await) }, async {
+            Event::Bootstrapped(node.bootstrap().await.map(|_| ()))
+        })
+        .await
+    })
+    .await;
+    let event = match event {
+        Event::Bootstrapped(Ok(())) => {
+            future::or(next_signal(&mut signals), async {
+                Event::Fatal(node.fatal_error().await)
+            })
+            .await
+        }
+        other => other,
+    };
+    match event {
+        Event::Bootstrapped(Err(e)) | Event::Fatal(e) => Err(e),
+        Event::Bootstrapped(Ok(())) => unreachable!("handled above"),
+        Event::Signal(s) => {
+            info!("received {s:?}: shutting down (send it again to exit at once)");
+            async_std::task::spawn(async move {
+                if let Some(Ok(s)) = signals.next().await {
+                    error!("received {s:?} again: exiting at once, without a clean shutdown");
+                    std::process::exit(1);
+                }
+            });
+            node.shutdown().await
+        }
+    }
+}
+
+async fn next_signal(signals: &mut Signals) -> Event {
+    match signals.next().await {
+        Some(Ok(s)) => Event::Signal(s),
+        _ => future::pending().await,
+    }
+}

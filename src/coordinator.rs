@@ -1,0 +1,351 @@
+//! The coordinator: brings a node from a cluster file to an elected leader,
+//! and takes it down cleanly.
+//!
+//! Bootstrap runs in a fixed order:
+//! 1. open the peer and admin listeners ([`ClusterCoordinator::new`]);
+//! 2. create `__meta/0` from storage, with every configured node a voter;
+//! 3. wait for a quorum of live nodes ([`ClusterCoordinator::bootstrap`]);
+//! 4. the lowest id among the live quorum campaigns at once, the others wait
+//!    for a leader (and fall back on Raft's randomized election);
+//! 5. mark bootstrap complete and log one line with leader, term and time.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_lite::future;
+use log::{info, warn};
+
+use crate::admin::{self, AdminState};
+use crate::config::ClusterConfig;
+use crate::error::{Error, Result};
+use crate::health::{self, HealthHandle};
+use crate::quorum;
+use crate::raft::storage::{LogStore, MemLogStore};
+use crate::raft::{spawn_tick_driver, RaftGroupManager, ReplicaHandle, Router};
+use crate::transport::wire::GroupId;
+use crate::transport::{self, Identity};
+
+/// Longest time a leader waits, on shutdown, for a peer to take over.
+pub const HANDOFF_TIMEOUT_MAX: Duration = Duration::from_millis(500);
+
+/// How a node keeps its Raft state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageMode {
+    /// Nothing survives a restart. For tests and throwaway clusters.
+    Memory,
+}
+
+/// Options of one node beyond the cluster file.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// Overrides `<data_dir>/node-<id>`.
+    pub data_dir: Option<PathBuf>,
+    /// Where Raft state lives.
+    pub storage: StorageMode,
+    /// When the process started; bootstrap time is measured from here.
+    pub started: Instant,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions {
+            data_dir: None,
+            storage: StorageMode::Memory,
+            started: Instant::now(),
+        }
+    }
+}
+
+/// The outcome of a bootstrap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootstrapReport {
+    /// The elected leader.
+    pub leader_id: u64,
+    /// Its term.
+    pub term: u64,
+    /// Time since the process started.
+    pub elapsed: Duration,
+}
+
+/// Runs one node: its listeners, health monitor, transport and `__meta/0`.
+///
+/// ```no_run
+/// use quorumd::config::ClusterConfig;
+/// use quorumd::coordinator::{ClusterCoordinator, NodeOptions};
+///
+/// # fn main() -> quorumd::Result<()> {
+/// async_std::task::block_on(async {
+///     let config = ClusterConfig::load("clusters/cluster3.toml".as_ref())?;
+///     let node = ClusterCoordinator::new(config, 1, NodeOptions::default()).await?;
+///     println!("waiting for {} of {} nodes", node.quorum_size(), node.cluster_size());
+///     let report = node.bootstrap().await?;
+///     assert!(node.is_bootstrap_complete());
+///     println!("leader {} at term {}", report.leader_id, report.term);
+///     println!("live peers: {:?}", node.live_peers().await);
+///     let _status = node.metadata_replica().status().await;
+///     node.shutdown().await
+/// })
+/// # }
+/// ```
+pub struct ClusterCoordinator {
+    config: Arc<ClusterConfig>,
+    node_id: u64,
+    started: Instant,
+    health: HealthHandle,
+    manager: RaftGroupManager,
+    meta: ReplicaHandle,
+    bootstrap_complete: Arc<AtomicBool>,
+    shutdown: Option<flume::Sender<()>>,
+    fatal: flume::Receiver<Error>,
+    tasks: Vec<async_std::task::JoinHandle<()>>,
+    peer_addr: SocketAddr,
+    admin_addr: SocketAddr,
+}
+
+impl ClusterCoordinator {
+    /// Opens the listeners, then creates `__meta/0`, then starts every task.
+    /// Fails at once on a port in use or unusable storage.
+    pub async fn new(config: ClusterConfig, node_id: u64, options: NodeOptions) -> Result<Self> {
+        let me = config.require_node(node_id)?.clone();
+        let config = Arc::new(config);
+
+        // 1. Listeners first, so a port in use fails before anything else.
+        let peer_listener = transport::bind(me.addr).await?;
+        let admin_listener = admin::bind(me.admin).await?;
+        let peer_addr = peer_listener.local_addr().unwrap_or(me.addr);
+        let admin_addr = admin_listener.local_addr().unwrap_or(me.admin);
+
+        let (shutdown_tx, shutdown) = flume::bounded::<()>(1);
+        let (fatal_tx, fatal) = flume::unbounded();
+        let identity = Identity {
+            node_id,
+            cluster: config.name.clone(),
+            peers: config
+                .nodes
+                .iter()
+                .filter(|n| n.id != node_id)
+                .map(|n| (n.id, n.addr))
+                .collect(),
+        };
+        let router = Router::default();
+        let counters = transport::counters(&identity.peers);
+        let (peers, mut tasks) =
+            transport::spawn_peer_senders(&identity, &router, &counters, &shutdown);
+
+        // 2. __meta/0, from storage.
+        let store = open_store(&config, node_id, &options)?;
+        let mut manager =
+            RaftGroupManager::new(node_id, config.raft.clone(), router.clone(), peers);
+        let meta = manager.create_group(GroupId::meta(), store, shutdown.clone(), fatal_tx)?;
+
+        let (health, health_tasks) = health::spawn(
+            identity.clone(),
+            config.heartbeat_interval,
+            config.peer_timeout,
+            shutdown.clone(),
+        );
+        tasks.extend(health_tasks);
+        tasks.push(transport::spawn_listener(
+            peer_listener,
+            identity,
+            router.clone(),
+            health.clone(),
+            counters,
+            shutdown.clone(),
+        ));
+        tasks.push(spawn_tick_driver(
+            router,
+            config.raft.tick_interval,
+            shutdown.clone(),
+        ));
+        let bootstrap_complete = Arc::new(AtomicBool::new(false));
+        tasks.push(admin::spawn(
+            admin_listener,
+            AdminState {
+                config: config.clone(),
+                node_id,
+                health: health.clone(),
+                meta: meta.clone(),
+                bootstrap_complete: bootstrap_complete.clone(),
+            },
+            shutdown.clone(),
+        ));
+        info!(
+            "node {node_id} of cluster '{}' listening: peers on {peer_addr}, admin on http://{admin_addr}",
+            config.name
+        );
+        Ok(ClusterCoordinator {
+            config,
+            node_id,
+            started: options.started,
+            health,
+            manager,
+            meta,
+            bootstrap_complete,
+            shutdown: Some(shutdown_tx),
+            fatal,
+            tasks,
+            peer_addr,
+            admin_addr,
+        })
+    }
+
+    /// Waits for a quorum, then for a leader of `__meta/0`. Fails with
+    /// [`Error::QuorumTimeout`] (exit 3) if no quorum forms in time.
+    pub async fn bootstrap(&self) -> Result<BootstrapReport> {
+        let live = quorum::wait_for_quorum(
+            &self.config,
+            self.node_id,
+            &self.health,
+            self.config.quorum_wait_timeout,
+        )
+        .await?;
+        self.health.bootstrap_done();
+        info!(
+            "quorum reached: nodes {:?} live of {}",
+            {
+                let mut all = live.clone();
+                all.push(self.node_id);
+                all.sort();
+                all
+            },
+            self.cluster_size()
+        );
+        let statuses = self
+            .meta
+            .subscribe()
+            .await
+            .ok_or_else(|| Error::Internal("__meta/0 stopped during bootstrap".into()))?;
+        if quorum::campaigns_first(self.node_id, &live) {
+            self.meta.campaign().await;
+        }
+        let (leader_id, term) = loop {
+            let status = statuses
+                .recv_async()
+                .await
+                .map_err(|_| Error::Internal("__meta/0 stopped during bootstrap".into()))?;
+            if let Some(leader) = status.leader_id {
+                break (leader, status.term);
+            }
+        };
+        self.bootstrap_complete.store(true, Ordering::Relaxed);
+        let elapsed = self.started.elapsed();
+        info!(
+            "bootstrap complete: leader={leader_id} term={term} elapsed={}ms",
+            elapsed.as_millis()
+        );
+        Ok(BootstrapReport {
+            leader_id,
+            term,
+            elapsed,
+        })
+    }
+
+    /// The number of voters, this node included.
+    pub fn cluster_size(&self) -> usize {
+        self.config.cluster_size()
+    }
+
+    /// The number of voters that make a majority.
+    pub fn quorum_size(&self) -> usize {
+        quorum::quorum_size(self.cluster_size())
+    }
+
+    /// The peers alive now (this node not included), sorted.
+    pub async fn live_peers(&self) -> Vec<u64> {
+        self.health.live_peers().await
+    }
+
+    /// True once a leader was known after quorum formed.
+    pub fn is_bootstrap_complete(&self) -> bool {
+        self.bootstrap_complete.load(Ordering::Relaxed)
+    }
+
+    /// The `__meta/0` replica.
+    pub fn metadata_replica(&self) -> &ReplicaHandle {
+        &self.meta
+    }
+
+    /// The bound peer address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
+    }
+
+    /// The bound admin address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Resolves with the first fatal error of a background task (a storage
+    /// failure). Pending while all is well.
+    pub async fn fatal_error(&self) -> Error {
+        match self.fatal.recv_async().await {
+            Ok(e) => e,
+            Err(_) => future::pending().await,
+        }
+    }
+
+    /// Stops the node. A leader first hands leadership to an up-to-date live
+    /// peer and waits for it (bounded), so the cluster gets a new leader in
+    /// milliseconds. Then every task stops and the listeners close.
+    pub async fn shutdown(mut self) -> Result<()> {
+        self.hand_off_leadership().await;
+        drop(self.shutdown.take());
+        for task in self.tasks.drain(..) {
+            task.await;
+        }
+        self.manager.join().await;
+        info!("node {} stopped", self.node_id);
+        Ok(())
+    }
+
+    async fn hand_off_leadership(&self) {
+        let Some(statuses) = self.meta.subscribe().await else {
+            return;
+        };
+        let live = self.health.live_peers().await;
+        let Some(target) = self.meta.transfer_leadership(live).await else {
+            return;
+        };
+        let limit = self.config.raft.election_timeout().min(HANDOFF_TIMEOUT_MAX);
+        let started = Instant::now();
+        let handed = future::or(
+            async {
+                while let Ok(s) = statuses.recv_async().await {
+                    if s.leader_id.is_some_and(|l| l != self.node_id) {
+                        return s.leader_id;
+                    }
+                }
+                None
+            },
+            async {
+                async_io::Timer::after(limit).await;
+                None
+            },
+        )
+        .await;
+        match handed {
+            Some(leader) => info!(
+                "leadership handed to node {leader} in {}ms",
+                started.elapsed().as_millis()
+            ),
+            None => warn!(
+                "node {target} did not take leadership within {}ms; stopping anyway",
+                limit.as_millis()
+            ),
+        }
+    }
+}
+
+fn open_store(
+    config: &ClusterConfig,
+    _node_id: u64,
+    options: &NodeOptions,
+) -> Result<Arc<dyn LogStore>> {
+    match options.storage {
+        StorageMode::Memory => Ok(Arc::new(MemLogStore::new(config.ids()))),
+    }
+}

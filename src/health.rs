@@ -1,0 +1,319 @@
+//! Peer health: who is up, and since when.
+//!
+//! One monitor task owns the [`PeerHealth`] table. Answers reach it over a flume
+//! channel from two sources:
+//! - a prober task per peer, which does a full handshake ([`transport::probe`])
+//!   every `heartbeat_interval`, or every [`FAST_PROBE_INTERVAL`] while the peer
+//!   has not answered and the node is still bootstrapping;
+//! - the transport, whenever a peer completes a handshake with us (so a peer
+//!   that starts later is seen the moment it dials in).
+//!
+//! A peer is alive as soon as it answers, and dead once `peer_timeout` passes
+//! without an answer. Each change is logged at info and published to
+//! subscribers (the quorum waiter).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_lite::future;
+use log::{debug, info, warn};
+
+use crate::transport::{self, Identity};
+
+/// Probe interval for a peer that has not answered yet, while bootstrapping.
+/// Bootstrap must not wait on `heartbeat_interval`.
+pub const FAST_PROBE_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Fast probes that must fail before a peer counts as absent at startup.
+/// Nodes started together come up a few milliseconds apart; one failed probe
+/// only means "not listening yet". Two probes (one fast interval apart) let a
+/// lower id that is starting at the same moment be seen, so that the node
+/// with the lowest id campaigns and the others do not race it.
+pub const PROBES_BEFORE_ABSENT: u32 = 2;
+
+/// What the node knows about one peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerHealth {
+    /// The peer's id.
+    pub node_id: u64,
+    /// The peer's Raft address.
+    pub addr: SocketAddr,
+    /// True from its first answer until `peer_timeout` passes without one.
+    pub alive: bool,
+    /// When it last answered, if ever.
+    pub last_heartbeat: Option<Instant>,
+}
+
+/// An up/down change of one peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthEvent {
+    /// The peer answered after being dead or unknown.
+    Up(u64),
+    /// The peer was silent for `peer_timeout`.
+    Down(u64),
+    /// The peer answered its first probes, or failed [`PROBES_BEFORE_ABSENT`]
+    /// of them. Until then, "not alive" only means "not asked yet".
+    Probed(u64),
+}
+
+enum Command {
+    Answered(u64, Instant),
+    Probed(u64),
+    Peers(flume::Sender<Vec<PeerHealth>>),
+    Subscribe {
+        events: flume::Sender<HealthEvent>,
+        now: flume::Sender<Snapshot>,
+    },
+}
+
+/// The state a subscriber starts from.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Peers alive now.
+    pub alive: Vec<u64>,
+    /// Peers whose startup probes have finished (see [`HealthEvent::Probed`]).
+    pub probed: Vec<u64>,
+}
+
+/// A cheap, cloneable handle to the health monitor.
+#[derive(Clone)]
+pub struct HealthHandle {
+    tx: flume::Sender<Command>,
+    bootstrapping: Arc<AtomicBool>,
+}
+
+impl HealthHandle {
+    /// Records an answer from `peer`, now.
+    pub fn answered(&self, peer: u64) {
+        let _ = self.tx.send(Command::Answered(peer, Instant::now()));
+    }
+
+    /// A copy of the table, sorted by id. Empty if the monitor has stopped.
+    pub async fn peers(&self) -> Vec<PeerHealth> {
+        let (tx, rx) = flume::bounded(1);
+        if self.tx.send(Command::Peers(tx)).is_err() {
+            return Vec::new();
+        }
+        rx.recv_async().await.unwrap_or_default()
+    }
+
+    /// Ids of the peers alive now, sorted.
+    pub async fn live_peers(&self) -> Vec<u64> {
+        self.peers()
+            .await
+            .into_iter()
+            .filter(|p| p.alive)
+            .map(|p| p.node_id)
+            .collect()
+    }
+
+    /// The state now, and every later change. `None` if stopped.
+    pub async fn subscribe(&self) -> Option<(Snapshot, flume::Receiver<HealthEvent>)> {
+        let (events, events_rx) = flume::unbounded();
+        let (now, now_rx) = flume::bounded(1);
+        self.tx.send(Command::Subscribe { events, now }).ok()?;
+        let snapshot = now_rx.recv_async().await.ok()?;
+        Some((snapshot, events_rx))
+    }
+
+    /// Ends fast probing: from now on every peer is probed each
+    /// `heartbeat_interval`.
+    pub fn bootstrap_done(&self) {
+        self.bootstrapping.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Starts the monitor and one prober per peer. Everything stops when
+/// `shutdown` closes.
+pub fn spawn(
+    me: Identity,
+    heartbeat_interval: Duration,
+    peer_timeout: Duration,
+    shutdown: flume::Receiver<()>,
+) -> (HealthHandle, Vec<async_std::task::JoinHandle<()>>) {
+    let (tx, rx) = flume::unbounded();
+    let handle = HealthHandle {
+        tx,
+        bootstrapping: Arc::new(AtomicBool::new(true)),
+    };
+    let table = me
+        .peers
+        .iter()
+        .map(|&(id, addr)| {
+            (
+                id,
+                PeerHealth {
+                    node_id: id,
+                    addr,
+                    alive: false,
+                    last_heartbeat: None,
+                },
+            )
+        })
+        .collect();
+    let mut tasks = vec![async_std::task::spawn(monitor(
+        table,
+        peer_timeout,
+        rx,
+        shutdown.clone(),
+    ))];
+    let me = Arc::new(me);
+    for &(id, addr) in &me.peers {
+        tasks.push(async_std::task::spawn(prober(
+            me.clone(),
+            id,
+            addr,
+            heartbeat_interval,
+            handle.clone(),
+            shutdown.clone(),
+        )));
+    }
+    (handle, tasks)
+}
+
+async fn monitor(
+    mut table: BTreeMap<u64, PeerHealth>,
+    peer_timeout: Duration,
+    rx: flume::Receiver<Command>,
+    shutdown: flume::Receiver<()>,
+) {
+    let mut subscribers: Vec<flume::Sender<HealthEvent>> = Vec::new();
+    let mut probed: Vec<u64> = Vec::new();
+    loop {
+        // The next moment a live peer would time out; no polling in between.
+        let deadline = table
+            .values()
+            .filter(|p| p.alive)
+            .filter_map(|p| p.last_heartbeat)
+            .min()
+            .map(|t| t + peer_timeout);
+        let next = future::or(
+            future::or(async { rx.recv_async().await.ok() }, async {
+                let _ = shutdown.recv_async().await;
+                None
+            }),
+            async {
+                match deadline {
+                    Some(at) => {
+                        async_io::Timer::at(at).await;
+                    }
+                    None => future::pending::<()>().await,
+                }
+                Some(Command::Peers(flume::bounded(1).0))
+            },
+        )
+        .await;
+        let Some(command) = next else { break };
+        let mut changes = Vec::new();
+        match command {
+            Command::Answered(id, at) => {
+                if let Some(peer) = table.get_mut(&id) {
+                    peer.last_heartbeat = Some(peer.last_heartbeat.map_or(at, |t| t.max(at)));
+                    if !peer.alive {
+                        peer.alive = true;
+                        info!("peer {} ({}) is up", id, peer.addr);
+                        changes.push(HealthEvent::Up(id));
+                    }
+                }
+            }
+            Command::Probed(id) => {
+                if !probed.contains(&id) {
+                    probed.push(id);
+                    changes.push(HealthEvent::Probed(id));
+                }
+            }
+            Command::Peers(reply) => {
+                let _ = reply.try_send(table.values().cloned().collect());
+            }
+            Command::Subscribe { events, now } => {
+                let alive = table.values().filter(|p| p.alive).map(|p| p.node_id);
+                let _ = now.try_send(Snapshot {
+                    alive: alive.collect(),
+                    probed: probed.clone(),
+                });
+                subscribers.push(events);
+            }
+        }
+        let now = Instant::now();
+        for peer in table.values_mut() {
+            let expired = peer
+                .last_heartbeat
+                .is_some_and(|t| now.duration_since(t) >= peer_timeout);
+            if peer.alive && expired {
+                peer.alive = false;
+                info!(
+                    "peer {} ({}) is down: no answer for {}",
+                    peer.node_id,
+                    peer.addr,
+                    humantime::format_duration(peer_timeout)
+                );
+                changes.push(HealthEvent::Down(peer.node_id));
+            }
+        }
+        if !changes.is_empty() {
+            subscribers.retain(|s| changes.iter().all(|c| s.send(*c).is_ok()));
+        }
+    }
+    debug!("health monitor stopped");
+}
+
+async fn prober(
+    me: Arc<Identity>,
+    id: u64,
+    addr: SocketAddr,
+    heartbeat_interval: Duration,
+    health: HealthHandle,
+    shutdown: flume::Receiver<()>,
+) {
+    let timeout = heartbeat_interval.min(transport::HANDSHAKE_TIMEOUT);
+    let mut last_error: Option<String> = None;
+    let mut attempts = 0;
+    loop {
+        let answered = match transport::probe(&me, id, addr, timeout).await {
+            Ok(()) => {
+                health.answered(id);
+                last_error = None;
+                true
+            }
+            Err(reason) => {
+                if last_error.as_deref() != Some(reason.as_str()) {
+                    // A wrong node at a peer's address is a misconfiguration an
+                    // operator must see; a peer that is not up yet is routine.
+                    if reason.starts_with("refused") || reason.starts_with("answered as") {
+                        warn!("probe of peer {id} ({addr}) failed: {reason}");
+                    } else {
+                        debug!("probe of peer {id} ({addr}) failed: {reason}");
+                    }
+                    last_error = Some(reason);
+                }
+                false
+            }
+        };
+        attempts += 1;
+        if answered || attempts == PROBES_BEFORE_ABSENT {
+            let _ = health.tx.send(Command::Probed(id));
+        }
+        let wait = if !answered && health.bootstrapping.load(Ordering::Relaxed) {
+            FAST_PROBE_INTERVAL
+        } else {
+            heartbeat_interval
+        };
+        let stopped = future::or(
+            async {
+                async_io::Timer::after(wait).await;
+                false
+            },
+            async {
+                let _ = shutdown.recv_async().await;
+                true
+            },
+        )
+        .await;
+        if stopped {
+            break;
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! The group manager, the router and the tick driver.
+//!
+//! [`RaftGroupManager`] creates replicas keyed by (topic, partition) and starts
+//! each one's driver task. The [`Router`] maps a group to its replica's inbox;
+//! the transport uses it to deliver peer messages and failure reports, and the
+//! tick driver to reach every replica.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures_lite::future;
+use log::debug;
+
+use crate::config::RaftTiming;
+use crate::error::{Error, Result};
+use crate::raft::replica::{PartitionReplica, ReplicaHandle, ReplicaMsg};
+use crate::raft::storage::LogStore;
+use crate::transport::wire::GroupId;
+use crate::transport::PeerSenders;
+
+/// Maps each group to its replica's inbox.
+///
+/// Written only when a group is created and read on every inbound frame. The
+/// lock is held for a map lookup and a `try_send`, never across an await,
+/// which is simpler than routing every frame through one more task.
+#[derive(Clone, Default)]
+pub struct Router {
+    inboxes: Arc<RwLock<HashMap<GroupId, flume::Sender<ReplicaMsg>>>>,
+}
+
+impl Router {
+    /// Delivers `msg` to the group's replica without waiting. Returns false if
+    /// the group is unknown or its inbox is full (the message is dropped).
+    pub fn deliver(&self, group: &GroupId, msg: ReplicaMsg) -> bool {
+        let inboxes = self.inboxes.read().unwrap_or_else(|e| e.into_inner());
+        match inboxes.get(group) {
+            Some(tx) => tx.try_send(msg).is_ok(),
+            None => {
+                debug!("dropping message for unknown group {group}");
+                false
+            }
+        }
+    }
+
+    /// Sends a tick to every replica. A full inbox skips this tick; a stalled
+    /// replica never receives a burst of catch-up ticks.
+    pub fn tick_all(&self) {
+        let inboxes = self.inboxes.read().unwrap_or_else(|e| e.into_inner());
+        for tx in inboxes.values() {
+            let _ = tx.try_send(ReplicaMsg::Tick);
+        }
+    }
+
+    fn register(&self, group: GroupId, tx: flume::Sender<ReplicaMsg>) {
+        let mut inboxes = self.inboxes.write().unwrap_or_else(|e| e.into_inner());
+        inboxes.insert(group, tx);
+    }
+}
+
+/// Owns the node's Raft groups.
+pub struct RaftGroupManager {
+    node_id: u64,
+    timing: RaftTiming,
+    router: Router,
+    peers: PeerSenders,
+    groups: HashMap<GroupId, ReplicaHandle>,
+    tasks: Vec<async_std::task::JoinHandle<Result<()>>>,
+}
+
+impl RaftGroupManager {
+    /// A manager with no groups yet.
+    pub fn new(node_id: u64, timing: RaftTiming, router: Router, peers: PeerSenders) -> Self {
+        RaftGroupManager {
+            node_id,
+            timing,
+            router,
+            peers,
+            groups: HashMap::new(),
+            tasks: Vec::new(),
+        }
+    }
+
+    /// Creates `group` from its store and starts its driver. `fatal` receives
+    /// the error if the driver stops on a storage failure.
+    pub fn create_group(
+        &mut self,
+        group: GroupId,
+        store: Arc<dyn LogStore>,
+        shutdown: flume::Receiver<()>,
+        fatal: flume::Sender<Error>,
+    ) -> Result<ReplicaHandle> {
+        if self.groups.contains_key(&group) {
+            return Err(Error::Internal(format!("group {group} exists already")));
+        }
+        let (replica, handle) = PartitionReplica::new(
+            self.node_id,
+            group.clone(),
+            &self.timing,
+            store,
+            self.peers.clone(),
+        )?;
+        self.router.register(group.clone(), handle.sender());
+        self.tasks.push(async_std::task::spawn(async move {
+            let result = replica.run(shutdown).await;
+            if let Err(e) = &result {
+                let _ = fatal.send(Error::Internal(e.to_string()));
+            }
+            result
+        }));
+        self.groups.insert(group, handle.clone());
+        Ok(handle)
+    }
+
+    /// The replica of `group`, if it exists.
+    pub fn group(&self, group: &GroupId) -> Option<&ReplicaHandle> {
+        self.groups.get(group)
+    }
+
+    /// Waits for every driver to stop (after shutdown closed).
+    pub async fn join(&mut self) {
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Sends a tick to every replica each `interval` until `shutdown` closes.
+/// Each wait starts after the previous tick, so a stall never causes a burst.
+pub fn spawn_tick_driver(
+    router: Router,
+    interval: Duration,
+    shutdown: flume::Receiver<()>,
+) -> async_std::task::JoinHandle<()> {
+    async_std::task::spawn(async move {
+        loop {
+            let stopped = future::or(
+                async {
+                    async_io::Timer::after(interval).await;
+                    false
+                },
+                async {
+                    let _ = shutdown.recv_async().await;
+                    true
+                },
+            )
+            .await;
+            if stopped {
+                break;
+            }
+            router.tick_all();
+        }
+    })
+}
