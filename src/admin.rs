@@ -7,6 +7,7 @@
 //! | `GET /admin/cluster/leader` | 200 with the leader, or 503 when none is known |
 //! | `GET /health` | 200 while the process serves |
 //! | `GET /ready` | 200 once bootstrapped with a known leader, else 503 |
+//! | `GET /metrics` | Prometheus text |
 //!
 //! Unknown routes get 404 and other methods 405, each with a JSON error body.
 
@@ -28,6 +29,7 @@ use smol_hyper::rt::{FuturesIo, SmolTimer};
 use crate::config::ClusterConfig;
 use crate::error::{Error, Result};
 use crate::health::HealthHandle;
+use crate::metrics::Metrics;
 use crate::quorum::quorum_size;
 use crate::raft::ReplicaHandle;
 
@@ -49,6 +51,8 @@ pub struct AdminState {
     pub meta: ReplicaHandle,
     /// Set once bootstrap completes.
     pub bootstrap_complete: Arc<AtomicBool>,
+    /// Served on `/metrics`.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Opens the admin listener.
@@ -127,6 +131,7 @@ async fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Byt
             | "/admin/cluster/leader"
             | "/health"
             | "/ready"
+            | "/metrics"
     );
     if !known {
         return reply(
@@ -145,6 +150,16 @@ async fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Byt
     }
     match path {
         "/health" => reply(StatusCode::OK, json!({"status": "ok"})),
+        "/metrics" => {
+            let mut resp = Response::new(Full::new(Bytes::from(state.metrics.encode())));
+            resp.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            resp
+        }
         "/admin/cluster/status" => reply(StatusCode::OK, status_json(state).await),
         "/admin/cluster/peers" => reply(StatusCode::OK, peers_json(state).await),
         "/admin/cluster/leader" => {

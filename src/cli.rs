@@ -1,4 +1,4 @@
-//! The command line: `quorumd run`, `quorumd check`.
+//! The command line: `quorumd run`, `quorumd check`, `quorumd status`.
 //!
 //! Each command returns a [`Result`]; `main` turns an error into its exit code
 //! and one sentence on stderr.
@@ -38,6 +38,12 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// Show every node's view of the cluster; exit 1 unless all agree on one leader.
+    Status {
+        /// The cluster file.
+        #[arg(long, value_name = "FILE")]
+        cluster: PathBuf,
+    },
     /// Validate a cluster file and print a summary.
     Check {
         /// The cluster file.
@@ -49,6 +55,7 @@ pub enum Command {
 /// Runs the parsed command line.
 pub fn run(cli: Cli, started: Instant) -> Result<()> {
     match cli.command {
+        Command::Status { cluster } => crate::status::run(&ClusterConfig::load(&cluster)?),
         Command::Check { file } => {
             let config = ClusterConfig::load(&file)?;
             print!("{}", config.summary());

@@ -22,6 +22,7 @@ use crate::admin::{self, AdminState};
 use crate::config::ClusterConfig;
 use crate::error::{Error, Result};
 use crate::health::{self, HealthHandle};
+use crate::metrics::Metrics;
 use crate::quorum;
 use crate::raft::storage::{LogStore, MemLogStore};
 use crate::raft::{spawn_tick_driver, RaftGroupManager, ReplicaHandle, Router};
@@ -98,6 +99,7 @@ pub struct ClusterCoordinator {
     manager: RaftGroupManager,
     meta: ReplicaHandle,
     bootstrap_complete: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
     shutdown: Option<flume::Sender<()>>,
     fatal: flume::Receiver<Error>,
     tasks: Vec<async_std::task::JoinHandle<()>>,
@@ -131,20 +133,26 @@ impl ClusterCoordinator {
                 .collect(),
         };
         let router = Router::default();
-        let counters = transport::counters(&identity.peers);
+        let metrics = Arc::new(Metrics::new());
         let (peers, mut tasks) =
-            transport::spawn_peer_senders(&identity, &router, &counters, &shutdown);
+            transport::spawn_peer_senders(&identity, &router, &metrics, &shutdown);
 
         // 2. __meta/0, from storage.
         let store = open_store(&config, node_id, &options)?;
-        let mut manager =
-            RaftGroupManager::new(node_id, config.raft.clone(), router.clone(), peers);
+        let mut manager = RaftGroupManager::new(
+            node_id,
+            config.raft.clone(),
+            router.clone(),
+            peers,
+            metrics.clone(),
+        );
         let meta = manager.create_group(GroupId::meta(), store, shutdown.clone(), fatal_tx)?;
 
         let (health, health_tasks) = health::spawn(
             identity.clone(),
             config.heartbeat_interval,
             config.peer_timeout,
+            metrics.clone(),
             shutdown.clone(),
         );
         tasks.extend(health_tasks);
@@ -153,7 +161,7 @@ impl ClusterCoordinator {
             identity,
             router.clone(),
             health.clone(),
-            counters,
+            metrics.clone(),
             shutdown.clone(),
         ));
         tasks.push(spawn_tick_driver(
@@ -170,6 +178,7 @@ impl ClusterCoordinator {
                 health: health.clone(),
                 meta: meta.clone(),
                 bootstrap_complete: bootstrap_complete.clone(),
+                metrics: metrics.clone(),
             },
             shutdown.clone(),
         ));
@@ -185,6 +194,7 @@ impl ClusterCoordinator {
             manager,
             meta,
             bootstrap_complete,
+            metrics,
             shutdown: Some(shutdown_tx),
             fatal,
             tasks,
@@ -233,6 +243,7 @@ impl ClusterCoordinator {
         };
         self.bootstrap_complete.store(true, Ordering::Relaxed);
         let elapsed = self.started.elapsed();
+        self.metrics.set_bootstrap_duration(elapsed);
         info!(
             "bootstrap complete: leader={leader_id} term={term} elapsed={}ms",
             elapsed.as_millis()

@@ -45,10 +45,11 @@ pub enum Error {
 
     /// Quorum was not reached within `quorum_wait_timeout`.
     #[error(
-        "quorum not reached within {timeout_ms} ms: {reachable} of {cluster_size} nodes reachable, {needed} needed; missing peers: {missing}"
+        "quorum not reached within {timeout}: {reachable} of {cluster_size} nodes reachable, {needed} needed; missing peers: {missing}"
     )]
     QuorumTimeout {
-        timeout_ms: u128,
+        /// The configured wait, as written for people (`30s`).
+        timeout: String,
         reachable: usize,
         needed: usize,
         cluster_size: usize,
@@ -72,6 +73,11 @@ pub enum Error {
     /// Any other storage failure (I/O, fsync). Fatal: never acknowledged.
     #[error("storage failure in {dir}: {reason}")]
     Storage { dir: PathBuf, reason: String },
+
+    /// `quorumd status` found the cluster unwell (no leader, disagreement,
+    /// a node unreachable).
+    #[error("{0}")]
+    Unhealthy(String),
 
     /// A Raft invariant failed. Fatal.
     #[error("raft error: {0}")]
@@ -104,6 +110,7 @@ impl Error {
             | Error::DataDirLocked { .. }
             | Error::StorageCorrupt { .. }
             | Error::Storage { .. }
+            | Error::Unhealthy(_)
             | Error::Raft(_)
             | Error::Internal(_)
             | Error::Io { .. } => 1,

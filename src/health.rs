@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use futures_lite::future;
 use log::{debug, info, warn};
 
+use crate::metrics::Metrics;
 use crate::transport::{self, Identity};
 
 /// Probe interval for a peer that has not answered yet, while bootstrapping.
@@ -132,6 +133,7 @@ pub fn spawn(
     me: Identity,
     heartbeat_interval: Duration,
     peer_timeout: Duration,
+    metrics: Arc<Metrics>,
     shutdown: flume::Receiver<()>,
 ) -> (HealthHandle, Vec<async_std::task::JoinHandle<()>>) {
     let (tx, rx) = flume::unbounded();
@@ -157,6 +159,7 @@ pub fn spawn(
     let mut tasks = vec![async_std::task::spawn(monitor(
         table,
         peer_timeout,
+        metrics,
         rx,
         shutdown.clone(),
     ))];
@@ -177,6 +180,7 @@ pub fn spawn(
 async fn monitor(
     mut table: BTreeMap<u64, PeerHealth>,
     peer_timeout: Duration,
+    metrics: Arc<Metrics>,
     rx: flume::Receiver<Command>,
     shutdown: flume::Receiver<()>,
 ) {
@@ -254,6 +258,7 @@ async fn monitor(
             }
         }
         if !changes.is_empty() {
+            metrics.set_peers_alive(table.values().filter(|p| p.alive).count());
             subscribers.retain(|s| changes.iter().all(|c| s.send(*c).is_ok()));
         }
     }

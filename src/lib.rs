@@ -17,8 +17,10 @@ pub mod config;
 pub mod coordinator;
 pub mod error;
 pub mod health;
+pub mod metrics;
 pub mod quorum;
 pub mod raft;
+pub mod status;
 pub mod transport;
 
 pub use coordinator::ClusterCoordinator;

@@ -74,7 +74,7 @@ pub async fn wait_for_quorum(
                     .map(|n| format!("{}@{}", n.id, n.addr))
                     .collect();
                 return Err(Error::QuorumTimeout {
-                    timeout_ms: timeout.as_millis(),
+                    timeout: humantime::format_duration(timeout).to_string(),
                     reachable: live.len() + 1,
                     needed,
                     cluster_size: config.cluster_size(),

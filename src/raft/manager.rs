@@ -14,6 +14,7 @@ use log::debug;
 
 use crate::config::RaftTiming;
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::raft::replica::{PartitionReplica, ReplicaHandle, ReplicaMsg};
 use crate::raft::storage::LogStore;
 use crate::transport::wire::GroupId;
@@ -65,18 +66,26 @@ pub struct RaftGroupManager {
     router: Router,
     peers: PeerSenders,
     groups: HashMap<GroupId, ReplicaHandle>,
-    tasks: Vec<async_std::task::JoinHandle<Result<()>>>,
+    metrics: Arc<Metrics>,
+    tasks: Vec<async_std::task::JoinHandle<()>>,
 }
 
 impl RaftGroupManager {
     /// A manager with no groups yet.
-    pub fn new(node_id: u64, timing: RaftTiming, router: Router, peers: PeerSenders) -> Self {
+    pub fn new(
+        node_id: u64,
+        timing: RaftTiming,
+        router: Router,
+        peers: PeerSenders,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         RaftGroupManager {
             node_id,
             timing,
             router,
             peers,
             groups: HashMap::new(),
+            metrics,
             tasks: Vec::new(),
         }
     }
@@ -99,14 +108,13 @@ impl RaftGroupManager {
             &self.timing,
             store,
             self.peers.clone(),
+            self.metrics.clone(),
         )?;
         self.router.register(group.clone(), handle.sender());
         self.tasks.push(async_std::task::spawn(async move {
-            let result = replica.run(shutdown).await;
-            if let Err(e) = &result {
-                let _ = fatal.send(Error::Internal(e.to_string()));
+            if let Err(e) = replica.run(shutdown).await {
+                let _ = fatal.send(e);
             }
-            result
         }));
         self.groups.insert(group, handle.clone());
         Ok(handle)
@@ -120,7 +128,7 @@ impl RaftGroupManager {
     /// Waits for every driver to stop (after shutdown closed).
     pub async fn join(&mut self) {
         for task in self.tasks.drain(..) {
-            let _ = task.await;
+            task.await;
         }
     }
 }

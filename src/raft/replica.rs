@@ -26,6 +26,7 @@ use slog::Drain as _;
 
 use crate::config::RaftTiming;
 use crate::error::Result;
+use crate::metrics::Metrics;
 use crate::raft::storage::{load_into, LogStore, PersistBatch};
 use crate::transport::wire::GroupId;
 use crate::transport::PeerSenders;
@@ -159,6 +160,7 @@ pub struct PartitionReplica {
     inbox: flume::Receiver<ReplicaMsg>,
     subscribers: Vec<flume::Sender<ReplicaStatus>>,
     published: Option<(StateRole, u64, u64)>,
+    metrics: Arc<Metrics>,
 }
 
 impl PartitionReplica {
@@ -169,6 +171,7 @@ impl PartitionReplica {
         timing: &RaftTiming,
         store: Arc<dyn LogStore>,
         peers: PeerSenders,
+        metrics: Arc<Metrics>,
     ) -> Result<(PartitionReplica, ReplicaHandle)> {
         let recovered = store.recover()?;
         let view = MemStorage::new();
@@ -212,6 +215,7 @@ impl PartitionReplica {
                 inbox,
                 subscribers: Vec::new(),
                 published: None,
+                metrics,
             },
             handle,
         ))
@@ -233,7 +237,13 @@ impl PartitionReplica {
                     Err(_) => break,
                 }
             }
-            if let Err(e) = self.on_ready().await {
+            let started = std::time::Instant::now();
+            let had_ready = self.node.has_ready();
+            let handled = self.on_ready().await;
+            if had_ready {
+                self.metrics.observe_ready(started.elapsed());
+            }
+            if let Err(e) = handled {
                 error!("{}: stopping replica: {e}", self.group);
                 return Err(e);
             }
@@ -329,6 +339,7 @@ impl PartitionReplica {
         let leader_changed = self.published.is_none_or(|(_, _, l)| l != now.2);
         let role_changed = self.published.is_none_or(|(r, _, _)| r != now.0);
         self.published = Some(now);
+        self.metrics.set_raft_state(now.0, now.1, now.2);
         if role_changed || leader_changed {
             let leader = if now.2 == raft::INVALID_ID {
                 "none".to_string()

@@ -29,6 +29,7 @@ use raft::prelude::{Message, MessageType};
 
 use crate::error::{Error, Result};
 use crate::health::HealthHandle;
+use crate::metrics::Metrics;
 use crate::raft::{ReplicaMsg, Router};
 use wire::{read_frame, write_frame, Frame, GroupId, Purpose, WireError};
 
@@ -71,35 +72,11 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
     })
 }
 
-/// Per-message counters, by peer, read by the admin API and metrics.
-#[derive(Debug, Default)]
-pub struct PeerCounters {
-    /// Messages written to the peer's socket.
-    pub sent: AtomicUsize,
-    /// Raft messages received from the peer.
-    pub received: AtomicUsize,
-    /// Messages dropped: queue full, or the peer unreachable.
-    pub dropped: AtomicUsize,
-}
-
-/// Counters for every peer, keyed by id. Built once; the map never changes.
-pub type Counters = Arc<HashMap<u64, PeerCounters>>;
-
-/// Builds a counter table for the given peers.
-pub fn counters(peers: &[(u64, SocketAddr)]) -> Counters {
-    Arc::new(
-        peers
-            .iter()
-            .map(|(id, _)| (*id, PeerCounters::default()))
-            .collect(),
-    )
-}
-
 struct Inbound {
     me: Identity,
     router: Router,
     health: HealthHandle,
-    counters: Counters,
+    metrics: Arc<Metrics>,
     open: AtomicUsize,
     /// Last time each refusal reason was logged. Touched only by reader tasks,
     /// briefly, never across an await; a lock is simpler than a task here.
@@ -112,14 +89,14 @@ pub fn spawn_listener(
     me: Identity,
     router: Router,
     health: HealthHandle,
-    counters: Counters,
+    metrics: Arc<Metrics>,
     shutdown: flume::Receiver<()>,
 ) -> async_std::task::JoinHandle<()> {
     let ctx = Arc::new(Inbound {
         me,
         router,
         health,
-        counters,
+        metrics,
         open: AtomicUsize::new(0),
         refusals: Mutex::new(HashMap::new()),
     });
@@ -221,9 +198,7 @@ async fn serve_inbound(ctx: &Inbound, stream: TcpStream, remote: SocketAddr) {
                     );
                     return;
                 }
-                if let Some(c) = ctx.counters.get(&from) {
-                    c.received.fetch_add(1, Ordering::Relaxed);
-                }
+                ctx.metrics.received(from);
                 ctx.router
                     .deliver(&group, ReplicaMsg::Raft(Box::new(message)));
             }
@@ -369,7 +344,7 @@ pub struct Outbound {
 #[derive(Clone)]
 pub struct PeerSenders {
     queues: Arc<HashMap<u64, flume::Sender<Outbound>>>,
-    counters: Counters,
+    metrics: Arc<Metrics>,
 }
 
 impl PeerSenders {
@@ -387,9 +362,7 @@ impl PeerSenders {
         }) {
             Ok(()) => true,
             Err(_) => {
-                if let Some(c) = self.counters.get(&to) {
-                    c.dropped.fetch_add(1, Ordering::Relaxed);
-                }
+                self.metrics.dropped(to, 1);
                 debug!("{group}: queue to peer {to} full, message dropped");
                 false
             }
@@ -401,7 +374,7 @@ impl PeerSenders {
 pub fn spawn_peer_senders(
     me: &Identity,
     router: &Router,
-    counters: &Counters,
+    metrics: &Arc<Metrics>,
     shutdown: &flume::Receiver<()>,
 ) -> (PeerSenders, Vec<async_std::task::JoinHandle<()>>) {
     let mut queues = HashMap::new();
@@ -409,12 +382,13 @@ pub fn spawn_peer_senders(
     for &(id, addr) in &me.peers {
         let (tx, rx) = flume::bounded(PEER_QUEUE_CAPACITY);
         queues.insert(id, tx);
+        metrics.add_peer(id);
         let peer = PeerLink {
             me: me.clone(),
             id,
             addr,
             router: router.clone(),
-            counters: counters.clone(),
+            metrics: metrics.clone(),
         };
         let shutdown = shutdown.clone();
         tasks.push(async_std::task::spawn(peer.run(rx, shutdown)));
@@ -422,7 +396,7 @@ pub fn spawn_peer_senders(
     (
         PeerSenders {
             queues: Arc::new(queues),
-            counters: counters.clone(),
+            metrics: metrics.clone(),
         },
         tasks,
     )
@@ -433,7 +407,7 @@ struct PeerLink {
     id: u64,
     addr: SocketAddr,
     router: Router,
-    counters: Counters,
+    metrics: Arc<Metrics>,
 }
 
 impl PeerLink {
@@ -516,9 +490,7 @@ impl PeerLink {
             };
             match written.await {
                 Ok(()) => {
-                    if let Some(c) = self.counters.get(&self.id) {
-                        c.sent.fetch_add(batch.len(), Ordering::Relaxed);
-                    }
+                    self.metrics.sent(self.id, batch.len());
                     for out in &batch {
                         if out.message.get_msg_type() == MessageType::MsgSnapshot {
                             self.router.deliver(
@@ -548,9 +520,7 @@ impl PeerLink {
 
     /// Reports a batch that could not be sent to the groups that sent it.
     fn fail(&self, batch: &[Outbound]) {
-        if let Some(c) = self.counters.get(&self.id) {
-            c.dropped.fetch_add(batch.len(), Ordering::Relaxed);
-        }
+        self.metrics.dropped(self.id, batch.len());
         for out in batch {
             if out.message.get_msg_type() == MessageType::MsgSnapshot {
                 self.router.deliver(

@@ -1,0 +1,234 @@
+//! Prometheus metrics, served as text on `GET /metrics`.
+//!
+//! Every metric is an atomic owned by the registry; the tasks that observe an
+//! event (replica, transport, health monitor, coordinator) update it in place,
+//! and the admin API encodes the registry on request. Nothing here locks.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use raft::StateRole;
+
+use crate::raft::replica::role_name;
+
+/// Labels of a per-peer metric.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
+    /// The peer's node id.
+    pub peer: String,
+}
+
+/// Labels of the role gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoleLabels {
+    /// `leader`, `follower`, `candidate` or `pre_candidate`.
+    pub role: String,
+}
+
+/// Every metric the node exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    role: Family<RoleLabels, Gauge>,
+    term: Gauge,
+    leader_id: Gauge,
+    leader_changes: Counter,
+    peers_alive: Gauge,
+    bootstrap_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    sent: Family<PeerLabels, Counter>,
+    received: Family<PeerLabels, Counter>,
+    dropped: Family<PeerLabels, Counter>,
+    ready_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every metric at zero.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("quorumd");
+        let role = Family::<RoleLabels, Gauge>::default();
+        let term = Gauge::default();
+        let leader_id = Gauge::default();
+        let leader_changes = Counter::default();
+        let peers_alive = Gauge::default();
+        let bootstrap_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        let sent = Family::<PeerLabels, Counter>::default();
+        let received = Family::<PeerLabels, Counter>::default();
+        let dropped = Family::<PeerLabels, Counter>::default();
+        // 10 µs .. ~10 s: a Ready with an fsync takes around a millisecond.
+        let ready_seconds = Histogram::new(exponential_buckets(0.00001, 4.0, 11));
+        registry.register(
+            "raft_role",
+            "1 for this node's current role in __meta/0, 0 for the others",
+            role.clone(),
+        );
+        registry.register("raft_term", "Current Raft term of __meta/0", term.clone());
+        registry.register(
+            "raft_leader_id",
+            "Known leader of __meta/0 (0 when none)",
+            leader_id.clone(),
+        );
+        registry.register(
+            "raft_leader_changes",
+            "Times the known leader of __meta/0 changed",
+            leader_changes.clone(),
+        );
+        registry.register("peers_alive", "Peers currently alive", peers_alive.clone());
+        registry.register(
+            "bootstrap_duration_seconds",
+            "Time from process start to bootstrap complete (0 until then)",
+            bootstrap_seconds.clone(),
+        );
+        registry.register(
+            "peer_messages_sent",
+            "Raft messages written to a peer",
+            sent.clone(),
+        );
+        registry.register(
+            "peer_messages_received",
+            "Raft messages received from a peer",
+            received.clone(),
+        );
+        registry.register(
+            "peer_messages_dropped",
+            "Raft messages to a peer dropped (queue full or peer unreachable)",
+            dropped.clone(),
+        );
+        registry.register(
+            "raft_ready_duration_seconds",
+            "Time to handle one Raft Ready, durable write included",
+            ready_seconds.clone(),
+        );
+        Metrics {
+            registry,
+            role,
+            term,
+            leader_id,
+            leader_changes,
+            peers_alive,
+            bootstrap_seconds,
+            sent,
+            received,
+            dropped,
+            ready_seconds,
+        }
+    }
+
+    /// Records the replica's role, term and leader.
+    pub fn set_raft_state(&self, role: StateRole, term: u64, leader_id: u64) {
+        for r in [
+            StateRole::Leader,
+            StateRole::Follower,
+            StateRole::Candidate,
+            StateRole::PreCandidate,
+        ] {
+            let labels = RoleLabels {
+                role: role_name(r).to_string(),
+            };
+            self.role.get_or_create(&labels).set(i64::from(r == role));
+        }
+        self.term.set(term as i64);
+        let previous = self.leader_id.set(leader_id as i64);
+        if previous != leader_id as i64 && leader_id != 0 {
+            self.leader_changes.inc();
+        }
+    }
+
+    /// Records the number of live peers.
+    pub fn set_peers_alive(&self, n: usize) {
+        self.peers_alive.set(n as i64);
+    }
+
+    /// Records how long bootstrap took.
+    pub fn set_bootstrap_duration(&self, d: Duration) {
+        self.bootstrap_seconds.set(d.as_secs_f64());
+    }
+
+    /// Shows `peer`'s counters at zero before its first message.
+    pub fn add_peer(&self, peer: u64) {
+        self.sent(peer, 0);
+        self.received_n(peer, 0);
+        self.dropped(peer, 0);
+    }
+
+    fn received_n(&self, peer: u64, n: u64) {
+        self.peer(&self.received, peer).inc_by(n);
+    }
+
+    /// Counts messages written to `peer`.
+    pub fn sent(&self, peer: u64, n: usize) {
+        self.peer(&self.sent, peer).inc_by(n as u64);
+    }
+
+    /// Counts one message received from `peer`.
+    pub fn received(&self, peer: u64) {
+        self.received_n(peer, 1);
+    }
+
+    /// Counts messages to `peer` that were dropped.
+    pub fn dropped(&self, peer: u64, n: usize) {
+        self.peer(&self.dropped, peer).inc_by(n as u64);
+    }
+
+    /// Records the time one Ready took.
+    pub fn observe_ready(&self, d: Duration) {
+        self.ready_seconds.observe(d.as_secs_f64());
+    }
+
+    fn peer(&self, family: &Family<PeerLabels, Counter>, peer: u64) -> Counter {
+        family.get_or_create_owned(&PeerLabels {
+            peer: peer.to_string(),
+        })
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_names_every_metric_with_its_value() {
+        let m = Metrics::new();
+        m.set_raft_state(StateRole::Leader, 4, 2);
+        m.sent(3, 5);
+        m.dropped(3, 1);
+        m.observe_ready(Duration::from_micros(300));
+        let text = m.encode();
+        assert!(text.contains("quorumd_raft_term 4"), "{text}");
+        assert!(text.contains("quorumd_raft_leader_id 2"), "{text}");
+        assert!(
+            text.contains("quorumd_raft_role{role=\"leader\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("quorumd_raft_leader_changes_total 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("quorumd_peer_messages_sent_total{peer=\"3\"} 5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("quorumd_raft_ready_duration_seconds_count 1"),
+            "{text}"
+        );
+    }
+}
