@@ -34,7 +34,7 @@ pub enum Command {
         /// This node's id in the cluster file.
         #[arg(long, value_name = "ID")]
         node_id: u64,
-        /// Keep state here instead of <data_dir>/node-<id>.
+        /// Keep state here instead of `<data_dir>/node-<id>`.
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
     },

@@ -1,7 +1,7 @@
 //! The cluster file: every node reads the same TOML file listing all members.
 //!
 //! Parsing happens in two steps. serde reads the raw file (unknown keys are
-//! rejected there), then [`ClusterFile::validate`] checks the file as a whole
+//! rejected there), then [`ClusterConfig::parse`] checks the file as a whole
 //! and turns it into a [`ClusterConfig`]. Every error names the field and the
 //! reason, so an operator can fix the file without reading code.
 
@@ -47,16 +47,16 @@ struct RawFile {
 #[serde(deny_unknown_fields)]
 struct RawCluster {
     name: String,
-    quorum_wait_timeout: Option<String>,
-    heartbeat_interval: Option<String>,
-    peer_timeout: Option<String>,
+    quorum_wait_timeout: Option<toml::Value>,
+    heartbeat_interval: Option<toml::Value>,
+    peer_timeout: Option<toml::Value>,
     data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRaft {
-    tick_interval: Option<String>,
+    tick_interval: Option<toml::Value>,
     election_ticks: Option<usize>,
     heartbeat_ticks: Option<usize>,
 }
@@ -162,9 +162,20 @@ impl ClusterConfig {
         if name.is_empty() {
             return Err(err("cluster.name", "must not be empty".into()));
         }
-        let duration = |field: &str, value: &Option<String>, default: Duration| match value {
+        // Durations are read as any TOML value so that a bare number gets an
+        // error naming its field, not just a line.
+        let duration = |field: &str, value: &Option<toml::Value>, default: Duration| match value {
             None => Ok(default),
-            Some(text) => parse_duration(text).map_err(|reason| err(field, reason)),
+            Some(toml::Value::String(text)) => {
+                parse_duration(text).map_err(|reason| err(field, reason))
+            }
+            Some(other) => Err(err(
+                field,
+                format!(
+                    "must be a duration string such as \"500ms\" or \"30s\", not the {} {other}",
+                    other.type_str()
+                ),
+            )),
         };
         let quorum_wait_timeout = duration(
             "cluster.quorum_wait_timeout",
@@ -442,6 +453,13 @@ admin = "127.0.0.1:8101"
         let (field, reason) = config_error(&GOOD.replace("\"25ms\"", "\"soon\""));
         assert_eq!(field, "raft.tick_interval");
         assert!(reason.contains("cannot parse duration"));
+    }
+
+    #[test]
+    fn bare_number_duration_names_its_field() {
+        let (field, reason) = config_error(&GOOD.replace("\"3s\"", "3"));
+        assert_eq!(field, "cluster.peer_timeout");
+        assert!(reason.contains("duration string"), "{reason}");
     }
 
     #[test]

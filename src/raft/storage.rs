@@ -68,13 +68,17 @@ impl RecoveredState {
     /// The static initial state of a fresh node: a snapshot at index 1, term 1
     /// with every configured node as a voter.
     pub fn bootstrap(voters: &[u64]) -> Self {
-        let mut meta = SnapshotMetadata::default();
-        meta.index = BOOTSTRAP_INDEX;
-        meta.term = BOOTSTRAP_TERM;
+        let mut meta = SnapshotMetadata {
+            index: BOOTSTRAP_INDEX,
+            term: BOOTSTRAP_TERM,
+            ..Default::default()
+        };
         meta.mut_conf_state().voters = voters.to_vec();
-        let mut hard_state = HardState::default();
-        hard_state.term = BOOTSTRAP_TERM;
-        hard_state.commit = BOOTSTRAP_INDEX;
+        let hard_state = HardState {
+            term: BOOTSTRAP_TERM,
+            commit: BOOTSTRAP_INDEX,
+            ..Default::default()
+        };
         RecoveredState {
             hard_state,
             snapshot_meta: meta,

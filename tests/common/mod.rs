@@ -1,0 +1,625 @@
+//! `TestCluster`: the harness every process-level test uses.
+//!
+//! It writes a cluster file into a temporary directory, spawns the real
+//! `quorumd` binary once per node on free loopback ports, captures each node's
+//! stderr into `<tempdir>/node-N.stderr`, and kills every child it started when
+//! it is dropped (by its `Child` handle, never by name).
+//!
+//! It also carries a tiny blocking HTTP/1.1 client over `std::net::TcpStream`,
+//! so the tests talk to the admin API the way a user's `curl` would.
+//!
+//! Time limits in here are sanity bounds for a busy 2-core CI machine, never
+//! performance assertions.
+
+// Each test binary uses a different subset of the helpers.
+#![allow(dead_code)]
+
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write as _;
+use std::fs::{File, OpenOptions};
+use std::hash::{BuildHasher, Hasher};
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+mod http;
+pub use http::{http, http_within, Response};
+
+/// The binary under test, built by cargo for this test run.
+pub const BIN: &str = env!("CARGO_BIN_EXE_quorumd");
+
+/// How long any single wait in a test may take before it counts as a failure.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// HTTP timeout when collecting diagnostics (a node may be paused).
+const DIAG_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// How often `wait_until` re-checks its condition.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(15);
+
+// ---------------------------------------------------------------------------
+// Free ports
+// ---------------------------------------------------------------------------
+
+/// Ports handed out by this test process, so that parallel tests in the same
+/// binary never get the same one.
+static TAKEN_PORTS: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+
+/// Ports are picked below the kernel's ephemeral range (32768-60999 on Linux):
+/// the nodes' own outbound connections take their local ports from that range,
+/// so a port picked there could be grabbed by some node's client socket between
+/// the pick and the bind.
+const PORT_RANGE: std::ops::Range<u16> = 20_000..32_000;
+
+fn random_u64() -> u64 {
+    let mut h = RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// A loopback port that nothing listens on right now and that this process has
+/// not handed out before.
+pub fn free_port() -> u16 {
+    let mut taken = TAKEN_PORTS.lock().unwrap_or_else(|e| e.into_inner());
+    let taken = taken.get_or_insert_with(HashSet::new);
+    for _ in 0..1000 {
+        let span = u64::from(PORT_RANGE.end - PORT_RANGE.start);
+        let port = PORT_RANGE.start + (random_u64() % span) as u16;
+        if taken.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            taken.insert(port);
+            return port;
+        }
+    }
+    // Fall back to letting the kernel choose.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port();
+    taken.insert(port);
+    port
+}
+
+/// `127.0.0.1:<free port>`.
+pub fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+// ---------------------------------------------------------------------------
+// Cluster files
+// ---------------------------------------------------------------------------
+
+/// The addresses of one `[[node]]` entry.
+#[derive(Clone, Copy, Debug)]
+pub struct NodeAddrs {
+    /// Peer (Raft) address, the `addr` key.
+    pub addr: SocketAddr,
+    /// HTTP admin address, the `admin` key.
+    pub admin: SocketAddr,
+}
+
+/// Everything that goes into a test cluster file.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub name: String,
+    pub quorum_wait_timeout: String,
+    pub heartbeat_interval: String,
+    pub peer_timeout: String,
+    pub tick_interval: String,
+    pub election_ticks: u32,
+    pub heartbeat_ticks: u32,
+    pub nodes: BTreeMap<u64, NodeAddrs>,
+}
+
+impl Spec {
+    /// A cluster of nodes `1..=size` on free ports, tuned for fast tests:
+    /// heartbeat 100 ms, peer timeout 500 ms, quorum wait 20 s.
+    pub fn new(name: &str, size: u64) -> Spec {
+        let nodes = (1..=size)
+            .map(|id| {
+                (
+                    id,
+                    NodeAddrs {
+                        addr: free_addr(),
+                        admin: free_addr(),
+                    },
+                )
+            })
+            .collect();
+        Spec {
+            name: name.to_string(),
+            quorum_wait_timeout: "20s".into(),
+            heartbeat_interval: "100ms".into(),
+            peer_timeout: "500ms".into(),
+            tick_interval: "25ms".into(),
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            nodes,
+        }
+    }
+
+    pub fn quorum_wait(mut self, d: &str) -> Spec {
+        self.quorum_wait_timeout = d.into();
+        self
+    }
+
+    /// Sets `heartbeat_interval` and `peer_timeout`.
+    pub fn heartbeat(mut self, interval: &str, peer_timeout: &str) -> Spec {
+        self.heartbeat_interval = interval.into();
+        self.peer_timeout = peer_timeout.into();
+        self
+    }
+
+    /// Puts node `id` at a given peer address (to collide with another cluster).
+    pub fn node_addr(mut self, id: u64, addr: SocketAddr) -> Spec {
+        self.nodes.get_mut(&id).expect("node id in spec").addr = addr;
+        self
+    }
+
+    /// The cluster file text, with `data_dir` set to `data_dir`.
+    pub fn to_toml(&self, data_dir: &Path) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "[cluster]");
+        let _ = writeln!(s, "name = \"{}\"", self.name);
+        let _ = writeln!(s, "quorum_wait_timeout = \"{}\"", self.quorum_wait_timeout);
+        let _ = writeln!(s, "heartbeat_interval = \"{}\"", self.heartbeat_interval);
+        let _ = writeln!(s, "peer_timeout = \"{}\"", self.peer_timeout);
+        let _ = writeln!(s, "data_dir = \"{}\"", data_dir.display());
+        let _ = writeln!(s);
+        let _ = writeln!(s, "[raft]");
+        let _ = writeln!(s, "tick_interval = \"{}\"", self.tick_interval);
+        let _ = writeln!(s, "election_ticks = {}", self.election_ticks);
+        let _ = writeln!(s, "heartbeat_ticks = {}", self.heartbeat_ticks);
+        for (id, n) in &self.nodes {
+            let _ = writeln!(s);
+            let _ = writeln!(s, "[[node]]");
+            let _ = writeln!(s, "id = {id}");
+            let _ = writeln!(s, "addr = \"{}\"", n.addr);
+            let _ = writeln!(s, "admin = \"{}\"", n.admin);
+        }
+        s
+    }
+}
+
+// ---------------------------------------------------------------------------
+// TestCluster
+// ---------------------------------------------------------------------------
+
+/// A cluster file in a temp dir plus the node processes started from it.
+pub struct TestCluster {
+    pub spec: Spec,
+    pub dir: TempDir,
+    pub config: PathBuf,
+    children: BTreeMap<u64, Child>,
+    /// Exit codes of children already reaped (128 + signal when killed).
+    exited: BTreeMap<u64, i32>,
+}
+
+impl TestCluster {
+    /// Writes the cluster file for `spec`; starts nothing.
+    pub fn new(spec: Spec) -> TestCluster {
+        let dir = tempfile::Builder::new()
+            .prefix("quorumd-test-")
+            .tempdir()
+            .expect("create temp dir");
+        let config = dir.path().join("cluster.toml");
+        let data = dir.path().join("data");
+        std::fs::write(&config, spec.to_toml(&data)).expect("write cluster file");
+        TestCluster {
+            spec,
+            dir,
+            config,
+            children: BTreeMap::new(),
+            exited: BTreeMap::new(),
+        }
+    }
+
+    /// A cluster named `name` of nodes `1..=size` with the test defaults.
+    pub fn of(name: &str, size: u64) -> TestCluster {
+        TestCluster::new(Spec::new(name, size))
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.spec.nodes.keys().copied().collect()
+    }
+
+    pub fn addr(&self, id: u64) -> SocketAddr {
+        self.spec.nodes[&id].addr
+    }
+
+    pub fn admin(&self, id: u64) -> SocketAddr {
+        self.spec.nodes[&id].admin
+    }
+
+    pub fn stderr_path(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node-{id}.stderr"))
+    }
+
+    /// Everything node `id` has written to stderr so far.
+    pub fn stderr(&self, id: u64) -> String {
+        std::fs::read_to_string(self.stderr_path(id)).unwrap_or_default()
+    }
+
+    /// Starts the given nodes, in the order given.
+    pub fn start(&mut self, ids: &[u64]) {
+        for &id in ids {
+            self.start_node(id);
+        }
+    }
+
+    /// Starts every node of the file, in id order.
+    pub fn start_all(&mut self) {
+        for id in self.ids() {
+            self.start_node(id);
+        }
+    }
+
+    /// Spawns `quorumd run --cluster FILE --node-id ID` with `RUST_LOG=info`,
+    /// stderr appended to `node-ID.stderr`.
+    pub fn start_node(&mut self, id: u64) {
+        self.start_node_with(id, &[]);
+    }
+
+    /// Like [`TestCluster::start_node`], with extra command-line arguments.
+    pub fn start_node_with(&mut self, id: u64, extra: &[&str]) {
+        assert!(
+            !self.is_running(id),
+            "node {id} is already running in this test cluster"
+        );
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.stderr_path(id))
+            .expect("open stderr log");
+        let child = Command::new(BIN)
+            .arg("run")
+            .arg("--cluster")
+            .arg(&self.config)
+            .arg("--node-id")
+            .arg(id.to_string())
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .env_remove("RUST_LOG_STYLE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn quorumd");
+        self.exited.remove(&id);
+        self.children.insert(id, child);
+    }
+
+    /// Whether node `id` has been started and has not exited yet.
+    pub fn is_running(&mut self, id: u64) -> bool {
+        self.poll_exit(id);
+        self.children.contains_key(&id)
+    }
+
+    /// Reaps node `id` if it has exited; returns its exit code if so.
+    pub fn poll_exit(&mut self, id: u64) -> Option<i32> {
+        if let Some(child) = self.children.get_mut(&id) {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.children.remove(&id);
+                self.exited.insert(id, exit_code(status));
+            }
+        }
+        self.exited.get(&id).copied()
+    }
+
+    /// Sends a signal to node `id` (via its pid; the child must still be ours).
+    pub fn signal(&mut self, id: u64, sig: i32) {
+        let child = self
+            .children
+            .get(&id)
+            .unwrap_or_else(|| panic!("node {id} is not running; cannot signal it"));
+        let pid = child.id() as libc::pid_t;
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+        let rc = unsafe { libc::kill(pid, sig) };
+        assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+    }
+
+    /// Waits for node `id` to exit and returns its exit code (128 + signal if
+    /// a signal killed it). Panics with the node's stderr after `timeout`.
+    pub fn wait_exit(&mut self, id: u64, timeout: Duration) -> i32 {
+        let ok = wait_until(timeout, || self.poll_exit(id).is_some());
+        if !ok {
+            panic!(
+                "node {id} did not exit within {timeout:?}\n{}",
+                self.diagnostics()
+            );
+        }
+        self.exited[&id]
+    }
+
+    /// GET `path` on node `id`'s admin address.
+    pub fn get(&self, id: u64, path: &str) -> std::io::Result<Response> {
+        http(self.admin(id), "GET", path)
+    }
+
+    /// `/admin/cluster/status` of node `id`, or `None` if it does not answer
+    /// with 200 and a JSON body (yet).
+    pub fn try_status(&self, id: u64) -> Option<Value> {
+        match self.get(id, "/admin/cluster/status") {
+            Ok(r) if r.status == 200 => r.json().ok(),
+            _ => None,
+        }
+    }
+
+    /// `/admin/cluster/status` of node `id`; panics if it does not answer.
+    pub fn status(&self, id: u64) -> Value {
+        let r = self
+            .get(id, "/admin/cluster/status")
+            .unwrap_or_else(|e| panic!("GET status on node {id}: {e}"));
+        assert_eq!(r.status, 200, "status on node {id}: {}", r.body);
+        r.json()
+            .unwrap_or_else(|e| panic!("status on node {id} is not JSON ({e}): {}", r.body))
+    }
+
+    /// `/admin/cluster/peers` of node `id`, or `None` if it does not answer.
+    pub fn try_peers(&self, id: u64) -> Option<Vec<Value>> {
+        match self.get(id, "/admin/cluster/peers") {
+            Ok(r) if r.status == 200 => r.json().ok().and_then(|v: Value| v.as_array().cloned()),
+            _ => None,
+        }
+    }
+
+    /// Whether node `viewer` reports peer `peer` with `alive == alive`.
+    pub fn sees_peer_alive(&self, viewer: u64, peer: u64, alive: bool) -> bool {
+        self.try_peers(viewer)
+            .and_then(|ps| {
+                ps.into_iter()
+                    .find(|p| p["node_id"].as_u64() == Some(peer))
+                    .map(|p| p["alive"].as_bool() == Some(alive))
+            })
+            .unwrap_or(false)
+    }
+
+    /// If every node in `ids` reports bootstrap complete with one and the same
+    /// known leader and term, returns `(leader_id, term)`.
+    pub fn agreed_leader(&self, ids: &[u64]) -> Option<(u64, u64)> {
+        let mut agreed: Option<(u64, u64)> = None;
+        for &id in ids {
+            let s = self.try_status(id)?;
+            if s["bootstrap_complete"] != Value::Bool(true) {
+                return None;
+            }
+            let leader = s["leader_id"].as_u64()?;
+            let term = s["term"].as_u64()?;
+            match agreed {
+                None => agreed = Some((leader, term)),
+                Some(a) if a == (leader, term) => {}
+                Some(_) => return None,
+            }
+        }
+        // The leader itself must be among the reporters and say it leads, or be
+        // outside `ids` (then we cannot check its role here).
+        let (leader, _) = agreed?;
+        if ids.contains(&leader) {
+            let s = self.try_status(leader)?;
+            if s["role"] != "leader" {
+                return None;
+            }
+        }
+        agreed
+    }
+
+    /// Waits until every node in `ids` agrees on a leader and a term.
+    pub fn wait_agreed_leader(&self, ids: &[u64]) -> (u64, u64) {
+        self.wait_agreed_leader_where(ids, |_, _| true)
+    }
+
+    /// Waits until every node in `ids` agrees on a leader and a term that
+    /// satisfy `accept(leader, term)`.
+    pub fn wait_agreed_leader_where(
+        &self,
+        ids: &[u64],
+        accept: impl Fn(u64, u64) -> bool,
+    ) -> (u64, u64) {
+        let mut found = None;
+        let ok = wait_until(WAIT, || {
+            found = self.agreed_leader(ids).filter(|&(l, t)| accept(l, t));
+            found.is_some()
+        });
+        if !ok {
+            panic!(
+                "nodes {ids:?} did not agree on an acceptable leader within {WAIT:?}\n{}",
+                self.diagnostics()
+            );
+        }
+        found.expect("set when ok")
+    }
+
+    /// Waits for `what` to hold, else panics with `what` and the diagnostics.
+    pub fn wait_for(&self, what: &str, cond: impl FnMut() -> bool) {
+        if !wait_until(WAIT, cond) {
+            panic!(
+                "timed out after {WAIT:?} waiting for: {what}\n{}",
+                self.diagnostics()
+            );
+        }
+    }
+
+    /// The `bootstrap complete` line of node `id`, parsed as
+    /// `(leader, term, elapsed_ms)`, if it has logged one.
+    pub fn bootstrap_line(&self, id: u64) -> Option<(u64, u64, u64)> {
+        self.stderr(id).lines().find_map(parse_bootstrap_line)
+    }
+
+    /// Every node's status, peers and the tail of its stderr, for failure
+    /// messages.
+    pub fn diagnostics(&self) -> String {
+        let mut out = String::new();
+        for id in self.ids() {
+            let _ = writeln!(
+                out,
+                "---- node {id} ({}, admin {})",
+                self.addr(id),
+                self.admin(id)
+            );
+            match self.exited.get(&id) {
+                Some(code) => {
+                    let _ = writeln!(out, "exited with code {code}");
+                }
+                None if self.children.contains_key(&id) => {
+                    let quick = |path| http_within(self.admin(id), "GET", path, DIAG_TIMEOUT);
+                    let st = quick("/admin/cluster/status")
+                        .map(|r| format!("{} {}", r.status, r.body.trim()))
+                        .unwrap_or_else(|e| format!("error: {e}"));
+                    let _ = writeln!(out, "status: {st}");
+                    let peers = quick("/admin/cluster/peers")
+                        .map(|r| format!("{} {}", r.status, r.body.trim()))
+                        .unwrap_or_else(|e| format!("error: {e}"));
+                    let _ = writeln!(out, "peers:  {peers}");
+                }
+                None => {
+                    let _ = writeln!(out, "not started");
+                }
+            }
+            let log = self.stderr(id);
+            let lines: Vec<&str> = log.lines().collect();
+            let from = lines.len().saturating_sub(40);
+            let _ = writeln!(out, "stderr (last {} lines):", lines.len() - from);
+            for l in &lines[from..] {
+                let _ = writeln!(out, "  {l}");
+            }
+        }
+        out
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "TestCluster `{}` at failure:\n{}",
+                self.spec.name,
+                self.diagnostics()
+            );
+        }
+        for (_, mut child) in std::mem::take(&mut self.children) {
+            // SIGKILL also ends a SIGSTOPped child.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The process exit code, or 128 + signal number when a signal ended it.
+pub fn exit_code(status: ExitStatus) -> i32 {
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(-1)
+}
+
+/// Parses `... bootstrap complete: leader=L term=T elapsed=Xms ...`.
+pub fn parse_bootstrap_line(line: &str) -> Option<(u64, u64, u64)> {
+    let rest = &line[line.find("bootstrap complete:")? + "bootstrap complete:".len()..];
+    let field = |key: &str| -> Option<u64> {
+        let start = rest.find(key)? + key.len();
+        let digits: String = rest[start..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        digits.parse().ok()
+    };
+    let elapsed_at = rest.find("elapsed=")? + "elapsed=".len();
+    let after_digits = rest[elapsed_at..].trim_start_matches(|c: char| c.is_ascii_digit());
+    if !after_digits.starts_with("ms") {
+        return None;
+    }
+    Some((field("leader=")?, field("term=")?, field("elapsed=")?))
+}
+
+/// Polls `cond` every `POLL_INTERVAL` until it holds (true) or `timeout`
+/// passes (false).
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// One-shot commands (`check`, `run` expected to fail fast)
+// ---------------------------------------------------------------------------
+
+/// The result of running the binary to completion.
+#[derive(Debug)]
+pub struct Finished {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `quorumd ARGS...` to completion with `RUST_LOG=info`. A process still
+/// running after `timeout` is killed and reported as such in the panic.
+pub fn run_bin(args: &[&str], timeout: Duration) -> Finished {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out_path = dir.path().join("stdout");
+    let err_path = dir.path().join("stderr");
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(File::create(&out_path).expect("stdout file"))
+        .stderr(File::create(&err_path).expect("stderr file"))
+        .spawn()
+        .expect("spawn quorumd");
+    let mut status = None;
+    wait_until(timeout, || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    match status {
+        Some(st) => Finished {
+            code: exit_code(st),
+            stdout: read(&out_path),
+            stderr: read(&err_path),
+        },
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "`quorumd {}` still running after {timeout:?}\nstdout:\n{}\nstderr:\n{}",
+                args.join(" "),
+                read(&out_path),
+                read(&err_path)
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Assertions on text
+// ---------------------------------------------------------------------------
+
+/// Asserts that nothing in `stderr` looks like a Rust panic.
+pub fn assert_no_panic(who: &str, stderr: &str) {
+    assert!(
+        !stderr.contains("panicked"),
+        "{who} panicked; stderr:\n{stderr}"
+    );
+}

@@ -1,0 +1,181 @@
+//! Shutdown and failure: SIGTERM/SIGINT give exit 0, a leader that stops (or
+//! is killed) is replaced, and peer health follows a killed or paused node.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{assert_no_panic, TestCluster};
+
+/// Generous bound for a graceful exit after SIGTERM on a busy machine.
+const EXIT_BOUND: Duration = Duration::from_secs(15);
+
+/// Starts a 3-node cluster and waits until it agrees on a leader.
+fn formed_cluster(name: &str) -> (TestCluster, u64, u64) {
+    let mut c = TestCluster::of(name, 3);
+    c.start_all();
+    let (leader, term) = c.wait_agreed_leader(&[1, 2, 3]);
+    (c, leader, term)
+}
+
+fn others(ids: &[u64], except: u64) -> Vec<u64> {
+    ids.iter().copied().filter(|&i| i != except).collect()
+}
+
+#[test]
+fn sigterm_on_every_node_exits_0() {
+    let (mut c, leader, _) = formed_cluster("term-all");
+    let followers = others(&[1, 2, 3], leader);
+
+    // First follower: the other two keep serving with the same leader.
+    c.signal(followers[0], libc::SIGTERM);
+    let code = c.wait_exit(followers[0], EXIT_BOUND);
+    assert_eq!(
+        code,
+        0,
+        "follower {} exit code\n{}",
+        followers[0],
+        c.diagnostics()
+    );
+    let remaining = [leader, followers[1]];
+    let (l, _) = c.wait_agreed_leader(&remaining);
+    assert_eq!(l, leader, "leader changed after a follower stopped");
+    for id in remaining {
+        let r = c.get(id, "/ready").expect("GET /ready");
+        assert_eq!(r.status, 200, "/ready on node {id}: {}", r.body);
+    }
+
+    // Second follower, then the leader, now without a quorum: still exit 0.
+    c.signal(followers[1], libc::SIGTERM);
+    let code = c.wait_exit(followers[1], EXIT_BOUND);
+    assert_eq!(
+        code,
+        0,
+        "follower {} exit code\n{}",
+        followers[1],
+        c.diagnostics()
+    );
+    c.signal(leader, libc::SIGTERM);
+    let code = c.wait_exit(leader, EXIT_BOUND);
+    assert_eq!(code, 0, "leader {leader} exit code\n{}", c.diagnostics());
+
+    for id in [1, 2, 3] {
+        assert_no_panic(&format!("node {id}"), &c.stderr(id));
+    }
+}
+
+#[test]
+fn sigint_exits_0() {
+    let mut c = TestCluster::of("int", 1);
+    c.start_all();
+    c.wait_agreed_leader(&[1]);
+    c.signal(1, libc::SIGINT);
+    let code = c.wait_exit(1, EXIT_BOUND);
+    assert_eq!(code, 0, "exit code after SIGINT\n{}", c.diagnostics());
+    assert_no_panic("node 1", &c.stderr(1));
+}
+
+#[test]
+fn sigterm_on_leader_exits_0_and_others_elect_a_new_leader() {
+    let (mut c, old_leader, old_term) = formed_cluster("term-leader");
+    let survivors = others(&[1, 2, 3], old_leader);
+
+    let sent = Instant::now();
+    c.signal(old_leader, libc::SIGTERM);
+    let (new_leader, new_term) =
+        c.wait_agreed_leader_where(&survivors, |l, t| l != old_leader && t > old_term);
+    eprintln!(
+        "SIGTERM of leader {old_leader}: new leader {new_leader} (term {old_term} -> {new_term}) \
+         seen after {:?} (includes polling)",
+        sent.elapsed()
+    );
+    assert!(survivors.contains(&new_leader));
+
+    let code = c.wait_exit(old_leader, EXIT_BOUND);
+    assert_eq!(code, 0, "old leader exit code\n{}", c.diagnostics());
+    assert_no_panic("old leader", &c.stderr(old_leader));
+
+    // The new leader keeps being agreed on once the old one is gone.
+    let (l, _) = c.wait_agreed_leader(&survivors);
+    assert_eq!(l, new_leader);
+    for id in &survivors {
+        let r = c.get(*id, "/ready").expect("GET /ready");
+        assert_eq!(r.status, 200, "/ready on node {id}: {}", r.body);
+    }
+}
+
+#[test]
+fn kill_9_of_leader_survivors_elect_and_mark_it_dead() {
+    let (mut c, old_leader, old_term) = formed_cluster("kill9");
+    let survivors = others(&[1, 2, 3], old_leader);
+
+    c.signal(old_leader, libc::SIGKILL);
+    assert_eq!(c.wait_exit(old_leader, EXIT_BOUND), 128 + libc::SIGKILL);
+    let killed = Instant::now();
+
+    let (new_leader, new_term) =
+        c.wait_agreed_leader_where(&survivors, |l, t| l != old_leader && t > old_term);
+    eprintln!(
+        "kill -9 of leader {old_leader}: new leader {new_leader} (term {old_term} -> {new_term}) \
+         seen after {:?} (includes polling)",
+        killed.elapsed()
+    );
+
+    let peer_timeout = Duration::from_millis(500);
+    for &viewer in &survivors {
+        let other = others(&survivors, viewer)[0];
+        c.wait_for(
+            &format!("node {viewer} shows dead node {old_leader} alive:false"),
+            || c.sees_peer_alive(viewer, old_leader, false),
+        );
+        assert!(
+            c.sees_peer_alive(viewer, other, true),
+            "node {viewer} must still show live node {other} alive:true\n{}",
+            c.diagnostics()
+        );
+        let peers = c.try_peers(viewer).expect("peers");
+        let dead = peers
+            .iter()
+            .find(|p| p["node_id"] == old_leader)
+            .expect("dead node listed");
+        // It was alive before, so it has a last heartbeat, at least peer_timeout old.
+        let ago = dead["last_heartbeat_ms_ago"].as_u64();
+        assert!(
+            ago.is_some_and(|ms| ms as u128 >= peer_timeout.as_millis() * 8 / 10),
+            "dead node's last_heartbeat_ms_ago should be about peer_timeout or more: {dead}"
+        );
+    }
+}
+
+#[test]
+fn paused_follower_goes_dead_then_alive_again() {
+    let (mut c, leader, _) = formed_cluster("stop-cont");
+    let paused = others(&[1, 2, 3], leader)[1];
+    let watchers = others(&[1, 2, 3], paused);
+
+    c.signal(paused, libc::SIGSTOP);
+    for &w in &watchers {
+        c.wait_for(
+            &format!("node {w} shows paused node {paused} alive:false"),
+            || c.sees_peer_alive(w, paused, false),
+        );
+    }
+    // The two others still form a quorum under the same leader.
+    let (l, _) = c.wait_agreed_leader(&watchers);
+    assert_eq!(l, leader, "leader changed while a follower was paused");
+
+    c.signal(paused, libc::SIGCONT);
+    for &w in &watchers {
+        c.wait_for(
+            &format!("node {w} shows resumed node {paused} alive:true"),
+            || c.sees_peer_alive(w, paused, true),
+        );
+    }
+    c.wait_for(&format!("resumed node {paused} rejoins and agrees"), || {
+        c.agreed_leader(&[1, 2, 3]).is_some()
+    });
+    assert!(c.is_running(paused));
+    for id in [1, 2, 3] {
+        assert_no_panic(&format!("node {id}"), &c.stderr(id));
+    }
+}
