@@ -1,6 +1,7 @@
 //! Raft groups: one driver task per group, and the storage seam beneath it.
 //!
 //! - [`storage`] defines how a replica's log is made durable.
+//! - [`redb_store`] is the durable store behind it, one redb file per node.
 //! - [`replica`] is the driver task that owns one group's `RawNode`.
 //! - [`manager`] creates groups, routes messages to them and ticks them.
 //!
@@ -12,6 +13,7 @@
 //! - one tick source drives every group.
 
 pub mod manager;
+pub mod redb_store;
 pub mod replica;
 pub mod storage;
 

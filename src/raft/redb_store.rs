@@ -1,0 +1,562 @@
+//! The durable [`LogStore`]: one redb file per node, in `<data_dir>/node-<id>`.
+//!
+//! What lives in the node's data dir:
+//!
+//! - `LOCK`: held with an exclusive file lock for as long as the store is
+//!   open, and holds the pid of the holder, so that a second process on the
+//!   same dir is refused with a sentence naming it.
+//! - `raft.redb`: the identity (cluster name, node id, voter set it was
+//!   bootstrapped with), the hard state, the snapshot metadata (with the conf
+//!   state), the entries after the snapshot and the applied index.
+//!
+//! Safety rules kept here:
+//!
+//! - The lock is taken before anything else is touched.
+//! - The first boot builds `raft.redb` under a temporary name and renames it
+//!   into place only once the identity and the bootstrap state are durable.
+//!   So an existing `raft.redb` is always a complete store, and an empty,
+//!   truncated or foreign file is reported as damaged: the node never starts
+//!   empty over lost state.
+//! - Each [`PersistBatch`] is one redb write transaction with
+//!   [`Durability::Immediate`]: it is on disk when `persist` returns.
+//! - A data dir of another cluster, another node id or another voter set is
+//!   refused, because reusing Raft state under a different identity can elect
+//!   two leaders in one term.
+
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::panic::{self, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+
+use protobuf::Message;
+use raft::prelude::{Entry, HardState, SnapshotMetadata};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::error::{Error, Result};
+use crate::raft::storage::{LogStore, PersistBatch, RecoveredState};
+
+/// Name of the lock file inside the node's data dir.
+const LOCK_FILE: &str = "LOCK";
+/// Name of the redb file inside the node's data dir.
+const DB_FILE: &str = "raft.redb";
+/// Where the first boot builds the store before renaming it to [`DB_FILE`].
+const DB_INIT_FILE: &str = "raft.redb.init";
+/// redb's page cache. Small on purpose: the node targets a few MiB of RSS and
+/// its working set is the tail of one log.
+const CACHE_BYTES: usize = 512 * 1024;
+/// Version of the layout below; bumped if the tables change meaning.
+const FORMAT_VERSION: u64 = 1;
+
+/// Single values: identity, hard state, snapshot metadata, applied index.
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Raft entries after the snapshot, keyed by index, protobuf-encoded.
+const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
+
+const KEY_FORMAT: &str = "format_version";
+const KEY_CLUSTER: &str = "cluster";
+const KEY_NODE_ID: &str = "node_id";
+const KEY_VOTERS: &str = "voters";
+const KEY_HARD_STATE: &str = "hard_state";
+const KEY_SNAPSHOT_META: &str = "snapshot_meta";
+const KEY_APPLIED: &str = "applied";
+
+/// Who a data dir belongs to. Stored on first boot and checked on every later
+/// boot, so that a node never runs on another node's or cluster's Raft state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreIdentity {
+    /// The `[cluster] name` of the cluster file.
+    pub cluster: String,
+    /// This node's id (`--node-id`).
+    pub node_id: u64,
+    /// Every configured node id; the bootstrap voter set. Order does not matter.
+    pub voters: Vec<u64>,
+}
+
+/// A [`LogStore`] backed by one redb file, locked against other processes.
+///
+/// It exists so that term, vote and log survive restarts and crashes
+/// (DESIGN.md rule 5). Dropping it releases the data dir lock.
+pub struct RedbLogStore {
+    dir: PathBuf,
+    file: PathBuf,
+    db: Database,
+    /// Holds the exclusive lock on `LOCK`; the lock ends when this is dropped.
+    _lock: File,
+}
+
+impl std::fmt::Debug for RedbLogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbLogStore")
+            .field("file", &self.file)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedbLogStore {
+    /// Opens (or on first boot creates) the store in `dir`, the node's own
+    /// data dir (`<data_dir>/node-<id>`), and checks that it belongs to
+    /// `identity`.
+    ///
+    /// Errors: [`Error::DataDirLocked`] if another store holds the dir,
+    /// [`Error::DataDirMismatch`] if the dir belongs to another cluster, node
+    /// or voter set, [`Error::StorageCorrupt`] if `raft.redb` is damaged, and
+    /// [`Error::Storage`] for any other failure.
+    pub fn open(dir: &Path, identity: &StoreIdentity) -> Result<RedbLogStore> {
+        fs::create_dir_all(dir).map_err(|e| storage_err(dir, "cannot create the data dir", e))?;
+        let lock = lock_dir(dir)?;
+
+        let file = dir.join(DB_FILE);
+        let exists = file
+            .try_exists()
+            .map_err(|e| storage_err(dir, format!("cannot look for {}", file.display()), e))?;
+        if !exists {
+            create_initial(dir, identity)?;
+        }
+
+        let db = guarded(&file, || {
+            Database::builder()
+                .set_cache_size(CACHE_BYTES)
+                // Verify every page checksum on open: a damaged file is then
+                // an error, where a plain open may trust it or panic.
+                .set_check_integrity_on_open(true)
+                .open(&file)
+        })?
+        .map_err(|e| redb_err(dir, &file, "cannot open", e))?;
+
+        let store = RedbLogStore {
+            dir: dir.to_path_buf(),
+            file,
+            db,
+            _lock: lock,
+        };
+        store.check_identity(identity)?;
+        Ok(store)
+    }
+
+    /// The path of the redb file, for messages.
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    fn check_identity(&self, want: &StoreIdentity) -> Result<()> {
+        let stored = guarded(&self.file, || self.read_identity())??;
+        let mismatch = |reason: String| Error::DataDirMismatch {
+            dir: self.dir.clone(),
+            reason,
+        };
+        if stored.cluster != want.cluster {
+            return Err(mismatch(format!(
+                "it belongs to cluster \"{}\", not to cluster \"{}\" of the cluster file. \
+                 {WRONG_DIR_ADVICE} {WIPE_WARNING}",
+                stored.cluster, want.cluster
+            )));
+        }
+        if stored.node_id != want.node_id {
+            return Err(mismatch(format!(
+                "it belongs to node {}, not to node {}. {WRONG_DIR_ADVICE} {WIPE_WARNING}",
+                stored.node_id, want.node_id
+            )));
+        }
+        let want_voters = sorted(&want.voters);
+        if stored.voters != want_voters {
+            return Err(mismatch(format!(
+                "it was bootstrapped with voters {:?}, but the cluster file lists voters {:?}. \
+                 Use the cluster file this cluster was created with; the voter set cannot be \
+                 changed by editing the file. {WIPE_WARNING}",
+                stored.voters, want_voters
+            )));
+        }
+        Ok(())
+    }
+
+    fn read_identity(&self) -> Result<StoreIdentity> {
+        let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+        let meta = txn.open_table(META).map_err(|e| match e {
+            redb::TableError::TableDoesNotExist(_) => self.corrupt("it has no identity record"),
+            e => self.err("read", e),
+        })?;
+        let get = |key: &str| -> Result<Vec<u8>> {
+            meta.get(key)
+                .map_err(|e| self.err("read", e))?
+                .map(|v| v.value().to_vec())
+                .ok_or_else(|| self.corrupt(format!("the \"{key}\" record is missing")))
+        };
+        let format = self.decode_u64(KEY_FORMAT, &get(KEY_FORMAT)?)?;
+        if format != FORMAT_VERSION {
+            return Err(Error::Storage {
+                dir: self.dir.clone(),
+                reason: format!(
+                    "{} has format version {format}, this build reads version {FORMAT_VERSION}",
+                    self.file.display()
+                ),
+            });
+        }
+        let cluster = String::from_utf8(get(KEY_CLUSTER)?)
+            .map_err(|_| self.corrupt("the cluster name is not UTF-8"))?;
+        let node_id = self.decode_u64(KEY_NODE_ID, &get(KEY_NODE_ID)?)?;
+        let raw = get(KEY_VOTERS)?;
+        if raw.len() % 8 != 0 {
+            return Err(self.corrupt("the voter list has a bad length"));
+        }
+        let voters = raw
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect();
+        Ok(StoreIdentity {
+            cluster,
+            node_id,
+            voters,
+        })
+    }
+
+    fn read_state(&self) -> Result<RecoveredState> {
+        let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+        let meta = txn.open_table(META).map_err(|e| self.err("read", e))?;
+        let get = |key: &str| -> Result<Vec<u8>> {
+            meta.get(key)
+                .map_err(|e| self.err("read", e))?
+                .map(|v| v.value().to_vec())
+                .ok_or_else(|| self.corrupt(format!("the \"{key}\" record is missing")))
+        };
+        let hard_state: HardState = self.decode(KEY_HARD_STATE, &get(KEY_HARD_STATE)?)?;
+        let snapshot_meta: SnapshotMetadata =
+            self.decode(KEY_SNAPSHOT_META, &get(KEY_SNAPSHOT_META)?)?;
+        let applied = self.decode_u64(KEY_APPLIED, &get(KEY_APPLIED)?)?;
+
+        let table = txn.open_table(ENTRIES).map_err(|e| self.err("read", e))?;
+        let mut entries = Vec::new();
+        let mut expect = snapshot_meta.index + 1;
+        for row in table
+            .range(snapshot_meta.index + 1..)
+            .map_err(|e| self.err("read", e))?
+        {
+            let (key, value) = row.map_err(|e| self.err("read", e))?;
+            let entry: Entry = self.decode("entry", value.value())?;
+            if key.value() != expect || entry.index != expect {
+                return Err(self.corrupt(format!(
+                    "the log has a gap or a bad record: expected entry {expect}, found key {} \
+                     holding entry {}",
+                    key.value(),
+                    entry.index
+                )));
+            }
+            expect += 1;
+            entries.push(entry);
+        }
+        let last = expect - 1;
+        if hard_state.commit > last {
+            // raft-rs would panic on this ("commit is out of range").
+            return Err(self.corrupt(format!(
+                "the commit index {} is beyond the last stored entry {last}",
+                hard_state.commit
+            )));
+        }
+        Ok(RecoveredState {
+            hard_state,
+            snapshot_meta,
+            entries,
+            applied,
+        })
+    }
+
+    fn write_batch(&self, batch: &PersistBatch) -> Result<()> {
+        let mut txn = self.db.begin_write().map_err(|e| self.err("write", e))?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| self.err("write", e))?;
+        {
+            let mut meta = txn.open_table(META).map_err(|e| self.err("write", e))?;
+            let mut table = txn.open_table(ENTRIES).map_err(|e| self.err("write", e))?;
+
+            let snapshot_index = match &batch.snapshot {
+                Some(snapshot) => {
+                    // The snapshot replaces the whole log.
+                    let m = snapshot.get_metadata();
+                    put(&mut meta, KEY_SNAPSHOT_META, &encode(m))
+                        .map_err(|e| self.err("write", e))?;
+                    table.retain(|_, _| false).map_err(|e| self.err("write", e))?;
+                    m.index
+                }
+                None => {
+                    let raw = meta
+                        .get(KEY_SNAPSHOT_META)
+                        .map_err(|e| self.err("write", e))?
+                        .map(|v| v.value().to_vec())
+                        .ok_or_else(|| self.corrupt("the snapshot record is missing"))?;
+                    self.decode::<SnapshotMetadata>(KEY_SNAPSHOT_META, &raw)?
+                        .index
+                }
+            };
+
+            if let Some(first) = batch.entries.first() {
+                let last_stored = table
+                    .last()
+                    .map_err(|e| self.err("write", e))?
+                    .map(|(k, _)| k.value())
+                    .unwrap_or(snapshot_index);
+                self.check_append(snapshot_index, last_stored, &batch.entries)?;
+                // A conflicting append replaces the stored tail.
+                table
+                    .retain_in(first.index.., |_, _| false)
+                    .map_err(|e| self.err("write", e))?;
+                for entry in &batch.entries {
+                    table
+                        .insert(entry.index, encode(entry).as_slice())
+                        .map_err(|e| self.err("write", e))?;
+                }
+            }
+
+            if let Some(hs) = &batch.hard_state {
+                put(&mut meta, KEY_HARD_STATE, &encode(hs)).map_err(|e| self.err("write", e))?;
+            }
+            if let Some(applied) = batch.applied {
+                put(&mut meta, KEY_APPLIED, &applied.to_le_bytes())
+                    .map_err(|e| self.err("write", e))?;
+            }
+        }
+        txn.commit().map_err(|e| self.err("commit", e))
+    }
+
+    /// Refuses an append that would leave a gap or overwrite the snapshot:
+    /// storage must agree exactly with raft's view (DESIGN.md rule 5).
+    fn check_append(&self, snapshot_index: u64, last_stored: u64, entries: &[Entry]) -> Result<()> {
+        let first = entries[0].index;
+        let bad = |reason: String| Error::Storage {
+            dir: self.dir.clone(),
+            reason,
+        };
+        if first <= snapshot_index {
+            return Err(bad(format!(
+                "refusing to append entry {first} at or below the snapshot index {snapshot_index}"
+            )));
+        }
+        if first > last_stored + 1 {
+            return Err(bad(format!(
+                "refusing to append entry {first}: the log ends at {last_stored}, that leaves a gap"
+            )));
+        }
+        if let Some(w) = entries.windows(2).find(|w| w[1].index != w[0].index + 1) {
+            return Err(bad(format!(
+                "refusing a non-contiguous append: entry {} follows entry {}",
+                w[1].index, w[0].index
+            )));
+        }
+        Ok(())
+    }
+
+    fn decode<M: Message>(&self, what: &str, bytes: &[u8]) -> Result<M> {
+        let mut m = M::new();
+        m.merge_from_bytes(bytes)
+            .map_err(|e| self.corrupt(format!("the \"{what}\" record does not decode: {e}")))?;
+        Ok(m)
+    }
+
+    fn decode_u64(&self, what: &str, bytes: &[u8]) -> Result<u64> {
+        let raw: [u8; 8] = bytes
+            .try_into()
+            .map_err(|_| self.corrupt(format!("the \"{what}\" record has a bad length")))?;
+        Ok(u64::from_le_bytes(raw))
+    }
+
+    fn err(&self, what: &str, e: impl Into<redb::Error>) -> Error {
+        redb_err(&self.dir, &self.file, what, e)
+    }
+
+    fn corrupt(&self, reason: impl Into<String>) -> Error {
+        Error::StorageCorrupt {
+            file: self.file.clone(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl LogStore for RedbLogStore {
+    fn recover(&self) -> Result<RecoveredState> {
+        guarded(&self.file, || self.read_state())?
+    }
+
+    fn persist(&self, batch: &PersistBatch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        guarded(&self.file, || self.write_batch(batch))?
+    }
+}
+
+// The replica moves the store into `blocking::unblock`.
+const _: fn() = || {
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+    assert_send_sync::<RedbLogStore>();
+};
+
+/// Said with every identity mismatch that a wrong flag can cause.
+const WRONG_DIR_ADVICE: &str = "Point --data-dir at this node's own data dir, \
+    or use the cluster file this data dir was created with.";
+/// Said with every identity mismatch: the tempting fix is the unsafe one.
+const WIPE_WARNING: &str = "Do not wipe the data dir to reuse a node id: a node that \
+    forgets its vote and log can help elect two leaders in one term and lose committed \
+    entries. To replace a lost node, add a new node with a new id instead.";
+
+/// Takes the exclusive lock on `<dir>/LOCK` and writes our pid into it.
+fn lock_dir(dir: &Path) -> Result<File> {
+    let path = dir.join(LOCK_FILE);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| storage_err(dir, format!("cannot open {}", path.display()), e))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let holder = match file.read_to_string(&mut text) {
+                Ok(_) => match text.trim().parse::<u32>() {
+                    Ok(pid) => format!(" (pid {pid})"),
+                    Err(_) => String::new(),
+                },
+                Err(_) => String::new(),
+            };
+            return Err(Error::DataDirLocked {
+                dir: dir.to_path_buf(),
+                holder,
+            });
+        }
+        Err(TryLockError::Error(e)) => {
+            return Err(storage_err(dir, format!("cannot lock {}", path.display()), e));
+        }
+    }
+    let pid = format!("{}\n", std::process::id());
+    file.set_len(0)
+        .and_then(|()| file.seek(SeekFrom::Start(0)))
+        .and_then(|_| file.write_all(pid.as_bytes()))
+        .map_err(|e| storage_err(dir, format!("cannot write {}", path.display()), e))?;
+    Ok(file)
+}
+
+/// First boot: writes identity and bootstrap state durably under a temporary
+/// name, then renames the file into place and syncs the dir.
+fn create_initial(dir: &Path, identity: &StoreIdentity) -> Result<()> {
+    let init = dir.join(DB_INIT_FILE);
+    let file = dir.join(DB_FILE);
+    // A leftover from a crash during an earlier first boot: nothing in it was
+    // ever acknowledged, so it is safe to start over.
+    if init.exists() {
+        fs::remove_file(&init)
+            .map_err(|e| storage_err(dir, format!("cannot remove {}", init.display()), e))?;
+    }
+    let db = guarded(&init, || {
+        Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&init)
+    })?
+    .map_err(|e| redb_err(dir, &init, "cannot create", e))?;
+    let err = |e: redb::Error| redb_err(dir, &init, "cannot initialise", e);
+
+    let state = RecoveredState::bootstrap(&identity.voters);
+    let txn = db.begin_write().map_err(|e| err(e.into()))?;
+    {
+        let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
+        let voters: Vec<u8> = sorted(&identity.voters)
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let rows: [(&str, Vec<u8>); 7] = [
+            (KEY_FORMAT, FORMAT_VERSION.to_le_bytes().to_vec()),
+            (KEY_CLUSTER, identity.cluster.as_bytes().to_vec()),
+            (KEY_NODE_ID, identity.node_id.to_le_bytes().to_vec()),
+            (KEY_VOTERS, voters),
+            (KEY_HARD_STATE, encode(&state.hard_state)),
+            (KEY_SNAPSHOT_META, encode(&state.snapshot_meta)),
+            (KEY_APPLIED, state.applied.to_le_bytes().to_vec()),
+        ];
+        for (key, value) in &rows {
+            put(&mut meta, key, value).map_err(|e| err(e.into()))?;
+        }
+        txn.open_table(ENTRIES).map_err(|e| err(e.into()))?;
+    }
+    txn.commit().map_err(|e| err(e.into()))?;
+    db.close().map_err(|e| err(e.into()))?;
+
+    fs::rename(&init, &file)
+        .map_err(|e| storage_err(dir, format!("cannot rename {}", init.display()), e))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| storage_err(dir, "cannot sync the data dir", e))
+}
+
+/// Runs `f`, turning a panic inside redb into [`Error::StorageCorrupt`]:
+/// redb may panic on a file damaged outside of it.
+fn guarded<T>(file: &Path, f: impl FnOnce() -> T) -> Result<T> {
+    panic::catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
+        let msg = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_string());
+        Error::StorageCorrupt {
+            file: file.to_path_buf(),
+            reason: format!("the storage engine panicked reading it: {msg}"),
+        }
+    })
+}
+
+/// Maps a redb error: damage becomes [`Error::StorageCorrupt`] naming the
+/// file, a second opener [`Error::DataDirLocked`], the rest [`Error::Storage`].
+fn redb_err(dir: &Path, file: &Path, what: &str, e: impl Into<redb::Error>) -> Error {
+    let e: redb::Error = e.into();
+    match &e {
+        redb::Error::Corrupted(reason) => Error::StorageCorrupt {
+            file: file.to_path_buf(),
+            reason: reason.clone(),
+        },
+        // redb reports "not a redb file" and "empty file" as InvalidData.
+        redb::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
+            Error::StorageCorrupt {
+                file: file.to_path_buf(),
+                reason: io.to_string(),
+            }
+        }
+        redb::Error::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Error::StorageCorrupt {
+                file: file.to_path_buf(),
+                reason: format!("it is truncated ({io})"),
+            }
+        }
+        redb::Error::DatabaseAlreadyOpen => Error::DataDirLocked {
+            dir: dir.to_path_buf(),
+            holder: String::new(),
+        },
+        _ => Error::Storage {
+            dir: dir.to_path_buf(),
+            reason: format!("{what} {}: {e}", file.display()),
+        },
+    }
+}
+
+fn storage_err(dir: &Path, what: impl std::fmt::Display, e: std::io::Error) -> Error {
+    Error::Storage {
+        dir: dir.to_path_buf(),
+        reason: format!("{what}: {e}"),
+    }
+}
+
+fn put(
+    meta: &mut redb::Table<'_, &'static str, &'static [u8]>,
+    key: &str,
+    value: &[u8],
+) -> std::result::Result<(), redb::StorageError> {
+    meta.insert(key, value).map(|_| ())
+}
+
+fn encode(m: &impl Message) -> Vec<u8> {
+    // Only fails for messages with unset required fields; raft's have none.
+    m.write_to_bytes().expect("raft protobuf messages always encode")
+}
+
+fn sorted(ids: &[u64]) -> Vec<u64> {
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
