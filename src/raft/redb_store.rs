@@ -273,7 +273,9 @@ impl RedbLogStore {
                     let m = snapshot.get_metadata();
                     put(&mut meta, KEY_SNAPSHOT_META, &encode(m))
                         .map_err(|e| self.err("write", e))?;
-                    table.retain(|_, _| false).map_err(|e| self.err("write", e))?;
+                    table
+                        .retain(|_, _| false)
+                        .map_err(|e| self.err("write", e))?;
                     m.index
                 }
                 None => {
@@ -423,7 +425,11 @@ fn lock_dir(dir: &Path) -> Result<File> {
             });
         }
         Err(TryLockError::Error(e)) => {
-            return Err(storage_err(dir, format!("cannot lock {}", path.display()), e));
+            return Err(storage_err(
+                dir,
+                format!("cannot lock {}", path.display()),
+                e,
+            ));
         }
     }
     let pid = format!("{}\n", std::process::id());
@@ -551,7 +557,8 @@ fn put(
 
 fn encode(m: &impl Message) -> Vec<u8> {
     // Only fails for messages with unset required fields; raft's have none.
-    m.write_to_bytes().expect("raft protobuf messages always encode")
+    m.write_to_bytes()
+        .expect("raft protobuf messages always encode")
 }
 
 fn sorted(ids: &[u64]) -> Vec<u64> {
@@ -559,4 +566,482 @@ fn sorted(ids: &[u64]) -> Vec<u64> {
     ids.sort_unstable();
     ids.dedup();
     ids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::storage::load_into;
+    use raft::prelude::Snapshot;
+    use raft::storage::MemStorage;
+    use raft::{Storage, StorageError};
+
+    fn identity() -> StoreIdentity {
+        StoreIdentity {
+            cluster: "cluster3".to_string(),
+            node_id: 1,
+            voters: vec![1, 2, 3],
+        }
+    }
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry {
+            index,
+            term,
+            data: format!("{index}@{term}").into_bytes().into(),
+            ..Default::default()
+        }
+    }
+
+    fn hard_state(term: u64, vote: u64, commit: u64) -> HardState {
+        HardState {
+            term,
+            vote,
+            commit,
+            ..Default::default()
+        }
+    }
+
+    fn append(store: &RedbLogStore, entries: Vec<Entry>) {
+        store
+            .persist(&PersistBatch {
+                entries,
+                ..Default::default()
+            })
+            .unwrap();
+    }
+
+    fn index_terms(entries: &[Entry]) -> Vec<(u64, u64)> {
+        entries.iter().map(|e| (e.index, e.term)).collect()
+    }
+
+    #[test]
+    fn first_boot_writes_the_bootstrap_state() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("node-1");
+        let store = RedbLogStore::open(&dir, &identity()).unwrap();
+        let state = store.recover().unwrap();
+        let boot = RecoveredState::bootstrap(&[1, 2, 3]);
+        assert_eq!(state.hard_state, boot.hard_state);
+        assert_eq!(state.snapshot_meta, boot.snapshot_meta);
+        assert!(state.entries.is_empty());
+        assert_eq!(state.applied, 1);
+        assert!(dir.join(DB_FILE).exists());
+        assert!(!dir.join(DB_INIT_FILE).exists());
+        let pid: u32 = fs::read_to_string(dir.join(LOCK_FILE))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(pid, std::process::id());
+    }
+
+    #[test]
+    fn conflicting_append_truncates_the_tail() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = RedbLogStore::open(tmp.path(), &identity()).unwrap();
+        append(&store, (2..=6).map(|i| entry(i, 2)).collect());
+        // A new leader overwrites from index 4 with a shorter log.
+        append(&store, vec![entry(4, 3)]);
+        let state = store.recover().unwrap();
+        assert_eq!(index_terms(&state.entries), vec![(2, 2), (3, 2), (4, 3)]);
+        assert_eq!(state.entries[2].data, b"4@3".to_vec());
+        // Appending right after the end still works.
+        append(&store, vec![entry(5, 3)]);
+        assert_eq!(store.recover().unwrap().entries.len(), 4);
+    }
+
+    #[test]
+    fn appends_that_break_the_log_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = RedbLogStore::open(tmp.path(), &identity()).unwrap();
+        append(&store, vec![entry(2, 1), entry(3, 1)]);
+        let refuse = |entries: Vec<Entry>| {
+            let batch = PersistBatch {
+                entries,
+                ..Default::default()
+            };
+            assert!(matches!(store.persist(&batch), Err(Error::Storage { .. })));
+        };
+        refuse(vec![entry(5, 1)]); // gap after 3
+        refuse(vec![entry(1, 1)]); // at the snapshot index
+        refuse(vec![entry(4, 1), entry(6, 1)]); // not contiguous
+        let state = store.recover().unwrap();
+        assert_eq!(index_terms(&state.entries), vec![(2, 1), (3, 1)]);
+    }
+
+    #[test]
+    fn state_survives_reopen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let hs = hard_state(7, 3, 4);
+        let before = {
+            let store = RedbLogStore::open(tmp.path(), &identity()).unwrap();
+            store
+                .persist(&PersistBatch {
+                    entries: (2..=5).map(|i| entry(i, 7)).collect(),
+                    hard_state: Some(hs.clone()),
+                    applied: Some(3),
+                    ..Default::default()
+                })
+                .unwrap();
+            store.recover().unwrap()
+        };
+        let store = RedbLogStore::open(tmp.path(), &identity()).unwrap();
+        let after = store.recover().unwrap();
+        assert_eq!(after.hard_state, hs);
+        assert_eq!(after.applied, 3);
+        assert_eq!(after.entries, before.entries);
+        assert_eq!(after.snapshot_meta, before.snapshot_meta);
+        assert_eq!(
+            index_terms(&after.entries),
+            (2..=5).map(|i| (i, 7)).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn snapshot_replaces_the_log() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let store = RedbLogStore::open(tmp.path(), &identity()).unwrap();
+            append(&store, (2..=8).map(|i| entry(i, 2)).collect());
+            let mut snapshot = Snapshot::default();
+            snapshot.mut_metadata().index = 5;
+            snapshot.mut_metadata().term = 2;
+            snapshot.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
+            let hs = hard_state(3, 0, 6);
+            store
+                .persist(&PersistBatch {
+                    snapshot: Some(snapshot),
+                    entries: vec![entry(6, 3)],
+                    hard_state: Some(hs),
+                    applied: Some(5),
+                })
+                .unwrap();
+        }
+        let store = RedbLogStore::open(tmp.path(), &identity()).unwrap();
+        let state = store.recover().unwrap();
+        assert_eq!(state.snapshot_meta.index, 5);
+        assert_eq!(state.conf_state().voters, vec![1, 2, 3]);
+        assert_eq!(index_terms(&state.entries), vec![(6, 3)]);
+        assert_eq!(state.applied, 5);
+    }
+
+    #[test]
+    fn mem_storage_view_matches_raft_at_the_boundaries() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = RedbLogStore::open(tmp.path(), &identity()).unwrap();
+
+        // Fresh node: only the bootstrap snapshot.
+        let view = MemStorage::new();
+        load_into(&view, &store.recover().unwrap()).unwrap();
+        assert_eq!(view.first_index().unwrap(), 2);
+        assert_eq!(view.last_index().unwrap(), 1);
+        assert_eq!(view.term(1).unwrap(), 1);
+        assert_eq!(
+            view.term(0),
+            Err(raft::Error::Store(StorageError::Compacted))
+        );
+        assert_eq!(
+            view.term(2),
+            Err(raft::Error::Store(StorageError::Unavailable))
+        );
+
+        // Snapshot at 5 (term 2) and entries 6..=8 (term 3), read after reopen.
+        let mut snapshot = Snapshot::default();
+        snapshot.mut_metadata().index = 5;
+        snapshot.mut_metadata().term = 2;
+        snapshot.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
+        let hs = hard_state(3, 0, 7);
+        store
+            .persist(&PersistBatch {
+                snapshot: Some(snapshot),
+                entries: (6..=8).map(|i| entry(i, 3)).collect(),
+                hard_state: Some(hs.clone()),
+                applied: Some(5),
+            })
+            .unwrap();
+        drop(store);
+        let store = RedbLogStore::open(tmp.path(), &identity()).unwrap();
+        let view = MemStorage::new();
+        load_into(&view, &store.recover().unwrap()).unwrap();
+        assert_eq!(view.first_index().unwrap(), 6);
+        assert_eq!(view.last_index().unwrap(), 8);
+        assert_eq!(view.term(5).unwrap(), 2);
+        assert_eq!(view.term(6).unwrap(), 3);
+        assert_eq!(view.term(8).unwrap(), 3);
+        assert_eq!(
+            view.term(4),
+            Err(raft::Error::Store(StorageError::Compacted))
+        );
+        assert_eq!(
+            view.term(9),
+            Err(raft::Error::Store(StorageError::Unavailable))
+        );
+        let got = view.entries(6, 9, None, raft::GetEntriesContext::empty(false));
+        assert_eq!(index_terms(&got.unwrap()), vec![(6, 3), (7, 3), (8, 3)]);
+        let initial = view.initial_state().unwrap();
+        assert_eq!(initial.hard_state, hs);
+        assert_eq!(initial.conf_state.voters, vec![1, 2, 3]);
+    }
+
+    fn reopen_err(dir: &Path, id: &StoreIdentity) -> Error {
+        RedbLogStore::open(dir, id).expect_err("open should be refused")
+    }
+
+    #[test]
+    fn identity_mismatches_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        drop(RedbLogStore::open(tmp.path(), &identity()).unwrap());
+
+        let mut other = identity();
+        other.cluster = "cluster5".to_string();
+        let e = reopen_err(tmp.path(), &other);
+        assert!(matches!(e, Error::DataDirMismatch { .. }), "{e}");
+        assert_eq!(e.exit_code(), 2);
+        let text = e.to_string();
+        assert!(text.contains("belongs to cluster \"cluster3\""), "{text}");
+        assert!(text.contains("two leaders"), "{text}");
+        assert!(text.contains("new id"), "{text}");
+
+        let mut other = identity();
+        other.node_id = 2;
+        let e = reopen_err(tmp.path(), &other);
+        assert!(matches!(e, Error::DataDirMismatch { .. }), "{e}");
+        assert!(
+            e.to_string().contains("belongs to node 1, not to node 2"),
+            "{e}"
+        );
+
+        let mut other = identity();
+        other.voters = vec![1, 2, 3, 4];
+        let e = reopen_err(tmp.path(), &other);
+        assert!(matches!(e, Error::DataDirMismatch { .. }), "{e}");
+        assert!(e.to_string().contains("[1, 2, 3]"), "{e}");
+        assert!(e.to_string().contains("[1, 2, 3, 4]"), "{e}");
+
+        // The same set in another order is the same cluster.
+        let mut same = identity();
+        same.voters = vec![3, 1, 2];
+        RedbLogStore::open(tmp.path(), &same).unwrap();
+    }
+
+    #[test]
+    fn second_open_is_refused_while_the_first_is_alive() {
+        let tmp = tempfile::tempdir().unwrap();
+        let first = RedbLogStore::open(tmp.path(), &identity()).unwrap();
+        let e = reopen_err(tmp.path(), &identity());
+        assert!(matches!(e, Error::DataDirLocked { .. }), "{e}");
+        assert_eq!(e.exit_code(), 1);
+        let pid = format!("(pid {})", std::process::id());
+        assert!(e.to_string().contains(&pid), "{e}");
+        assert!(
+            e.to_string().contains(&tmp.path().display().to_string()),
+            "{e}"
+        );
+        drop(first);
+        RedbLogStore::open(tmp.path(), &identity()).unwrap();
+    }
+
+    fn assert_corrupt(dir: &Path) {
+        let e = reopen_err(dir, &identity());
+        match &e {
+            Error::StorageCorrupt { file, .. } => assert_eq!(file, &dir.join(DB_FILE)),
+            other => panic!("expected StorageCorrupt, got {other:?}"),
+        }
+        assert_eq!(e.exit_code(), 1);
+        assert!(e.to_string().contains("raft.redb"), "{e}");
+        // Refusing must not have replaced the damaged file with a fresh one.
+        assert!(matches!(
+            RedbLogStore::open(dir, &identity()),
+            Err(Error::StorageCorrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn garbage_file_is_corrupt() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(tmp.path().join(DB_FILE), vec![0x5a; 64 * 1024]).unwrap();
+        assert_corrupt(tmp.path());
+    }
+
+    #[test]
+    fn empty_file_is_corrupt() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(tmp.path().join(DB_FILE), b"").unwrap();
+        assert_corrupt(tmp.path());
+    }
+
+    #[test]
+    fn truncated_file_is_corrupt() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let store = RedbLogStore::open(tmp.path(), &identity()).unwrap();
+            append(&store, (2..=50).map(|i| entry(i, 2)).collect());
+        }
+        let path = tmp.path().join(DB_FILE);
+        let len = fs::metadata(&path).unwrap().len();
+        for cut in [len / 2, 4096, 100, 5] {
+            let copy = tempfile::tempdir().unwrap();
+            let bytes = fs::read(&path).unwrap();
+            fs::write(copy.path().join(DB_FILE), &bytes[..cut as usize]).unwrap();
+            assert_corrupt(copy.path());
+        }
+    }
+
+    #[test]
+    fn flipped_bytes_are_corrupt_or_refused_never_empty() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let store = RedbLogStore::open(tmp.path(), &identity()).unwrap();
+            append(&store, (2..=50).map(|i| entry(i, 2)).collect());
+        }
+        let path = tmp.path().join(DB_FILE);
+        let bytes = fs::read(&path).unwrap();
+        let step = (bytes.len() / 97).max(1);
+        for at in (0..bytes.len()).step_by(step) {
+            let copy = tempfile::tempdir().unwrap();
+            let mut damaged = bytes.clone();
+            damaged[at] ^= 0xff;
+            fs::write(copy.path().join(DB_FILE), &damaged).unwrap();
+            match RedbLogStore::open(copy.path(), &identity()) {
+                Err(Error::StorageCorrupt { .. }) => {}
+                // The byte was unused: the state must then be intact.
+                Ok(store) => {
+                    let state = store.recover().unwrap();
+                    let want: Vec<Entry> = (2..=50).map(|i| entry(i, 2)).collect();
+                    assert_eq!(state.entries, want, "byte {at}");
+                }
+                Err(e) => panic!("byte {at}: unexpected {e:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_redb_file_without_identity_is_corrupt() {
+        let tmp = tempfile::tempdir().unwrap();
+        drop(Database::create(tmp.path().join(DB_FILE)).unwrap());
+        assert_corrupt(tmp.path());
+    }
+
+    #[test]
+    fn leftover_init_file_is_discarded() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(tmp.path().join(DB_INIT_FILE), b"half written").unwrap();
+        let store = RedbLogStore::open(tmp.path(), &identity()).unwrap();
+        assert_eq!(store.recover().unwrap().applied, 1);
+        assert!(!tmp.path().join(DB_INIT_FILE).exists());
+    }
+
+    const CHILD_DIR: &str = "QUORUMD_TEST_STORE_CHILD_DIR";
+    const CHILD_MODE: &str = "QUORUMD_TEST_STORE_CHILD_MODE";
+
+    /// Runs [`child_process_helper`] in a new process of this test binary.
+    fn spawn_child(dir: &Path, mode: &str) -> std::process::Child {
+        use std::process::{Command, Stdio};
+        Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "raft::redb_store::tests::child_process_helper",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env(CHILD_DIR, dir)
+            .env(CHILD_MODE, mode)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Waits until the child prints `line` on stdout (libtest may put its
+    /// own text before it on the same line).
+    fn wait_for_line(child: &mut std::process::Child, line: &str) {
+        use std::io::BufRead;
+        let stdout = child.stdout.as_mut().unwrap();
+        for got in std::io::BufReader::new(stdout).lines() {
+            if got.unwrap().trim_end().ends_with(line) {
+                return;
+            }
+        }
+        panic!("child exited before printing {line:?}");
+    }
+
+    /// Not a test on its own: the body of the child process of the
+    /// cross-process tests below. Does nothing unless they started it.
+    #[test]
+    fn child_process_helper() {
+        let (Ok(dir), Ok(mode)) = (std::env::var(CHILD_DIR), std::env::var(CHILD_MODE)) else {
+            return;
+        };
+        let store = RedbLogStore::open(Path::new(&dir), &identity()).unwrap();
+        match mode.as_str() {
+            "hold" => {
+                println!("locked");
+                // Hold the lock until the parent closes our stdin.
+                let _ = std::io::stdin().read_to_string(&mut String::new());
+            }
+            "crash" => {
+                for i in 2..=100 {
+                    let hs = hard_state(5, 2, i - 1);
+                    store
+                        .persist(&PersistBatch {
+                            entries: vec![entry(i, 5)],
+                            hard_state: Some(hs),
+                            ..Default::default()
+                        })
+                        .unwrap();
+                }
+                println!("persisted");
+                // Like kill -9: no destructor runs, redb is not closed.
+                std::process::abort();
+            }
+            other => panic!("unknown child mode {other}"),
+        }
+    }
+
+    #[test]
+    fn another_process_holding_the_dir_is_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut child = spawn_child(tmp.path(), "hold");
+        wait_for_line(&mut child, "locked");
+        let e = reopen_err(tmp.path(), &identity());
+        drop(child.stdin.take());
+        assert!(child.wait().unwrap().success());
+        assert!(matches!(e, Error::DataDirLocked { .. }), "{e:?}");
+        assert!(
+            e.to_string().contains(&format!("(pid {})", child.id())),
+            "{e}"
+        );
+        // The lock died with the process.
+        RedbLogStore::open(tmp.path(), &identity()).unwrap();
+    }
+
+    #[test]
+    fn a_crash_loses_nothing_that_was_persisted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut child = spawn_child(tmp.path(), "crash");
+        wait_for_line(&mut child, "persisted");
+        assert!(!child.wait().unwrap().success());
+        let store = RedbLogStore::open(tmp.path(), &identity()).unwrap();
+        let state = store.recover().unwrap();
+        assert_eq!(state.hard_state.term, 5);
+        assert_eq!(state.hard_state.vote, 2);
+        assert_eq!(state.hard_state.commit, 99);
+        assert_eq!(
+            index_terms(&state.entries),
+            (2..=100).map(|i| (i, 5)).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn unwritable_dir_is_a_storage_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let blocker = tmp.path().join("not-a-dir");
+        fs::write(&blocker, b"").unwrap();
+        let e = reopen_err(&blocker.join("node-1"), &identity());
+        assert!(matches!(e, Error::Storage { .. }), "{e:?}");
+        assert!(e.to_string().contains("not-a-dir"), "{e}");
+    }
 }
