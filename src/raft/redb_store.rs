@@ -243,14 +243,9 @@ impl RedbLogStore {
             expect += 1;
             entries.push(entry);
         }
-        let last = expect - 1;
-        if hard_state.commit > last {
-            // raft-rs would panic on this ("commit is out of range").
-            return Err(self.corrupt(format!(
-                "the commit index {} is beyond the last stored entry {last}",
-                hard_state.commit
-            )));
-        }
+        // raft-rs would panic on these, so name the file instead.
+        check_loadable(snapshot_meta.index, expect - 1, hard_state.commit, applied)
+            .map_err(|reason| self.corrupt(reason))?;
         Ok(RecoveredState {
             hard_state,
             snapshot_meta,
@@ -266,6 +261,12 @@ impl RedbLogStore {
         {
             let mut meta = txn.open_table(META).map_err(|e| self.err("write", e))?;
             let mut table = txn.open_table(ENTRIES).map_err(|e| self.err("write", e))?;
+            let stored = |meta: &redb::Table<&str, &[u8]>, key: &str| -> Result<Vec<u8>> {
+                meta.get(key)
+                    .map_err(|e| self.err("write", e))?
+                    .map(|v| v.value().to_vec())
+                    .ok_or_else(|| self.corrupt(format!("the \"{key}\" record is missing")))
+            };
 
             let snapshot_index = match &batch.snapshot {
                 Some(snapshot) => {
@@ -279,11 +280,7 @@ impl RedbLogStore {
                     m.index
                 }
                 None => {
-                    let raw = meta
-                        .get(KEY_SNAPSHOT_META)
-                        .map_err(|e| self.err("write", e))?
-                        .map(|v| v.value().to_vec())
-                        .ok_or_else(|| self.corrupt("the snapshot record is missing"))?;
+                    let raw = stored(&meta, KEY_SNAPSHOT_META)?;
                     self.decode::<SnapshotMetadata>(KEY_SNAPSHOT_META, &raw)?
                         .index
                 }
@@ -307,10 +304,41 @@ impl RedbLogStore {
                 }
             }
 
+            // A snapshot is the state machine up to its index: applying it
+            // applies everything it covers.
+            let applied = match (batch.applied, &batch.snapshot) {
+                (applied, Some(_)) => Some(applied.unwrap_or(0).max(snapshot_index)),
+                (applied, None) => applied,
+            };
+            // Refuse, while nothing is written yet, a batch after which
+            // raft-rs could not load the stored state on the next start.
+            let last = table
+                .last()
+                .map_err(|e| self.err("write", e))?
+                .map(|(k, _)| k.value())
+                .unwrap_or(snapshot_index);
+            let commit = match &batch.hard_state {
+                Some(hs) => hs.commit,
+                None => {
+                    let raw = stored(&meta, KEY_HARD_STATE)?;
+                    self.decode::<HardState>(KEY_HARD_STATE, &raw)?.commit
+                }
+            };
+            let applied_after = match applied {
+                Some(applied) => applied,
+                None => self.decode_u64(KEY_APPLIED, &stored(&meta, KEY_APPLIED)?)?,
+            };
+            check_loadable(snapshot_index, last, commit, applied_after).map_err(|reason| {
+                Error::Storage {
+                    dir: self.dir.clone(),
+                    reason: format!("refusing a write that raft could not load back: {reason}"),
+                }
+            })?;
+
             if let Some(hs) = &batch.hard_state {
                 put(&mut meta, KEY_HARD_STATE, &encode(hs)).map_err(|e| self.err("write", e))?;
             }
-            if let Some(applied) = batch.applied {
+            if let Some(applied) = applied {
                 put(&mut meta, KEY_APPLIED, &applied.to_le_bytes())
                     .map_err(|e| self.err("write", e))?;
             }
@@ -397,6 +425,28 @@ const WRONG_DIR_ADVICE: &str = "Point --data-dir at this node's own data dir, \
 const WIPE_WARNING: &str = "Do not wipe the data dir to reuse a node id: a node that \
     forgets its vote and log can help elect two leaders in one term and lose committed \
     entries. To replace a lost node, add a new node with a new id instead.";
+
+/// The conditions under which raft-rs loads a stored state without a fatal
+/// panic (`Raft::load_state` and `RaftLog::applied_to`): the commit index lies
+/// in the stored log, and the applied index between the snapshot and it.
+fn check_loadable(
+    snapshot: u64,
+    last: u64,
+    commit: u64,
+    applied: u64,
+) -> std::result::Result<(), String> {
+    if commit < snapshot || commit > last {
+        return Err(format!(
+            "the commit index {commit} is outside the stored log [{snapshot}, {last}]"
+        ));
+    }
+    if applied < snapshot || applied > commit {
+        return Err(format!(
+            "the applied index {applied} is outside [{snapshot}, commit {commit}]"
+        ));
+    }
+    Ok(())
+}
 
 /// Takes the exclusive lock on `<dir>/LOCK` and writes our pid into it.
 fn lock_dir(dir: &Path) -> Result<File> {
@@ -488,7 +538,14 @@ fn create_initial(dir: &Path, identity: &StoreIdentity) -> Result<()> {
         .map_err(|e| storage_err(dir, format!("cannot rename {}", init.display()), e))?;
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| storage_err(dir, "cannot sync the data dir", e))
+        .map_err(|e| storage_err(dir, "cannot sync the data dir", e))?;
+    // Make the dir's own entry durable too, or a power cut could lose the
+    // whole dir after the node voted. Best effort: the parent may be
+    // searchable but not readable, and `create_dir_all` just worked.
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        let _ = File::open(parent).and_then(|d| d.sync_all());
+    }
+    Ok(())
 }
 
 /// Runs `f`, turning a panic inside redb into [`Error::StorageCorrupt`]:
@@ -921,6 +978,75 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         drop(Database::create(tmp.path().join(DB_FILE)).unwrap());
         assert_corrupt(tmp.path());
+    }
+
+    #[test]
+    fn commit_outside_the_log_is_refused_not_left_to_raft() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = RedbLogStore::open(tmp.path(), &identity()).unwrap();
+        append(&store, vec![entry(2, 1), entry(3, 1)]);
+        for commit in [0, 4] {
+            let batch = PersistBatch {
+                hard_state: Some(hard_state(1, 0, commit)),
+                ..Default::default()
+            };
+            let e = store.persist(&batch).unwrap_err();
+            assert!(matches!(e, Error::Storage { .. }), "{e:?}");
+            assert!(
+                e.to_string().contains("outside the stored log [1, 3]"),
+                "{e}"
+            );
+        }
+        // Nothing of a refused batch is written.
+        let batch = PersistBatch {
+            entries: vec![entry(4, 1)],
+            hard_state: Some(hard_state(1, 0, 9)),
+            ..Default::default()
+        };
+        assert!(store.persist(&batch).is_err());
+        let state = store.recover().unwrap();
+        assert_eq!(state.entries.len(), 2);
+        assert_eq!(state.hard_state.commit, 1);
+        // Entries and a commit that covers them, in one batch, are fine.
+        let batch = PersistBatch {
+            entries: vec![entry(4, 1)],
+            hard_state: Some(hard_state(1, 0, 4)),
+            ..Default::default()
+        };
+        store.persist(&batch).unwrap();
+        assert_eq!(store.recover().unwrap().hard_state.commit, 4);
+        // Applied may not pass the commit index.
+        let batch = PersistBatch {
+            applied: Some(5),
+            ..Default::default()
+        };
+        let e = store.persist(&batch).unwrap_err();
+        assert!(e.to_string().contains("applied index 5"), "{e}");
+        // A conflicting append may not cut below the commit index.
+        let batch = PersistBatch {
+            entries: vec![entry(3, 2)],
+            ..Default::default()
+        };
+        assert!(store.persist(&batch).is_err());
+        assert_eq!(store.recover().unwrap().entries.len(), 3);
+    }
+
+    #[test]
+    fn a_snapshot_counts_as_applied() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = RedbLogStore::open(tmp.path(), &identity()).unwrap();
+        let mut snapshot = Snapshot::default();
+        snapshot.mut_metadata().index = 10;
+        snapshot.mut_metadata().term = 4;
+        snapshot.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
+        store
+            .persist(&PersistBatch {
+                snapshot: Some(snapshot),
+                hard_state: Some(hard_state(4, 0, 10)),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(store.recover().unwrap().applied, 10);
     }
 
     #[test]
