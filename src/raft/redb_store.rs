@@ -19,6 +19,12 @@
 //!   empty over lost state.
 //! - Each [`PersistBatch`] is one redb write transaction with
 //!   [`Durability::Immediate`]: it is on disk when `persist` returns.
+//! - `persist` refuses, before writing anything, a batch after which raft-rs
+//!   could not load the stored state (a gap in the log, a commit index outside
+//!   it, an applied index past the commit), so that a bug fails one write
+//!   instead of every later start.
+//! - The file's page checksums are verified on every open: redb trusts a
+//!   cleanly closed file by default, and then returns damaged values as data.
 //! - A data dir of another cluster, another node id or another voter set is
 //!   refused, because reusing Raft state under a different identity can elect
 //!   two leaders in one term.
