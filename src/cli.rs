@@ -71,7 +71,7 @@ pub fn run(cli: Cli, started: Instant) -> Result<()> {
             config.require_node(node_id)?;
             let options = NodeOptions {
                 data_dir,
-                storage: StorageMode::Memory,
+                storage: StorageMode::Durable,
                 started,
             };
             async_std::task::block_on(run_node(config, node_id, options))

@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::health::{self, HealthHandle};
 use crate::metrics::Metrics;
 use crate::quorum;
+use crate::raft::redb_store::{RedbLogStore, StoreIdentity};
 use crate::raft::storage::{LogStore, MemLogStore};
 use crate::raft::{spawn_tick_driver, RaftGroupManager, ReplicaHandle, Router};
 use crate::transport::wire::GroupId;
@@ -35,7 +36,11 @@ pub const HANDOFF_TIMEOUT_MAX: Duration = Duration::from_millis(500);
 /// How a node keeps its Raft state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StorageMode {
-    /// Nothing survives a restart. For tests and throwaway clusters.
+    /// In redb, under the node's data dir; every Ready is fsynced. The
+    /// default, and the only safe choice for a real cluster.
+    Durable,
+    /// Nothing survives a restart. For unit tests and examples only: a node
+    /// that forgets its vote can help elect two leaders in one term.
     Memory,
 }
 
@@ -54,7 +59,7 @@ impl Default for NodeOptions {
     fn default() -> Self {
         NodeOptions {
             data_dir: None,
-            storage: StorageMode::Memory,
+            storage: StorageMode::Durable,
             started: Instant::now(),
         }
     }
@@ -137,8 +142,11 @@ impl ClusterCoordinator {
         let (peers, mut tasks) =
             transport::spawn_peer_senders(&identity, &router, &metrics, &shutdown);
 
-        // 2. __meta/0, from storage.
-        let store = open_store(&config, node_id, &options)?;
+        // 2. __meta/0, from storage (opened off the executor: it may fsync).
+        let store = {
+            let (config, options) = (config.clone(), options.clone());
+            blocking::unblock(move || open_store(&config, node_id, &options)).await?
+        };
         let mut manager = RaftGroupManager::new(
             node_id,
             config.raft.clone(),
@@ -353,10 +361,24 @@ impl ClusterCoordinator {
 
 fn open_store(
     config: &ClusterConfig,
-    _node_id: u64,
+    node_id: u64,
     options: &NodeOptions,
 ) -> Result<Arc<dyn LogStore>> {
     match options.storage {
         StorageMode::Memory => Ok(Arc::new(MemLogStore::new(config.ids()))),
+        StorageMode::Durable => {
+            let dir = options
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| config.node_data_dir(node_id));
+            let identity = StoreIdentity {
+                cluster: config.name.clone(),
+                node_id,
+                voters: config.ids(),
+            };
+            let store = RedbLogStore::open(&dir, &identity)?;
+            info!("raft state in {}", store.file().display());
+            Ok(Arc::new(store))
+        }
     }
 }

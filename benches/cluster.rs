@@ -1,0 +1,1408 @@
+//! Cluster benchmarks (issue 4, "Benchmarks"): `cargo bench --bench cluster`,
+//! which `make bench` runs through `cargo bench`.
+//!
+//! Every measure launches real `quorumd` processes: the binary cargo built for
+//! this bench run (`CARGO_BIN_EXE_quorumd`, i.e. `target/release/quorumd` built
+//! with the bench profile, which inherits the release profile), copied once at
+//! start into a temp dir so that a rebuild of `target/release` by other work
+//! during the bench cannot swap binaries between runs. Each run gets a
+//! fresh temporary directory with its own cluster file and `data_dir`, and fresh
+//! loopback ports. The cluster file uses the shipped defaults: no `[raft]`
+//! section (tick 25 ms x 10 election ticks), and `heartbeat_interval = "1s"`,
+//! `peer_timeout = "3s"`, `quorum_wait_timeout = "30s"` as in
+//! `clusters/cluster3.toml`. Nodes log at `RUST_LOG=info` (the shipped default)
+//! into `<tempdir>/node-N.stderr`. Every child is killed by its handle when its
+//! cluster is dropped.
+//!
+//! Measures (each timed measure runs `QUORUMD_BENCH_RUNS` times, default 10):
+//!
+//! 1. **Bootstrap** of 1, 3 and 5 nodes. The clock starts just before the first
+//!    process is spawned; the others are spawned back to back in id order. It
+//!    stops at the end of the first poll round in which every node's
+//!    `/admin/cluster/status` says `bootstrap_complete: true` with one and the
+//!    same `leader_id`. Every node is polled every 5 ms, each over its own
+//!    keep-alive HTTP/1.1 connection (reconnected when it drops, e.g. before
+//!    the node listens).
+//! 2. **`kill -9` failover.** A 3-node cluster bootstraps and idles for 1 s;
+//!    the leader gets SIGKILL; the clock runs until both survivors report the
+//!    same leader, other than the old one (polled every 5 ms).
+//! 3. **Graceful handoff.** Same, with SIGTERM. Two clocks, both from the
+//!    signal: until both survivors report the same new leader, and until the
+//!    old leader's process has exited (a run whose old leader exits with a code
+//!    other than 0 counts as failed). Survivors and `try_wait` are polled every
+//!    1 ms here, because the target (10 ms) is close to the 5 ms poll step.
+//! 4. **Idle footprint**, once, of a 3-node cluster (min / median / max over its
+//!    3 nodes), with no admin polling after bootstrap: VmRSS from
+//!    `/proc/PID/status` 10 s and 60 s after bootstrap, and CPU % of one core
+//!    (utime + stime from `/proc/PID/stat`) from 30 s to 60 s after bootstrap.
+//!    With `QUORUMD_BENCH_QUICK=1`: RSS at 10 s and CPU over 0..10 s only.
+//! 5. **Binary size** of `CARGO_BIN_EXE_quorumd` (`target/release/quorumd`;
+//!    the release profile strips it), with a check that it has no ELF symbol
+//!    table.
+//!
+//! Stdout gets one markdown table (min / median / max, the target from issue 4
+//! and etcd's median from DESIGN.md), the machine it ran on, which targets were
+//! met, and every raw sample. A measure with a failed run prints `FAILED:` and
+//! the reason instead of numbers. A run is repeated once, on new ports, only if
+//! a node could not bind its port (os error 98), which is a harness port
+//! collision, not a node fault; such retries are listed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The binary under test, built by cargo for this bench run.
+const BIN: &str = env!("CARGO_BIN_EXE_quorumd");
+
+/// The private copy of `BIN` that this bench run launches (see `main`).
+static EXE: OnceLock<PathBuf> = OnceLock::new();
+
+/// The binary every node runs: the private copy, or `BIN` before it exists.
+fn exe() -> &'static Path {
+    EXE.get().map_or(Path::new(BIN), PathBuf::as_path)
+}
+
+/// Poll step for bootstrap and failover.
+const POLL_INTERVAL: Duration = Duration::from_millis(5);
+/// Poll step for the graceful handoff (status of survivors and `try_wait`).
+const HANDOFF_POLL_INTERVAL: Duration = Duration::from_millis(1);
+/// A bootstrap slower than this counts as failed.
+const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(15);
+/// A new leader later than this counts as failed.
+const ELECTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// A SIGTERMed leader still running after this counts as failed.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Idle time between bootstrap and the kill in the failover/handoff runs.
+const SETTLE: Duration = Duration::from_secs(1);
+/// Connect/read/write timeout of one admin HTTP exchange.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+fn main() {
+    // cargo passes `--bench` to harness = false benches under `cargo bench`;
+    // anything else (`cargo test --benches`, `--all-targets`) must not start
+    // clusters for minutes.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("benches/cluster: not run by `cargo bench` (no --bench flag); skipping");
+        return;
+    }
+    let runs = match std::env::var("QUORUMD_BENCH_RUNS") {
+        Ok(s) => match s.trim().parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                eprintln!("QUORUMD_BENCH_RUNS={s:?} is not a positive integer");
+                std::process::exit(2);
+            }
+        },
+        Err(_) => 10,
+    };
+    let quick = std::env::var("QUORUMD_BENCH_QUICK").is_ok_and(|v| v.trim() == "1");
+    let started = Instant::now();
+    // Other work in this tree may rebuild target/release/quorumd while the bench
+    // runs: launch a private copy taken now, so every run measures one binary.
+    let bin_dir = tempfile::Builder::new()
+        .prefix("quorumd-bench-bin-")
+        .tempdir()
+        .and_then(|d| {
+            std::fs::copy(BIN, d.path().join("quorumd"))?;
+            Ok(d)
+        })
+        .unwrap_or_else(|e| {
+            eprintln!("cannot copy {BIN} for the bench: {e}");
+            std::process::exit(1);
+        });
+    let _ = EXE.set(bin_dir.path().join("quorumd"));
+    eprintln!(
+        "[bench] binary: {BIN} (run from the copy {}); {runs} runs per timed measure; quick={quick}",
+        exe().display()
+    );
+
+    let mut rows: Vec<Row> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+
+    // 1. Bootstrap.
+    for (size, target, check, etcd) in [
+        (
+            1u64,
+            "median ≤ 15 ms",
+            Check::MedianMs(15.0, None),
+            "617 ms",
+        ),
+        (
+            3,
+            "median ≤ 50 ms, max ≤ 150 ms",
+            Check::MedianMs(50.0, Some(150.0)),
+            "360 ms",
+        ),
+        (5, "median ≤ 80 ms", Check::MedianMs(80.0, None), "1303 ms"),
+    ] {
+        let name = format!("{size}-node bootstrap");
+        let mut samples = Samples::new(&name, Unit::Ms);
+        let mut logged = Vec::new();
+        for run in 1..=runs {
+            let r = with_retry(&mut samples, || bootstrap_run(size));
+            let r = r.map(|b| {
+                logged.push(b.logged_ms);
+                b.elapsed
+            });
+            samples.record(run, runs, r.map(ms));
+        }
+        notes.push(format!(
+            "{name}: node-logged `elapsed` (slowest node, ms from its own start): {}",
+            logged
+                .iter()
+                .map(|l| l.map_or("?".to_string(), |v| v.to_string()))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+        rows.push(Row::new(samples, target, etcd, check));
+    }
+
+    // 2. kill -9 failover.
+    {
+        let mut samples = Samples::new("`kill -9` failover (3 nodes)", Unit::Ms);
+        let mut terms = Vec::new();
+        for run in 1..=runs {
+            let r = with_retry(&mut samples, failover_run).map(|(d, t)| {
+                terms.push(t);
+                d
+            });
+            samples.record(run, runs, r.map(ms));
+        }
+        notes.push(format!(
+            "failover: (old term -> new term) per run: {}",
+            terms
+                .iter()
+                .map(|(a, b)| format!("{a}->{b}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+        rows.push(Row::new(
+            samples,
+            "median ≤ 500 ms, max ≤ 1 s",
+            "1488 ms",
+            Check::MedianMs(500.0, Some(1000.0)),
+        ));
+    }
+
+    // 3. Graceful handoff.
+    {
+        let mut leader = Samples::new("graceful handoff: new leader", Unit::Ms);
+        let mut exit = Samples::new("graceful handoff: old leader exits", Unit::Ms);
+        for run in 1..=runs {
+            match with_retry(&mut leader, handoff_run) {
+                Ok(h) => {
+                    leader.record(run, runs, h.new_leader.map(ms));
+                    exit.record(run, runs, h.exit.map(ms));
+                }
+                Err(e) => {
+                    leader.record(run, runs, Err(e.clone()));
+                    exit.record(run, runs, Err(e));
+                }
+            }
+        }
+        rows.push(Row::new(
+            leader,
+            "median ≤ 10 ms",
+            "8 ms",
+            Check::MedianMs(10.0, None),
+        ));
+        rows.push(Row::new(
+            exit,
+            "≤ 100 ms after SIGTERM",
+            "110 ms",
+            Check::MaxMs(100.0),
+        ));
+    }
+
+    // 4. Idle footprint.
+    rows.extend(footprint(quick, &mut notes));
+
+    // 5. Binary size.
+    rows.push(binary_size(&mut notes));
+
+    // Report.
+    let mut out = String::new();
+    let _ = writeln!(out);
+    let _ = writeln!(out, "{}", machine());
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "| measure | min | median | max | target | etcd median |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|");
+    for row in &rows {
+        let _ = writeln!(out, "{}", row.markdown());
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "Targets (issue 4):");
+    for row in &rows {
+        let _ = writeln!(out, "- {}: {}", row.samples.name, row.verdict());
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "Samples (in run order):");
+    for row in &rows {
+        let _ = writeln!(out, "- {}", row.samples.raw());
+    }
+    for n in &notes {
+        let _ = writeln!(out, "- {n}");
+    }
+    let _ = writeln!(
+        out,
+        "\nbench wall time: {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    print!("{out}");
+    drop(bin_dir);
+}
+
+// ---------------------------------------------------------------------------
+// Samples, rows and targets
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Copy)]
+enum Unit {
+    Ms,
+    MiB,
+    Pct,
+}
+
+impl Unit {
+    fn fmt(self, v: f64) -> String {
+        match self {
+            Unit::Ms => format!("{v:.1} ms"),
+            Unit::MiB => format!("{v:.2} MiB"),
+            Unit::Pct => format!("{v:.3} %"),
+        }
+    }
+}
+
+/// The results of one measure: numbers of the runs that worked, reasons of the
+/// runs that did not.
+struct Samples {
+    name: String,
+    unit: Unit,
+    ok: Vec<f64>,
+    failed: Vec<String>,
+    retries: Vec<String>,
+}
+
+impl Samples {
+    fn new(name: &str, unit: Unit) -> Samples {
+        Samples {
+            name: name.to_string(),
+            unit,
+            ok: Vec::new(),
+            failed: Vec::new(),
+            retries: Vec::new(),
+        }
+    }
+
+    fn record(&mut self, run: usize, runs: usize, r: Result<f64, String>) {
+        match r {
+            Ok(v) => {
+                eprintln!(
+                    "[bench] {} run {run}/{runs}: {}",
+                    self.name,
+                    self.unit.fmt(v)
+                );
+                self.ok.push(v);
+            }
+            Err(e) => {
+                eprintln!("[bench] {} run {run}/{runs}: FAILED: {e}", self.name);
+                self.failed.push(format!("run {run}: {e}"));
+            }
+        }
+    }
+
+    /// (min, median, max) of the successful runs.
+    fn stats(&self) -> Option<(f64, f64, f64)> {
+        let mut v = self.ok.clone();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Some((v[0], median, v[n - 1]))
+    }
+
+    fn raw(&self) -> String {
+        let mut s = format!(
+            "{}: {}",
+            self.name,
+            self.ok
+                .iter()
+                .map(|&v| self.unit.fmt(v))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        for f in &self.failed {
+            let _ = write!(s, "; FAILED {f}");
+        }
+        for r in &self.retries {
+            let _ = write!(s, "; retried after a port collision: {r}");
+        }
+        s
+    }
+}
+
+enum Check {
+    /// Median at most .0 ms, and max at most .1 ms if given.
+    MedianMs(f64, Option<f64>),
+    /// Every run at most this many ms.
+    MaxMs(f64),
+    /// Every sample at most this (in the row's unit).
+    Max(f64),
+}
+
+struct Row {
+    samples: Samples,
+    target: &'static str,
+    etcd: &'static str,
+    check: Check,
+}
+
+impl Row {
+    fn new(samples: Samples, target: &'static str, etcd: &'static str, check: Check) -> Row {
+        Row {
+            samples,
+            target,
+            etcd,
+            check,
+        }
+    }
+
+    fn markdown(&self) -> String {
+        let s = &self.samples;
+        let cells = match (s.failed.first(), s.stats()) {
+            (None, Some((min, med, max))) => [s.unit.fmt(min), s.unit.fmt(med), s.unit.fmt(max)],
+            (Some(first), stats) => {
+                let mut reason = format!(
+                    "FAILED: {} of {} runs; first: {first}",
+                    s.failed.len(),
+                    s.failed.len() + s.ok.len()
+                );
+                if let Some((min, med, max)) = stats {
+                    let _ = write!(
+                        reason,
+                        " (the {} good runs: {} / {} / {})",
+                        s.ok.len(),
+                        s.unit.fmt(min),
+                        s.unit.fmt(med),
+                        s.unit.fmt(max)
+                    );
+                }
+                [cell(&reason), "—".into(), "—".into()]
+            }
+            (None, None) => ["FAILED: no sample".into(), "—".into(), "—".into()],
+        };
+        format!(
+            "| {} | {} | {} | {} | {} | {} |",
+            s.name, cells[0], cells[1], cells[2], self.target, self.etcd
+        )
+    }
+
+    fn verdict(&self) -> String {
+        let s = &self.samples;
+        let Some((_, med, max)) = s.stats().filter(|_| s.failed.is_empty()) else {
+            return "not measured (failed runs)".into();
+        };
+        let f = |v| s.unit.fmt(v);
+        let misses: Vec<String> = match self.check {
+            Check::MedianMs(m, x) => {
+                let mut v = Vec::new();
+                if med > m {
+                    v.push(format!("median {} > {}", f(med), f(m)));
+                }
+                if let Some(x) = x.filter(|&x| max > x) {
+                    v.push(format!("max {} > {}", f(max), f(x)));
+                }
+                v
+            }
+            Check::MaxMs(x) | Check::Max(x) => {
+                if max > x {
+                    vec![format!("max {} > {}", f(max), f(x))]
+                } else {
+                    vec![]
+                }
+            }
+        };
+        if misses.is_empty() {
+            format!("met ({})", self.target)
+        } else {
+            format!("MISSED: {}", misses.join(", "))
+        }
+    }
+}
+
+/// Text made safe for one markdown table cell.
+fn cell(s: &str) -> String {
+    s.replace('|', "/").replace(['\n', '\r'], " ")
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Runs `f`; if it failed because a node could not bind its port (a port
+/// picked by this harness got taken in between), runs it once more.
+fn with_retry<T>(
+    samples: &mut Samples,
+    mut f: impl FnMut() -> Result<T, String>,
+) -> Result<T, String> {
+    match f() {
+        Err(e) if e.contains("os error 98") => {
+            eprintln!(
+                "[bench] {}: port collision, retrying on new ports: {e}",
+                samples.name
+            );
+            samples.retries.push(e);
+            f()
+        }
+        r => r,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Measures
+// ---------------------------------------------------------------------------
+
+struct Booted {
+    cluster: Cluster,
+    clients: Vec<(u64, AdminClient)>,
+    elapsed: Duration,
+    leader: u64,
+    /// The largest `elapsed=Xms` any node logged with `bootstrap complete`.
+    logged_ms: Option<u64>,
+}
+
+/// Launches a `size`-node cluster and times it until every node agrees on a
+/// leader with bootstrap complete.
+fn bootstrap_run(size: u64) -> Result<Booted, String> {
+    let mut cluster = Cluster::new(size).map_err(|e| format!("cluster setup: {e}"))?;
+    let mut clients: Vec<(u64, AdminClient)> = cluster
+        .nodes
+        .iter()
+        .map(|n| (n.id, AdminClient::new(n.admin)))
+        .collect();
+    let start = Instant::now();
+    for id in 1..=size {
+        cluster.spawn(id)?;
+    }
+    let (elapsed, leader, _) = wait_for_leader(
+        &mut cluster,
+        &mut clients,
+        start,
+        POLL_INTERVAL,
+        BOOTSTRAP_TIMEOUT,
+        None,
+    )?;
+    let logged_ms = (1..=size)
+        .map(|id| cluster.logged_bootstrap_ms(id))
+        .collect::<Option<Vec<u64>>>()
+        .and_then(|v| v.into_iter().max());
+    Ok(Booted {
+        cluster,
+        clients,
+        elapsed,
+        leader,
+        logged_ms,
+    })
+}
+
+/// A bootstrapped 3-node cluster after `SETTLE`, with its current leader.
+fn settled_cluster() -> Result<Booted, String> {
+    let mut b = bootstrap_run(3)?;
+    sleep(SETTLE);
+    let now = Instant::now();
+    let (_, leader, _) = wait_for_leader(
+        &mut b.cluster,
+        &mut b.clients,
+        now,
+        POLL_INTERVAL,
+        Duration::from_millis(500),
+        None,
+    )
+    .map_err(|e| format!("the cluster lost its leader while idling after bootstrap: {e}"))?;
+    b.leader = leader;
+    Ok(b)
+}
+
+/// Kills the leader with SIGKILL; returns the time until both survivors agree
+/// on a new leader, and the (old, new) term.
+fn failover_run() -> Result<(Duration, (u64, u64)), String> {
+    let Booted {
+        mut cluster,
+        mut clients,
+        leader,
+        ..
+    } = settled_cluster()?;
+    let old_term = term_of(&mut clients, leader)?;
+    clients.retain(|(id, _)| *id != leader);
+    let start = Instant::now();
+    cluster.signal(leader, libc::SIGKILL)?;
+    let (elapsed, _, new_term) = wait_for_leader(
+        &mut cluster,
+        &mut clients,
+        start,
+        POLL_INTERVAL,
+        ELECTION_TIMEOUT,
+        Some(leader),
+    )?;
+    Ok((elapsed, (old_term, new_term)))
+}
+
+struct Handoff {
+    new_leader: Result<Duration, String>,
+    exit: Result<Duration, String>,
+}
+
+/// SIGTERMs the leader; times the new leader and the old leader's exit.
+fn handoff_run() -> Result<Handoff, String> {
+    let Booted {
+        mut cluster,
+        mut clients,
+        leader,
+        ..
+    } = settled_cluster()?;
+    clients.retain(|(id, _)| *id != leader);
+    let survivors: Vec<u64> = clients.iter().map(|(id, _)| *id).collect();
+    let start = Instant::now();
+    cluster.signal(leader, libc::SIGTERM)?;
+    let mut new_leader: Option<Result<Duration, String>> = None;
+    let mut exit: Option<(Duration, ExitStatus)> = None;
+    let mut last_view = String::new();
+    let mut next = start;
+    loop {
+        if exit.is_none() {
+            if let Some(status) = cluster.try_wait(leader)? {
+                exit = Some((start.elapsed(), status));
+            }
+        }
+        if new_leader.is_none() {
+            if let Err(e) = cluster.check_running(&survivors) {
+                new_leader = Some(Err(e));
+            } else {
+                let round = poll_round(&mut clients);
+                if agreed_leader(&round, Some(leader)).is_some() {
+                    new_leader = Some(Ok(start.elapsed()));
+                } else {
+                    last_view = describe(&round);
+                }
+            }
+        }
+        let waited = start.elapsed();
+        if new_leader.is_some() && exit.is_some() {
+            break;
+        }
+        if waited >= ELECTION_TIMEOUT.max(EXIT_TIMEOUT) {
+            break;
+        }
+        next += HANDOFF_POLL_INTERVAL;
+        let now = Instant::now();
+        if next > now {
+            sleep(next - now);
+        } else {
+            next = now;
+        }
+    }
+    let new_leader = new_leader.unwrap_or_else(|| {
+        Err(format!(
+            "no new leader {} ms after SIGTERM; survivors: {last_view}",
+            ELECTION_TIMEOUT.as_millis()
+        ))
+    });
+    let exit = match exit {
+        Some((d, status)) if status.success() => Ok(d),
+        Some((d, status)) => Err(format!(
+            "old leader exited with {status} (not 0) after {:.1} ms: {}",
+            ms(d),
+            cluster.stderr_tail(leader)
+        )),
+        None => Err(format!(
+            "old leader still running {} ms after SIGTERM: {}",
+            EXIT_TIMEOUT.as_millis(),
+            cluster.stderr_tail(leader)
+        )),
+    };
+    Ok(Handoff { new_leader, exit })
+}
+
+/// Idle RSS and CPU of a 3-node cluster.
+fn footprint(quick: bool, notes: &mut Vec<String>) -> Vec<Row> {
+    let rss_target = "≤ 4 MiB per node";
+    let cpu_target = "≤ 0.2 % of a core per node";
+    let mut rss10 = Samples::new("idle RSS per node, 10 s after bootstrap", Unit::MiB);
+    let mut rss60 = Samples::new("idle RSS per node, 60 s after bootstrap", Unit::MiB);
+    let cpu_name = if quick {
+        "idle CPU per node, 0–10 s after bootstrap (quick)"
+    } else {
+        "idle CPU per node, 30–60 s after bootstrap"
+    };
+    let mut cpu = Samples::new(cpu_name, Unit::Pct);
+    let result = (|| -> Result<(), String> {
+        let mut b = with_retry(&mut rss10, || bootstrap_run(3))?;
+        let leader_before = b.leader;
+        let term_before = term_of(&mut b.clients, b.leader)?;
+        // No admin traffic while idling: close the poll connections.
+        b.clients.clear();
+        let t0 = Instant::now();
+        let ids: Vec<u64> = b.cluster.nodes.iter().map(|n| n.id).collect();
+        let pids: Vec<(u64, u32)> = ids.iter().map(|&id| (id, b.cluster.pid(id))).collect();
+        let hz = clock_ticks()?;
+        let sleep_until = |t: Duration| {
+            let e = t0.elapsed();
+            if t > e {
+                sleep(t - e);
+            }
+        };
+        let cpu_window = |from: Duration,
+                          to: Duration,
+                          cluster: &mut Cluster,
+                          cpu: &mut Samples,
+                          notes: &mut Vec<String>|
+         -> Result<(), String> {
+            sleep_until(from);
+            let before: Vec<(u64, Instant, BTreeMap<u64, ThreadStat>)> = pids
+                .iter()
+                .map(|&(_, p)| {
+                    let ticks = cpu_ticks(p)?;
+                    let threads = thread_stats(p)?;
+                    Ok::<_, String>((ticks, Instant::now(), threads))
+                })
+                .collect::<Result<_, _>>()?;
+            sleep_until(to);
+            cluster.check_running(&ids)?;
+            for (&(id, p), (t0, at, threads0)) in pids.iter().zip(&before) {
+                let t = cpu_ticks(p)?;
+                let threads = thread_stats(p)?;
+                let secs = at.elapsed().as_secs_f64();
+                cpu.ok.push((t - t0) as f64 / hz / secs * 100.0);
+                // Where the time went, and how often the node woke up.
+                let mut per_thread = Vec::new();
+                let mut switches = 0;
+                let mut run_ns = 0;
+                for (tid, th) in &threads {
+                    let (ticks0, sw0, ns0) = threads0
+                        .get(tid)
+                        .map_or((0, 0, 0), |o| (o.ticks, o.switches, o.run_ns));
+                    switches += th.switches.saturating_sub(sw0);
+                    run_ns += th.run_ns.saturating_sub(ns0);
+                    per_thread.push(format!("{} {}", th.name, th.ticks.saturating_sub(ticks0)));
+                }
+                notes.push(format!(
+                    "CPU window, node {id}: {} ticks of 1/{hz} s in {secs:.1} s; by thread: {}; \
+                     {:.0} context switches/s; schedstat cross-check: {:.1} ms on CPU = {:.3} % \
+                     (all threads)",
+                    t - t0,
+                    per_thread.join(", "),
+                    switches as f64 / secs,
+                    run_ns as f64 / 1e6,
+                    run_ns as f64 / 1e9 / secs * 100.0
+                ));
+            }
+            Ok(())
+        };
+        let rss_at = |at: Duration,
+                      cluster: &mut Cluster,
+                      s: &mut Samples,
+                      notes: &mut Vec<String>|
+         -> Result<(), String> {
+            sleep_until(at);
+            cluster.check_running(&ids)?;
+            let mut threads = Vec::new();
+            for &(id, p) in &pids {
+                let st = proc_status(p)?;
+                s.ok.push(st.rss_kib as f64 / 1024.0);
+                threads.push(format!("node {id}: {} threads", st.threads));
+            }
+            notes.push(format!("at {} s: {}", at.as_secs(), threads.join(", ")));
+            Ok(())
+        };
+        if quick {
+            cpu_window(
+                Duration::ZERO,
+                Duration::from_secs(10),
+                &mut b.cluster,
+                &mut cpu,
+                notes,
+            )?;
+            rss_at(Duration::from_secs(10), &mut b.cluster, &mut rss10, notes)?;
+        } else {
+            rss_at(Duration::from_secs(10), &mut b.cluster, &mut rss10, notes)?;
+            cpu_window(
+                Duration::from_secs(30),
+                Duration::from_secs(60),
+                &mut b.cluster,
+                &mut cpu,
+                notes,
+            )?;
+            rss_at(Duration::from_secs(60), &mut b.cluster, &mut rss60, notes)?;
+        }
+        // Did the cluster stay quiet (no election) while idle?
+        let mut clients: Vec<(u64, AdminClient)> = b
+            .cluster
+            .nodes
+            .iter()
+            .map(|n| (n.id, AdminClient::new(n.admin)))
+            .collect();
+        let round = poll_round(&mut clients);
+        notes.push(format!(
+            "idle cluster: leader {leader_before} term {term_before} at bootstrap; after idling: {}",
+            describe(&round)
+        ));
+        Ok(())
+    })();
+    if let Err(e) = result {
+        eprintln!("[bench] idle footprint: FAILED: {e}");
+        for s in [&mut rss10, &mut rss60, &mut cpu] {
+            if s.ok.len() < 3 {
+                s.failed.push(e.clone());
+            }
+        }
+    }
+    let mut rows = vec![Row::new(
+        rss10,
+        rss_target,
+        "26–29 MiB (range)",
+        Check::Max(4.0),
+    )];
+    if !quick {
+        rows.push(Row::new(
+            rss60,
+            rss_target,
+            "26–29 MiB (range)",
+            Check::Max(4.0),
+        ));
+    }
+    rows.push(Row::new(cpu, cpu_target, "0.8 %", Check::Max(0.2)));
+    rows
+}
+
+fn binary_size(notes: &mut Vec<String>) -> Row {
+    let mut s = Samples::new("binary (stripped release)", Unit::MiB);
+    match std::fs::metadata(exe()) {
+        Ok(m) => {
+            s.ok.push(m.len() as f64 / MIB);
+            let stripped = match elf_has_symtab(exe()) {
+                Ok(false) => "no ELF symbol table (stripped)".to_string(),
+                Ok(true) => "HAS an ELF symbol table (not stripped)".to_string(),
+                Err(e) => format!("could not inspect ELF: {e}"),
+            };
+            notes.push(format!(
+                "binary: {BIN} as cargo built it for this bench (bench profile = release \
+                 profile; copied at start), {} bytes, {stripped}",
+                m.len()
+            ));
+        }
+        Err(e) => s.failed.push(format!("{}: {e}", exe().display())),
+    }
+    Row::new(s, "≤ 4 MiB stripped", "20.5 MiB", Check::Max(4.0))
+}
+
+// ---------------------------------------------------------------------------
+// Polling for agreement
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Debug)]
+struct NodeStatus {
+    role: String,
+    term: u64,
+    leader_id: Option<u64>,
+    bootstrap_complete: bool,
+}
+
+impl NodeStatus {
+    fn parse(body: &str) -> Result<NodeStatus, String> {
+        let v: Value = serde_json::from_str(body).map_err(|e| format!("bad JSON ({e}): {body}"))?;
+        Ok(NodeStatus {
+            role: v["role"].as_str().unwrap_or("?").to_string(),
+            term: v["term"].as_u64().unwrap_or(0),
+            leader_id: v["leader_id"].as_u64(),
+            bootstrap_complete: v["bootstrap_complete"] == Value::Bool(true),
+        })
+    }
+}
+
+type Round = Vec<(u64, Result<NodeStatus, String>)>;
+
+/// Queries every node once.
+fn poll_round(clients: &mut [(u64, AdminClient)]) -> Round {
+    clients
+        .iter_mut()
+        .map(|(id, c)| (*id, c.status()))
+        .collect()
+}
+
+/// If every node answered with bootstrap complete and one and the same known
+/// leader (other than `not`), returns it and the highest term seen.
+fn agreed_leader(round: &Round, not: Option<u64>) -> Option<(u64, u64)> {
+    let mut leader = None;
+    let mut term = 0;
+    for (_, r) in round {
+        let s = r.as_ref().ok()?;
+        if !s.bootstrap_complete {
+            return None;
+        }
+        let l = s.leader_id?;
+        if leader.is_some_and(|x| x != l) || not == Some(l) {
+            return None;
+        }
+        leader = Some(l);
+        term = term.max(s.term);
+    }
+    leader.map(|l| (l, term))
+}
+
+fn describe(round: &Round) -> String {
+    round
+        .iter()
+        .map(|(id, r)| match r {
+            Ok(s) => format!(
+                "node {id}: {} term {} leader {} bootstrap_complete {}",
+                s.role,
+                s.term,
+                s.leader_id.map_or("none".into(), |l| l.to_string()),
+                s.bootstrap_complete
+            ),
+            Err(e) => format!("node {id}: {e}"),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Polls `clients` every `interval` until they agree on a leader (not `not`).
+/// Returns the time since `start`, the leader and the term.
+fn wait_for_leader(
+    cluster: &mut Cluster,
+    clients: &mut [(u64, AdminClient)],
+    start: Instant,
+    interval: Duration,
+    timeout: Duration,
+    not: Option<u64>,
+) -> Result<(Duration, u64, u64), String> {
+    let ids: Vec<u64> = clients.iter().map(|(id, _)| *id).collect();
+    let mut next = start;
+    loop {
+        cluster.check_running(&ids)?;
+        let round = poll_round(clients);
+        let elapsed = start.elapsed();
+        if let Some((leader, term)) = agreed_leader(&round, not) {
+            return Ok((elapsed, leader, term));
+        }
+        if elapsed >= timeout {
+            return Err(format!(
+                "no agreed leader after {} ms; last view: {}",
+                timeout.as_millis(),
+                describe(&round)
+            ));
+        }
+        next += interval;
+        let now = Instant::now();
+        if next > now {
+            sleep(next - now);
+        } else {
+            next = now;
+        }
+    }
+}
+
+fn term_of(clients: &mut [(u64, AdminClient)], id: u64) -> Result<u64, String> {
+    clients
+        .iter_mut()
+        .find(|(i, _)| *i == id)
+        .ok_or_else(|| format!("no client for node {id}"))?
+        .1
+        .status()
+        .map(|s| s.term)
+}
+
+// ---------------------------------------------------------------------------
+// Keep-alive HTTP/1.1 client
+// ---------------------------------------------------------------------------
+
+/// One keep-alive connection to one node's admin API.
+struct AdminClient {
+    addr: SocketAddr,
+    conn: Option<BufReader<TcpStream>>,
+}
+
+impl AdminClient {
+    fn new(addr: SocketAddr) -> AdminClient {
+        AdminClient { addr, conn: None }
+    }
+
+    fn status(&mut self) -> Result<NodeStatus, String> {
+        NodeStatus::parse(&self.get("/admin/cluster/status")?)
+    }
+
+    /// GET `path`; the body of a 200 answer.
+    fn get(&mut self, path: &str) -> Result<String, String> {
+        // The server may have closed an idle connection: one retry on a new one.
+        if self.conn.is_some() {
+            match self.exchange(path) {
+                Ok(r) => return r,
+                Err(_) => self.conn = None,
+            }
+        }
+        let stream = TcpStream::connect_timeout(&self.addr, HTTP_TIMEOUT)
+            .map_err(|e| format!("connect {}: {e}", self.addr))?;
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_read_timeout(Some(HTTP_TIMEOUT));
+        let _ = stream.set_write_timeout(Some(HTTP_TIMEOUT));
+        self.conn = Some(BufReader::new(stream));
+        match self.exchange(path) {
+            Ok(r) => r,
+            Err(e) => {
+                self.conn = None;
+                Err(format!("GET {path} on {}: {e}", self.addr))
+            }
+        }
+    }
+
+    /// One request/response on the open connection. The outer error is an I/O
+    /// failure; the inner one a well-formed answer that is not 200.
+    fn exchange(&mut self, path: &str) -> io::Result<Result<String, String>> {
+        let addr = self.addr;
+        let conn = self
+            .conn
+            .as_mut()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "no connection"))?;
+        let req =
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\n\r\n");
+        conn.get_mut().write_all(req.as_bytes())?;
+        let mut line = String::new();
+        if conn.read_line(&mut line)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed",
+            ));
+        }
+        let code: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| bad(format!("bad status line {line:?}")))?;
+        let mut length: Option<usize> = None;
+        let mut close = false;
+        loop {
+            line.clear();
+            if conn.read_line(&mut line)? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed in headers",
+                ));
+            }
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            let Some((name, value)) = header.split_once(':') else {
+                return Err(bad(format!("bad header {header:?}")));
+            };
+            let value = value.trim();
+            match name.trim().to_ascii_lowercase().as_str() {
+                "content-length" => {
+                    length = Some(
+                        value
+                            .parse()
+                            .map_err(|_| bad(format!("bad Content-Length {value:?}")))?,
+                    )
+                }
+                "connection" => close = value.eq_ignore_ascii_case("close"),
+                "transfer-encoding" => {
+                    return Err(bad(format!("unsupported Transfer-Encoding {value:?}")))
+                }
+                _ => {}
+            }
+        }
+        let length = length.ok_or_else(|| bad("answer without Content-Length".into()))?;
+        let mut body = vec![0u8; length];
+        conn.read_exact(&mut body)?;
+        if close {
+            self.conn = None;
+        }
+        let body = String::from_utf8_lossy(&body).into_owned();
+        Ok(if code == 200 {
+            Ok(body)
+        } else {
+            Err(format!("HTTP {code}: {body}"))
+        })
+    }
+}
+
+fn bad(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+// ---------------------------------------------------------------------------
+// Clusters of real processes
+// ---------------------------------------------------------------------------
+
+struct NodeAddrs {
+    id: u64,
+    addr: SocketAddr,
+    admin: SocketAddr,
+}
+
+/// A cluster file in a temp dir and the node processes started from it. Every
+/// child still running is killed (SIGKILL, by its handle) and reaped on drop.
+struct Cluster {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    nodes: Vec<NodeAddrs>,
+    children: BTreeMap<u64, Child>,
+}
+
+/// Ports handed out so far by this bench process: never twice.
+static USED_PORTS: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+
+/// `n` distinct free loopback ports, picked by binding 127.0.0.1:0. All the
+/// listeners stay open until all `n` are picked, so the kernel cannot hand out
+/// one port twice; Linux gives bind(0) odd ports and connect() even ones, which
+/// keeps the nodes' own outbound connections off them in between.
+fn free_ports(n: usize) -> io::Result<Vec<u16>> {
+    let mut used = USED_PORTS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut held = Vec::new();
+    let mut ports = Vec::new();
+    while ports.len() < n {
+        if held.len() > 1000 {
+            return Err(io::Error::other("no free loopback ports"));
+        }
+        let l = TcpListener::bind("127.0.0.1:0")?;
+        let port = l.local_addr()?.port();
+        if used.insert(port) {
+            ports.push(port);
+        }
+        held.push(l);
+    }
+    Ok(ports)
+}
+
+fn toml_str(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+impl Cluster {
+    /// Writes the cluster file of nodes `1..=size`; starts nothing.
+    fn new(size: u64) -> io::Result<Cluster> {
+        let dir = tempfile::Builder::new()
+            .prefix("quorumd-bench-")
+            .tempdir()?;
+        let ports = free_ports(2 * size as usize)?;
+        let nodes: Vec<NodeAddrs> = (1..=size)
+            .zip(ports.chunks(2))
+            .map(|(id, p)| NodeAddrs {
+                id,
+                addr: SocketAddr::from(([127, 0, 0, 1], p[0])),
+                admin: SocketAddr::from(([127, 0, 0, 1], p[1])),
+            })
+            .collect();
+        let data = dir.path().join("data");
+        let mut toml = String::new();
+        let _ = writeln!(toml, "[cluster]");
+        let _ = writeln!(toml, "name = \"bench{size}\"");
+        let _ = writeln!(toml, "quorum_wait_timeout = \"30s\"");
+        let _ = writeln!(toml, "heartbeat_interval = \"1s\"");
+        let _ = writeln!(toml, "peer_timeout = \"3s\"");
+        let _ = writeln!(toml, "data_dir = {}", toml_str(&data.to_string_lossy()));
+        for n in &nodes {
+            let _ = writeln!(toml);
+            let _ = writeln!(toml, "[[node]]");
+            let _ = writeln!(toml, "id = {}", n.id);
+            let _ = writeln!(toml, "addr = \"{}\"", n.addr);
+            let _ = writeln!(toml, "admin = \"{}\"", n.admin);
+        }
+        let config = dir.path().join("cluster.toml");
+        std::fs::write(&config, toml)?;
+        Ok(Cluster {
+            dir,
+            config,
+            nodes,
+            children: BTreeMap::new(),
+        })
+    }
+
+    fn stderr_path(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node-{id}.stderr"))
+    }
+
+    fn spawn(&mut self, id: u64) -> Result<(), String> {
+        let log = File::create(self.stderr_path(id)).map_err(|e| format!("stderr file: {e}"))?;
+        let child = Command::new(exe())
+            .arg("run")
+            .arg("--cluster")
+            .arg(&self.config)
+            .arg("--node-id")
+            .arg(id.to_string())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("spawn {}: {e}", exe().display()))?;
+        self.children.insert(id, child);
+        Ok(())
+    }
+
+    fn pid(&self, id: u64) -> u32 {
+        self.children.get(&id).map_or(0, Child::id)
+    }
+
+    /// Reaps node `id` if it has exited.
+    fn try_wait(&mut self, id: u64) -> Result<Option<ExitStatus>, String> {
+        let Some(child) = self.children.get_mut(&id) else {
+            return Err(format!("node {id} is not running"));
+        };
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                self.children.remove(&id);
+                Ok(Some(status))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(format!("try_wait on node {id}: {e}")),
+        }
+    }
+
+    /// An error naming the first of `ids` that is no longer running.
+    fn check_running(&mut self, ids: &[u64]) -> Result<(), String> {
+        for &id in ids {
+            if let Some(status) = self.try_wait(id)? {
+                return Err(format!(
+                    "node {id} exited unexpectedly ({status}): {}",
+                    self.stderr_tail(id)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn signal(&mut self, id: u64, sig: libc::c_int) -> Result<(), String> {
+        let pid = self.pid(id);
+        if pid == 0 {
+            return Err(format!("node {id} is not running"));
+        }
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped,
+        // so the pid cannot have been reused.
+        let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
+        if rc != 0 {
+            return Err(format!(
+                "kill({pid}, {sig}): {}",
+                io::Error::last_os_error()
+            ));
+        }
+        Ok(())
+    }
+
+    fn stderr(&self, id: u64) -> String {
+        std::fs::read_to_string(self.stderr_path(id)).unwrap_or_default()
+    }
+
+    /// The last few lines node `id` wrote to stderr, on one line.
+    fn stderr_tail(&self, id: u64) -> String {
+        let text = self.stderr(id);
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        let tail = lines[lines.len().saturating_sub(3)..].join(" / ");
+        if tail.is_empty() {
+            "(no stderr)".into()
+        } else {
+            tail
+        }
+    }
+
+    /// `X` of the `bootstrap complete: ... elapsed=Xms` line node `id` logged.
+    fn logged_bootstrap_ms(&self, id: u64) -> Option<u64> {
+        let text = self.stderr(id);
+        let line = text.lines().find(|l| l.contains("bootstrap complete"))?;
+        let rest = &line[line.find("elapsed=")? + "elapsed=".len()..];
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self.children.values_mut() {
+            let _ = child.kill();
+        }
+        for child in self.children.values_mut() {
+            let _ = child.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// /proc, ELF and the machine
+// ---------------------------------------------------------------------------
+
+struct ProcStatus {
+    rss_kib: u64,
+    threads: u64,
+}
+
+fn proc_status(pid: u32) -> Result<ProcStatus, String> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+    let field = |name: &str| -> Result<u64, String> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("{path}: no {name}"))
+    };
+    Ok(ProcStatus {
+        rss_kib: field("VmRSS:")?,
+        threads: field("Threads:")?,
+    })
+}
+
+struct ThreadStat {
+    name: String,
+    /// utime + stime, in clock ticks.
+    ticks: u64,
+    /// Voluntary plus involuntary context switches.
+    switches: u64,
+    /// Time on a CPU in ns, from `schedstat` (exact, unlike the ticks).
+    run_ns: u64,
+}
+
+/// Every thread of `pid`, by thread id.
+fn thread_stats(pid: u32) -> Result<BTreeMap<u64, ThreadStat>, String> {
+    let dir = format!("/proc/{pid}/task");
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(&dir).map_err(|e| format!("{dir}: {e}"))? {
+        let entry = entry.map_err(|e| format!("{dir}: {e}"))?;
+        let Ok(tid) = entry.file_name().to_string_lossy().parse::<u64>() else {
+            continue;
+        };
+        let stat_path = format!("{dir}/{tid}/stat");
+        let Ok(stat) = std::fs::read_to_string(&stat_path) else {
+            continue; // the thread ended meanwhile
+        };
+        let name = match (stat.find('('), stat.rfind(')')) {
+            (Some(a), Some(b)) if a < b => stat[a + 1..b].to_string(),
+            _ => "?".into(),
+        };
+        let ticks = stat_ticks(&stat_path, &stat)?;
+        let status = std::fs::read_to_string(format!("{dir}/{tid}/status")).unwrap_or_default();
+        let switches = status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum();
+        let run_ns = std::fs::read_to_string(format!("{dir}/{tid}/schedstat"))
+            .ok()
+            .and_then(|t| t.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+        out.insert(
+            tid,
+            ThreadStat {
+                name,
+                ticks,
+                switches,
+                run_ns,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// utime + stime of `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> Result<u64, String> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+    stat_ticks(&path, &text)
+}
+
+/// utime + stime from the text of a `/proc/.../stat` file.
+fn stat_ticks(path: &str, text: &str) -> Result<u64, String> {
+    // The command name (field 2) is in parentheses and may hold spaces: fields
+    // after the last ')' start at field 3 (state); utime and stime are 14, 15.
+    let rest = &text[text
+        .rfind(')')
+        .ok_or_else(|| format!("{path}: bad format"))?
+        + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let get = |i: usize| -> Result<u64, String> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("{path}: bad field {}", i + 3))
+    };
+    Ok(get(11)? + get(12)?)
+}
+
+fn clock_ticks() -> Result<f64, String> {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz <= 0 {
+        return Err("sysconf(_SC_CLK_TCK) failed".into());
+    }
+    Ok(hz as f64)
+}
+
+/// Whether the ELF file at `path` has a symbol table section (SHT_SYMTAB).
+fn elf_has_symtab(path: &Path) -> io::Result<bool> {
+    let mut data = Vec::new();
+    File::open(path)?.read_to_end(&mut data)?;
+    if data.len() < 64 || &data[..4] != b"\x7fELF" || data[4] != 2 || data[5] != 1 {
+        return Err(bad("not a 64-bit little-endian ELF file".into()));
+    }
+    let u16_at = |o: usize| data.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |o: usize| {
+        data.get(o..o + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let u64_at = |o: usize| {
+        data.get(o..o + 8).map(|b| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(b);
+            u64::from_le_bytes(a)
+        })
+    };
+    let bad_header = || bad("truncated ELF header".into());
+    let shoff = u64_at(0x28).ok_or_else(bad_header)? as usize;
+    let shentsize = u16_at(0x3A).ok_or_else(bad_header)? as usize;
+    let shnum = u16_at(0x3C).ok_or_else(bad_header)? as usize;
+    for i in 0..shnum {
+        const SHT_SYMTAB: u32 = 2;
+        if u32_at(shoff + i * shentsize + 4).ok_or_else(bad_header)? == SHT_SYMTAB {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    format!(
+        "Machine: {cpus} CPUs (nproc), {model}, Linux {kernel}; loopback; shipped defaults (tick 25 ms x 10 election ticks, heartbeat 1 s, peer timeout 3 s)."
+    )
+}
