@@ -69,8 +69,8 @@ pub fn spawn(
     listener: TcpListener,
     state: AdminState,
     shutdown: flume::Receiver<()>,
-) -> async_std::task::JoinHandle<()> {
-    async_std::task::spawn(async move {
+) -> crate::runtime::Task<()> {
+    crate::runtime::spawn(async move {
         let open = Arc::new(AtomicUsize::new(0));
         loop {
             let accepted = future::or(async { Some(listener.accept().await) }, async {
@@ -93,13 +93,14 @@ pub fn spawn(
             }
             open.fetch_add(1, Ordering::Relaxed);
             let (state, open, shutdown) = (state.clone(), open.clone(), shutdown.clone());
-            async_std::task::spawn(async move {
+            crate::runtime::spawn(async move {
                 future::or(serve(stream, state), async {
                     let _ = shutdown.recv_async().await;
                 })
                 .await;
                 open.fetch_sub(1, Ordering::Relaxed);
-            });
+            })
+            .detach();
         }
         debug!("admin listener closed");
     })

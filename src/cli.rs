@@ -74,7 +74,7 @@ pub fn run(cli: Cli, started: Instant) -> Result<()> {
                 storage: StorageMode::Durable,
                 started,
             };
-            async_std::task::block_on(run_node(config, node_id, options))
+            crate::runtime::block_on(run_node(config, node_id, options))
         }
     }
 }
@@ -112,12 +112,13 @@ async fn run_node(config: ClusterConfig, node_id: u64, options: NodeOptions) -> 
         Event::Bootstrapped(Ok(())) => unreachable!("handled above"),
         Event::Signal(s) => {
             info!("received {s:?}: shutting down (send it again to exit at once)");
-            async_std::task::spawn(async move {
+            crate::runtime::spawn(async move {
                 if let Some(Ok(s)) = signals.next().await {
                     error!("received {s:?} again: exiting at once, without a clean shutdown");
                     std::process::exit(1);
                 }
-            });
+            })
+            .detach();
             node.shutdown().await
         }
     }

@@ -21,7 +21,7 @@ use log::{info, warn};
 use crate::admin::{self, AdminState};
 use crate::config::ClusterConfig;
 use crate::error::{Error, Result};
-use crate::health::{self, HealthHandle};
+use crate::health::{self, HealthEvent, HealthHandle};
 use crate::metrics::Metrics;
 use crate::quorum;
 use crate::raft::redb_store::{RedbLogStore, StoreIdentity};
@@ -83,7 +83,7 @@ pub struct BootstrapReport {
 /// use quorumd::coordinator::{ClusterCoordinator, NodeOptions};
 ///
 /// # fn main() -> quorumd::Result<()> {
-/// async_std::task::block_on(async {
+/// quorumd::runtime::block_on(async {
 ///     let config = ClusterConfig::load("clusters/cluster3.toml".as_ref())?;
 ///     let node = ClusterCoordinator::new(config, 1, NodeOptions::default()).await?;
 ///     println!("waiting for {} of {} nodes", node.quorum_size(), node.cluster_size());
@@ -107,7 +107,7 @@ pub struct ClusterCoordinator {
     metrics: Arc<Metrics>,
     shutdown: Option<flume::Sender<()>>,
     fatal: flume::Receiver<Error>,
-    tasks: Vec<async_std::task::JoinHandle<()>>,
+    tasks: Vec<crate::runtime::Task<()>>,
     peer_addr: SocketAddr,
     admin_addr: SocketAddr,
 }
@@ -151,7 +151,7 @@ impl ClusterCoordinator {
             node_id,
             config.raft.clone(),
             router.clone(),
-            peers,
+            peers.clone(),
             metrics.clone(),
         );
         let meta = manager.create_group(GroupId::meta(), store, shutdown.clone(), fatal_tx)?;
@@ -164,11 +164,38 @@ impl ClusterCoordinator {
             shutdown.clone(),
         );
         tasks.extend(health_tasks);
+        // Peer-up events reset the peer's reconnect backoff and let a leader
+        // reach the peer at once.
+        let (_, events) = health
+            .subscribe()
+            .await
+            .ok_or_else(|| Error::Internal("health monitor stopped at start".into()))?;
+        tasks.push(crate::runtime::spawn({
+            let (peers, meta, shutdown) = (peers.clone(), meta.clone(), shutdown.clone());
+            async move {
+                loop {
+                    let event = future::or(async { events.recv_async().await.ok() }, async {
+                        let _ = shutdown.recv_async().await;
+                        None
+                    })
+                    .await;
+                    match event {
+                        None => break,
+                        Some(HealthEvent::Up(id)) => {
+                            peers.peer_up(id);
+                            meta.peer_up(id).await;
+                        }
+                        Some(_) => {}
+                    }
+                }
+            }
+        }));
         tasks.push(transport::spawn_listener(
             peer_listener,
             identity,
             router.clone(),
             health.clone(),
+            peers.clone(),
             metrics.clone(),
             shutdown.clone(),
         ));

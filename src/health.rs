@@ -135,7 +135,7 @@ pub fn spawn(
     peer_timeout: Duration,
     metrics: Arc<Metrics>,
     shutdown: flume::Receiver<()>,
-) -> (HealthHandle, Vec<async_std::task::JoinHandle<()>>) {
+) -> (HealthHandle, Vec<crate::runtime::Task<()>>) {
     let (tx, rx) = flume::unbounded();
     let handle = HealthHandle {
         tx,
@@ -156,7 +156,7 @@ pub fn spawn(
             )
         })
         .collect();
-    let mut tasks = vec![async_std::task::spawn(monitor(
+    let mut tasks = vec![crate::runtime::spawn(monitor(
         table,
         peer_timeout,
         metrics,
@@ -165,7 +165,7 @@ pub fn spawn(
     ))];
     let me = Arc::new(me);
     for &(id, addr) in &me.peers {
-        tasks.push(async_std::task::spawn(prober(
+        tasks.push(crate::runtime::spawn(prober(
             me.clone(),
             id,
             addr,

@@ -20,6 +20,7 @@ pub mod health;
 pub mod metrics;
 pub mod quorum;
 pub mod raft;
+pub mod runtime;
 pub mod status;
 pub mod transport;
 

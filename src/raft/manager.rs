@@ -67,7 +67,7 @@ pub struct RaftGroupManager {
     peers: PeerSenders,
     groups: HashMap<GroupId, ReplicaHandle>,
     metrics: Arc<Metrics>,
-    tasks: Vec<async_std::task::JoinHandle<()>>,
+    tasks: Vec<crate::runtime::Task<()>>,
 }
 
 impl RaftGroupManager {
@@ -111,7 +111,7 @@ impl RaftGroupManager {
             self.metrics.clone(),
         )?;
         self.router.register(group.clone(), handle.sender());
-        self.tasks.push(async_std::task::spawn(async move {
+        self.tasks.push(crate::runtime::spawn(async move {
             if let Err(e) = replica.run(shutdown).await {
                 let _ = fatal.send(e);
             }
@@ -139,8 +139,8 @@ pub fn spawn_tick_driver(
     router: Router,
     interval: Duration,
     shutdown: flume::Receiver<()>,
-) -> async_std::task::JoinHandle<()> {
-    async_std::task::spawn(async move {
+) -> crate::runtime::Task<()> {
+    crate::runtime::spawn(async move {
         loop {
             let stopped = future::or(
                 async {

@@ -54,6 +54,9 @@ pub enum ReplicaMsg {
     SnapshotStatus { peer: u64, delivered: bool },
     /// Start an election now (the bootstrap shortcut).
     Campaign,
+    /// A peer came up; a leader tells it at once instead of at the next
+    /// heartbeat.
+    PeerUp(u64),
     /// Reply with the current status.
     Status(flume::Sender<ReplicaStatus>),
     /// Send the status now and on every change of role, term or leader.
@@ -134,6 +137,11 @@ impl ReplicaHandle {
     /// Asks the replica to start an election now.
     pub async fn campaign(&self) {
         let _ = self.tx.send_async(ReplicaMsg::Campaign).await;
+    }
+
+    /// See [`ReplicaMsg::PeerUp`].
+    pub async fn peer_up(&self, peer: u64) {
+        let _ = self.tx.send_async(ReplicaMsg::PeerUp(peer)).await;
     }
 
     /// See [`ReplicaMsg::TransferLeadership`].
@@ -278,6 +286,11 @@ impl PartitionReplica {
                     if let Err(e) = self.node.campaign() {
                         warn!("{}: campaign failed: {e}", self.group);
                     }
+                }
+            }
+            ReplicaMsg::PeerUp(_) => {
+                if self.node.raft.state == StateRole::Leader {
+                    self.node.ping();
                 }
             }
             ReplicaMsg::Status(reply) => {

@@ -76,6 +76,7 @@ struct Inbound {
     me: Identity,
     router: Router,
     health: HealthHandle,
+    peers: PeerSenders,
     metrics: Arc<Metrics>,
     open: AtomicUsize,
     /// Last time each refusal reason was logged. Touched only by reader tasks,
@@ -89,18 +90,20 @@ pub fn spawn_listener(
     me: Identity,
     router: Router,
     health: HealthHandle,
+    peers: PeerSenders,
     metrics: Arc<Metrics>,
     shutdown: flume::Receiver<()>,
-) -> async_std::task::JoinHandle<()> {
+) -> crate::runtime::Task<()> {
     let ctx = Arc::new(Inbound {
         me,
         router,
         health,
+        peers,
         metrics,
         open: AtomicUsize::new(0),
         refusals: Mutex::new(HashMap::new()),
     });
-    async_std::task::spawn(async move {
+    crate::runtime::spawn(async move {
         let mut backoff = RECONNECT_BACKOFF_MIN;
         loop {
             let accepted = future::or(async { Some(listener.accept().await) }, async {
@@ -131,13 +134,14 @@ pub fn spawn_listener(
             ctx.open.fetch_add(1, Ordering::Relaxed);
             let ctx = ctx.clone();
             let shutdown = shutdown.clone();
-            async_std::task::spawn(async move {
+            crate::runtime::spawn(async move {
                 future::or(serve_inbound(&ctx, stream, remote), async {
                     let _ = shutdown.recv_async().await;
                 })
                 .await;
                 ctx.open.fetch_sub(1, Ordering::Relaxed);
-            });
+            })
+            .detach();
         }
         debug!("peer listener closed");
     })
@@ -184,6 +188,7 @@ async fn serve_inbound(ctx: &Inbound, stream: TcpStream, remote: SocketAddr) {
     }
     // A completed handshake is an answer from that peer, whichever side dialed.
     ctx.health.answered(from);
+    ctx.peers.peer_up(from);
     if purpose == Purpose::Probe {
         return;
     }
@@ -344,10 +349,22 @@ pub struct Outbound {
 #[derive(Clone)]
 pub struct PeerSenders {
     queues: Arc<HashMap<u64, flume::Sender<Outbound>>>,
+    /// Tells a peer's outbound task that the peer is up: retry at once.
+    up: Arc<HashMap<u64, flume::Sender<()>>>,
     metrics: Arc<Metrics>,
 }
 
 impl PeerSenders {
+    /// The peer answered (a handshake succeeded): its outbound task drops any
+    /// reconnect backoff, so the next message is not thrown away. Without
+    /// this, a peer that starts a moment after the leader's first messages
+    /// would learn of the leader only from a later heartbeat.
+    pub fn peer_up(&self, id: u64) {
+        if let Some(up) = self.up.get(&id) {
+            let _ = up.try_send(());
+        }
+    }
+
     /// Queues `message` for its peer without waiting. A full queue drops it
     /// (Raft retransmits); the return value says whether it was queued.
     pub fn send(&self, group: &GroupId, message: Message) -> bool {
@@ -376,12 +393,15 @@ pub fn spawn_peer_senders(
     router: &Router,
     metrics: &Arc<Metrics>,
     shutdown: &flume::Receiver<()>,
-) -> (PeerSenders, Vec<async_std::task::JoinHandle<()>>) {
+) -> (PeerSenders, Vec<crate::runtime::Task<()>>) {
     let mut queues = HashMap::new();
+    let mut ups = HashMap::new();
     let mut tasks = Vec::new();
     for &(id, addr) in &me.peers {
         let (tx, rx) = flume::bounded(PEER_QUEUE_CAPACITY);
         queues.insert(id, tx);
+        let (up_tx, up) = flume::bounded(1);
+        ups.insert(id, up_tx);
         metrics.add_peer(id);
         let peer = PeerLink {
             me: me.clone(),
@@ -391,11 +411,12 @@ pub fn spawn_peer_senders(
             metrics: metrics.clone(),
         };
         let shutdown = shutdown.clone();
-        tasks.push(async_std::task::spawn(peer.run(rx, shutdown)));
+        tasks.push(crate::runtime::spawn(peer.run(rx, up, shutdown)));
     }
     (
         PeerSenders {
             queues: Arc::new(queues),
+            up: Arc::new(ups),
             metrics: metrics.clone(),
         },
         tasks,
@@ -411,7 +432,12 @@ struct PeerLink {
 }
 
 impl PeerLink {
-    async fn run(self, rx: flume::Receiver<Outbound>, shutdown: flume::Receiver<()>) {
+    async fn run(
+        self,
+        rx: flume::Receiver<Outbound>,
+        up: flume::Receiver<()>,
+        shutdown: flume::Receiver<()>,
+    ) {
         let mut conn: Option<TcpStream> = None;
         let mut backoff = RECONNECT_BACKOFF_MIN;
         let mut retry_at = Instant::now();
@@ -433,6 +459,10 @@ impl PeerLink {
             }
 
             if conn.is_none() {
+                if up.try_recv().is_ok() {
+                    retry_at = Instant::now();
+                    backoff = RECONNECT_BACKOFF_MIN;
+                }
                 // While backing off, fail fast instead of sleeping: the replica
                 // learns the peer is unreachable and keeps running.
                 if Instant::now() < retry_at {

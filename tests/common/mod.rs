@@ -200,6 +200,9 @@ impl Spec {
 // TestCluster
 // ---------------------------------------------------------------------------
 
+/// The cluster file's `data_dir`, relative to the test cluster's temp dir.
+const DATA_SUBDIR: &str = "data";
+
 /// A cluster file in a temp dir plus the node processes started from it.
 pub struct TestCluster {
     pub spec: Spec,
@@ -218,7 +221,7 @@ impl TestCluster {
             .tempdir()
             .expect("create temp dir");
         let config = dir.path().join("cluster.toml");
-        let data = dir.path().join("data");
+        let data = dir.path().join(DATA_SUBDIR);
         std::fs::write(&config, spec.to_toml(&data)).expect("write cluster file");
         TestCluster {
             spec,
@@ -250,9 +253,28 @@ impl TestCluster {
         self.dir.path().join(format!("node-{id}.stderr"))
     }
 
-    /// Everything node `id` has written to stderr so far.
+    /// Everything node `id` has written to stderr so far (across restarts:
+    /// each start appends to the same file).
     pub fn stderr(&self, id: u64) -> String {
         std::fs::read_to_string(self.stderr_path(id)).unwrap_or_default()
+    }
+
+    /// What node `id` has written to stderr after the first `from` bytes; pass
+    /// `stderr(id).len()` taken before a restart to get only the new run's.
+    pub fn stderr_since(&self, id: u64, from: usize) -> String {
+        let all = self.stderr(id);
+        all.get(from..).unwrap_or_default().to_string()
+    }
+
+    /// Node `id`'s own data dir, `<data_dir>/node-<id>` of the cluster file.
+    /// It outlives the node, so starting the node again reuses it.
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(DATA_SUBDIR).join(format!("node-{id}"))
+    }
+
+    /// The pid of node `id` while this cluster has it running.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.children.get(&id).map(Child::id)
     }
 
     /// Starts the given nodes, in the order given.
