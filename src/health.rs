@@ -6,7 +6,9 @@
 //!   every `heartbeat_interval`, or every [`FAST_PROBE_INTERVAL`] while the peer
 //!   has not answered and the node is still bootstrapping;
 //! - the transport, whenever a peer completes a handshake with us (so a peer
-//!   that starts later is seen the moment it dials in).
+//!   that starts later is seen the moment it dials in), and while Raft
+//!   messages keep arriving from it on a handshaken stream. A prober skips a
+//!   peer heard from within the last `heartbeat_interval`.
 //!
 //! A peer is alive as soon as it answers, and dead once `peer_timeout` passes
 //! without an answer. Each change is logged at info and published to
@@ -62,12 +64,19 @@ pub enum HealthEvent {
 
 enum Command {
     Answered(u64, Instant),
+    LastAnswer(u64, flume::Sender<Option<Instant>>),
     Probed(u64),
     Peers(flume::Sender<Vec<PeerHealth>>),
     Subscribe {
         events: flume::Sender<HealthEvent>,
         now: flume::Sender<Snapshot>,
     },
+}
+
+enum Wake {
+    Command(Command),
+    Deadline,
+    Stop,
 }
 
 /// The state a subscriber starts from.
@@ -90,6 +99,13 @@ impl HealthHandle {
     /// Records an answer from `peer`, now.
     pub fn answered(&self, peer: u64) {
         let _ = self.tx.send(Command::Answered(peer, Instant::now()));
+    }
+
+    /// When `peer` last answered, if ever.
+    pub async fn last_answer(&self, peer: u64) -> Option<Instant> {
+        let (tx, rx) = flume::bounded(1);
+        self.tx.send(Command::LastAnswer(peer, tx)).ok()?;
+        rx.recv_async().await.ok().flatten()
     }
 
     /// A copy of the table, sorted by id. Empty if the monitor has stopped.
@@ -186,34 +202,59 @@ async fn monitor(
 ) {
     let mut subscribers: Vec<flume::Sender<HealthEvent>> = Vec::new();
     let mut probed: Vec<u64> = Vec::new();
+    // Wakes the monitor when the first live peer would time out. It is re-armed
+    // only when that moment moves earlier: answers arrive several times a
+    // second and re-arming a timer wakes the reactor thread, while a timer
+    // that fires early costs one look at the table.
+    let mut timer: Option<(Instant, async_io::Timer)> = None;
     loop {
-        // The next moment a live peer would time out; no polling in between.
         let deadline = table
             .values()
             .filter(|p| p.alive)
             .filter_map(|p| p.last_heartbeat)
             .min()
             .map(|t| t + peer_timeout);
-        let next = future::or(
-            future::or(async { rx.recv_async().await.ok() }, async {
-                let _ = shutdown.recv_async().await;
-                None
-            }),
+        match (deadline, &timer) {
+            (None, _) => timer = None,
+            (Some(at), Some((armed, _))) if *armed <= at => {}
+            (Some(at), _) => timer = Some((at, async_io::Timer::at(at))),
+        }
+        let wake = future::or(
             async {
-                match deadline {
-                    Some(at) => {
-                        async_io::Timer::at(at).await;
-                    }
-                    None => future::pending::<()>().await,
+                match rx.recv_async().await {
+                    Ok(command) => Wake::Command(command),
+                    Err(_) => Wake::Stop,
                 }
-                Some(Command::Peers(flume::bounded(1).0))
             },
+            future::or(
+                async {
+                    let _ = shutdown.recv_async().await;
+                    Wake::Stop
+                },
+                async {
+                    match timer.as_mut() {
+                        Some((_, t)) => {
+                            t.await;
+                        }
+                        None => future::pending::<()>().await,
+                    }
+                    Wake::Deadline
+                },
+            ),
         )
         .await;
-        let Some(command) = next else { break };
+        let command = match wake {
+            Wake::Stop => break,
+            Wake::Deadline => {
+                timer = None;
+                None
+            }
+            Wake::Command(command) => Some(command),
+        };
         let mut changes = Vec::new();
         match command {
-            Command::Answered(id, at) => {
+            None => {}
+            Some(Command::Answered(id, at)) => {
                 if let Some(peer) = table.get_mut(&id) {
                     peer.last_heartbeat = Some(peer.last_heartbeat.map_or(at, |t| t.max(at)));
                     if !peer.alive {
@@ -223,16 +264,18 @@ async fn monitor(
                     }
                 }
             }
-            Command::Probed(id) => {
-                if !probed.contains(&id) {
-                    probed.push(id);
-                    changes.push(HealthEvent::Probed(id));
-                }
+            Some(Command::Probed(id)) if !probed.contains(&id) => {
+                probed.push(id);
+                changes.push(HealthEvent::Probed(id));
             }
-            Command::Peers(reply) => {
+            Some(Command::Probed(_)) => {}
+            Some(Command::LastAnswer(id, reply)) => {
+                let _ = reply.try_send(table.get(&id).and_then(|p| p.last_heartbeat));
+            }
+            Some(Command::Peers(reply)) => {
                 let _ = reply.try_send(table.values().cloned().collect());
             }
-            Command::Subscribe { events, now } => {
+            Some(Command::Subscribe { events, now }) => {
                 let alive = table.values().filter(|p| p.alive).map(|p| p.node_id);
                 let _ = now.try_send(Snapshot {
                     alive: alive.collect(),
@@ -277,24 +320,37 @@ async fn prober(
     let mut last_error: Option<String> = None;
     let mut attempts = 0;
     loop {
-        let answered = match transport::probe(&me, id, addr, timeout).await {
-            Ok(()) => {
-                health.answered(id);
-                last_error = None;
-                true
-            }
-            Err(reason) => {
-                if last_error.as_deref() != Some(reason.as_str()) {
-                    // A wrong node at a peer's address is a misconfiguration an
-                    // operator must see; a peer that is not up yet is routine.
-                    if reason.starts_with("refused") || reason.starts_with("answered as") {
-                        warn!("probe of peer {id} ({addr}) failed: {reason}");
-                    } else {
-                        debug!("probe of peer {id} ({addr}) failed: {reason}");
-                    }
-                    last_error = Some(reason);
+        // Raft traffic on a handshaken stream is an answer too (the
+        // transport reports it). A peer heard from within the interval needs
+        // no extra connection; this spares the leader and its followers
+        // most probes.
+        let heard_lately = attempts > 0
+            && health
+                .last_answer(id)
+                .await
+                .is_some_and(|t| t.elapsed() < heartbeat_interval);
+        let answered = if heard_lately {
+            true
+        } else {
+            match transport::probe(&me, id, addr, timeout).await {
+                Ok(()) => {
+                    health.answered(id);
+                    last_error = None;
+                    true
                 }
-                false
+                Err(reason) => {
+                    if last_error.as_deref() != Some(reason.as_str()) {
+                        // A wrong node at a peer's address is a misconfiguration an
+                        // operator must see; a peer that is not up yet is routine.
+                        if reason.starts_with("refused") || reason.starts_with("answered as") {
+                            warn!("probe of peer {id} ({addr}) failed: {reason}");
+                        } else {
+                            debug!("probe of peer {id} ({addr}) failed: {reason}");
+                        }
+                        last_error = Some(reason);
+                    }
+                    false
+                }
             }
         };
         attempts += 1;

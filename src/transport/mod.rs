@@ -48,6 +48,9 @@ pub const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_millis(500);
 /// Inbound connections served at once; more are closed on accept.
 pub const MAX_INBOUND_CONNECTIONS: usize = 128;
+/// Raft traffic from a peer is reported to the health monitor at most this
+/// often per connection.
+pub const ANSWER_REPORT_INTERVAL: Duration = Duration::from_millis(200);
 /// The same refusal is logged at most once per this interval.
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -193,6 +196,7 @@ async fn serve_inbound(ctx: &Inbound, stream: TcpStream, remote: SocketAddr) {
         return;
     }
     debug!("raft stream from peer {from} ({remote}) open");
+    let mut reported = Instant::now();
     loop {
         match read_frame(&mut reader).await {
             Ok(Frame::Raft { group, message }) => {
@@ -204,6 +208,12 @@ async fn serve_inbound(ctx: &Inbound, stream: TcpStream, remote: SocketAddr) {
                     return;
                 }
                 ctx.metrics.received(from);
+                if reported.elapsed() >= ANSWER_REPORT_INTERVAL {
+                    // Messages on this handshaken stream prove the peer is
+                    // up; tell the health monitor, at a bounded rate.
+                    ctx.health.answered(from);
+                    reported = Instant::now();
+                }
                 ctx.router
                     .deliver(&group, ReplicaMsg::Raft(Box::new(message)));
             }

@@ -120,15 +120,18 @@ pub struct Spec {
     pub quorum_wait_timeout: String,
     pub heartbeat_interval: String,
     pub peer_timeout: String,
-    pub tick_interval: String,
-    pub election_ticks: u32,
-    pub heartbeat_ticks: u32,
+    /// `[raft]` settings; `None` leaves the shipped default, so that the
+    /// tests exercise the timing users run.
+    pub tick_interval: Option<String>,
+    pub election_ticks: Option<u32>,
+    pub heartbeat_ticks: Option<u32>,
     pub nodes: BTreeMap<u64, NodeAddrs>,
 }
 
 impl Spec {
     /// A cluster of nodes `1..=size` on free ports, tuned for fast tests:
-    /// heartbeat 100 ms, peer timeout 500 ms, quorum wait 20 s.
+    /// heartbeat 100 ms, peer timeout 500 ms, quorum wait 20 s, and the
+    /// shipped Raft timing.
     pub fn new(name: &str, size: u64) -> Spec {
         let nodes = (1..=size)
             .map(|id| {
@@ -146,9 +149,9 @@ impl Spec {
             quorum_wait_timeout: "20s".into(),
             heartbeat_interval: "100ms".into(),
             peer_timeout: "500ms".into(),
-            tick_interval: "25ms".into(),
-            election_ticks: 10,
-            heartbeat_ticks: 2,
+            tick_interval: None,
+            election_ticks: None,
+            heartbeat_ticks: None,
             nodes,
         }
     }
@@ -182,9 +185,15 @@ impl Spec {
         let _ = writeln!(s, "data_dir = \"{}\"", data_dir.display());
         let _ = writeln!(s);
         let _ = writeln!(s, "[raft]");
-        let _ = writeln!(s, "tick_interval = \"{}\"", self.tick_interval);
-        let _ = writeln!(s, "election_ticks = {}", self.election_ticks);
-        let _ = writeln!(s, "heartbeat_ticks = {}", self.heartbeat_ticks);
+        if let Some(t) = &self.tick_interval {
+            let _ = writeln!(s, "tick_interval = \"{t}\"");
+        }
+        if let Some(n) = self.election_ticks {
+            let _ = writeln!(s, "election_ticks = {n}");
+        }
+        if let Some(n) = self.heartbeat_ticks {
+            let _ = writeln!(s, "heartbeat_ticks = {n}");
+        }
         for (id, n) in &self.nodes {
             let _ = writeln!(s);
             let _ = writeln!(s, "[[node]]");
