@@ -113,13 +113,23 @@ pub struct ClusterCoordinator {
 }
 
 impl ClusterCoordinator {
-    /// Opens the listeners, then creates `__meta/0`, then starts every task.
-    /// Fails at once on a port in use or unusable storage.
+    /// Locks and checks the data dir, opens the listeners, then creates
+    /// `__meta/0` and starts every task. Fails at once on a port in use or
+    /// unusable storage.
     pub async fn new(config: ClusterConfig, node_id: u64, options: NodeOptions) -> Result<Self> {
         let me = config.require_node(node_id)?.clone();
         let config = Arc::new(config);
 
-        // 1. Listeners first, so a port in use fails before anything else.
+        // The data dir is locked and checked before anything listens, so that
+        // a second start of the same node names the dir and the process that
+        // holds it (rather than a port in use). Opening is blocking I/O, so
+        // it runs off the executor.
+        let store = {
+            let (config, options) = (config.clone(), options.clone());
+            blocking::unblock(move || open_store(&config, node_id, &options)).await?
+        };
+
+        // 1. Listeners, before __meta/0 exists: a port in use fails at once.
         let peer_listener = transport::bind(me.addr).await?;
         let admin_listener = admin::bind(me.admin).await?;
         let peer_addr = peer_listener.local_addr().unwrap_or(me.addr);
@@ -142,11 +152,7 @@ impl ClusterCoordinator {
         let (peers, mut tasks) =
             transport::spawn_peer_senders(&identity, &router, &metrics, &shutdown);
 
-        // 2. __meta/0, from storage (opened off the executor: it may fsync).
-        let store = {
-            let (config, options) = (config.clone(), options.clone());
-            blocking::unblock(move || open_store(&config, node_id, &options)).await?
-        };
+        // 2. __meta/0, from the store.
         let mut manager = RaftGroupManager::new(
             node_id,
             config.raft.clone(),

@@ -141,10 +141,16 @@ pub fn spawn_tick_driver(
     shutdown: flume::Receiver<()>,
 ) -> crate::runtime::Task<()> {
     crate::runtime::spawn(async move {
+        // A random phase: nodes started together would otherwise tick in
+        // step, their followers would time out on the same tick after a
+        // leader dies, and split the vote (seen as failovers of 600 ms and
+        // more). With independent phases two followers rarely fire within a
+        // round trip of each other.
+        let mut wait = interval.mul_f64(fastrand::f64());
         loop {
             let stopped = future::or(
                 async {
-                    async_io::Timer::after(interval).await;
+                    async_io::Timer::after(wait).await;
                     false
                 },
                 async {
@@ -156,6 +162,7 @@ pub fn spawn_tick_driver(
             if stopped {
                 break;
             }
+            wait = interval;
             router.tick_all();
         }
     })

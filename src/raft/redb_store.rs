@@ -428,8 +428,8 @@ const _: fn() = || {
 const WRONG_DIR_ADVICE: &str = "Point --data-dir at this node's own data dir, \
     or use the cluster file this data dir was created with.";
 /// Said with every identity mismatch: the tempting fix is the unsafe one.
-const WIPE_WARNING: &str = "Do not wipe the data dir to reuse a node id: a node that \
-    forgets its vote and log can help elect two leaders in one term and lose committed \
+const WIPE_WARNING: &str = "Do not wipe the data dir to reuse a node id; that is unsafe in \
+    Raft: a node that forgets its vote and log can help elect two leaders in one term and lose committed \
     entries. To replace a lost node, add a new node with a new id instead.";
 
 /// The conditions under which raft-rs loads a stored state without a fatal

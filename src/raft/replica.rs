@@ -207,8 +207,9 @@ impl PartitionReplica {
             tx,
         };
         info!(
-            "{group}: replica recovered: term={} commit={} applied={} last_index={} voters={:?}",
+            "{group}: replica recovered: term={} vote={} commit={} applied={} last_index={} voters={:?}",
             recovered.hard_state.term,
+            recovered.hard_state.vote,
             recovered.hard_state.commit,
             recovered.applied,
             node.raft.raft_log.last_index(),
