@@ -588,6 +588,36 @@ fn locked_data_dir_is_refused_with_exit_1() {
     assert_eq!(lock.trim(), pid.to_string(), "LOCK no longer names node 1");
 }
 
+/// The everyday mistake: the same node started twice, same file, same ports.
+/// The data dir is locked before the ports are bound, so the refusal names
+/// the dir and the running process rather than a busy port.
+#[test]
+fn same_node_started_twice_names_the_lock_holder() {
+    let mut holder = TestCluster::new(Spec::new("dur-twice", 3).quorum_wait("60s"));
+    holder.start_node(1);
+    holder.wait_for("node 1 has opened its storage and serves", || {
+        holder.stderr(1).contains("listening: peers on") && holder.try_status(1).is_some()
+    });
+    let pid = holder.pid(1).expect("node 1 runs");
+
+    let config = holder.config.to_str().expect("utf-8 path").to_string();
+    let f = run_bin(
+        &["run", "--cluster", &config, "--node-id", "1"],
+        Duration::from_secs(20),
+    );
+    assert_refused(
+        "a second start of node 1",
+        (f.code, 1),
+        &f.stderr,
+        &[
+            "is locked by another quorumd process",
+            &holder.data_dir(1).display().to_string(),
+            &format!("(pid {pid})"),
+        ],
+    );
+    assert!(holder.is_running(1), "node 1 stopped after the refusal");
+}
+
 /// Overwrites `len` bytes of `file` at `at` with a pattern that is no valid
 /// redb page.
 fn scribble(file: &Path, at: u64, len: usize) {
