@@ -22,7 +22,9 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 file=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
 bin=${QUORUMD:-$root/target/release/quorumd}
 [[ -x $bin ]] || { echo "$0: $bin not built; run \`make build\` first" >&2; exit 2; }
-command -v setsid >/dev/null || { echo "$0: needs setsid (util-linux)" >&2; exit 2; }
+for tool in setsid setpriv; do
+    command -v "$tool" >/dev/null || { echo "$0: needs $tool (util-linux)" >&2; exit 2; }
+done
 
 # Relative data_dir values in the cluster files are relative to the repo root.
 cd "$root" || exit 2
@@ -50,6 +52,8 @@ stop_nodes() {
     done
 }
 trap stop_nodes INT TERM HUP
+# A closed output pipe must not kill the script before it has stopped the nodes.
+trap '' PIPE
 trap 'rm -rf "$fifos"' EXIT
 
 echo "[cluster] starting nodes ${ids[*]} of $file (Ctrl-C stops them)" >&2
@@ -60,7 +64,9 @@ for id in "${ids[@]}"; do
     ( trap '' INT TERM; exec sed -u "s/^/[node-$id] /" <"$fifo" ) &
     filter_pids+=($!)
     # setsid: no terminal signals reach the node; only stop_nodes does.
-    setsid "$bin" run --cluster "$file" --node-id "$id" >"$fifo" 2>&1 </dev/null &
+    # setpriv --pdeathsig: if this script dies anyway (its terminal closed,
+    # kill -9), each node still gets one SIGTERM and shuts down cleanly.
+    setsid setpriv --pdeathsig TERM "$bin" run --cluster "$file" --node-id "$id" >"$fifo" 2>&1 </dev/null &
     node_pid[$id]=$!
 done
 
