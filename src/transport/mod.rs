@@ -452,6 +452,7 @@ impl PeerLink {
         let mut backoff = RECONNECT_BACKOFF_MIN;
         let mut retry_at = Instant::now();
         let mut last_error: Option<String> = None;
+        let mut ever_connected = false;
         let mut buf = Vec::new();
         loop {
             let first = future::or(async { rx.recv_async().await.ok() }, async {
@@ -489,7 +490,7 @@ impl PeerLink {
                 .await
                 {
                     Ok(stream) => {
-                        if last_error.take().is_some() {
+                        if last_error.take().is_some() && ever_connected {
                             info!(
                                 "raft connection to peer {} ({}) restored",
                                 self.id, self.addr
@@ -498,6 +499,7 @@ impl PeerLink {
                             debug!("raft connection to peer {} ({}) open", self.id, self.addr);
                         }
                         backoff = RECONNECT_BACKOFF_MIN;
+                        ever_connected = true;
                         conn = Some(stream);
                     }
                     Err(reason) => {
@@ -544,7 +546,9 @@ impl PeerLink {
                     }
                 }
                 Err(e) => {
-                    warn!(
+                    // Routine when a peer stops; the health monitor reports
+                    // it down if it stays away.
+                    info!(
                         "lost raft connection to peer {} ({}): {e}",
                         self.id, self.addr
                     );
