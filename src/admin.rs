@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_std::net::{TcpListener, TcpStream};
-use futures_lite::future;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
@@ -32,6 +31,7 @@ use crate::health::HealthHandle;
 use crate::metrics::Metrics;
 use crate::quorum::quorum_size;
 use crate::raft::ReplicaHandle;
+use crate::runtime::or_shutdown;
 
 /// Admin connections served at once; more wait in the listen backlog.
 pub const MAX_ADMIN_CONNECTIONS: usize = 64;
@@ -73,11 +73,7 @@ pub fn spawn(
     crate::runtime::spawn(async move {
         let open = Arc::new(AtomicUsize::new(0));
         loop {
-            let accepted = future::or(async { Some(listener.accept().await) }, async {
-                let _ = shutdown.recv_async().await;
-                None
-            })
-            .await;
+            let accepted = or_shutdown(&shutdown, listener.accept()).await;
             let stream = match accepted {
                 None => break,
                 Some(Ok((stream, _))) => stream,
@@ -94,10 +90,7 @@ pub fn spawn(
             open.fetch_add(1, Ordering::Relaxed);
             let (state, open, shutdown) = (state.clone(), open.clone(), shutdown.clone());
             crate::runtime::spawn(async move {
-                future::or(serve(stream, state), async {
-                    let _ = shutdown.recv_async().await;
-                })
-                .await;
+                or_shutdown(&shutdown, serve(stream, state)).await;
                 open.fetch_sub(1, Ordering::Relaxed);
             })
             .detach();

@@ -27,6 +27,7 @@ use crate::quorum;
 use crate::raft::redb_store::{RedbLogStore, StoreIdentity};
 use crate::raft::storage::{LogStore, MemLogStore};
 use crate::raft::{spawn_tick_driver, RaftGroupManager, ReplicaHandle, Router};
+use crate::runtime::or_shutdown;
 use crate::transport::wire::GroupId;
 use crate::transport::{self, Identity};
 
@@ -180,11 +181,9 @@ impl ClusterCoordinator {
             let (peers, meta, shutdown) = (peers.clone(), meta.clone(), shutdown.clone());
             async move {
                 loop {
-                    let event = future::or(async { events.recv_async().await.ok() }, async {
-                        let _ = shutdown.recv_async().await;
-                        None
-                    })
-                    .await;
+                    let event = or_shutdown(&shutdown, events.recv_async())
+                        .await
+                        .and_then(Result::ok);
                     match event {
                         None => break,
                         Some(HealthEvent::Up(id)) => {

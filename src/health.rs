@@ -24,6 +24,7 @@ use futures_lite::future;
 use log::{debug, info, warn};
 
 use crate::metrics::Metrics;
+use crate::runtime::or_shutdown;
 use crate::transport::{self, Identity};
 
 /// Probe interval for a peer that has not answered yet, while bootstrapping.
@@ -362,17 +363,9 @@ async fn prober(
         } else {
             heartbeat_interval
         };
-        let stopped = future::or(
-            async {
-                async_io::Timer::after(wait).await;
-                false
-            },
-            async {
-                let _ = shutdown.recv_async().await;
-                true
-            },
-        )
-        .await;
+        let stopped = or_shutdown(&shutdown, async_io::Timer::after(wait))
+            .await
+            .is_none();
         if stopped {
             break;
         }

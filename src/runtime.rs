@@ -31,3 +31,17 @@ pub fn spawn<T: Send + 'static>(future: impl Future<Output = T> + Send + 'static
 pub fn block_on<T>(future: impl Future<Output = T>) -> T {
     futures_lite::future::block_on(EXECUTOR.run(future))
 }
+
+/// Runs `future` until it completes (`Some`) or `shutdown` closes (`None`).
+/// Every long-lived loop waits through this, so that dropping the shutdown
+/// sender ends them all.
+pub async fn or_shutdown<T>(
+    shutdown: &flume::Receiver<()>,
+    future: impl Future<Output = T>,
+) -> Option<T> {
+    futures_lite::future::or(async { Some(future.await) }, async {
+        let _ = shutdown.recv_async().await;
+        None
+    })
+    .await
+}

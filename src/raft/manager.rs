@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use futures_lite::future;
 use log::debug;
 
 use crate::config::RaftTiming;
@@ -17,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::raft::replica::{PartitionReplica, ReplicaHandle, ReplicaMsg};
 use crate::raft::storage::LogStore;
+use crate::runtime::or_shutdown;
 use crate::transport::wire::GroupId;
 use crate::transport::PeerSenders;
 
@@ -148,17 +148,9 @@ pub fn spawn_tick_driver(
         // round trip of each other.
         let mut wait = interval.mul_f64(fastrand::f64());
         loop {
-            let stopped = future::or(
-                async {
-                    async_io::Timer::after(wait).await;
-                    false
-                },
-                async {
-                    let _ = shutdown.recv_async().await;
-                    true
-                },
-            )
-            .await;
+            let stopped = or_shutdown(&shutdown, async_io::Timer::after(wait))
+                .await
+                .is_none();
             if stopped {
                 break;
             }

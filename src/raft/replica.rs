@@ -17,7 +17,6 @@
 
 use std::sync::Arc;
 
-use futures_lite::future;
 use log::{debug, error, info, warn};
 use raft::prelude::{ConfChange, ConfChangeV2, Entry, EntryType, Message};
 use raft::storage::MemStorage;
@@ -28,6 +27,7 @@ use crate::config::RaftTiming;
 use crate::error::Result;
 use crate::metrics::Metrics;
 use crate::raft::storage::{load_into, LogStore, PersistBatch};
+use crate::runtime::or_shutdown;
 use crate::transport::wire::GroupId;
 use crate::transport::PeerSenders;
 
@@ -233,11 +233,9 @@ impl PartitionReplica {
     /// Runs until `shutdown` closes (`Ok`) or storage fails (`Err`, fatal).
     pub async fn run(mut self, shutdown: flume::Receiver<()>) -> Result<()> {
         loop {
-            let first = future::or(async { self.inbox.recv_async().await.ok() }, async {
-                let _ = shutdown.recv_async().await;
-                None
-            })
-            .await;
+            let first = or_shutdown(&shutdown, self.inbox.recv_async())
+                .await
+                .and_then(Result::ok);
             let Some(first) = first else { break };
             self.handle(first);
             for _ in 1..MAX_INBOX_BATCH {

@@ -31,6 +31,7 @@ use crate::error::{Error, Result};
 use crate::health::HealthHandle;
 use crate::metrics::Metrics;
 use crate::raft::{ReplicaMsg, Router};
+use crate::runtime::or_shutdown;
 use wire::{read_frame, write_frame, Frame, GroupId, Purpose, WireError};
 
 /// Capacity of each peer's outbound queue, in messages. Raft retransmits what
@@ -109,11 +110,7 @@ pub fn spawn_listener(
     crate::runtime::spawn(async move {
         let mut backoff = RECONNECT_BACKOFF_MIN;
         loop {
-            let accepted = future::or(async { Some(listener.accept().await) }, async {
-                let _ = shutdown.recv_async().await;
-                None
-            })
-            .await;
+            let accepted = or_shutdown(&shutdown, listener.accept()).await;
             let (stream, remote) = match accepted {
                 None => break,
                 Some(Ok(pair)) => {
@@ -138,10 +135,7 @@ pub fn spawn_listener(
             let ctx = ctx.clone();
             let shutdown = shutdown.clone();
             crate::runtime::spawn(async move {
-                future::or(serve_inbound(&ctx, stream, remote), async {
-                    let _ = shutdown.recv_async().await;
-                })
-                .await;
+                or_shutdown(&shutdown, serve_inbound(&ctx, stream, remote)).await;
                 ctx.open.fetch_sub(1, Ordering::Relaxed);
             })
             .detach();
@@ -455,11 +449,9 @@ impl PeerLink {
         let mut ever_connected = false;
         let mut buf = Vec::new();
         loop {
-            let first = future::or(async { rx.recv_async().await.ok() }, async {
-                let _ = shutdown.recv_async().await;
-                None
-            })
-            .await;
+            let first = or_shutdown(&shutdown, rx.recv_async())
+                .await
+                .and_then(Result::ok);
             let Some(first) = first else { break };
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH_MESSAGES {
