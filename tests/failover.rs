@@ -179,3 +179,28 @@ fn paused_follower_goes_dead_then_alive_again() {
         assert_no_panic(&format!("node {id}"), &c.stderr(id));
     }
 }
+
+#[test]
+fn second_signal_during_shutdown_exits_at_once() {
+    let (mut c, leader, _) = formed_cluster("twice");
+    // Paused followers still count as alive for a moment, so the leader picks
+    // one to hand over to and waits (bounded) for it: the window in which a
+    // second signal must cut the shutdown short.
+    for id in others(&[1, 2, 3], leader) {
+        c.signal(id, libc::SIGSTOP);
+    }
+    c.signal(leader, libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(20));
+    c.signal(leader, libc::SIGTERM);
+    let code = c.wait_exit(leader, EXIT_BOUND);
+    let err = c.stderr(leader);
+    assert_eq!(code, 1, "exit code after a second SIGTERM\n{err}");
+    assert!(
+        err.contains("again: exiting at once"),
+        "stderr must say why it exited at once:\n{err}"
+    );
+    assert_no_panic("leader", &err);
+    for id in others(&[1, 2, 3], leader) {
+        c.signal(id, libc::SIGCONT);
+    }
+}
