@@ -553,21 +553,22 @@ fn changed_voter_set_is_refused_with_exit_2() {
     );
 }
 
-#[test]
-fn locked_data_dir_is_refused_with_exit_1() {
-    let mut holder = TestCluster::new(Spec::new("dur-locked", 3).quorum_wait("60s"));
+/// Node 1 of a 3-node cluster, running alone (it waits for a quorum) with its
+/// data dir open and locked; returns the cluster and node 1's pid.
+fn lock_holder(name: &str) -> (TestCluster, u32) {
+    let mut holder = TestCluster::new(Spec::new(name, 3).quorum_wait("60s"));
     holder.start_node(1);
     holder.wait_for("node 1 has opened its storage and serves", || {
         holder.stderr(1).contains("listening: peers on") && holder.try_status(1).is_some()
     });
     let pid = holder.pid(1).expect("node 1 runs");
+    (holder, pid)
+}
 
-    // Same name, ids and voters, other ports, so only the data dir collides.
-    let other = refusing(Spec::new("dur-locked", 3));
-    let (f, took) = run_on_dir(&other.config, 1, &holder.data_dir(1));
-    eprintln!("locked: refused in {}ms", took.as_millis());
+/// Asserts that `f` is the refusal of node 1's locked data dir.
+fn assert_locked_refusal(what: &str, f: &Finished, holder: &TestCluster, pid: u32) {
     assert_refused(
-        "a second process on node 1's dir",
+        what,
         (f.code, 1),
         &f.stderr,
         &[
@@ -576,6 +577,17 @@ fn locked_data_dir_is_refused_with_exit_1() {
             &format!("(pid {pid})"),
         ],
     );
+}
+
+#[test]
+fn locked_data_dir_is_refused_with_exit_1() {
+    let (mut holder, pid) = lock_holder("dur-locked");
+
+    // Same name, ids and voters, other ports, so only the data dir collides.
+    let other = refusing(Spec::new("dur-locked", 3));
+    let (f, took) = run_on_dir(&other.config, 1, &holder.data_dir(1));
+    eprintln!("locked: refused in {}ms", took.as_millis());
+    assert_locked_refusal("a second process on node 1's dir", &f, &holder, pid);
 
     // The holder is untouched: still running, still serving, still named in LOCK.
     assert!(holder.is_running(1), "node 1 stopped after the refusal");
@@ -593,28 +605,13 @@ fn locked_data_dir_is_refused_with_exit_1() {
 /// the dir and the running process rather than a busy port.
 #[test]
 fn same_node_started_twice_names_the_lock_holder() {
-    let mut holder = TestCluster::new(Spec::new("dur-twice", 3).quorum_wait("60s"));
-    holder.start_node(1);
-    holder.wait_for("node 1 has opened its storage and serves", || {
-        holder.stderr(1).contains("listening: peers on") && holder.try_status(1).is_some()
-    });
-    let pid = holder.pid(1).expect("node 1 runs");
-
+    let (mut holder, pid) = lock_holder("dur-twice");
     let config = holder.config.to_str().expect("utf-8 path").to_string();
     let f = run_bin(
         &["run", "--cluster", &config, "--node-id", "1"],
         Duration::from_secs(20),
     );
-    assert_refused(
-        "a second start of node 1",
-        (f.code, 1),
-        &f.stderr,
-        &[
-            "is locked by another quorumd process",
-            &holder.data_dir(1).display().to_string(),
-            &format!("(pid {pid})"),
-        ],
-    );
+    assert_locked_refusal("a second start of node 1", &f, &holder, pid);
     assert!(holder.is_running(1), "node 1 stopped after the refusal");
 }
 
