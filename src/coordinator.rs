@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use futures_lite::future;
 use log::{info, warn};
+use raft::StateRole;
 
 use crate::admin::{self, AdminState};
 use crate::config::ClusterConfig;
@@ -363,32 +364,47 @@ impl ClusterCoordinator {
         };
         let limit = self.config.raft.election_timeout().min(HANDOFF_TIMEOUT_MAX);
         let started = Instant::now();
-        let handed = future::or(
+        let outcome = future::or(
             async {
+                let mut transferring = false;
                 while let Ok(s) = statuses.recv_async().await {
-                    if s.leader_id.is_some_and(|l| l != self.node_id) {
-                        return s.leader_id;
+                    match s.leader_id {
+                        Some(l) if l != self.node_id => return Handoff::Done(l),
+                        _ => {}
+                    }
+                    if s.transferring_to == Some(target) {
+                        transferring = true;
+                    } else if transferring && s.role == StateRole::Leader {
+                        return Handoff::Aborted;
                     }
                 }
-                None
+                Handoff::TimedOut
             },
             async {
                 async_io::Timer::after(limit).await;
-                None
+                Handoff::TimedOut
             },
         )
         .await;
-        match handed {
-            Some(leader) => info!(
-                "leadership handed to node {leader} in {}ms",
-                started.elapsed().as_millis()
-            ),
-            None => warn!(
+        let ms = started.elapsed().as_millis();
+        match outcome {
+            Handoff::Done(leader) => info!("leadership handed to node {leader} in {ms}ms"),
+            Handoff::Aborted => {
+                info!("node {target} went away before taking leadership; stopping anyway")
+            }
+            Handoff::TimedOut => warn!(
                 "node {target} did not take leadership within {}ms; stopping anyway",
                 limit.as_millis()
             ),
         }
     }
+}
+
+/// How a leadership handoff on shutdown ended.
+enum Handoff {
+    Done(u64),
+    Aborted,
+    TimedOut,
 }
 
 fn open_store(

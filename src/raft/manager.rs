@@ -47,9 +47,14 @@ impl Router {
     /// Sends a tick to every replica. A full inbox skips this tick; a stalled
     /// replica never receives a burst of catch-up ticks.
     pub fn tick_all(&self) {
+        self.broadcast(|| ReplicaMsg::Tick);
+    }
+
+    /// Delivers a message made by `msg` to every replica, without waiting.
+    pub fn broadcast(&self, msg: impl Fn() -> ReplicaMsg) {
         let inboxes = self.inboxes.read().unwrap_or_else(|e| e.into_inner());
         for tx in inboxes.values() {
-            let _ = tx.try_send(ReplicaMsg::Tick);
+            let _ = tx.try_send(msg());
         }
     }
 

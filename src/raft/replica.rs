@@ -59,7 +59,8 @@ pub enum ReplicaMsg {
     PeerUp(u64),
     /// Reply with the current status.
     Status(flume::Sender<ReplicaStatus>),
-    /// Send the status now and on every change of role, term or leader.
+    /// Send the status now and on every change of role, term, leader or
+    /// leadership transfer.
     Subscribe(flume::Sender<ReplicaStatus>),
     /// If leader, hand leadership to the most up-to-date of `candidates`;
     /// replies with the chosen peer, or `None` if not leader or no candidate.
@@ -88,6 +89,8 @@ pub struct ReplicaStatus {
     pub applied_index: u64,
     /// The last index in the log.
     pub last_index: u64,
+    /// The peer a leader is handing leadership to, while it does.
+    pub transferring_to: Option<u64>,
 }
 
 impl ReplicaStatus {
@@ -167,7 +170,7 @@ pub struct PartitionReplica {
     peers: PeerSenders,
     inbox: flume::Receiver<ReplicaMsg>,
     subscribers: Vec<flume::Sender<ReplicaStatus>>,
-    published: Option<(StateRole, u64, u64)>,
+    published: Option<(StateRole, u64, u64, Option<u64>)>,
     metrics: Arc<Metrics>,
 }
 
@@ -271,7 +274,18 @@ impl PartitionReplica {
                     debug!("{}: ignored {kind:?} from {from}: {e}", self.group);
                 }
             }
-            ReplicaMsg::Unreachable(peer) => self.node.report_unreachable(peer),
+            ReplicaMsg::Unreachable(peer) => {
+                if self.node.raft.lead_transferee == Some(peer) {
+                    // The peer went away (it may be stopping too): keep
+                    // leading rather than wait out the transfer timeout.
+                    info!(
+                        "{}: leadership transfer to node {peer} aborted: unreachable",
+                        self.group
+                    );
+                    self.node.raft.abort_leader_transfer();
+                }
+                self.node.report_unreachable(peer);
+            }
             ReplicaMsg::SnapshotStatus { peer, delivered } => {
                 let status = if delivered {
                     SnapshotStatus::Finish
@@ -338,18 +352,19 @@ impl PartitionReplica {
             commit_index: raft.raft_log.committed,
             applied_index: raft.raft_log.applied,
             last_index: raft.raft_log.last_index(),
+            transferring_to: raft.lead_transferee,
         }
     }
 
     /// Logs and publishes a change of role, term or leader.
     fn publish(&mut self) {
         let raft = &self.node.raft;
-        let now = (raft.state, raft.term, raft.leader_id);
+        let now = (raft.state, raft.term, raft.leader_id, raft.lead_transferee);
         if self.published == Some(now) {
             return;
         }
-        let leader_changed = self.published.is_none_or(|(_, _, l)| l != now.2);
-        let role_changed = self.published.is_none_or(|(r, _, _)| r != now.0);
+        let leader_changed = self.published.is_none_or(|(_, _, l, _)| l != now.2);
+        let role_changed = self.published.is_none_or(|(r, _, _, _)| r != now.0);
         self.published = Some(now);
         self.metrics.set_raft_state(now.0, now.1, now.2);
         if role_changed || leader_changed {

@@ -216,7 +216,11 @@ async fn serve_inbound(ctx: &Inbound, stream: TcpStream, remote: SocketAddr) {
                 return;
             }
             Err(WireError::Io(e)) => {
+                // The peer closed its stream: it is stopping or restarting.
+                // Telling raft at once lets a leader that is handing over to
+                // it give up now instead of at the transfer timeout.
                 debug!("raft stream from peer {from} ({remote}) closed: {e}");
+                ctx.router.broadcast(|| ReplicaMsg::Unreachable(from));
                 return;
             }
             Err(e) => {
