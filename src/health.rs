@@ -32,11 +32,13 @@ use crate::transport::{self, Identity};
 pub const FAST_PROBE_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Fast probes that must fail before a peer counts as absent at startup.
-/// Nodes started together come up a few milliseconds apart; one failed probe
-/// only means "not listening yet". Two probes (one fast interval apart) let a
-/// lower id that is starting at the same moment be seen, so that the node
-/// with the lowest id campaigns and the others do not race it.
-pub const PROBES_BEFORE_ABSENT: u32 = 2;
+/// Nodes started together come up a few milliseconds apart (each opens its
+/// data dir first, with fsyncs on a first boot); one failed probe only means
+/// "not listening yet". Three probes (20 ms of fast probing) let a lower id
+/// that is starting at the same moment be seen even on a busy machine, so
+/// that the node with the lowest id campaigns and the others do not race it.
+/// It delays bootstrap only when a lower id is really down.
+pub const PROBES_BEFORE_ABSENT: u32 = 3;
 
 /// What the node knows about one peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
