@@ -175,23 +175,13 @@ fn main() {
 
     // 2. kill -9 failover.
     {
-        let mut samples = Samples::new("`kill -9` failover (3 nodes)", Unit::Ms);
-        let mut terms = Vec::new();
-        for run in 1..=runs {
-            let r = with_retry(&mut samples, failover_run).map(|(d, t)| {
-                terms.push(t);
-                d
-            });
-            samples.record(run, runs, r.map(ms));
-        }
-        notes.push(format!(
-            "failover: (old term -> new term) per run: {}",
-            terms
-                .iter()
-                .map(|(a, b)| format!("{a}->{b}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        ));
+        let (samples, note) = timed_term_change(
+            "`kill -9` failover (3 nodes)",
+            "failover: (old term -> new term)",
+            runs,
+            failover_run,
+        );
+        notes.push(note);
         rows.push(Row::new(
             samples,
             "median ≤ 500 ms, max ≤ 1 s",
@@ -232,23 +222,13 @@ fn main() {
 
     // 3b. Full restart (issue 3 asks for the figure; it sets no target).
     {
-        let mut samples = Samples::new("full 3-node restart to leader", Unit::Ms);
-        let mut terms = Vec::new();
-        for run in 1..=runs {
-            let r = with_retry(&mut samples, restart_run).map(|(d, t)| {
-                terms.push(t);
-                d
-            });
-            samples.record(run, runs, r.map(ms));
-        }
-        notes.push(format!(
-            "restart: (term before -> term after) per run: {}",
-            terms
-                .iter()
-                .map(|(a, b)| format!("{a}->{b}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        ));
+        let (samples, note) = timed_term_change(
+            "full 3-node restart to leader",
+            "restart: (term before -> term after)",
+            runs,
+            restart_run,
+        );
+        notes.push(note);
         rows.push(Row::new(samples, "—", "—", Check::Report));
     }
 
@@ -487,6 +467,27 @@ fn cell(s: &str) -> String {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+/// Runs a measure that returns a time and a (before, after) term `runs`
+/// times; returns the samples and a note listing the term changes.
+fn timed_term_change(
+    name: &str,
+    note: &str,
+    runs: usize,
+    mut f: impl FnMut() -> Result<(Duration, (u64, u64)), String>,
+) -> (Samples, String) {
+    let mut samples = Samples::new(name, Unit::Ms);
+    let mut terms = Vec::new();
+    for run in 1..=runs {
+        let r = with_retry(&mut samples, &mut f).map(|(d, t)| {
+            terms.push(t);
+            d
+        });
+        samples.record(run, runs, r.map(ms));
+    }
+    let terms: Vec<String> = terms.iter().map(|(a, b)| format!("{a}->{b}")).collect();
+    (samples, format!("{note} per run: {}", terms.join(" ")))
 }
 
 /// Runs `f`; if it failed because a node could not bind its port (a port
