@@ -531,18 +531,8 @@ fn bootstrap_run(size: u64) -> Result<Booted, String> {
         .iter()
         .map(|n| (n.id, AdminClient::new(n.admin)))
         .collect();
-    let start = Instant::now();
-    for id in 1..=size {
-        cluster.spawn(id)?;
-    }
-    let (elapsed, leader, _) = wait_for_leader(
-        &mut cluster,
-        &mut clients,
-        start,
-        POLL_INTERVAL,
-        BOOTSTRAP_TIMEOUT,
-        None,
-    )?;
+    let ids: Vec<u64> = (1..=size).collect();
+    let (elapsed, leader, _) = launch_until_leader(&mut cluster, &mut clients, &ids)?;
     let logged_ms = (1..=size)
         .map(|id| cluster.logged_bootstrap_ms(id))
         .collect::<Option<Vec<u64>>>()
@@ -554,6 +544,28 @@ fn bootstrap_run(size: u64) -> Result<Booted, String> {
         leader,
         logged_ms,
     })
+}
+
+/// Launches nodes `ids` back to back and times from the first launch until
+/// every node agrees on a leader with bootstrap complete. Returns the time,
+/// the leader and its term.
+fn launch_until_leader(
+    cluster: &mut Cluster,
+    clients: &mut [(u64, AdminClient)],
+    ids: &[u64],
+) -> Result<(Duration, u64, u64), String> {
+    let start = Instant::now();
+    for &id in ids {
+        cluster.spawn(id)?;
+    }
+    wait_for_leader(
+        cluster,
+        clients,
+        start,
+        POLL_INTERVAL,
+        BOOTSTRAP_TIMEOUT,
+        None,
+    )
 }
 
 /// A bootstrapped 3-node cluster after `SETTLE`, with its current leader.
@@ -635,18 +647,7 @@ fn restart_run() -> Result<(Duration, (u64, u64)), String> {
             sleep(Duration::from_millis(1));
         }
     }
-    let start = Instant::now();
-    for &id in &ids {
-        cluster.spawn(id)?;
-    }
-    let (elapsed, _, new_term) = wait_for_leader(
-        &mut cluster,
-        &mut clients,
-        start,
-        POLL_INTERVAL,
-        BOOTSTRAP_TIMEOUT,
-        None,
-    )?;
+    let (elapsed, _, new_term) = launch_until_leader(&mut cluster, &mut clients, &ids)?;
     if new_term <= old_term {
         return Err(format!(
             "the term went from {old_term} to {new_term} across the restart: state was lost"

@@ -9,7 +9,6 @@
 //!    for a leader (and fall back on Raft's randomized election);
 //! 5. mark bootstrap complete and log one line with leader, term and time.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -110,8 +109,6 @@ pub struct ClusterCoordinator {
     shutdown: Option<flume::Sender<()>>,
     fatal: flume::Receiver<Error>,
     tasks: Vec<crate::runtime::Task<()>>,
-    peer_addr: SocketAddr,
-    admin_addr: SocketAddr,
 }
 
 impl ClusterCoordinator {
@@ -239,8 +236,6 @@ impl ClusterCoordinator {
             shutdown: Some(shutdown_tx),
             fatal,
             tasks,
-            peer_addr,
-            admin_addr,
         })
     }
 
@@ -319,16 +314,6 @@ impl ClusterCoordinator {
     /// The `__meta/0` replica.
     pub fn metadata_replica(&self) -> &ReplicaHandle {
         &self.meta
-    }
-
-    /// The bound peer address.
-    pub fn peer_addr(&self) -> SocketAddr {
-        self.peer_addr
-    }
-
-    /// The bound admin address.
-    pub fn admin_addr(&self) -> SocketAddr {
-        self.admin_addr
     }
 
     /// Resolves with the first fatal error of a background task (a storage

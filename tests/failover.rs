@@ -22,21 +22,20 @@ fn others(ids: &[u64], except: u64) -> Vec<u64> {
     ids.iter().copied().filter(|&i| i != except).collect()
 }
 
+/// Sends SIGTERM to node `id` and asserts it exits 0.
+fn sigterm_exits_0(c: &mut TestCluster, id: u64, who: &str) {
+    c.signal(id, libc::SIGTERM);
+    let code = c.wait_exit(id, EXIT_BOUND);
+    assert_eq!(code, 0, "{who} {id} exit code\n{}", c.diagnostics());
+}
+
 #[test]
 fn sigterm_on_every_node_exits_0() {
     let (mut c, leader, _) = formed_cluster("term-all");
     let followers = others(&[1, 2, 3], leader);
 
     // First follower: the other two keep serving with the same leader.
-    c.signal(followers[0], libc::SIGTERM);
-    let code = c.wait_exit(followers[0], EXIT_BOUND);
-    assert_eq!(
-        code,
-        0,
-        "follower {} exit code\n{}",
-        followers[0],
-        c.diagnostics()
-    );
+    sigterm_exits_0(&mut c, followers[0], "follower");
     let remaining = [leader, followers[1]];
     let (l, _) = c.wait_agreed_leader(&remaining);
     assert_eq!(l, leader, "leader changed after a follower stopped");
@@ -46,18 +45,8 @@ fn sigterm_on_every_node_exits_0() {
     }
 
     // Second follower, then the leader, now without a quorum: still exit 0.
-    c.signal(followers[1], libc::SIGTERM);
-    let code = c.wait_exit(followers[1], EXIT_BOUND);
-    assert_eq!(
-        code,
-        0,
-        "follower {} exit code\n{}",
-        followers[1],
-        c.diagnostics()
-    );
-    c.signal(leader, libc::SIGTERM);
-    let code = c.wait_exit(leader, EXIT_BOUND);
-    assert_eq!(code, 0, "leader {leader} exit code\n{}", c.diagnostics());
+    sigterm_exits_0(&mut c, followers[1], "follower");
+    sigterm_exits_0(&mut c, leader, "leader");
 
     for id in [1, 2, 3] {
         assert_no_panic(&format!("node {id}"), &c.stderr(id));

@@ -113,16 +113,10 @@ pub fn role_name(role: StateRole) -> &'static str {
 /// A cloneable handle to a running replica.
 #[derive(Clone)]
 pub struct ReplicaHandle {
-    group: GroupId,
     tx: flume::Sender<ReplicaMsg>,
 }
 
 impl ReplicaHandle {
-    /// The group this replica serves.
-    pub fn group(&self) -> &GroupId {
-        &self.group
-    }
-
     /// The current status; `None` once the replica has stopped.
     pub async fn status(&self) -> Option<ReplicaStatus> {
         let (tx, rx) = flume::bounded(1);
@@ -205,10 +199,7 @@ impl PartitionReplica {
         );
         let node = RawNode::new(&config, view, &logger)?;
         let (tx, inbox) = flume::bounded(INBOX_CAPACITY);
-        let handle = ReplicaHandle {
-            group: group.clone(),
-            tx,
-        };
+        let handle = ReplicaHandle { tx };
         info!(
             "{group}: replica recovered: term={} vote={} commit={} applied={} last_index={} voters={:?}",
             recovered.hard_state.term,
