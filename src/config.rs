@@ -35,6 +35,22 @@ pub const DEFAULT_ELECTION_TICKS: usize = 3;
 pub const DEFAULT_HEARTBEAT_TICKS: usize = 1;
 /// Default data directory when the file names none.
 pub const DEFAULT_DATA_DIR: &str = "data";
+/// Default largest value of one key: Consul's own limit, 512 KiB.
+pub const DEFAULT_MAX_VALUE_BYTES: u64 = 512 * 1024;
+/// The largest `max_value_bytes` allowed. An entry must fit one peer frame
+/// (4 MiB) with room to spare, and a snapshot is assembled in memory.
+pub const MAX_VALUE_BYTES_LIMIT: u64 = 2 * 1024 * 1024;
+/// Default cap on the store's total size (keys and values).
+pub const DEFAULT_MAX_STORE_BYTES: u64 = 64 * 1024 * 1024;
+/// The largest `max_store_bytes` allowed: snapshots are built and received
+/// in memory, and quorumd runs on boxes with little of it.
+pub const MAX_STORE_BYTES_LIMIT: u64 = 1024 * 1024 * 1024;
+/// Default time a KV request waits for its commit (or its read index).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default entries applied since the last snapshot that trigger the next one.
+pub const DEFAULT_SNAPSHOT_ENTRIES: u64 = 10_000;
+/// Default log bytes applied since the last snapshot that trigger the next one.
+pub const DEFAULT_SNAPSHOT_BYTES: u64 = 16 * 1024 * 1024;
 
 /// The cluster file as written on disk.
 #[derive(Debug, Deserialize)]
@@ -43,6 +59,8 @@ struct RawFile {
     cluster: RawCluster,
     #[serde(default)]
     raft: RawRaft,
+    #[serde(default)]
+    store: RawStore,
     #[serde(default)]
     node: Vec<RawNode>,
 }
@@ -63,6 +81,16 @@ struct RawRaft {
     tick_interval: Option<toml::Value>,
     election_ticks: Option<usize>,
     heartbeat_ticks: Option<usize>,
+    snapshot_entries: Option<u64>,
+    snapshot_bytes: Option<toml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    max_value_bytes: Option<toml::Value>,
+    max_store_bytes: Option<toml::Value>,
+    request_timeout: Option<toml::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,6 +121,10 @@ pub struct RaftTiming {
     pub election_ticks: usize,
     /// Leader heartbeat in ticks.
     pub heartbeat_ticks: usize,
+    /// Entries applied since the last snapshot that trigger the next one.
+    pub snapshot_entries: u64,
+    /// Log bytes applied since the last snapshot that trigger the next one.
+    pub snapshot_bytes: u64,
 }
 
 impl Default for RaftTiming {
@@ -101,6 +133,29 @@ impl Default for RaftTiming {
             tick_interval: DEFAULT_TICK_INTERVAL,
             election_ticks: DEFAULT_ELECTION_TICKS,
             heartbeat_ticks: DEFAULT_HEARTBEAT_TICKS,
+            snapshot_entries: DEFAULT_SNAPSHOT_ENTRIES,
+            snapshot_bytes: DEFAULT_SNAPSHOT_BYTES,
+        }
+    }
+}
+
+/// The `[store]` table: limits of the key-value store on `__meta/0`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// The largest value one key may hold.
+    pub max_value_bytes: u64,
+    /// The cap on the store's total size, keys and values.
+    pub max_store_bytes: u64,
+    /// How long a request waits for its commit or read index.
+    pub request_timeout: Duration,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        StoreSettings {
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            max_store_bytes: DEFAULT_MAX_STORE_BYTES,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
     }
 }
@@ -125,8 +180,10 @@ pub struct ClusterConfig {
     pub peer_timeout: Duration,
     /// Node N keeps its state in `<data_dir>/node-N`.
     pub data_dir: PathBuf,
-    /// Raft timing, shared by every group.
+    /// Raft timing and log compaction, shared by every group.
     pub raft: RaftTiming,
+    /// Limits of the key-value store.
+    pub store: StoreSettings,
     /// Every member, sorted by id.
     pub nodes: Vec<NodeConfig>,
 }
@@ -223,7 +280,86 @@ impl ClusterConfig {
             )?,
             election_ticks: raw.raft.election_ticks.unwrap_or(defaults.election_ticks),
             heartbeat_ticks: raw.raft.heartbeat_ticks.unwrap_or(defaults.heartbeat_ticks),
+            snapshot_entries: raw
+                .raft
+                .snapshot_entries
+                .unwrap_or(defaults.snapshot_entries),
+            snapshot_bytes: byte_size(
+                "raft.snapshot_bytes",
+                &raw.raft.snapshot_bytes,
+                defaults.snapshot_bytes,
+            )
+            .map_err(|(f, r)| err(f, r))?,
         };
+        if !(10..=10_000_000).contains(&raft.snapshot_entries) {
+            return Err(err(
+                "raft.snapshot_entries",
+                format!(
+                    "must be between 10 and 10000000, not {}",
+                    raft.snapshot_entries
+                ),
+            ));
+        }
+        check_bytes(
+            "raft.snapshot_bytes",
+            raft.snapshot_bytes,
+            64 * 1024,
+            MAX_STORE_BYTES_LIMIT,
+        )
+        .map_err(|(f, r)| err(f, r))?;
+
+        let store_defaults = StoreSettings::default();
+        let store = StoreSettings {
+            max_value_bytes: byte_size(
+                "store.max_value_bytes",
+                &raw.store.max_value_bytes,
+                store_defaults.max_value_bytes,
+            )
+            .map_err(|(f, r)| err(f, r))?,
+            max_store_bytes: byte_size(
+                "store.max_store_bytes",
+                &raw.store.max_store_bytes,
+                store_defaults.max_store_bytes,
+            )
+            .map_err(|(f, r)| err(f, r))?,
+            request_timeout: duration(
+                "store.request_timeout",
+                &raw.store.request_timeout,
+                store_defaults.request_timeout,
+            )?,
+        };
+        check_bytes(
+            "store.max_value_bytes",
+            store.max_value_bytes,
+            1,
+            MAX_VALUE_BYTES_LIMIT,
+        )
+        .map_err(|(f, r)| err(f, r))?;
+        check_bytes(
+            "store.max_store_bytes",
+            store.max_store_bytes,
+            1024,
+            MAX_STORE_BYTES_LIMIT,
+        )
+        .map_err(|(f, r)| err(f, r))?;
+        if store.max_store_bytes < store.max_value_bytes {
+            return Err(err(
+                "store.max_store_bytes",
+                format!(
+                    "must be at least store.max_value_bytes ({} < {})",
+                    store.max_store_bytes, store.max_value_bytes
+                ),
+            ));
+        }
+        if store.request_timeout > Duration::from_secs(600) {
+            return Err(err(
+                "store.request_timeout",
+                format!(
+                    "must be at most 10m, not {}",
+                    humantime::format_duration(store.request_timeout)
+                ),
+            ));
+        }
         if raft.heartbeat_ticks == 0 {
             return Err(err("raft.heartbeat_ticks", "must be at least 1".into()));
         }
@@ -279,6 +415,7 @@ impl ClusterConfig {
             peer_timeout,
             data_dir,
             raft,
+            store,
             nodes,
         })
     }
@@ -349,6 +486,18 @@ impl ClusterConfig {
             humantime::format_duration(self.raft.election_timeout()),
             humantime::format_duration(self.raft.election_timeout() * 2)
         );
+        let _ = writeln!(
+            s,
+            "  snapshots: every {} entries or {} bytes of log",
+            self.raft.snapshot_entries, self.raft.snapshot_bytes
+        );
+        let _ = writeln!(
+            s,
+            "  store: max_value_bytes={} max_store_bytes={} request_timeout={}",
+            self.store.max_value_bytes,
+            self.store.max_store_bytes,
+            humantime::format_duration(self.store.request_timeout)
+        );
         let _ = writeln!(s, "  data_dir={}", self.data_dir.display());
         for n in &self.nodes {
             let _ = writeln!(s, "  node {}: addr={} admin={}", n.id, n.addr, n.admin);
@@ -367,6 +516,72 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
         return Err(format!("duration {text:?} must be greater than zero"));
     }
     Ok(d)
+}
+
+/// Reads a size in bytes: a TOML integer, or a string with a unit such as
+/// `"512KiB"`, `"64MiB"` or `"16MB"`.
+fn byte_size(
+    field: &'static str,
+    value: &Option<toml::Value>,
+    default: u64,
+) -> std::result::Result<u64, (&'static str, String)> {
+    match value {
+        None => Ok(default),
+        Some(toml::Value::Integer(n)) => {
+            u64::try_from(*n).map_err(|_| (field, format!("must not be negative, not {n}")))
+        }
+        Some(toml::Value::String(text)) => parse_byte_size(text).map_err(|r| (field, r)),
+        Some(other) => Err((
+            field,
+            format!(
+                "must be a number of bytes or a string such as \"64MiB\", not the {} {other}",
+                other.type_str()
+            ),
+        )),
+    }
+}
+
+/// Parses `"512KiB"`, `"64MiB"`, `"1GiB"`, `"16MB"`, `"100kB"` or `"4096"`.
+pub fn parse_byte_size(text: &str) -> std::result::Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("cannot parse size {text:?}; write e.g. \"512KiB\" or \"64MiB\""))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "kB" | "KB" => 1000,
+        "KiB" => 1 << 10,
+        "MB" => 1_000_000,
+        "MiB" => 1 << 20,
+        "GB" => 1_000_000_000,
+        "GiB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {text:?}; use B, kB, KiB, MB, MiB, GB or GiB"
+            ))
+        }
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+fn check_bytes(
+    field: &'static str,
+    value: u64,
+    min: u64,
+    max: u64,
+) -> std::result::Result<(), (&'static str, String)> {
+    if value < min || value > max {
+        return Err((
+            field,
+            format!("must be between {min} and {max} bytes, not {value}"),
+        ));
+    }
+    Ok(())
 }
 
 fn parse_addr(text: &str) -> std::result::Result<SocketAddr, String> {
@@ -484,6 +699,49 @@ admin = "127.0.0.1:8101"
     fn malformed_toml_names_the_line() {
         let (field, _) = config_error("[cluster\nname = 1");
         assert!(field.starts_with("line "), "{field}");
+    }
+
+    #[test]
+    fn store_and_snapshot_settings_parse_with_units_and_defaults() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.store, StoreSettings::default());
+        assert_eq!(c.raft.snapshot_entries, 10_000);
+        assert_eq!(c.raft.snapshot_bytes, 16 << 20);
+        let text = GOOD.replace(
+            "[raft]\n",
+            "[store]\nmax_value_bytes = \"1MiB\"\nmax_store_bytes = 2000000\nrequest_timeout = \"2s\"\n[raft]\nsnapshot_entries = 100\nsnapshot_bytes = \"1MB\"\n",
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.store.max_value_bytes, 1 << 20);
+        assert_eq!(c.store.max_store_bytes, 2_000_000);
+        assert_eq!(c.store.request_timeout, Duration::from_secs(2));
+        assert_eq!(c.raft.snapshot_entries, 100);
+        assert_eq!(c.raft.snapshot_bytes, 1_000_000);
+    }
+
+    #[test]
+    fn bad_store_settings_name_their_field() {
+        let with = |store: &str| GOOD.replace("[raft]\n", &format!("[store]\n{store}\n[raft]\n"));
+        let (field, reason) = config_error(&with("max_value_bytes = \"3MiB\""));
+        assert_eq!(field, "store.max_value_bytes");
+        assert!(reason.contains("between 1 and 2097152"), "{reason}");
+        let (field, reason) = config_error(&with("max_store_bytes = \"12 parsecs\""));
+        assert_eq!(field, "store.max_store_bytes");
+        assert!(reason.contains("unknown size unit"), "{reason}");
+        let (field, _) = config_error(&with("max_store_bytes = -5"));
+        assert_eq!(field, "store.max_store_bytes");
+        let (field, _) = config_error(&with("max_store_bytes = 2048\nmax_value_bytes = 4096"));
+        assert_eq!(field, "store.max_store_bytes");
+        let (field, _) = config_error(&with("request_timeout = 5"));
+        assert_eq!(field, "store.request_timeout");
+        let (field, _) = config_error(&GOOD.replace(
+            "tick_interval = \"25ms\"",
+            "tick_interval = \"25ms\"\nsnapshot_entries = 5",
+        ));
+        assert_eq!(field, "raft.snapshot_entries");
+        let (field, reason) = config_error(&with("bogus = 1"));
+        assert!(field.starts_with("line "), "{field}");
+        assert!(reason.contains("bogus"), "{reason}");
     }
 
     #[test]
