@@ -12,7 +12,7 @@ use futures_lite::{future, StreamExt};
 use log::{error, info};
 
 use crate::config::ClusterConfig;
-use crate::coordinator::{ClusterCoordinator, NodeOptions, StorageMode};
+use crate::coordinator::{ClusterCoordinator, NodeOptions};
 use crate::error::{Error, Result};
 
 /// A small, fast Raft node for edge clusters.
@@ -69,11 +69,7 @@ pub fn run(cli: Cli, started: Instant) -> Result<()> {
         } => {
             let config = ClusterConfig::load(&cluster)?;
             config.require_node(node_id)?;
-            let options = NodeOptions {
-                data_dir,
-                storage: StorageMode::Durable,
-                started,
-            };
+            let options = NodeOptions { data_dir, started };
             crate::runtime::block_on(run_node(config, node_id, options))
         }
     }

@@ -544,9 +544,7 @@ fn byte_size(
 /// Parses `"512KiB"`, `"64MiB"`, `"1GiB"`, `"16MB"`, `"100kB"` or `"4096"`.
 pub fn parse_byte_size(text: &str) -> std::result::Result<u64, String> {
     let t = text.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);
     let n: u64 = digits
         .parse()

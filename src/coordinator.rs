@@ -25,7 +25,6 @@ use crate::health::{self, HealthEvent, HealthHandle};
 use crate::metrics::Metrics;
 use crate::quorum;
 use crate::raft::redb_store::{RedbLogStore, StoreIdentity};
-use crate::raft::storage::{LogStore, MemLogStore};
 use crate::raft::{spawn_tick_driver, RaftGroupManager, ReplicaHandle, Router};
 use crate::runtime::or_shutdown;
 use crate::transport::wire::GroupId;
@@ -34,24 +33,11 @@ use crate::transport::{self, Identity};
 /// Longest time a leader waits, on shutdown, for a peer to take over.
 pub const HANDOFF_TIMEOUT_MAX: Duration = Duration::from_millis(500);
 
-/// How a node keeps its Raft state.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StorageMode {
-    /// In redb, under the node's data dir; every Ready is fsynced. The
-    /// default, and the only safe choice for a real cluster.
-    Durable,
-    /// Nothing survives a restart. For unit tests and examples only: a node
-    /// that forgets its vote can help elect two leaders in one term.
-    Memory,
-}
-
 /// Options of one node beyond the cluster file.
 #[derive(Debug, Clone)]
 pub struct NodeOptions {
     /// Overrides `<data_dir>/node-<id>`.
     pub data_dir: Option<PathBuf>,
-    /// Where Raft state lives.
-    pub storage: StorageMode,
     /// When the process started; bootstrap time is measured from here.
     pub started: Instant,
 }
@@ -60,7 +46,6 @@ impl Default for NodeOptions {
     fn default() -> Self {
         NodeOptions {
             data_dir: None,
-            storage: StorageMode::Durable,
             started: Instant::now(),
         }
     }
@@ -155,6 +140,7 @@ impl ClusterCoordinator {
         let mut manager = RaftGroupManager::new(
             node_id,
             config.raft.clone(),
+            config.store.clone(),
             router.clone(),
             peers.clone(),
             metrics.clone(),
@@ -396,22 +382,17 @@ fn open_store(
     config: &ClusterConfig,
     node_id: u64,
     options: &NodeOptions,
-) -> Result<Arc<dyn LogStore>> {
-    match options.storage {
-        StorageMode::Memory => Ok(Arc::new(MemLogStore::new(config.ids()))),
-        StorageMode::Durable => {
-            let dir = options
-                .data_dir
-                .clone()
-                .unwrap_or_else(|| config.node_data_dir(node_id));
-            let identity = StoreIdentity {
-                cluster: config.name.clone(),
-                node_id,
-                voters: config.ids(),
-            };
-            let store = RedbLogStore::open(&dir, &identity)?;
-            info!("raft state in {}", store.file().display());
-            Ok(Arc::new(store))
-        }
-    }
+) -> Result<Arc<RedbLogStore>> {
+    let dir = options
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| config.node_data_dir(node_id));
+    let identity = StoreIdentity {
+        cluster: config.name.clone(),
+        node_id,
+        voters: config.ids(),
+    };
+    let store = RedbLogStore::open(&dir, &identity)?;
+    info!("raft state in {}", store.file().display());
+    Ok(Arc::new(store))
 }

@@ -22,6 +22,7 @@ pub mod quorum;
 pub mod raft;
 pub mod runtime;
 pub mod status;
+pub mod store;
 pub mod transport;
 
 pub use coordinator::ClusterCoordinator;

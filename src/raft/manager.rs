@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use log::debug;
 
-use crate::config::RaftTiming;
+use crate::config::{RaftTiming, StoreSettings};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::raft::redb_store::RedbLogStore;
 use crate::raft::replica::{PartitionReplica, ReplicaHandle, ReplicaMsg};
-use crate::raft::storage::LogStore;
 use crate::runtime::or_shutdown;
 use crate::transport::wire::GroupId;
 use crate::transport::PeerSenders;
@@ -68,6 +68,7 @@ impl Router {
 pub struct RaftGroupManager {
     node_id: u64,
     timing: RaftTiming,
+    settings: StoreSettings,
     router: Router,
     peers: PeerSenders,
     groups: HashMap<GroupId, ReplicaHandle>,
@@ -80,6 +81,7 @@ impl RaftGroupManager {
     pub fn new(
         node_id: u64,
         timing: RaftTiming,
+        settings: StoreSettings,
         router: Router,
         peers: PeerSenders,
         metrics: Arc<Metrics>,
@@ -87,6 +89,7 @@ impl RaftGroupManager {
         RaftGroupManager {
             node_id,
             timing,
+            settings,
             router,
             peers,
             groups: HashMap::new(),
@@ -100,7 +103,7 @@ impl RaftGroupManager {
     pub fn create_group(
         &mut self,
         group: GroupId,
-        store: Arc<dyn LogStore>,
+        store: Arc<RedbLogStore>,
         shutdown: flume::Receiver<()>,
         fatal: flume::Sender<Error>,
     ) -> Result<ReplicaHandle> {
@@ -111,6 +114,7 @@ impl RaftGroupManager {
             self.node_id,
             group.clone(),
             &self.timing,
+            &self.settings,
             store,
             self.peers.clone(),
             self.metrics.clone(),

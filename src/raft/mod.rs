@@ -1,7 +1,9 @@
 //! Raft groups: one driver task per group, and the storage seam beneath it.
 //!
-//! - [`storage`] defines how a replica's log is made durable.
-//! - [`redb_store`] is the durable store behind it, one redb file per node.
+//! - [`storage`] defines what a replica hands its durable store.
+//! - [`redb_store`] is that store, one redb file per node, holding the Raft
+//!   log and the key-value state machine together.
+//! - [`log_view`] is the in-memory view of the log that raft-rs reads.
 //! - [`replica`] is the driver task that owns one group's `RawNode`.
 //! - [`manager`] creates groups, routes messages to them and ticks them.
 //!
@@ -12,10 +14,13 @@
 //!   nothing is acknowledged before it is durable;
 //! - one tick source drives every group.
 
+pub mod log_view;
 pub mod manager;
 pub mod redb_store;
 pub mod replica;
 pub mod storage;
 
 pub use manager::{spawn_tick_driver, RaftGroupManager, Router};
-pub use replica::{PartitionReplica, ReplicaHandle, ReplicaMsg, ReplicaStatus};
+pub use replica::{
+    Committed, PartitionReplica, ReplicaHandle, ReplicaMsg, ReplicaStatus, RequestError,
+};

@@ -6,8 +6,10 @@
 //!   open, and holds the pid of the holder, so that a second process on the
 //!   same dir is refused with a sentence naming it.
 //! - `raft.redb`: the identity (cluster name, node id, voter set it was
-//!   bootstrapped with), the hard state, the snapshot metadata (with the conf
-//!   state), the entries after the snapshot and the applied index.
+//!   bootstrapped with), the hard state, the snapshot metadata (index and term
+//!   of the last compaction or received snapshot), the conf state as of the
+//!   applied index, the entries after the snapshot, the applied index, and the
+//!   key-value store itself (see [`crate::store::machine`]).
 //!
 //! Safety rules kept here:
 //!
@@ -17,8 +19,13 @@
 //!   So an existing `raft.redb` is always a complete store, and an empty,
 //!   truncated or foreign file is reported as damaged: the node never starts
 //!   empty over lost state.
-//! - Each [`PersistBatch`] is one redb write transaction with
-//!   [`Durability::Immediate`]: it is on disk when `persist` returns.
+//! - Each [`PersistBatch`] is one redb write transaction. Committed entries
+//!   are applied to the store in the transaction that records the applied
+//!   index, so a crash never applies one twice or skips one. A batch that
+//!   holds entries, a snapshot or a new term or vote is written with
+//!   [`Durability::Immediate`] (one fsync); a batch that only applies and
+//!   moves the commit index is not, since after a crash it is redone from the
+//!   durable log.
 //! - `persist` refuses, before writing anything, a batch after which raft-rs
 //!   could not load the stored state (a gap in the log, a commit index outside
 //!   it, an applied index past the commit), so that a bug fails one write
@@ -35,11 +42,13 @@ use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 use protobuf::Message;
-use raft::prelude::{Entry, HardState, SnapshotMetadata};
+use raft::prelude::{ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMetadata};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::error::{Error, Result};
-use crate::raft::storage::{LogStore, PersistBatch, RecoveredState};
+use crate::raft::storage::{Applied, PersistBatch, RecoveredState};
+use crate::store::machine::{self, ReadTables, Tables};
+use crate::store::{Command, Outcome};
 
 /// Name of the lock file inside the node's data dir.
 const LOCK_FILE: &str = "LOCK";
@@ -51,7 +60,8 @@ const DB_INIT_FILE: &str = "raft.redb.init";
 /// its working set is the tail of one log.
 const CACHE_BYTES: usize = 512 * 1024;
 /// Version of the layout below; bumped if the tables change meaning.
-const FORMAT_VERSION: u64 = 1;
+/// Version 1 (before the key-value store) is upgraded in place on open.
+const FORMAT_VERSION: u64 = 2;
 
 /// Single values: identity, hard state, snapshot metadata, applied index.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -65,6 +75,7 @@ const KEY_VOTERS: &str = "voters";
 const KEY_HARD_STATE: &str = "hard_state";
 const KEY_SNAPSHOT_META: &str = "snapshot_meta";
 const KEY_APPLIED: &str = "applied";
+const KEY_CONF_STATE: &str = "conf_state";
 
 /// Who a data dir belongs to. Stored on first boot and checked on every later
 /// boot, so that a node never runs on another node's or cluster's Raft state.
@@ -135,6 +146,7 @@ impl RedbLogStore {
             db,
             _lock: lock,
         };
+        guarded(&store.file, || store.upgrade())??;
         store.check_identity(identity)?;
         Ok(store)
     }
@@ -227,6 +239,7 @@ impl RedbLogStore {
         let hard_state: HardState = self.decode(KEY_HARD_STATE, &get(KEY_HARD_STATE)?)?;
         let snapshot_meta: SnapshotMetadata =
             self.decode(KEY_SNAPSHOT_META, &get(KEY_SNAPSHOT_META)?)?;
+        let conf_state: ConfState = self.decode(KEY_CONF_STATE, &get(KEY_CONF_STATE)?)?;
         let applied = self.decode_u64(KEY_APPLIED, &get(KEY_APPLIED)?)?;
 
         let table = txn.open_table(ENTRIES).map_err(|e| self.err("read", e))?;
@@ -255,42 +268,52 @@ impl RedbLogStore {
         Ok(RecoveredState {
             hard_state,
             snapshot_meta,
+            conf_state,
             entries,
             applied,
         })
     }
 
-    fn write_batch(&self, batch: &PersistBatch) -> Result<()> {
+    fn write_batch(&self, batch: &PersistBatch) -> Result<Vec<Applied>> {
         let mut txn = self.db.begin_write().map_err(|e| self.err("write", e))?;
-        txn.set_durability(Durability::Immediate)
+        let durability = if batch.durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
+        txn.set_durability(durability)
             .map_err(|e| self.err("write", e))?;
+        let mut results = Vec::new();
         {
             let mut meta = txn.open_table(META).map_err(|e| self.err("write", e))?;
             let mut table = txn.open_table(ENTRIES).map_err(|e| self.err("write", e))?;
+            let mut kv = Tables::open(&txn).map_err(|e| self.err("write", e))?;
             let stored = |meta: &redb::Table<&str, &[u8]>, key: &str| -> Result<Vec<u8>> {
                 meta.get(key)
                     .map_err(|e| self.err("write", e))?
                     .map(|v| v.value().to_vec())
                     .ok_or_else(|| self.corrupt(format!("the \"{key}\" record is missing")))
             };
+            let mut snapshot_meta: SnapshotMetadata =
+                self.decode(KEY_SNAPSHOT_META, &stored(&meta, KEY_SNAPSHOT_META)?)?;
+            let stored_applied = self.decode_u64(KEY_APPLIED, &stored(&meta, KEY_APPLIED)?)?;
+            let mut applied = stored_applied;
 
-            let snapshot_index = match &batch.snapshot {
-                Some(snapshot) => {
-                    // The snapshot replaces the whole log.
-                    let m = snapshot.get_metadata();
-                    put(&mut meta, KEY_SNAPSHOT_META, &encode(m))
-                        .map_err(|e| self.err("write", e))?;
-                    table
-                        .retain(|_, _| false)
-                        .map_err(|e| self.err("write", e))?;
-                    m.index
-                }
-                None => {
-                    let raw = stored(&meta, KEY_SNAPSHOT_META)?;
-                    self.decode::<SnapshotMetadata>(KEY_SNAPSHOT_META, &raw)?
-                        .index
-                }
-            };
+            if let Some(snapshot) = &batch.snapshot {
+                // The snapshot replaces the whole log and the whole store.
+                let m = snapshot.get_metadata();
+                crate::store::snapshot::install(&mut kv, snapshot.get_data())
+                    .map_err(|e| self.err("install a snapshot into", e))?;
+                table
+                    .retain(|_, _| false)
+                    .map_err(|e| self.err("write", e))?;
+                snapshot_meta = m.clone();
+                put(&mut meta, KEY_SNAPSHOT_META, &encode(m)).map_err(|e| self.err("write", e))?;
+                put(&mut meta, KEY_CONF_STATE, &encode(m.get_conf_state()))
+                    .map_err(|e| self.err("write", e))?;
+                applied = m.index;
+            }
+            let snapshot_index = snapshot_meta.index;
 
             if let Some(first) = batch.entries.first() {
                 let last_stored = table
@@ -310,19 +333,76 @@ impl RedbLogStore {
                 }
             }
 
-            // A snapshot is the state machine up to its index: applying it
-            // applies everything it covers.
-            let applied = match (batch.applied, &batch.snapshot) {
-                (applied, Some(_)) => Some(applied.unwrap_or(0).max(snapshot_index)),
-                (applied, None) => applied,
-            };
-            // Refuse, while nothing is written yet, a batch after which
+            // Apply committed entries, in order, in this same transaction.
+            for entry in &batch.apply {
+                if entry.index != applied + 1 {
+                    return Err(Error::Storage {
+                        dir: self.dir.clone(),
+                        reason: format!(
+                            "refusing to apply entry {} when the applied index is {applied}",
+                            entry.index
+                        ),
+                    });
+                }
+                if entry.get_entry_type() == EntryType::EntryNormal && !entry.data.is_empty() {
+                    let (outcome, touched) = match Command::decode(&entry.data) {
+                        Ok(cmd) => kv
+                            .apply(entry.index, &cmd)
+                            .map_err(|e| self.err("apply entry to", e))?,
+                        // Every node skips the same bad entry the same way.
+                        Err(e) => (Outcome::Invalid(e), Vec::new()),
+                    };
+                    results.push(Applied {
+                        index: entry.index,
+                        context: entry.context.to_vec(),
+                        outcome,
+                        touched,
+                    });
+                }
+                applied = entry.index;
+            }
+            if let Some(cs) = &batch.conf_state {
+                put(&mut meta, KEY_CONF_STATE, &encode(cs)).map_err(|e| self.err("write", e))?;
+            }
+
+            // Compaction: the store holds everything up to `applied`, so
+            // the log up to `index` is no longer needed.
+            if let Some((index, term)) = batch.compact {
+                if index > snapshot_meta.index {
+                    let held = table
+                        .get(index)
+                        .map_err(|e| self.err("write", e))?
+                        .map(|v| self.decode::<Entry>("entry", v.value()))
+                        .transpose()?;
+                    if index > applied || held.as_ref().map(|e| e.term) != Some(term) {
+                        return Err(Error::Storage {
+                            dir: self.dir.clone(),
+                            reason: format!(
+                                "refusing to compact to entry {index} (term {term}): applied is \
+                                 {applied}, the stored entry has term {:?}",
+                                held.map(|e| e.term)
+                            ),
+                        });
+                    }
+                    snapshot_meta.index = index;
+                    snapshot_meta.term = term;
+                    put(&mut meta, KEY_SNAPSHOT_META, &encode(&snapshot_meta))
+                        .map_err(|e| self.err("write", e))?;
+                    table
+                        .retain_in(..=index, |_, _| false)
+                        .map_err(|e| self.err("write", e))?;
+                    kv.reap_tombstones(index)
+                        .map_err(|e| self.err("write", e))?;
+                }
+            }
+
+            // Refuse, while nothing is committed yet, a batch after which
             // raft-rs could not load the stored state on the next start.
             let last = table
                 .last()
                 .map_err(|e| self.err("write", e))?
                 .map(|(k, _)| k.value())
-                .unwrap_or(snapshot_index);
+                .unwrap_or(snapshot_meta.index);
             let commit = match &batch.hard_state {
                 Some(hs) => hs.commit,
                 None => {
@@ -330,11 +410,7 @@ impl RedbLogStore {
                     self.decode::<HardState>(KEY_HARD_STATE, &raw)?.commit
                 }
             };
-            let applied_after = match applied {
-                Some(applied) => applied,
-                None => self.decode_u64(KEY_APPLIED, &stored(&meta, KEY_APPLIED)?)?,
-            };
-            check_loadable(snapshot_index, last, commit, applied_after).map_err(|reason| {
+            check_loadable(snapshot_meta.index, last, commit, applied).map_err(|reason| {
                 Error::Storage {
                     dir: self.dir.clone(),
                     reason: format!("refusing a write that raft could not load back: {reason}"),
@@ -344,12 +420,58 @@ impl RedbLogStore {
             if let Some(hs) = &batch.hard_state {
                 put(&mut meta, KEY_HARD_STATE, &encode(hs)).map_err(|e| self.err("write", e))?;
             }
-            if let Some(applied) = applied {
+            if applied != stored_applied {
                 put(&mut meta, KEY_APPLIED, &applied.to_le_bytes())
                     .map_err(|e| self.err("write", e))?;
             }
         }
-        txn.commit().map_err(|e| self.err("commit", e))
+        txn.commit().map_err(|e| self.err("commit", e))?;
+        Ok(results)
+    }
+
+    /// Upgrades a store written by an older build (format 1: no key-value
+    /// store yet) in place. Nothing of it is lost.
+    fn upgrade(&self) -> Result<()> {
+        let format = {
+            let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+            let Ok(meta) = txn.open_table(META) else {
+                return Ok(()); // reported by the identity check
+            };
+            match meta.get(KEY_FORMAT).map_err(|e| self.err("read", e))? {
+                Some(v) => self.decode_u64(KEY_FORMAT, v.value())?,
+                None => return Ok(()),
+            }
+        };
+        if format != 1 {
+            return Ok(());
+        }
+        let mut txn = self.db.begin_write().map_err(|e| self.err("write", e))?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| self.err("write", e))?;
+        {
+            let mut meta = txn.open_table(META).map_err(|e| self.err("write", e))?;
+            let raw = meta
+                .get(KEY_SNAPSHOT_META)
+                .map_err(|e| self.err("write", e))?
+                .map(|v| v.value().to_vec())
+                .ok_or_else(|| self.corrupt("the \"snapshot_meta\" record is missing"))?;
+            let snapshot_meta: SnapshotMetadata = self.decode(KEY_SNAPSHOT_META, &raw)?;
+            put(
+                &mut meta,
+                KEY_CONF_STATE,
+                &encode(snapshot_meta.get_conf_state()),
+            )
+            .map_err(|e| self.err("write", e))?;
+            put(&mut meta, KEY_FORMAT, &FORMAT_VERSION.to_le_bytes())
+                .map_err(|e| self.err("write", e))?;
+        }
+        machine::create_tables(&txn).map_err(|e| self.err("write", e))?;
+        txn.commit().map_err(|e| self.err("commit", e))?;
+        log::info!(
+            "upgraded {} from format 1 to format {FORMAT_VERSION}",
+            self.file.display()
+        );
+        Ok(())
     }
 
     /// Refuses an append that would leave a gap or overwrite the snapshot:
@@ -405,16 +527,80 @@ impl RedbLogStore {
     }
 }
 
-impl LogStore for RedbLogStore {
-    fn recover(&self) -> Result<RecoveredState> {
+impl RedbLogStore {
+    /// Returns what was made durable before. Called once, at start.
+    pub fn recover(&self) -> Result<RecoveredState> {
         guarded(&self.file, || self.read_state())?
     }
 
-    fn persist(&self, batch: &PersistBatch) -> Result<()> {
+    /// Writes one Ready's batch in one transaction: appends, installs a
+    /// snapshot, applies committed entries, compacts. Blocks until it is on
+    /// disk when `batch.durable`. An `Err` is fatal: nothing that was not
+    /// written may be acknowledged.
+    pub fn persist(&self, batch: &PersistBatch) -> Result<Vec<Applied>> {
         if batch.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         guarded(&self.file, || self.write_batch(batch))?
+    }
+
+    /// Makes every earlier write durable (the ones written without an fsync
+    /// of their own). Called when the replica stops.
+    pub fn flush(&self) -> Result<()> {
+        guarded(&self.file, || {
+            let mut txn = self.db.begin_write().map_err(|e| self.err("write", e))?;
+            txn.set_durability(Durability::Immediate)
+                .map_err(|e| self.err("write", e))?;
+            txn.commit().map_err(|e| self.err("commit", e))
+        })?
+    }
+
+    /// Runs a query on the store as it is now. Blocking: call it off the
+    /// executor.
+    pub fn read<T>(&self, f: impl FnOnce(&ReadTables) -> machine::Result<T>) -> Result<T> {
+        guarded(&self.file, || {
+            let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+            let tables = ReadTables::open(&txn).map_err(|e| self.err("read", e))?;
+            f(&tables).map_err(|e| self.err("read", e))
+        })?
+    }
+
+    /// Builds a snapshot of the store at the applied index, for a follower
+    /// that is behind the compacted log. Blocking: call it off the executor.
+    pub fn build_snapshot(&self) -> Result<Snapshot> {
+        guarded(&self.file, || {
+            let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+            let meta = txn.open_table(META).map_err(|e| self.err("read", e))?;
+            let get = |key: &str| -> Result<Vec<u8>> {
+                meta.get(key)
+                    .map_err(|e| self.err("read", e))?
+                    .map(|v| v.value().to_vec())
+                    .ok_or_else(|| self.corrupt(format!("the \"{key}\" record is missing")))
+            };
+            let applied = self.decode_u64(KEY_APPLIED, &get(KEY_APPLIED)?)?;
+            let compacted: SnapshotMetadata =
+                self.decode(KEY_SNAPSHOT_META, &get(KEY_SNAPSHOT_META)?)?;
+            let conf_state: ConfState = self.decode(KEY_CONF_STATE, &get(KEY_CONF_STATE)?)?;
+            let term = if applied == compacted.index {
+                compacted.term
+            } else {
+                let entries = txn.open_table(ENTRIES).map_err(|e| self.err("read", e))?;
+                let raw = entries
+                    .get(applied)
+                    .map_err(|e| self.err("read", e))?
+                    .ok_or_else(|| self.corrupt(format!("applied entry {applied} is missing")))?;
+                self.decode::<Entry>("entry", raw.value())?.term
+            };
+            let tables = ReadTables::open(&txn).map_err(|e| self.err("read", e))?;
+            let data = crate::store::snapshot::build(&tables).map_err(|e| self.err("read", e))?;
+            let mut snapshot = Snapshot::default();
+            snapshot.set_data(data.into());
+            let m = snapshot.mut_metadata();
+            m.index = applied;
+            m.term = term;
+            m.set_conf_state(conf_state);
+            Ok(snapshot)
+        })?
     }
 }
 
@@ -523,7 +709,7 @@ fn create_initial(dir: &Path, identity: &StoreIdentity) -> Result<()> {
             .iter()
             .flat_map(|v| v.to_le_bytes())
             .collect();
-        let rows: [(&str, Vec<u8>); 7] = [
+        let rows: [(&str, Vec<u8>); 8] = [
             (KEY_FORMAT, FORMAT_VERSION.to_le_bytes().to_vec()),
             (KEY_CLUSTER, identity.cluster.as_bytes().to_vec()),
             (KEY_NODE_ID, identity.node_id.to_le_bytes().to_vec()),
@@ -531,12 +717,14 @@ fn create_initial(dir: &Path, identity: &StoreIdentity) -> Result<()> {
             (KEY_HARD_STATE, encode(&state.hard_state)),
             (KEY_SNAPSHOT_META, encode(&state.snapshot_meta)),
             (KEY_APPLIED, state.applied.to_le_bytes().to_vec()),
+            (KEY_CONF_STATE, encode(&state.conf_state)),
         ];
         for (key, value) in &rows {
             put(&mut meta, key, value).map_err(|e| err(e.into()))?;
         }
         txn.open_table(ENTRIES).map_err(|e| err(e.into()))?;
     }
+    machine::create_tables(&txn).map_err(err)?;
     txn.commit().map_err(|e| err(e.into()))?;
     db.close().map_err(|e| err(e.into()))?;
 
@@ -634,10 +822,19 @@ fn sorted(ids: &[u64]) -> Vec<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::storage::load_into;
-    use raft::prelude::Snapshot;
-    use raft::storage::MemStorage;
+    use crate::raft::log_view::LogView;
+    use crate::store::{Command, KvOp};
     use raft::{Storage, StorageError};
+
+    /// A snapshot at `index`/`term` of an empty store, voters 1, 2, 3.
+    fn snapshot(index: u64, term: u64) -> Snapshot {
+        let mut snapshot = Snapshot::default();
+        snapshot.set_data(crate::store::snapshot::empty().into());
+        snapshot.mut_metadata().index = index;
+        snapshot.mut_metadata().term = term;
+        snapshot.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
+        snapshot
+    }
 
     fn identity() -> StoreIdentity {
         StoreIdentity {
@@ -743,7 +940,7 @@ mod tests {
                 .persist(&PersistBatch {
                     entries: (2..=5).map(|i| entry(i, 7)).collect(),
                     hard_state: Some(hs.clone()),
-                    applied: Some(3),
+                    apply: (2..=3).map(|i| entry(i, 7)).collect(),
                     ..Default::default()
                 })
                 .unwrap();
@@ -767,36 +964,32 @@ mod tests {
         {
             let store = RedbLogStore::open(tmp.path(), &identity()).unwrap();
             append(&store, (2..=8).map(|i| entry(i, 2)).collect());
-            let mut snapshot = Snapshot::default();
-            snapshot.mut_metadata().index = 5;
-            snapshot.mut_metadata().term = 2;
-            snapshot.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
             let hs = hard_state(3, 0, 6);
             store
                 .persist(&PersistBatch {
-                    snapshot: Some(snapshot),
+                    snapshot: Some(snapshot(5, 2)),
                     entries: vec![entry(6, 3)],
                     hard_state: Some(hs),
-                    applied: Some(5),
+                    durable: true,
+                    ..Default::default()
                 })
                 .unwrap();
         }
         let store = RedbLogStore::open(tmp.path(), &identity()).unwrap();
         let state = store.recover().unwrap();
         assert_eq!(state.snapshot_meta.index, 5);
-        assert_eq!(state.conf_state().voters, vec![1, 2, 3]);
+        assert_eq!(state.conf_state.voters, vec![1, 2, 3]);
         assert_eq!(index_terms(&state.entries), vec![(6, 3)]);
         assert_eq!(state.applied, 5);
     }
 
     #[test]
-    fn mem_storage_view_matches_raft_at_the_boundaries() {
+    fn the_log_view_matches_raft_at_the_boundaries() {
         let tmp = tempfile::tempdir().unwrap();
         let store = RedbLogStore::open(tmp.path(), &identity()).unwrap();
 
         // Fresh node: only the bootstrap snapshot.
-        let view = MemStorage::new();
-        load_into(&view, &store.recover().unwrap()).unwrap();
+        let view = LogView::new(&store.recover().unwrap());
         assert_eq!(view.first_index().unwrap(), 2);
         assert_eq!(view.last_index().unwrap(), 1);
         assert_eq!(view.term(1).unwrap(), 1);
@@ -810,23 +1003,19 @@ mod tests {
         );
 
         // Snapshot at 5 (term 2) and entries 6..=8 (term 3), read after reopen.
-        let mut snapshot = Snapshot::default();
-        snapshot.mut_metadata().index = 5;
-        snapshot.mut_metadata().term = 2;
-        snapshot.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
         let hs = hard_state(3, 0, 7);
         store
             .persist(&PersistBatch {
-                snapshot: Some(snapshot),
+                snapshot: Some(snapshot(5, 2)),
                 entries: (6..=8).map(|i| entry(i, 3)).collect(),
                 hard_state: Some(hs.clone()),
-                applied: Some(5),
+                durable: true,
+                ..Default::default()
             })
             .unwrap();
         drop(store);
         let store = RedbLogStore::open(tmp.path(), &identity()).unwrap();
-        let view = MemStorage::new();
-        load_into(&view, &store.recover().unwrap()).unwrap();
+        let view = LogView::new(&store.recover().unwrap());
         assert_eq!(view.first_index().unwrap(), 6);
         assert_eq!(view.last_index().unwrap(), 8);
         assert_eq!(view.term(5).unwrap(), 2);
@@ -845,6 +1034,195 @@ mod tests {
         let initial = view.initial_state().unwrap();
         assert_eq!(initial.hard_state, hs);
         assert_eq!(initial.conf_state.voters, vec![1, 2, 3]);
+    }
+
+    fn command_entry(index: u64, ops: Vec<KvOp>) -> Entry {
+        let cmd = Command {
+            max_store_bytes: 1 << 20,
+            from_client: true,
+            ops,
+        };
+        Entry {
+            index,
+            term: 2,
+            data: cmd.encode().into(),
+            context: b"ctx".to_vec().into(),
+            ..Default::default()
+        }
+    }
+
+    fn set(key: &str, value: &str) -> KvOp {
+        KvOp::Set {
+            key: key.into(),
+            value: value.as_bytes().to_vec(),
+            flags: 0,
+        }
+    }
+
+    #[test]
+    fn committed_commands_are_applied_with_the_applied_index() {
+        let tmp = tempfile::tempdir().unwrap();
+        let entries = vec![
+            command_entry(2, vec![set("a", "1")]),
+            Entry {
+                index: 3,
+                term: 2,
+                ..Default::default()
+            },
+            command_entry(4, vec![set("b", "2"), KvOp::Delete { key: "a".into() }]),
+        ];
+        {
+            let store = RedbLogStore::open(tmp.path(), &identity()).unwrap();
+            let results = store
+                .persist(&PersistBatch {
+                    entries: entries.clone(),
+                    hard_state: Some(hard_state(2, 1, 4)),
+                    apply: entries,
+                    durable: true,
+                    ..Default::default()
+                })
+                .unwrap();
+            // The no-op at 3 has no result; the commands do.
+            assert_eq!(
+                results.iter().map(|r| r.index).collect::<Vec<_>>(),
+                vec![2, 4]
+            );
+            assert_eq!(results[1].context, b"ctx");
+            assert!(matches!(results[1].outcome, Outcome::Committed(_)));
+        }
+        let store = RedbLogStore::open(tmp.path(), &identity()).unwrap();
+        assert_eq!(store.recover().unwrap().applied, 4);
+        let (a, b) = store.read(|t| Ok((t.get("a")?, t.get("b")?))).unwrap();
+        assert!(a.value.is_none());
+        assert_eq!(b.value.unwrap().modify_index, 4);
+        // Applying the same entry again is refused, never done twice.
+        let again = PersistBatch {
+            apply: vec![command_entry(4, vec![set("b", "3")])],
+            ..Default::default()
+        };
+        assert!(store.persist(&again).is_err());
+    }
+
+    #[test]
+    fn compaction_drops_the_log_and_reaps_tombstones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = RedbLogStore::open(tmp.path(), &identity()).unwrap();
+        let entries: Vec<Entry> = (2..=20)
+            .map(|i| {
+                if i % 2 == 0 {
+                    command_entry(i, vec![set(&format!("k{i}"), "v")])
+                } else {
+                    command_entry(
+                        i,
+                        vec![KvOp::Delete {
+                            key: format!("k{}", i - 1),
+                        }],
+                    )
+                }
+            })
+            .collect();
+        store
+            .persist(&PersistBatch {
+                entries: entries.clone(),
+                hard_state: Some(hard_state(2, 1, 20)),
+                apply: entries,
+                durable: true,
+                ..Default::default()
+            })
+            .unwrap();
+        // A compaction whose term does not match the log is refused.
+        let bad = PersistBatch {
+            compact: Some((15, 9)),
+            ..Default::default()
+        };
+        assert!(store.persist(&bad).is_err());
+        store
+            .persist(&PersistBatch {
+                compact: Some((15, 2)),
+                ..Default::default()
+            })
+            .unwrap();
+        let state = store.recover().unwrap();
+        assert_eq!(
+            (state.snapshot_meta.index, state.snapshot_meta.term),
+            (15, 2)
+        );
+        assert_eq!(state.entries.first().map(|e| e.index), Some(16));
+        let (floor, tombs) = store
+            .read(|t| Ok((t.state().floor, t.tombstones()?)))
+            .unwrap();
+        assert_eq!(floor, 15);
+        let kept: Vec<u64> = tombs.iter().map(|(_, i)| *i).collect();
+        assert_eq!(kept, vec![17, 19]);
+    }
+
+    #[test]
+    fn a_built_snapshot_installs_the_same_store_elsewhere() {
+        let src_dir = tempfile::tempdir().unwrap();
+        let src = RedbLogStore::open(src_dir.path(), &identity()).unwrap();
+        let entries: Vec<Entry> = (2..=6)
+            .map(|i| command_entry(i, vec![set(&format!("key/{i}"), "value")]))
+            .collect();
+        src.persist(&PersistBatch {
+            entries: entries.clone(),
+            hard_state: Some(hard_state(2, 1, 6)),
+            apply: entries[..4].to_vec(),
+            durable: true,
+            ..Default::default()
+        })
+        .unwrap();
+        let snap = src.build_snapshot().unwrap();
+        assert_eq!(
+            (snap.get_metadata().index, snap.get_metadata().term),
+            (5, 2)
+        );
+        assert_eq!(snap.get_metadata().get_conf_state().voters, vec![1, 2, 3]);
+
+        let dst_dir = tempfile::tempdir().unwrap();
+        let mut other = identity();
+        other.node_id = 2;
+        let dst = RedbLogStore::open(dst_dir.path(), &other).unwrap();
+        dst.persist(&PersistBatch {
+            snapshot: Some(snap),
+            hard_state: Some(hard_state(2, 0, 5)),
+            durable: true,
+            ..Default::default()
+        })
+        .unwrap();
+        let keys = |s: &RedbLogStore| s.read(|t| t.keys("", None)).unwrap();
+        assert_eq!(keys(&src).value, keys(&dst).value);
+        assert_eq!(keys(&dst).value.len(), 4);
+        assert_eq!(dst.recover().unwrap().applied, 5);
+    }
+
+    #[test]
+    fn a_format_1_store_is_upgraded_in_place() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let store = RedbLogStore::open(tmp.path(), &identity()).unwrap();
+            append(&store, (2..=4).map(|i| entry(i, 2)).collect());
+        }
+        {
+            // Turn it back into what the previous build wrote.
+            let db = Database::open(tmp.path().join(DB_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut meta = txn.open_table(META).unwrap();
+                meta.remove(KEY_CONF_STATE).unwrap();
+                meta.insert(KEY_FORMAT, 1u64.to_le_bytes().as_slice())
+                    .unwrap();
+            }
+            for t in ["kv", "kv_tombstones", "kv_state"] {
+                txn.delete_table(redb::TableDefinition::<&str, &[u8]>::new(t))
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let store = RedbLogStore::open(tmp.path(), &identity()).unwrap();
+        let state = store.recover().unwrap();
+        assert_eq!(state.conf_state.voters, vec![1, 2, 3]);
+        assert_eq!(state.entries.len(), 3);
+        assert!(store.read(|t| t.list("")).unwrap().value.is_empty());
     }
 
     fn reopen_err(dir: &Path, id: &StoreIdentity) -> Error {
@@ -1021,13 +1399,19 @@ mod tests {
         };
         store.persist(&batch).unwrap();
         assert_eq!(store.recover().unwrap().hard_state.commit, 4);
-        // Applied may not pass the commit index.
+        // Applied may not pass the commit index, nor skip an entry.
         let batch = PersistBatch {
-            applied: Some(5),
+            apply: (2..=5).map(|i| entry(i, 1)).collect(),
             ..Default::default()
         };
         let e = store.persist(&batch).unwrap_err();
         assert!(e.to_string().contains("applied index 5"), "{e}");
+        let batch = PersistBatch {
+            apply: vec![entry(3, 1)],
+            ..Default::default()
+        };
+        let e = store.persist(&batch).unwrap_err();
+        assert!(e.to_string().contains("refusing to apply entry 3"), "{e}");
         // A conflicting append may not cut below the commit index.
         let batch = PersistBatch {
             entries: vec![entry(3, 2)],
@@ -1041,13 +1425,9 @@ mod tests {
     fn a_snapshot_counts_as_applied() {
         let tmp = tempfile::tempdir().unwrap();
         let store = RedbLogStore::open(tmp.path(), &identity()).unwrap();
-        let mut snapshot = Snapshot::default();
-        snapshot.mut_metadata().index = 10;
-        snapshot.mut_metadata().term = 4;
-        snapshot.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
         store
             .persist(&PersistBatch {
-                snapshot: Some(snapshot),
+                snapshot: Some(snapshot(10, 4)),
                 hard_state: Some(hard_state(4, 0, 10)),
                 ..Default::default()
             })
@@ -1121,6 +1501,7 @@ mod tests {
                         .persist(&PersistBatch {
                             entries: vec![entry(i, 5)],
                             hard_state: Some(hs),
+                            durable: true,
                             ..Default::default()
                         })
                         .unwrap();

@@ -1,38 +1,59 @@
 //! The replica driver: one task per Raft group that alone owns its `RawNode`.
 //!
 //! Everything reaches the driver through one flume inbox ([`ReplicaMsg`]):
-//! ticks, peer messages, transport reports, and queries. After each batch of
-//! inbox messages it handles the Ready, in exactly one place and in the order
-//! raft-rs documents (DESIGN.md rule 4):
+//! ticks, peer messages, transport reports, client proposals, read-index
+//! requests, watches and queries. After each batch of inbox messages it
+//! handles the Ready, in exactly one place and in the order raft-rs documents
+//! (DESIGN.md rule 4):
 //!
 //! 1. send `messages`;
-//! 2. take the snapshot, 3. apply committed entries;
-//! 4. persist snapshot, entries and hard state in one durable write;
-//! 5. only then send `persisted_messages`;
-//! 6. `advance`, then the light ready (commit index, messages, entries);
+//! 2. take the snapshot, 3. take the committed entries;
+//! 4. persist snapshot, entries and hard state, and apply the committed
+//!    entries, in one transaction (one fsync, only when raft needs it);
+//! 5. only then answer clients and send `persisted_messages`;
+//! 6. `advance`, then the light ready (commit index, messages, entries),
+//!    applied in a second transaction that needs no fsync;
 //! 7. `advance_apply`.
 //!
+//! Clients are answered once their entry is applied here, or once the applied
+//! index passes their read index. Requests carry a deadline
+//! (`request_timeout`): a proposal that never left this node (no leader)
+//! fails as "not applied"; one that was handed to a leader but never came
+//! back is "unknown" (it may still commit).
+//!
+//! The log held in memory is bounded: once `snapshot_entries` entries or
+//! `snapshot_bytes` bytes were applied since the last snapshot, the log is
+//! compacted, keeping a tail of a tenth of each for followers that lag a
+//! little. Behind that tail a follower gets a snapshot, built off the
+//! executor.
+//!
 //! Network sends never wait: they go into the transport's bounded queues. The
-//! only await inside a Ready is the durable write, which runs off the executor.
+//! only awaits inside a Ready are the storage writes, which run off the
+//! executor.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
-use raft::prelude::{ConfChange, ConfChangeV2, Entry, EntryType, Message};
-use raft::storage::MemStorage;
+use raft::prelude::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType};
 use raft::{RawNode, SnapshotStatus, StateRole};
 use slog::Drain as _;
 
-use crate::config::RaftTiming;
+use crate::config::{RaftTiming, StoreSettings};
 use crate::error::Result;
 use crate::metrics::Metrics;
-use crate::raft::storage::{load_into, LogStore, PersistBatch};
+use crate::raft::log_view::LogView;
+use crate::raft::redb_store::RedbLogStore;
+use crate::raft::storage::{Applied, PersistBatch};
 use crate::runtime::or_shutdown;
+use crate::store::{Outcome, Touched};
 use crate::transport::wire::GroupId;
 use crate::transport::PeerSenders;
 
 /// Capacity of a replica's inbox. Peer messages and ticks that find it full
-/// are dropped; Raft tolerates both.
+/// are dropped; Raft tolerates both. Client requests wait for room.
 pub const INBOX_CAPACITY: usize = 1024;
 /// Inbox messages handled before the next Ready.
 pub const MAX_INBOX_BATCH: usize = 256;
@@ -40,6 +61,13 @@ pub const MAX_INBOX_BATCH: usize = 256;
 pub const MAX_SIZE_PER_MSG: u64 = 1024 * 1024;
 /// Appends in flight to one follower.
 pub const MAX_INFLIGHT_MSGS: usize = 256;
+/// Proposed but uncommitted bytes a leader accepts before it refuses more.
+pub const MAX_UNCOMMITTED_BYTES: u64 = 32 * 1024 * 1024;
+/// Committed entries handed to one Ready, in bytes.
+pub const MAX_APPLY_BYTES_PER_READY: u64 = 16 * 1024 * 1024;
+/// Ticks a read-index request may wait for its answer before it is asked
+/// again (a leader drops it until it has committed an entry of its term).
+pub const READ_INDEX_RETRY_TICKS: u64 = 2;
 
 /// What a replica's inbox carries.
 #[derive(Debug)]
@@ -68,7 +96,58 @@ pub enum ReplicaMsg {
         candidates: Vec<u64>,
         reply: flume::Sender<Option<u64>>,
     },
+    /// Propose a command (entry data); the reply comes once it is applied
+    /// here, or when it fails or times out.
+    Propose {
+        data: Vec<u8>,
+        reply: flume::Sender<WriteResult>,
+    },
+    /// Ask for a read index; the reply comes once this node has applied up
+    /// to it, so a read that starts then is linearizable.
+    ReadIndex { reply: flume::Sender<ReadResult> },
+    /// Fire `fired` once a write touches `key` (or the prefix `key`); reply
+    /// on `registered` once the watch is in place.
+    Watch {
+        key: String,
+        prefix: bool,
+        fired: flume::Sender<()>,
+        registered: flume::Sender<()>,
+    },
+    /// A snapshot for followers was built off the executor.
+    SnapshotBuilt(Result<raft::prelude::Snapshot>),
+    /// A received snapshot whose data was checked; step it now.
+    SnapshotChecked(Box<Message>),
 }
+
+/// A committed write: its index and what applying it came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// The entry's Raft index: the `ModifyIndex` of what it wrote.
+    pub index: u64,
+    /// The outcome.
+    pub outcome: Outcome,
+}
+
+/// Why a request got no result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// No leader was known for the whole request timeout; a write never left
+    /// this node, so it was not applied.
+    #[error("no cluster leader")]
+    NoLeader,
+    /// The request was handed to a leader but no answer came in time; a
+    /// write may or may not have been applied.
+    #[error("timed out waiting for the cluster")]
+    TimedOut,
+    /// The replica stopped (the node is shutting down).
+    #[error("the node is shutting down")]
+    Stopped,
+}
+
+/// The answer to a proposal.
+pub type WriteResult = std::result::Result<Committed, RequestError>;
+/// The answer to a read-index request: the index now applied here.
+pub type ReadResult = std::result::Result<u64, RequestError>;
 
 /// A replica's view of its group, as the admin API reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,10 +189,66 @@ pub fn role_name(role: StateRole) -> &'static str {
     }
 }
 
+/// What HTTP handlers read on every request without asking the driver:
+/// whether a leader is known and when it was last heard from.
+#[derive(Debug)]
+pub struct Gauge {
+    epoch: Instant,
+    leader: AtomicU64,
+    role: AtomicU8,
+    /// Milliseconds after `epoch` of the last message from the leader.
+    contact_ms: AtomicU64,
+}
+
+impl Default for Gauge {
+    fn default() -> Self {
+        Gauge {
+            epoch: Instant::now(),
+            leader: AtomicU64::new(0),
+            role: AtomicU8::new(0),
+            contact_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Gauge {
+    /// The known leader, if any.
+    pub fn leader(&self) -> Option<u64> {
+        match self.leader.load(Ordering::Relaxed) {
+            0 => None,
+            id => Some(id),
+        }
+    }
+
+    /// Time since this node last heard from the leader (zero on the leader).
+    pub fn last_contact(&self) -> Duration {
+        if self.role.load(Ordering::Relaxed) == 1 {
+            return Duration::ZERO;
+        }
+        let at = Duration::from_millis(self.contact_ms.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(at)
+    }
+
+    fn set(&self, role: StateRole, leader: u64) {
+        self.leader.store(leader, Ordering::Relaxed);
+        let role = u8::from(role == StateRole::Leader);
+        self.role.store(role, Ordering::Relaxed);
+    }
+
+    fn contact(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.contact_ms.store(now, Ordering::Relaxed);
+    }
+}
+
 /// A cloneable handle to a running replica.
 #[derive(Clone)]
 pub struct ReplicaHandle {
     tx: flume::Sender<ReplicaMsg>,
+    gauge: Arc<Gauge>,
+    /// The driver's own deadline, plus a margin: if the driver is wedged
+    /// the caller still gets an answer.
+    request_timeout: Duration,
 }
 
 impl ReplicaHandle {
@@ -151,21 +286,150 @@ impl ReplicaHandle {
         rx.recv_async().await.ok().flatten()
     }
 
+    /// Proposes a command and waits until it is applied on this node.
+    pub async fn propose(&self, data: Vec<u8>) -> WriteResult {
+        let (reply, rx) = flume::bounded(1);
+        self.ask(ReplicaMsg::Propose { data, reply }, rx).await?
+    }
+
+    /// Waits until this node has applied everything committed before the
+    /// call (raft's ReadIndex): a read that starts afterwards is
+    /// linearizable. Returns the read index.
+    pub async fn read_index(&self) -> ReadResult {
+        let (reply, rx) = flume::bounded(1);
+        self.ask(ReplicaMsg::ReadIndex { reply }, rx).await?
+    }
+
+    /// Registers a watch on `key` (or the prefix `key`). The receiver gets a
+    /// message once a later write may have changed what a query of it sees.
+    pub async fn watch(&self, key: String, prefix: bool) -> Option<flume::Receiver<()>> {
+        let (fired, watch) = flume::bounded(1);
+        let (registered, ack) = flume::bounded(1);
+        self.tx
+            .send_async(ReplicaMsg::Watch {
+                key,
+                prefix,
+                fired,
+                registered,
+            })
+            .await
+            .ok()?;
+        ack.recv_async().await.ok()?;
+        Some(watch)
+    }
+
+    /// Leader and contact, read without a round trip to the driver.
+    pub fn gauge(&self) -> &Gauge {
+        &self.gauge
+    }
+
+    async fn ask<T>(
+        &self,
+        msg: ReplicaMsg,
+        rx: flume::Receiver<T>,
+    ) -> std::result::Result<T, RequestError> {
+        self.tx
+            .send_async(msg)
+            .await
+            .map_err(|_| RequestError::Stopped)?;
+        let limit = self.request_timeout + Duration::from_secs(1);
+        futures_lite::future::or(
+            async { rx.recv_async().await.map_err(|_| RequestError::Stopped) },
+            async {
+                async_io::Timer::after(limit).await;
+                Err(RequestError::TimedOut)
+            },
+        )
+        .await
+    }
+
     pub(crate) fn sender(&self) -> flume::Sender<ReplicaMsg> {
         self.tx.clone()
     }
 }
 
+/// Identifies a proposal in its entry's context, so that the node that
+/// proposed it can answer its client once it is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ProposalId {
+    node: u64,
+    /// Random per process: a request id of an earlier run of this node never
+    /// matches one of this run.
+    incarnation: u64,
+    request: u64,
+}
+
+impl ProposalId {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(24);
+        for n in [self.node, self.incarnation, self.request] {
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+        out
+    }
+
+    fn decode(context: &[u8]) -> Option<ProposalId> {
+        if context.len() != 24 {
+            return None;
+        }
+        let n = |i: usize| u64::from_be_bytes(context[i * 8..i * 8 + 8].try_into().expect("8"));
+        Some(ProposalId {
+            node: n(0),
+            incarnation: n(1),
+            request: n(2),
+        })
+    }
+}
+
+struct Proposal {
+    reply: flume::Sender<WriteResult>,
+    deadline: Instant,
+    /// The entry data, while it waits for a leader; `None` once handed to
+    /// raft.
+    unsent: Option<Vec<u8>>,
+}
+
+struct ReadWaiter {
+    reply: flume::Sender<ReadResult>,
+    deadline: Instant,
+}
+
+struct Watcher {
+    key: String,
+    prefix: bool,
+    fired: flume::Sender<()>,
+}
+
 /// One Raft group's driver. Built by the group manager and run as a task.
 pub struct PartitionReplica {
     group: GroupId,
-    node: RawNode<MemStorage>,
-    store: Arc<dyn LogStore>,
+    node: RawNode<LogView>,
+    store: Arc<RedbLogStore>,
     peers: PeerSenders,
     inbox: flume::Receiver<ReplicaMsg>,
+    /// Our own inbox, for work finished off the executor.
+    own: flume::Sender<ReplicaMsg>,
     subscribers: Vec<flume::Sender<ReplicaStatus>>,
     published: Option<(StateRole, u64, u64, Option<u64>)>,
     metrics: Arc<Metrics>,
+    gauge: Arc<Gauge>,
+    timing: RaftTiming,
+    request_timeout: Duration,
+    ticks: u64,
+    incarnation: u64,
+    next_request: u64,
+    proposals: HashMap<u64, Proposal>,
+    next_read: u64,
+    reads_queued: Vec<ReadWaiter>,
+    /// Read-index requests asked of raft: context -> (tick asked, waiters).
+    reads_asked: HashMap<u64, (u64, Vec<ReadWaiter>)>,
+    /// Answered read indexes waiting for the applied index to reach them.
+    reads_ready: Vec<(u64, Vec<ReadWaiter>)>,
+    watchers: Vec<Watcher>,
+    building_snapshot: bool,
+    /// The highest index applied to the store (raft learns it a step later,
+    /// at `advance_apply`).
+    applied: u64,
 }
 
 impl PartitionReplica {
@@ -174,13 +438,13 @@ impl PartitionReplica {
         node_id: u64,
         group: GroupId,
         timing: &RaftTiming,
-        store: Arc<dyn LogStore>,
+        settings: &StoreSettings,
+        store: Arc<RedbLogStore>,
         peers: PeerSenders,
         metrics: Arc<Metrics>,
     ) -> Result<(PartitionReplica, ReplicaHandle)> {
         let recovered = store.recover()?;
-        let view = MemStorage::new();
-        load_into(&view, &recovered)?;
+        let view = LogView::new(&recovered);
         let config = raft::Config {
             id: node_id,
             election_tick: timing.election_ticks,
@@ -190,6 +454,8 @@ impl PartitionReplica {
             check_quorum: true,
             max_size_per_msg: MAX_SIZE_PER_MSG,
             max_inflight_msgs: MAX_INFLIGHT_MSGS,
+            max_uncommitted_size: MAX_UNCOMMITTED_BYTES,
+            max_committed_size_per_ready: MAX_APPLY_BYTES_PER_READY,
             ..Default::default()
         };
         config.validate()?;
@@ -199,15 +465,21 @@ impl PartitionReplica {
         );
         let node = RawNode::new(&config, view, &logger)?;
         let (tx, inbox) = flume::bounded(INBOX_CAPACITY);
-        let handle = ReplicaHandle { tx };
+        let gauge = Arc::new(Gauge::default());
+        let handle = ReplicaHandle {
+            tx: tx.clone(),
+            gauge: gauge.clone(),
+            request_timeout: settings.request_timeout,
+        };
         info!(
-            "{group}: replica recovered: term={} vote={} commit={} applied={} last_index={} voters={:?}",
+            "{group}: replica recovered: term={} vote={} commit={} applied={} log=[{}, {}] voters={:?}",
             recovered.hard_state.term,
             recovered.hard_state.vote,
             recovered.hard_state.commit,
             recovered.applied,
+            recovered.snapshot_meta.index,
             node.raft.raft_log.last_index(),
-            recovered.conf_state().voters
+            recovered.conf_state.voters
         );
         Ok((
             PartitionReplica {
@@ -216,9 +488,24 @@ impl PartitionReplica {
                 store,
                 peers,
                 inbox,
+                own: tx,
                 subscribers: Vec::new(),
                 published: None,
                 metrics,
+                gauge,
+                timing: timing.clone(),
+                request_timeout: settings.request_timeout,
+                ticks: 0,
+                incarnation: fastrand::u64(..),
+                next_request: 1,
+                proposals: HashMap::new(),
+                next_read: 1,
+                reads_queued: Vec::new(),
+                reads_asked: HashMap::new(),
+                reads_ready: Vec::new(),
+                watchers: Vec::new(),
+                building_snapshot: false,
+                applied: recovered.applied,
             },
             handle,
         ))
@@ -229,7 +516,7 @@ impl PartitionReplica {
         loop {
             let first = or_shutdown(&shutdown, self.inbox.recv_async())
                 .await
-                .and_then(Result::ok);
+                .and_then(std::result::Result::ok);
             let Some(first) = first else { break };
             self.handle(first);
             for _ in 1..MAX_INBOX_BATCH {
@@ -238,7 +525,8 @@ impl PartitionReplica {
                     Err(_) => break,
                 }
             }
-            let started = std::time::Instant::now();
+            self.ask_read_index();
+            let started = Instant::now();
             let had_ready = self.node.has_ready();
             let handled = self.on_ready().await;
             if had_ready {
@@ -246,10 +534,15 @@ impl PartitionReplica {
             }
             if let Err(e) = handled {
                 error!("{}: stopping replica: {e}", self.group);
+                self.fail_all(RequestError::Stopped);
                 return Err(e);
             }
             self.publish();
+            self.maybe_build_snapshot();
         }
+        self.fail_all(RequestError::Stopped);
+        let store = self.store.clone();
+        blocking::unblock(move || store.flush()).await?;
         debug!("{}: replica stopped", self.group);
         Ok(())
     }
@@ -257,14 +550,18 @@ impl PartitionReplica {
     fn handle(&mut self, msg: ReplicaMsg) {
         match msg {
             ReplicaMsg::Tick => {
+                self.ticks += 1;
                 self.node.tick();
+                self.on_tick();
             }
             ReplicaMsg::Raft(m) => {
-                let (from, kind) = (m.from, m.get_msg_type());
-                if let Err(e) = self.node.step(*m) {
-                    debug!("{}: ignored {kind:?} from {from}: {e}", self.group);
+                if m.get_msg_type() == MessageType::MsgSnapshot {
+                    self.check_snapshot(m);
+                } else {
+                    self.step(*m);
                 }
             }
+            ReplicaMsg::SnapshotChecked(m) => self.step(*m),
             ReplicaMsg::Unreachable(peer) => {
                 if self.node.raft.lead_transferee == Some(peer) {
                     // The peer went away (it may be stopping too): keep
@@ -284,6 +581,9 @@ impl PartitionReplica {
                     SnapshotStatus::Failure
                 };
                 self.node.report_snapshot(peer, status);
+                // Free its memory; another follower that needs one gets a
+                // fresh one.
+                self.node.mut_store().clear_outgoing();
             }
             ReplicaMsg::Campaign => {
                 if self.node.raft.state != StateRole::Leader {
@@ -308,7 +608,196 @@ impl PartitionReplica {
             ReplicaMsg::TransferLeadership { candidates, reply } => {
                 let _ = reply.try_send(self.transfer_leadership(&candidates));
             }
+            ReplicaMsg::Propose { data, reply } => self.propose(data, reply),
+            ReplicaMsg::ReadIndex { reply } => self.reads_queued.push(ReadWaiter {
+                reply,
+                deadline: Instant::now() + self.request_timeout,
+            }),
+            ReplicaMsg::Watch {
+                key,
+                prefix,
+                fired,
+                registered,
+            } => {
+                // Registered between Readies: everything applied so far is
+                // visible to a read that starts after this reply.
+                if registered.try_send(()).is_ok() {
+                    self.watchers.push(Watcher { key, prefix, fired });
+                }
+            }
+            ReplicaMsg::SnapshotBuilt(result) => {
+                self.building_snapshot = false;
+                match result {
+                    Ok(snapshot) => {
+                        let index = snapshot.get_metadata().index;
+                        info!(
+                            "{}: built a snapshot at index {index} ({} bytes) for followers",
+                            self.group,
+                            snapshot.get_data().len()
+                        );
+                        self.node.mut_store().set_outgoing(snapshot);
+                        self.send_to_lagging_followers();
+                    }
+                    Err(e) => warn!("{}: cannot build a snapshot: {e}", self.group),
+                }
+            }
         }
+    }
+
+    fn step(&mut self, m: Message) {
+        let (from, kind, term) = (m.from, m.get_msg_type(), m.term);
+        if let Err(e) = self.node.step(m) {
+            debug!("{}: ignored {kind:?} from {from}: {e}", self.group);
+            return;
+        }
+        let raft = &self.node.raft;
+        if from == raft.leader_id && term == raft.term {
+            self.gauge.contact();
+        }
+    }
+
+    /// Checks a received snapshot's data off the executor, then steps it.
+    /// raft accepts a snapshot in `step`; by then it must be known good.
+    fn check_snapshot(&mut self, m: Box<Message>) {
+        let own = self.own.clone();
+        let group = self.group.clone();
+        crate::runtime::spawn(async move {
+            let (m, verdict) = blocking::unblock(move || {
+                let verdict = crate::store::snapshot::validate(m.get_snapshot().get_data());
+                (m, verdict)
+            })
+            .await;
+            match verdict {
+                Ok(_) => {
+                    let _ = own.send_async(ReplicaMsg::SnapshotChecked(m)).await;
+                }
+                Err(e) => warn!(
+                    "{group}: dropped a snapshot from node {} at index {}: {e}",
+                    m.from,
+                    m.get_snapshot().get_metadata().index
+                ),
+            }
+        })
+        .detach();
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        let has_leader = self.node.raft.leader_id != raft::INVALID_ID;
+        // Proposals that waited for a leader: try again.
+        if has_leader {
+            self.retry_unsent();
+        }
+        // Deadlines.
+        self.proposals.retain(|_, p| {
+            if p.reply.is_disconnected() {
+                return false;
+            }
+            if now < p.deadline {
+                return true;
+            }
+            let e = if p.unsent.is_some() {
+                RequestError::NoLeader
+            } else {
+                RequestError::TimedOut
+            };
+            let _ = p.reply.try_send(Err(e));
+            false
+        });
+        let read_err = if has_leader {
+            RequestError::TimedOut
+        } else {
+            RequestError::NoLeader
+        };
+        let expire = |w: &ReadWaiter| {
+            if w.reply.is_disconnected() {
+                return false;
+            }
+            if now >= w.deadline {
+                let _ = w.reply.try_send(Err(read_err));
+                return false;
+            }
+            true
+        };
+        self.reads_queued.retain(expire);
+        for (_, waiters) in self.reads_ready.iter_mut() {
+            waiters.retain(expire);
+        }
+        self.reads_ready.retain(|(_, w)| !w.is_empty());
+        // Read-index requests raft dropped (no leader yet, or a new leader
+        // that has not committed in its term): ask again.
+        let stale: Vec<u64> = self
+            .reads_asked
+            .iter()
+            .filter(|(_, (at, _))| self.ticks >= at + READ_INDEX_RETRY_TICKS)
+            .map(|(ctx, _)| *ctx)
+            .collect();
+        for ctx in stale {
+            if let Some((_, mut waiters)) = self.reads_asked.remove(&ctx) {
+                waiters.retain(expire);
+                self.reads_queued.extend(waiters);
+            }
+        }
+        self.watchers.retain(|w| !w.fired.is_disconnected());
+    }
+
+    fn propose(&mut self, data: Vec<u8>, reply: flume::Sender<WriteResult>) {
+        let request = self.next_request;
+        self.next_request += 1;
+        let mut proposal = Proposal {
+            reply,
+            deadline: Instant::now() + self.request_timeout,
+            unsent: Some(data),
+        };
+        self.try_propose(request, &mut proposal);
+        self.proposals.insert(request, proposal);
+    }
+
+    /// Hands a proposal to raft. raft refuses it at once when no leader is
+    /// known (or leadership is moving); it then waits here for a leader.
+    fn try_propose(&mut self, request: u64, p: &mut Proposal) {
+        let Some(data) = p.unsent.take() else { return };
+        let id = ProposalId {
+            node: self.node.raft.id,
+            incarnation: self.incarnation,
+            request,
+        };
+        match self.node.propose(id.encode(), data.clone()) {
+            Ok(()) => {}
+            Err(raft::Error::ProposalDropped) => p.unsent = Some(data),
+            Err(e) => {
+                warn!("{}: proposal refused: {e}", self.group);
+                p.unsent = Some(data);
+            }
+        }
+    }
+
+    fn retry_unsent(&mut self) {
+        let waiting: Vec<u64> = self
+            .proposals
+            .iter()
+            .filter(|(_, p)| p.unsent.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for request in waiting {
+            if let Some(mut p) = self.proposals.remove(&request) {
+                self.try_propose(request, &mut p);
+                self.proposals.insert(request, p);
+            }
+        }
+    }
+
+    /// Asks raft for one read index covering every read queued since the
+    /// last one.
+    fn ask_read_index(&mut self) {
+        if self.reads_queued.is_empty() {
+            return;
+        }
+        let ctx = self.next_read;
+        self.next_read += 1;
+        let waiters = std::mem::take(&mut self.reads_queued);
+        self.node.read_index(ctx.to_be_bytes().to_vec());
+        self.reads_asked.insert(ctx, (self.ticks, waiters));
     }
 
     fn transfer_leadership(&mut self, candidates: &[u64]) -> Option<u64> {
@@ -358,6 +847,10 @@ impl PartitionReplica {
         let role_changed = self.published.is_none_or(|(r, _, _, _)| r != now.0);
         self.published = Some(now);
         self.metrics.set_raft_state(now.0, now.1, now.2);
+        self.gauge.set(now.0, now.2);
+        if leader_changed && now.2 != raft::INVALID_ID {
+            self.gauge.contact();
+        }
         if role_changed || leader_changed {
             let leader = if now.2 == raft::INVALID_ID {
                 "none".to_string()
@@ -371,6 +864,17 @@ impl PartitionReplica {
                 role_name(now.0),
                 now.1
             );
+            // A new leader: reads asked of the old one will not be
+            // answered, and waiting proposals can go now.
+            let asked: Vec<u64> = self.reads_asked.keys().copied().collect();
+            for ctx in asked {
+                if let Some((_, waiters)) = self.reads_asked.remove(&ctx) {
+                    self.reads_queued.extend(waiters);
+                }
+            }
+            if now.2 != raft::INVALID_ID {
+                self.retry_unsent();
+            }
         }
         let status = self.status();
         self.subscribers.retain(|s| s.send(status.clone()).is_ok());
@@ -385,52 +889,229 @@ impl PartitionReplica {
         // 1. Messages that may go out before persisting (a leader's appends).
         self.send(ready.take_messages());
 
-        // 2. + 4. Collect what must become durable.
+        // 2. + 3. + 4. Snapshot, committed entries and new entries: one write.
         let mut batch = PersistBatch::default();
         if !ready.snapshot().is_empty() {
             batch.snapshot = Some(ready.snapshot().clone());
         }
-        // 3. Apply committed entries. They were persisted by earlier Readies.
-        let committed = ready.take_committed_entries();
-        batch.applied = self.apply(committed);
+        batch.apply = ready.take_committed_entries();
+        batch.conf_state = self.apply_conf_changes(&batch.apply);
         batch.entries = ready.take_entries();
         batch.hard_state = ready.hs().cloned();
-
-        // 4. Make it durable, then show it to raft's storage view.
-        self.persist(&batch).await?;
-        {
-            let mut view = self.node.mut_store().wl();
-            if let Some(snapshot) = batch.snapshot.take() {
-                view.apply_snapshot(snapshot)?;
-            }
-            if !batch.entries.is_empty() {
-                view.append(&batch.entries)?;
-            }
-            if let Some(hs) = batch.hard_state.take() {
-                view.set_hardstate(hs);
+        batch.durable = ready.must_sync() || batch.snapshot.is_some() || !batch.entries.is_empty();
+        let read_states = ready.take_read_states();
+        self.write(batch).await?;
+        for rs in read_states {
+            let ctx = rs
+                .request_ctx
+                .as_slice()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            if let Some((_, waiters)) = self.reads_asked.remove(&ctx) {
+                self.reads_ready.push((rs.index, waiters));
             }
         }
+        self.release_reads();
 
         // 5. Messages that must wait for the write (votes, append acks).
         self.send(ready.take_persisted_messages());
 
-        // 6. Advance, then the light ready.
+        // 6. Advance, then the light ready: its commit index and entries
+        // need no fsync (they are redone from the log after a crash).
         let mut light = self.node.advance(ready);
-        let mut after = PersistBatch::default();
+        let mut after = PersistBatch {
+            apply: light.take_committed_entries(),
+            ..Default::default()
+        };
         if let Some(commit) = light.commit_index() {
-            // Persist the commit index too, so that it never goes backwards
-            // across a restart.
-            let mut view = self.node.mut_store().wl();
-            view.mut_hard_state().commit = commit;
-            after.hard_state = Some(view.hard_state().clone());
+            let mut hs = self.node.store().hard_state().clone();
+            hs.commit = commit;
+            after.hard_state = Some(hs);
         }
         self.send(light.take_messages());
-        after.applied = self.apply(light.take_committed_entries());
-        self.persist(&after).await?;
+        after.conf_state = self.apply_conf_changes(&after.apply);
+        self.write(after).await?;
+        self.release_reads();
 
         // 7.
         self.node.advance_apply();
         Ok(())
+    }
+
+    /// Writes one batch, then shows it to raft's view and answers clients.
+    async fn write(&mut self, mut batch: PersistBatch) -> Result<()> {
+        let applied_to = batch
+            .apply
+            .last()
+            .map(|e| e.index)
+            .or_else(|| batch.snapshot.as_ref().map(|s| s.get_metadata().index));
+        if let Some(applied) = applied_to {
+            batch.compact = self.compaction(applied);
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let (batch, results) = blocking::unblock(move || {
+            let results = store.persist(&batch);
+            (batch, results)
+        })
+        .await;
+        let results = results?;
+        if let Some(applied) = applied_to {
+            self.applied = applied;
+        }
+        {
+            let view = self.node.mut_store();
+            if let Some(snapshot) = &batch.snapshot {
+                view.apply_snapshot(snapshot.get_metadata());
+            }
+            view.append(&batch.entries);
+            if let Some(hs) = batch.hard_state {
+                view.set_hard_state(hs);
+            }
+            if let Some(cs) = batch.conf_state {
+                view.set_conf_state(cs);
+            }
+            if let Some((index, _)) = batch.compact {
+                view.compact(index);
+                debug!("{}: log compacted up to {index}", self.group);
+            }
+        }
+        if batch.snapshot.is_some() || batch.compact.is_some() {
+            // Installed or compacted: tombstones may be gone, so every
+            // blocking query re-reads.
+            for w in self.watchers.drain(..) {
+                let _ = w.fired.try_send(());
+            }
+        }
+        if let Some(s) = &batch.snapshot {
+            info!(
+                "{}: installed a snapshot at index {} ({} bytes)",
+                self.group,
+                s.get_metadata().index,
+                s.get_data().len()
+            );
+        }
+        self.answer(results);
+        Ok(())
+    }
+
+    /// Where to compact after applying up to `applied`, if it is time.
+    fn compaction(&self, applied: u64) -> Option<(u64, u64)> {
+        let view = self.node.store();
+        let since = applied.saturating_sub(view.snapshot_index());
+        let (_, bytes) = view.held();
+        let tail_entries = (self.timing.snapshot_entries / 10).max(1);
+        let tail_bytes = self.timing.snapshot_bytes / 10;
+        if since < self.timing.snapshot_entries + tail_entries
+            && bytes < self.timing.snapshot_bytes + tail_bytes
+        {
+            return None;
+        }
+        // Keep up to `tail_entries` entries, and no more than `tail_bytes`.
+        let mut to = applied
+            .saturating_sub(tail_entries)
+            .max(view.snapshot_index());
+        while to < applied && view.bytes_after(to) > tail_bytes + view.bytes_after(applied) {
+            to += (applied - to).div_ceil(2);
+        }
+        if to <= view.snapshot_index() {
+            return None;
+        }
+        Some((to, view.term_of(to)?))
+    }
+
+    /// Answers the clients of applied entries and fires watches.
+    fn answer(&mut self, results: Vec<Applied>) {
+        for applied in results {
+            if !applied.touched.is_empty() {
+                self.watchers.retain(|w| {
+                    let hit = applied
+                        .touched
+                        .iter()
+                        .any(|t: &Touched| t.affects(&w.key, w.prefix));
+                    if hit {
+                        let _ = w.fired.try_send(());
+                    }
+                    !hit
+                });
+            }
+            let Some(id) = ProposalId::decode(&applied.context) else {
+                continue;
+            };
+            if id.node != self.node.raft.id || id.incarnation != self.incarnation {
+                continue;
+            }
+            if let Some(p) = self.proposals.remove(&id.request) {
+                let _ = p.reply.try_send(Ok(Committed {
+                    index: applied.index,
+                    outcome: applied.outcome,
+                }));
+            }
+        }
+    }
+
+    fn release_reads(&mut self) {
+        let applied = self.applied;
+        self.reads_ready.retain(|(index, waiters)| {
+            if *index > applied {
+                return true;
+            }
+            for w in waiters {
+                let _ = w.reply.try_send(Ok(*index));
+            }
+            false
+        });
+    }
+
+    fn fail_all(&mut self, e: RequestError) {
+        for (_, p) in self.proposals.drain() {
+            let _ = p.reply.try_send(Err(e));
+        }
+        let waiters = self
+            .reads_queued
+            .drain(..)
+            .chain(self.reads_asked.drain().flat_map(|(_, (_, w))| w))
+            .chain(self.reads_ready.drain(..).flat_map(|(_, w)| w));
+        for w in waiters {
+            let _ = w.reply.try_send(Err(e));
+        }
+    }
+
+    /// A follower behind the compacted log needs the snapshot raft asked for.
+    fn maybe_build_snapshot(&mut self) {
+        if !self.node.store().take_wanted() || self.building_snapshot {
+            return;
+        }
+        self.building_snapshot = true;
+        let (store, own) = (self.store.clone(), self.own.clone());
+        crate::runtime::spawn(async move {
+            let built = blocking::unblock(move || store.build_snapshot()).await;
+            let _ = own.send_async(ReplicaMsg::SnapshotBuilt(built)).await;
+        })
+        .detach();
+    }
+
+    /// Sends the new snapshot at once instead of at the next heartbeat.
+    fn send_to_lagging_followers(&mut self) {
+        if self.node.raft.state != StateRole::Leader {
+            return;
+        }
+        let first = self.node.store().snapshot_index() + 1;
+        let me = self.node.raft.id;
+        let lagging: Vec<u64> = self
+            .node
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, p)| **id != me && p.next_idx < first)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in lagging {
+            self.node.raft.send_append(id);
+        }
     }
 
     fn send(&self, messages: Vec<Message>) {
@@ -439,58 +1120,39 @@ impl PartitionReplica {
         }
     }
 
-    /// Applies committed entries; returns the new applied index, if any.
-    ///
-    /// `__meta/0` has no state machine yet: normal entries are only counted.
-    /// Conf changes are applied to the in-memory configuration; quorumd's
-    /// membership is static, so none are ever proposed.
-    fn apply(&mut self, entries: Vec<Entry>) -> Option<u64> {
-        let mut applied = None;
+    /// Applies the membership changes among `entries` to raft; returns the
+    /// conf state to persist with them, if any changed.
+    fn apply_conf_changes(&mut self, entries: &[Entry]) -> Option<ConfState> {
+        let mut changed = None;
         for entry in entries {
-            match entry.get_entry_type() {
-                EntryType::EntryNormal => {}
+            let result = match entry.get_entry_type() {
+                EntryType::EntryNormal => continue,
                 EntryType::EntryConfChange => {
                     let mut cc = ConfChange::default();
-                    if protobuf::Message::merge_from_bytes(&mut cc, entry.get_data()).is_ok() {
-                        let result = self.node.apply_conf_change(&cc);
-                        self.conf_changed(result);
+                    if protobuf::Message::merge_from_bytes(&mut cc, entry.get_data()).is_err() {
+                        continue;
                     }
+                    self.node.apply_conf_change(&cc)
                 }
                 EntryType::EntryConfChangeV2 => {
                     let mut cc = ConfChangeV2::default();
-                    if protobuf::Message::merge_from_bytes(&mut cc, entry.get_data()).is_ok() {
-                        let result = self.node.apply_conf_change(&cc);
-                        self.conf_changed(result);
+                    if protobuf::Message::merge_from_bytes(&mut cc, entry.get_data()).is_err() {
+                        continue;
                     }
+                    self.node.apply_conf_change(&cc)
                 }
+            };
+            match result {
+                Ok(cs) => {
+                    info!(
+                        "{}: membership is now voters {:?} learners {:?}",
+                        self.group, cs.voters, cs.learners
+                    );
+                    changed = Some(cs);
+                }
+                Err(e) => warn!("{}: membership change refused: {e}", self.group),
             }
-            applied = Some(entry.index);
         }
-        applied
-    }
-
-    fn conf_changed(&mut self, result: raft::Result<raft::prelude::ConfState>) {
-        match result {
-            Ok(cs) => {
-                warn!(
-                    "{}: applied a membership change to voters {:?}; quorumd's membership is static",
-                    self.group, cs.voters
-                );
-                self.node.mut_store().wl().set_conf_state(cs);
-            }
-            Err(e) => warn!("{}: membership change refused: {e}", self.group),
-        }
-    }
-
-    async fn persist(&self, batch: &PersistBatch) -> Result<()> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        if !self.store.is_blocking() {
-            return self.store.persist(batch);
-        }
-        let store = self.store.clone();
-        let batch = batch.clone();
-        blocking::unblock(move || store.persist(&batch)).await
+        changed
     }
 }

@@ -1,22 +1,17 @@
-//! The storage seam between a replica and its durable log.
+//! What a replica hands its durable store, and what the store gives back.
 //!
-//! raft-rs reads its log through [`raft::Storage`]. A replica serves those reads
-//! from an in-memory [`MemStorage`] view and makes every Ready durable through a
-//! [`LogStore`] before it acknowledges anything (DESIGN.md rule 4 and 5):
+//! raft-rs reads its log through [`raft::Storage`], served by the in-memory
+//! [`LogView`](crate::raft::log_view::LogView). Every Ready is made durable
+//! first, as one [`PersistBatch`] written by the redb store in one
+//! transaction; only then does the replica update the view, answer clients
+//! and send the messages that depend on the write (DESIGN.md rules 4 and 5).
 //!
-//! 1. On start, [`LogStore::recover`] returns everything that was made durable;
-//!    the replica loads it into the `MemStorage` view with [`load_into`].
-//! 2. For each Ready, the replica builds one [`PersistBatch`] and calls
-//!    [`LogStore::persist`], off the executor, and waits for it. Only then does it
-//!    update the view, send `persisted_messages` and call `advance`.
-//!
-//! [`MemLogStore`] keeps nothing: it is for unit tests and for nodes run without
-//! durability. The redb-backed store lives in `redb_store.rs`.
+//! On start, the store returns a [`RecoveredState`] and the view is built
+//! from it.
 
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
-use raft::storage::MemStorage;
 
-use crate::error::Result;
+use crate::store::{Outcome, Touched};
 
 /// The index of the static bootstrap snapshot that every node starts from.
 ///
@@ -30,15 +25,25 @@ pub const BOOTSTRAP_TERM: u64 = 1;
 /// What one Ready asks to be made durable. It is written in one transaction.
 #[derive(Debug, Default, Clone)]
 pub struct PersistBatch {
-    /// A snapshot received from the leader; it replaces the whole log.
+    /// A snapshot received from the leader; it replaces the log and the
+    /// whole store.
     pub snapshot: Option<Snapshot>,
     /// Entries to append. If the first index is at or below the stored last
     /// index, the stored tail from that index on is replaced (conflict).
     pub entries: Vec<Entry>,
     /// The new hard state (term, vote, commit), if it changed.
     pub hard_state: Option<HardState>,
-    /// The highest index applied to the state machine, if it advanced.
-    pub applied: Option<u64>,
+    /// Committed entries to apply, in order, right after the applied index.
+    pub apply: Vec<Entry>,
+    /// The conf state after the membership changes among `apply`.
+    pub conf_state: Option<ConfState>,
+    /// Compact the log up to this `(index, term)`: drop the entries up to it
+    /// and reap the store's tombstones up to it.
+    pub compact: Option<(u64, u64)>,
+    /// Wait for the disk (fsync). Needed for a snapshot, entries, and a new
+    /// term or vote. Applying and a new commit index can wait: after a crash
+    /// they are redone from the durable log.
+    pub durable: bool,
 }
 
 impl PersistBatch {
@@ -47,8 +52,23 @@ impl PersistBatch {
         self.snapshot.is_none()
             && self.entries.is_empty()
             && self.hard_state.is_none()
-            && self.applied.is_none()
+            && self.apply.is_empty()
+            && self.conf_state.is_none()
+            && self.compact.is_none()
     }
+}
+
+/// The result of applying one normal entry that carried a command.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// The entry's index.
+    pub index: u64,
+    /// The entry's context: who proposed it, to match the waiting client.
+    pub context: Vec<u8>,
+    /// What the command came to.
+    pub outcome: Outcome,
+    /// What it changed, for blocking queries.
+    pub touched: Vec<Touched>,
 }
 
 /// Everything a store recovered on open.
@@ -56,8 +76,10 @@ impl PersistBatch {
 pub struct RecoveredState {
     /// Term, vote and commit index.
     pub hard_state: HardState,
-    /// Metadata of the newest snapshot (index, term, conf state).
+    /// Metadata of the newest snapshot or compaction (index, term).
     pub snapshot_meta: SnapshotMetadata,
+    /// The membership as of the applied index.
+    pub conf_state: ConfState,
     /// Entries after the snapshot, in order and without gaps.
     pub entries: Vec<Entry>,
     /// The highest applied index.
@@ -74,6 +96,7 @@ impl RecoveredState {
             ..Default::default()
         };
         meta.mut_conf_state().voters = voters.to_vec();
+        let conf_state = meta.get_conf_state().clone();
         let hard_state = HardState {
             term: BOOTSTRAP_TERM,
             commit: BOOTSTRAP_INDEX,
@@ -82,88 +105,27 @@ impl RecoveredState {
         RecoveredState {
             hard_state,
             snapshot_meta: meta,
+            conf_state,
             entries: Vec::new(),
             applied: BOOTSTRAP_INDEX,
         }
     }
-
-    /// The conf state stored with the snapshot.
-    pub fn conf_state(&self) -> &ConfState {
-        self.snapshot_meta.get_conf_state()
-    }
-}
-
-/// Durable storage behind one replica.
-///
-/// `persist` blocks until the batch is durable (fsync). The replica calls it
-/// through `blocking::unblock`, so it must be `Send + Sync`. An `Err` is fatal:
-/// the replica stops and the node exits, because nothing may be acknowledged
-/// that was not written.
-pub trait LogStore: Send + Sync + 'static {
-    /// Returns what was made durable before. Called once, at start.
-    fn recover(&self) -> Result<RecoveredState>;
-    /// Writes one Ready's batch durably, in one transaction.
-    fn persist(&self, batch: &PersistBatch) -> Result<()>;
-    /// True if `persist` is slow enough to be moved off the executor.
-    fn is_blocking(&self) -> bool {
-        true
-    }
-}
-
-/// A store that keeps nothing: every start is a first boot.
-#[derive(Debug, Clone)]
-pub struct MemLogStore {
-    voters: Vec<u64>,
-}
-
-impl MemLogStore {
-    /// A memory-only store whose initial state has `voters` as the voter set.
-    pub fn new(voters: Vec<u64>) -> Self {
-        MemLogStore { voters }
-    }
-}
-
-impl LogStore for MemLogStore {
-    fn recover(&self) -> Result<RecoveredState> {
-        Ok(RecoveredState::bootstrap(&self.voters))
-    }
-
-    fn persist(&self, _batch: &PersistBatch) -> Result<()> {
-        Ok(())
-    }
-
-    fn is_blocking(&self) -> bool {
-        false
-    }
-}
-
-/// Builds the in-memory raft view from a recovered state.
-pub fn load_into(view: &MemStorage, state: &RecoveredState) -> Result<()> {
-    let mut core = view.wl();
-    let mut snapshot = Snapshot::default();
-    snapshot.set_metadata(state.snapshot_meta.clone());
-    core.apply_snapshot(snapshot)?;
-    core.append(&state.entries)?;
-    core.set_hardstate(state.hard_state.clone());
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use raft::Storage;
 
     #[test]
     fn bootstrap_state_has_every_voter_at_index_one() {
         let state = RecoveredState::bootstrap(&[1, 2, 3]);
-        let view = MemStorage::new();
-        load_into(&view, &state).unwrap();
-        let initial = view.initial_state().unwrap();
-        assert_eq!(initial.conf_state.voters, vec![1, 2, 3]);
-        assert_eq!(initial.hard_state.term, 1);
-        assert_eq!(initial.hard_state.commit, 1);
-        assert_eq!(view.first_index().unwrap(), 2);
-        assert_eq!(view.last_index().unwrap(), 1);
-        assert_eq!(view.term(1).unwrap(), 1);
+        assert_eq!(state.conf_state.voters, vec![1, 2, 3]);
+        assert_eq!(state.snapshot_meta.get_conf_state().voters, vec![1, 2, 3]);
+        assert_eq!(
+            (state.snapshot_meta.index, state.snapshot_meta.term),
+            (1, 1)
+        );
+        assert_eq!((state.hard_state.term, state.hard_state.commit), (1, 1));
+        assert_eq!(state.applied, 1);
     }
 }

@@ -1,0 +1,152 @@
+//! What a Raft entry of `__meta/0` carries.
+//!
+//! A [`Command`] is a list of [`KvOp`]s applied atomically, as Consul's
+//! `/v1/txn` does; a single `PUT` or `DELETE` on `/v1/kv` is a command of one
+//! op. Entries are encoded as a version byte followed by postcard (a compact,
+//! stable serde format), so a node can refuse an entry of a future version
+//! instead of misreading it.
+
+use serde::{Deserialize, Serialize};
+
+/// The encoding version of [`Command`] written today.
+pub const COMMAND_VERSION: u8 = 1;
+
+/// One KV operation, with Consul's transaction verbs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvOp {
+    /// `set`: writes the value.
+    Set {
+        key: String,
+        value: Vec<u8>,
+        flags: u64,
+    },
+    /// `cas`: writes only if the key's `ModifyIndex` is `index` (0: only if
+    /// the key is absent).
+    Cas {
+        key: String,
+        value: Vec<u8>,
+        flags: u64,
+        index: u64,
+    },
+    /// `get`: reads the key; fails if it is absent.
+    Get { key: String },
+    /// `get-or-empty`: reads the key if present.
+    GetOrEmpty { key: String },
+    /// `get-tree`: reads every key under the prefix.
+    GetTree { prefix: String },
+    /// `check-index`: fails unless the key's `ModifyIndex` is `index`.
+    CheckIndex { key: String, index: u64 },
+    /// `check-not-exists`: fails if the key is present.
+    CheckNotExists { key: String },
+    /// `delete`: deletes the key if present.
+    Delete { key: String },
+    /// `delete-cas`: deletes only if the key's `ModifyIndex` is `index`.
+    DeleteCas { key: String, index: u64 },
+    /// `delete-tree`: deletes every key under the prefix (reserved keys
+    /// excepted, when the command comes from a client).
+    DeleteTree { prefix: String },
+}
+
+impl KvOp {
+    /// True if the op changes the store.
+    pub fn is_write(&self) -> bool {
+        matches!(
+            self,
+            KvOp::Set { .. }
+                | KvOp::Cas { .. }
+                | KvOp::Delete { .. }
+                | KvOp::DeleteCas { .. }
+                | KvOp::DeleteTree { .. }
+        )
+    }
+
+    /// The key or prefix the op names.
+    pub fn key(&self) -> &str {
+        match self {
+            KvOp::Set { key, .. }
+            | KvOp::Cas { key, .. }
+            | KvOp::Get { key }
+            | KvOp::GetOrEmpty { key }
+            | KvOp::CheckIndex { key, .. }
+            | KvOp::CheckNotExists { key }
+            | KvOp::Delete { key }
+            | KvOp::DeleteCas { key, .. } => key,
+            KvOp::GetTree { prefix } | KvOp::DeleteTree { prefix } => prefix,
+        }
+    }
+
+    /// True if the op names a prefix rather than one key.
+    pub fn is_tree(&self) -> bool {
+        matches!(self, KvOp::GetTree { .. } | KvOp::DeleteTree { .. })
+    }
+}
+
+/// One Raft entry's worth of work, applied atomically.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// The store's size cap as the proposing node knew it. Carried in the
+    /// entry so that every node applies the same rule, even if their cluster
+    /// files disagree.
+    pub max_store_bytes: u64,
+    /// True for a client's command: a `delete-tree` then leaves the
+    /// reserved prefix alone.
+    pub from_client: bool,
+    /// The operations, in order.
+    pub ops: Vec<KvOp>,
+}
+
+impl Command {
+    /// Encodes the command as entry data.
+    pub fn encode(&self) -> Vec<u8> {
+        let out = vec![COMMAND_VERSION];
+        // Serializing plain data into a Vec cannot fail.
+        postcard::to_extend(self, out).expect("a command always encodes")
+    }
+
+    /// Decodes entry data written by [`Command::encode`].
+    pub fn decode(data: &[u8]) -> Result<Command, String> {
+        match data.split_first() {
+            None => Err("empty command".to_string()),
+            Some((&COMMAND_VERSION, body)) => {
+                postcard::from_bytes(body).map_err(|e| format!("malformed command: {e}"))
+            }
+            Some((v, _)) => Err(format!(
+                "command version {v} is newer than this node understands ({COMMAND_VERSION})"
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_roundtrip_and_bad_data_is_an_error() {
+        let cmd = Command {
+            max_store_bytes: 64 << 20,
+            from_client: true,
+            ops: vec![
+                KvOp::Set {
+                    key: "a".into(),
+                    value: vec![0, 1, 255],
+                    flags: 42,
+                },
+                KvOp::DeleteTree {
+                    prefix: "b/".into(),
+                },
+                KvOp::CheckIndex {
+                    key: "c".into(),
+                    index: 7,
+                },
+            ],
+        };
+        let bytes = cmd.encode();
+        assert_eq!(Command::decode(&bytes).unwrap(), cmd);
+        assert!(Command::decode(&[]).is_err());
+        assert!(Command::decode(&[9, 1, 2]).unwrap_err().contains("newer"));
+        assert!(Command::decode(&bytes[..bytes.len() - 2]).is_err());
+        assert!(cmd.ops[0].is_write() && !cmd.ops[2].is_write());
+        assert!(cmd.ops[1].is_tree());
+    }
+}

@@ -1,0 +1,937 @@
+//! The state machine: KV tables in the node's redb file, the apply step, and
+//! the queries.
+//!
+//! Three tables hold the store, beside the Raft tables of the redb store:
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `kv` | the key | a [`Record`]: flags, create/modify/lock index, value |
+//! | `kv_tombstones` | a deleted key | the index of the delete |
+//! | `kv_state` | `index`, `bytes`, `floor` | the last index that wrote the store, its size, and the index up to which tombstones were reaped |
+//!
+//! [`apply`] runs inside the redb store's write transaction, so the effect of
+//! an entry and the applied index that records it commit together.
+
+use std::collections::BTreeMap;
+
+use redb::{ReadTransaction, ReadableTable, Table, TableDefinition, WriteTransaction};
+
+use crate::store::command::{Command, KvOp};
+use crate::store::is_reserved;
+
+/// Live keys and their records.
+pub const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+/// Deleted keys and the index of their delete.
+pub const TOMBSTONES: TableDefinition<&str, u64> = TableDefinition::new("kv_tombstones");
+/// The store's counters.
+pub const STATE: TableDefinition<&str, u64> = TableDefinition::new("kv_state");
+
+const STATE_INDEX: &str = "index";
+const STATE_BYTES: &str = "bytes";
+const STATE_FLOOR: &str = "floor";
+
+/// A storage failure while applying or reading. Fatal to the replica.
+pub type Result<T> = std::result::Result<T, redb::Error>;
+
+/// One key's stored entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Consul's opaque flags.
+    pub flags: u64,
+    /// The index of the entry that created the key.
+    pub create_index: u64,
+    /// The index of the entry that last wrote it.
+    pub modify_index: u64,
+    /// Times a session acquired it; 0 until sessions exist.
+    pub lock_index: u64,
+    /// The value.
+    pub value: Vec<u8>,
+}
+
+const RECORD_HEADER: usize = 32;
+
+impl Record {
+    /// The stored form: four little-endian u64s, then the value.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(RECORD_HEADER + self.value.len());
+        for n in [
+            self.flags,
+            self.create_index,
+            self.modify_index,
+            self.lock_index,
+        ] {
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        out.extend_from_slice(&self.value);
+        out
+    }
+
+    /// Reads the stored form.
+    pub fn decode(bytes: &[u8]) -> std::result::Result<Record, String> {
+        if bytes.len() < RECORD_HEADER {
+            return Err(format!("a record of {} bytes is too short", bytes.len()));
+        }
+        let n = |i: usize| u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().expect("8"));
+        Ok(Record {
+            flags: n(0),
+            create_index: n(1),
+            modify_index: n(2),
+            lock_index: n(3),
+            value: bytes[RECORD_HEADER..].to_vec(),
+        })
+    }
+
+    fn entry(&self, key: &str, with_value: bool) -> KvEntry {
+        KvEntry {
+            key: key.to_string(),
+            value: with_value.then(|| self.value.clone()),
+            flags: self.flags,
+            create_index: self.create_index,
+            modify_index: self.modify_index,
+            lock_index: self.lock_index,
+        }
+    }
+}
+
+/// The size a key counts against `max_store_bytes`.
+fn size_of(key: &str, record: &Record) -> u64 {
+    (key.len() + record.value.len()) as u64
+}
+
+/// A key's entry as the API shows it (Consul's `DirEntry`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvEntry {
+    pub key: String,
+    /// `None` where Consul answers `null`: in write results.
+    pub value: Option<Vec<u8>>,
+    pub flags: u64,
+    pub create_index: u64,
+    pub modify_index: u64,
+    pub lock_index: u64,
+}
+
+/// Why one operation of a transaction failed (Consul's `TxnError`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnError {
+    /// The position of the op in the transaction.
+    pub op_index: usize,
+    /// What went wrong, in Consul's words.
+    pub what: String,
+}
+
+/// What applying (or evaluating) a command came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every op succeeded; the results of the ops that have one, in order.
+    Committed(Vec<KvEntry>),
+    /// A check failed: nothing was written.
+    RolledBack(Vec<TxnError>),
+    /// The store would grow past the cap: nothing was written.
+    QuotaExceeded { size: u64, limit: u64 },
+    /// The entry's data could not be read: nothing was written.
+    Invalid(String),
+}
+
+/// What a write changed, for blocking queries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Touched {
+    /// One key was written or deleted.
+    Key(String),
+    /// Keys under this prefix may have been deleted.
+    Prefix(String),
+}
+
+impl Touched {
+    /// True if a query of `key` (or of the prefix `key`, if `prefix`) may see
+    /// this change.
+    pub fn affects(&self, key: &str, prefix: bool) -> bool {
+        match (self, prefix) {
+            (Touched::Key(k), false) => k == key,
+            (Touched::Key(k), true) => k.starts_with(key),
+            (Touched::Prefix(p), false) => key.starts_with(p.as_str()),
+            (Touched::Prefix(p), true) => key.starts_with(p.as_str()) || p.starts_with(key),
+        }
+    }
+}
+
+/// The store's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreState {
+    /// The last index that wrote the store (Consul's table index).
+    pub index: u64,
+    /// The size of every key and value.
+    pub bytes: u64,
+    /// Tombstones at or below this index were reaped.
+    pub floor: u64,
+}
+
+fn read_state(t: &impl ReadableTable<&'static str, u64>) -> Result<StoreState> {
+    let get = |k: &str| -> Result<u64> { Ok(t.get(k)?.map(|v| v.value()).unwrap_or(0)) };
+    Ok(StoreState {
+        index: get(STATE_INDEX)?,
+        bytes: get(STATE_BYTES)?,
+        floor: get(STATE_FLOOR)?,
+    })
+}
+
+fn write_state(t: &mut Table<&'static str, u64>, s: StoreState) -> Result<()> {
+    t.insert(STATE_INDEX, s.index)?;
+    t.insert(STATE_BYTES, s.bytes)?;
+    t.insert(STATE_FLOOR, s.floor)?;
+    Ok(())
+}
+
+fn corrupt(what: impl std::fmt::Display) -> redb::Error {
+    redb::Error::Corrupted(format!("kv table: {what}"))
+}
+
+fn get_record(
+    kv: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Option<Record>> {
+    match kv.get(key)? {
+        None => Ok(None),
+        Some(v) => Record::decode(v.value())
+            .map(Some)
+            .map_err(|e| corrupt(format!("key {key:?}: {e}"))),
+    }
+}
+
+fn scan(
+    kv: &impl ReadableTable<&'static str, &'static [u8]>,
+    prefix: &str,
+) -> Result<Vec<(String, Record)>> {
+    let mut out = Vec::new();
+    for row in kv.range::<&str>(prefix..)? {
+        let (k, v) = row?;
+        let key = k.value();
+        if !key.starts_with(prefix) {
+            break;
+        }
+        let record = Record::decode(v.value()).map_err(|e| corrupt(format!("key {key:?}: {e}")))?;
+        out.push((key.to_string(), record));
+    }
+    Ok(out)
+}
+
+/// The highest tombstone index under `prefix`.
+fn max_tombstone(t: &impl ReadableTable<&'static str, u64>, prefix: &str) -> Result<u64> {
+    let mut max = 0;
+    for row in t.range::<&str>(prefix..)? {
+        let (k, v) = row?;
+        if !k.value().starts_with(prefix) {
+            break;
+        }
+        max = max.max(v.value());
+    }
+    Ok(max)
+}
+
+/// Creates the store's tables if they do not exist yet.
+pub fn create_tables(txn: &WriteTransaction) -> Result<()> {
+    txn.open_table(KV)?;
+    txn.open_table(TOMBSTONES)?;
+    txn.open_table(STATE)?;
+    Ok(())
+}
+
+/// The store's tables inside a write transaction.
+pub struct Tables<'t> {
+    kv: Table<'t, &'static str, &'static [u8]>,
+    tombstones: Table<'t, &'static str, u64>,
+    state: Table<'t, &'static str, u64>,
+}
+
+impl<'t> Tables<'t> {
+    /// Opens the tables in `txn`.
+    pub fn open(txn: &'t WriteTransaction) -> Result<Tables<'t>> {
+        Ok(Tables {
+            kv: txn.open_table(KV)?,
+            tombstones: txn.open_table(TOMBSTONES)?,
+            state: txn.open_table(STATE)?,
+        })
+    }
+
+    /// The store's counters.
+    pub fn state(&self) -> Result<StoreState> {
+        read_state(&self.state)
+    }
+
+    /// Applies `cmd` as the entry at `index`. Either every op takes effect or
+    /// none does. Returns the outcome and what changed.
+    pub fn apply(&mut self, index: u64, cmd: &Command) -> Result<(Outcome, Vec<Touched>)> {
+        let state = self.state()?;
+        let mut txn = Overlay::new(&self.kv, index, state.bytes);
+        let outcome = txn.run(cmd)?;
+        if !matches!(outcome, Outcome::Committed(_)) {
+            return Ok((outcome, Vec::new()));
+        }
+        if txn.bytes > cmd.max_store_bytes && txn.bytes > state.bytes {
+            return Ok((
+                Outcome::QuotaExceeded {
+                    size: txn.bytes,
+                    limit: cmd.max_store_bytes,
+                },
+                Vec::new(),
+            ));
+        }
+        let Overlay {
+            writes,
+            bytes,
+            prefixes,
+            ..
+        } = txn;
+        let mut touched = Vec::with_capacity(writes.len() + prefixes.len());
+        for (key, record) in &writes {
+            match record {
+                Some(record) => {
+                    self.kv.insert(key.as_str(), record.encode().as_slice())?;
+                    self.tombstones.remove(key.as_str())?;
+                }
+                None => {
+                    self.kv.remove(key.as_str())?;
+                    self.tombstones.insert(key.as_str(), index)?;
+                }
+            }
+            touched.push(Touched::Key(key.clone()));
+        }
+        touched.extend(prefixes.into_iter().map(Touched::Prefix));
+        let wrote = !writes.is_empty();
+        write_state(
+            &mut self.state,
+            StoreState {
+                index: if wrote { index } else { state.index },
+                bytes,
+                floor: state.floor,
+            },
+        )?;
+        Ok((outcome, touched))
+    }
+
+    /// Forgets tombstones at or below `index` (the log was compacted to it).
+    pub fn reap_tombstones(&mut self, index: u64) -> Result<()> {
+        let mut state = self.state()?;
+        if index <= state.floor {
+            return Ok(());
+        }
+        self.tombstones.retain(|_, at| at > index)?;
+        state.floor = index;
+        write_state(&mut self.state, state)
+    }
+
+    /// Replaces the whole store (a snapshot is installed).
+    pub(crate) fn replace(
+        &mut self,
+        state: StoreState,
+        rows: impl Iterator<Item = (String, Record)>,
+        tombstones: impl Iterator<Item = (String, u64)>,
+    ) -> Result<()> {
+        self.kv.retain(|_, _| false)?;
+        self.tombstones.retain(|_, _| false)?;
+        for (key, record) in rows {
+            self.kv.insert(key.as_str(), record.encode().as_slice())?;
+        }
+        for (key, index) in tombstones {
+            self.tombstones.insert(key.as_str(), index)?;
+        }
+        write_state(&mut self.state, state)
+    }
+}
+
+/// A command evaluated against the stored keys plus its own earlier writes.
+struct Overlay<'a, T> {
+    kv: &'a T,
+    index: u64,
+    bytes: u64,
+    /// Keys written (`Some`) or deleted (`None`) so far.
+    writes: BTreeMap<String, Option<Record>>,
+    /// Prefixes of `delete-tree` ops.
+    prefixes: Vec<String>,
+}
+
+impl<'a, T: ReadableTable<&'static str, &'static [u8]>> Overlay<'a, T> {
+    fn new(kv: &'a T, index: u64, bytes: u64) -> Self {
+        Overlay {
+            kv,
+            index,
+            bytes,
+            writes: BTreeMap::new(),
+            prefixes: Vec::new(),
+        }
+    }
+
+    fn get(&self, key: &str) -> Result<Option<Record>> {
+        match self.writes.get(key) {
+            Some(written) => Ok(written.clone()),
+            None => get_record(self.kv, key),
+        }
+    }
+
+    fn scan(&self, prefix: &str) -> Result<Vec<(String, Record)>> {
+        let mut merged: BTreeMap<String, Record> = scan(self.kv, prefix)?.into_iter().collect();
+        for (key, written) in self.writes.range(prefix.to_string()..) {
+            if !key.starts_with(prefix) {
+                break;
+            }
+            match written {
+                Some(r) => merged.insert(key.clone(), r.clone()),
+                None => merged.remove(key),
+            };
+        }
+        Ok(merged.into_iter().collect())
+    }
+
+    fn set(&mut self, key: &str, value: &[u8], flags: u64, old: Option<Record>) -> KvEntry {
+        let record = Record {
+            flags,
+            create_index: old.as_ref().map_or(self.index, |r| r.create_index),
+            modify_index: self.index,
+            lock_index: old.as_ref().map_or(0, |r| r.lock_index),
+            value: value.to_vec(),
+        };
+        if let Some(old) = &old {
+            self.bytes -= size_of(key, old);
+        }
+        self.bytes += size_of(key, &record);
+        let entry = record.entry(key, false);
+        self.writes.insert(key.to_string(), Some(record));
+        entry
+    }
+
+    fn delete(&mut self, key: &str, old: &Record) {
+        self.bytes -= size_of(key, old);
+        self.writes.insert(key.to_string(), None);
+    }
+
+    /// Runs every op; collects the results, or every failure.
+    fn run(&mut self, cmd: &Command) -> Result<Outcome> {
+        let mut results = Vec::new();
+        let mut errors = Vec::new();
+        for (op_index, op) in cmd.ops.iter().enumerate() {
+            let mut fail = |what: String| errors.push(TxnError { op_index, what });
+            match op {
+                KvOp::Set { key, value, flags } => {
+                    let old = self.get(key)?;
+                    results.push(self.set(key, value, *flags, old));
+                }
+                KvOp::Cas {
+                    key,
+                    value,
+                    flags,
+                    index,
+                } => {
+                    let old = self.get(key)?;
+                    let matches = match &old {
+                        None => *index == 0,
+                        Some(r) => r.modify_index == *index,
+                    };
+                    if matches {
+                        results.push(self.set(key, value, *flags, old));
+                    } else {
+                        fail(format!("failed to set key {key:?}, index is stale"));
+                    }
+                }
+                KvOp::Get { key } => match self.get(key)? {
+                    Some(r) => results.push(r.entry(key, true)),
+                    None => fail(format!("key {key:?} doesn't exist")),
+                },
+                KvOp::GetOrEmpty { key } => {
+                    if let Some(r) = self.get(key)? {
+                        results.push(r.entry(key, true));
+                    }
+                }
+                KvOp::GetTree { prefix } => {
+                    for (key, r) in self.scan(prefix)? {
+                        results.push(r.entry(&key, true));
+                    }
+                }
+                KvOp::CheckIndex { key, index } => match self.get(key)? {
+                    None => fail(format!(
+                        "failed to check index of key {key:?}: key doesn't exist"
+                    )),
+                    Some(r) if r.modify_index != *index => fail(format!(
+                        "current modify index {} != {index}",
+                        r.modify_index
+                    )),
+                    Some(r) => results.push(r.entry(key, false)),
+                },
+                KvOp::CheckNotExists { key } => {
+                    if self.get(key)?.is_some() {
+                        fail(format!("key {key:?} exists"));
+                    }
+                }
+                KvOp::Delete { key } => {
+                    if let Some(old) = self.get(key)? {
+                        self.delete(key, &old);
+                    }
+                }
+                KvOp::DeleteCas { key, index } => match self.get(key)? {
+                    // Consul: deleting an absent key succeeds, whatever the index.
+                    None => {}
+                    Some(old) if old.modify_index == *index => self.delete(key, &old),
+                    Some(_) => fail(format!("failed to delete key {key:?}, index is stale")),
+                },
+                KvOp::DeleteTree { prefix } => {
+                    for (key, old) in self.scan(prefix)? {
+                        if cmd.from_client && is_reserved(&key) {
+                            continue;
+                        }
+                        self.delete(&key, &old);
+                    }
+                    self.prefixes.push(prefix.clone());
+                }
+            }
+        }
+        Ok(if errors.is_empty() {
+            Outcome::Committed(results)
+        } else {
+            Outcome::RolledBack(errors)
+        })
+    }
+}
+
+/// The answer to a query, with the index a client blocks on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing<T> {
+    /// The result.
+    pub value: T,
+    /// Consul's `X-Consul-Index`: the highest `ModifyIndex` of the result
+    /// (tombstones under a prefix included), or the store's index when
+    /// nothing matches. Never 0.
+    pub index: u64,
+    /// Tombstones at or below this index were reaped: a blocking query on an
+    /// older index cannot tell whether it missed a delete.
+    pub floor: u64,
+}
+
+/// The store's tables inside a read transaction.
+pub struct ReadTables {
+    kv: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+    tombstones: redb::ReadOnlyTable<&'static str, u64>,
+    state: StoreState,
+}
+
+impl ReadTables {
+    /// Opens the tables in `txn`; the view is fixed at that transaction.
+    pub fn open(txn: &ReadTransaction) -> Result<ReadTables> {
+        let state = read_state(&txn.open_table(STATE)?)?;
+        Ok(ReadTables {
+            kv: txn.open_table(KV)?,
+            tombstones: txn.open_table(TOMBSTONES)?,
+            state,
+        })
+    }
+
+    /// The store's counters.
+    pub fn state(&self) -> StoreState {
+        self.state
+    }
+
+    fn listing<T>(&self, value: T, index: u64) -> Listing<T> {
+        let index = if index == 0 { self.state.index } else { index };
+        Listing {
+            value,
+            index: index.max(1),
+            floor: self.state.floor,
+        }
+    }
+
+    /// One key.
+    pub fn get(&self, key: &str) -> Result<Listing<Option<KvEntry>>> {
+        let entry = get_record(&self.kv, key)?.map(|r| r.entry(key, true));
+        let index = entry.as_ref().map_or(0, |e| e.modify_index);
+        Ok(self.listing(entry, index))
+    }
+
+    /// Every key under `prefix`, sorted.
+    pub fn list(&self, prefix: &str) -> Result<Listing<Vec<KvEntry>>> {
+        let entries: Vec<KvEntry> = scan(&self.kv, prefix)?
+            .into_iter()
+            .map(|(k, r)| r.entry(&k, true))
+            .collect();
+        let index = self.prefix_index(prefix, entries.iter().map(|e| e.modify_index))?;
+        Ok(self.listing(entries, index))
+    }
+
+    /// The names of the keys under `prefix`, folded after the first
+    /// `separator` that follows the prefix, as Consul does.
+    pub fn keys(&self, prefix: &str, separator: Option<&str>) -> Result<Listing<Vec<String>>> {
+        let rows = scan(&self.kv, prefix)?;
+        let index = self.prefix_index(prefix, rows.iter().map(|(_, r)| r.modify_index))?;
+        let mut keys: Vec<String> = Vec::new();
+        for (key, _) in rows {
+            let folded = match separator.filter(|s| !s.is_empty()) {
+                Some(sep) => match key[prefix.len()..].find(sep) {
+                    Some(at) => key[..prefix.len() + at + sep.len()].to_string(),
+                    None => key,
+                },
+                None => key,
+            };
+            if keys.last() != Some(&folded) {
+                keys.push(folded);
+            }
+        }
+        Ok(self.listing(keys, index))
+    }
+
+    fn prefix_index(&self, prefix: &str, modified: impl Iterator<Item = u64>) -> Result<u64> {
+        if prefix.is_empty() {
+            return Ok(self.state.index);
+        }
+        let live = modified.max().unwrap_or(0);
+        Ok(live.max(max_tombstone(&self.tombstones, prefix)?))
+    }
+
+    /// Evaluates a command that only reads (a read-only transaction).
+    pub fn evaluate(&self, cmd: &Command) -> Result<Outcome> {
+        debug_assert!(cmd.ops.iter().all(|op| !op.is_write()));
+        Overlay::new(&self.kv, 0, self.state.bytes).run(cmd)
+    }
+
+    /// Every row, for a snapshot.
+    pub(crate) fn rows(&self) -> Result<Vec<(String, Record)>> {
+        scan(&self.kv, "")
+    }
+
+    /// Every tombstone, for a snapshot.
+    pub(crate) fn tombstones(&self) -> Result<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        for row in self.tombstones.iter()? {
+            let (k, v) = row?;
+            out.push((k.value().to_string(), v.value()));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::{backends::InMemoryBackend, Database, ReadableDatabase};
+
+    const BIG: u64 = 1 << 30;
+
+    fn db() -> Database {
+        let db = Database::builder()
+            .create_with_backend(InMemoryBackend::new())
+            .unwrap();
+        let txn = db.begin_write().unwrap();
+        create_tables(&txn).unwrap();
+        txn.commit().unwrap();
+        db
+    }
+
+    fn apply(db: &Database, index: u64, ops: Vec<KvOp>) -> (Outcome, Vec<Touched>) {
+        apply_with(db, index, ops, BIG)
+    }
+
+    fn apply_with(db: &Database, index: u64, ops: Vec<KvOp>, cap: u64) -> (Outcome, Vec<Touched>) {
+        let txn = db.begin_write().unwrap();
+        let out = {
+            let mut t = Tables::open(&txn).unwrap();
+            t.apply(
+                index,
+                &Command {
+                    max_store_bytes: cap,
+                    from_client: true,
+                    ops,
+                },
+            )
+            .unwrap()
+        };
+        txn.commit().unwrap();
+        out
+    }
+
+    fn read(db: &Database) -> ReadTables {
+        ReadTables::open(&db.begin_read().unwrap()).unwrap()
+    }
+
+    fn set(key: &str, value: &str) -> KvOp {
+        KvOp::Set {
+            key: key.into(),
+            value: value.as_bytes().to_vec(),
+            flags: 0,
+        }
+    }
+
+    fn errors(outcome: Outcome) -> Vec<String> {
+        match outcome {
+            Outcome::RolledBack(e) => e
+                .into_iter()
+                .map(|e| format!("{}: {}", e.op_index, e.what))
+                .collect(),
+            other => panic!("expected a rollback, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn set_keeps_create_index_and_moves_modify_index() {
+        let db = db();
+        let (out, touched) = apply(&db, 5, vec![set("a", "1")]);
+        assert!(
+            matches!(&out, Outcome::Committed(r) if r[0].create_index == 5 && r[0].value.is_none())
+        );
+        assert_eq!(touched, vec![Touched::Key("a".into())]);
+        apply(&db, 9, vec![set("a", "22")]);
+        let got = read(&db).get("a").unwrap();
+        let e = got.value.unwrap();
+        assert_eq!((e.create_index, e.modify_index), (5, 9));
+        assert_eq!(e.value.as_deref(), Some(&b"22"[..]));
+        assert_eq!(got.index, 9);
+        assert_eq!(read(&db).state().bytes, 3);
+    }
+
+    #[test]
+    fn cas_checks_the_modify_index_and_zero_means_absent() {
+        let db = db();
+        let cas = |index| KvOp::Cas {
+            key: "k".into(),
+            value: b"v".to_vec(),
+            flags: 3,
+            index,
+        };
+        assert!(matches!(
+            apply(&db, 2, vec![cas(0)]).0,
+            Outcome::Committed(_)
+        ));
+        assert_eq!(
+            errors(apply(&db, 3, vec![cas(0)]).0),
+            vec!["0: failed to set key \"k\", index is stale"]
+        );
+        assert_eq!(errors(apply(&db, 4, vec![cas(7)]).0).len(), 1);
+        assert!(matches!(
+            apply(&db, 5, vec![cas(2)]).0,
+            Outcome::Committed(_)
+        ));
+        let e = read(&db).get("k").unwrap().value.unwrap();
+        assert_eq!((e.modify_index, e.flags), (5, 3));
+    }
+
+    #[test]
+    fn a_failed_check_rolls_back_every_op() {
+        let db = db();
+        apply(&db, 2, vec![set("x", "1")]);
+        let (out, touched) = apply(
+            &db,
+            3,
+            vec![
+                set("y", "2"),
+                KvOp::CheckIndex {
+                    key: "x".into(),
+                    index: 99,
+                },
+                KvOp::CheckNotExists { key: "x".into() },
+                KvOp::Get { key: "nope".into() },
+            ],
+        );
+        assert_eq!(
+            errors(out),
+            vec![
+                "1: current modify index 2 != 99",
+                "2: key \"x\" exists",
+                "3: key \"nope\" doesn't exist"
+            ]
+        );
+        assert!(touched.is_empty());
+        let r = read(&db);
+        assert!(r.get("y").unwrap().value.is_none());
+        assert_eq!(r.state().index, 2);
+    }
+
+    #[test]
+    fn ops_see_earlier_ops_of_the_same_transaction() {
+        let db = db();
+        let (out, _) = apply(
+            &db,
+            4,
+            vec![
+                set("t/a", "1"),
+                KvOp::Get { key: "t/a".into() },
+                set("t/b", "2"),
+                KvOp::Delete { key: "t/a".into() },
+                KvOp::GetTree {
+                    prefix: "t/".into(),
+                },
+            ],
+        );
+        let Outcome::Committed(results) = out else {
+            panic!("{out:?}")
+        };
+        let keys: Vec<(&str, Option<&[u8]>)> = results
+            .iter()
+            .map(|e| (e.key.as_str(), e.value.as_deref()))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                ("t/a", None),
+                ("t/a", Some(&b"1"[..])),
+                ("t/b", None),
+                ("t/b", Some(&b"2"[..]))
+            ]
+        );
+        assert_eq!(read(&db).keys("t/", None).unwrap().value, vec!["t/b"]);
+    }
+
+    #[test]
+    fn deletes_leave_tombstones_that_prefix_queries_count() {
+        let db = db();
+        apply(
+            &db,
+            2,
+            vec![set("p/a", "1"), set("p/b", "1"), set("q", "1")],
+        );
+        apply(&db, 3, vec![KvOp::Delete { key: "p/a".into() }]);
+        let r = read(&db);
+        let listing = r.list("p/").unwrap();
+        assert_eq!(listing.value.len(), 1);
+        assert_eq!(listing.index, 3, "the tombstone of p/a counts");
+        // Deleting an absent key writes nothing and leaves the index alone.
+        apply(&db, 4, vec![KvOp::Delete { key: "zz".into() }]);
+        assert_eq!(read(&db).state().index, 3);
+        // A missing key answers the store's index.
+        assert_eq!(read(&db).get("zz").unwrap().index, 3);
+        let (_, touched) = apply(
+            &db,
+            5,
+            vec![KvOp::DeleteTree {
+                prefix: "p/".into(),
+            }],
+        );
+        assert!(touched.contains(&Touched::Prefix("p/".into())));
+        let listing = read(&db).list("p/").unwrap();
+        assert!(listing.value.is_empty());
+        assert_eq!(listing.index, 5);
+        assert_eq!(read(&db).state().bytes, 2, "only q is left");
+        // Reaping forgets tombstones up to the compaction index.
+        let txn = db.begin_write().unwrap();
+        Tables::open(&txn).unwrap().reap_tombstones(4).unwrap();
+        txn.commit().unwrap();
+        let r = read(&db);
+        assert_eq!(r.state().floor, 4);
+        assert_eq!(r.tombstones().unwrap(), vec![("p/b".to_string(), 5)]);
+    }
+
+    #[test]
+    fn delete_cas_follows_consul() {
+        let db = db();
+        apply(&db, 2, vec![set("k", "v")]);
+        let del = |index| KvOp::DeleteCas {
+            key: "k".into(),
+            index,
+        };
+        assert_eq!(
+            errors(apply(&db, 3, vec![del(0)]).0).len(),
+            1,
+            "cas=0 deletes nothing"
+        );
+        assert!(matches!(
+            apply(&db, 4, vec![del(2)]).0,
+            Outcome::Committed(_)
+        ));
+        assert!(read(&db).get("k").unwrap().value.is_none());
+        assert!(
+            matches!(apply(&db, 5, vec![del(9)]).0, Outcome::Committed(_)),
+            "absent: ok"
+        );
+    }
+
+    #[test]
+    fn the_quota_refuses_growth_but_not_deletes() {
+        let db = db();
+        assert!(matches!(
+            apply_with(&db, 2, vec![set("a", "12345")], 10).0,
+            Outcome::Committed(_)
+        ));
+        let (out, _) = apply_with(&db, 3, vec![set("b", "123456")], 10);
+        assert_eq!(
+            out,
+            Outcome::QuotaExceeded {
+                size: 13,
+                limit: 10
+            }
+        );
+        assert!(read(&db).get("b").unwrap().value.is_none());
+        // Already over the cap (it was lowered): shrinking still works.
+        assert!(matches!(
+            apply_with(&db, 4, vec![set("a", "1")], 1).0,
+            Outcome::Committed(_)
+        ));
+        assert!(matches!(
+            apply_with(&db, 5, vec![KvOp::Delete { key: "a".into() }], 1).0,
+            Outcome::Committed(_)
+        ));
+        assert_eq!(read(&db).state().bytes, 0);
+    }
+
+    #[test]
+    fn client_delete_tree_spares_the_reserved_prefix() {
+        let db = db();
+        let txn = db.begin_write().unwrap();
+        Tables::open(&txn)
+            .unwrap()
+            .apply(
+                2,
+                &Command {
+                    max_store_bytes: BIG,
+                    from_client: false,
+                    ops: vec![set("__quorumd/cluster_id", "x"), set("app", "y")],
+                },
+            )
+            .unwrap();
+        txn.commit().unwrap();
+        apply(&db, 3, vec![KvOp::DeleteTree { prefix: "".into() }]);
+        assert_eq!(
+            read(&db).keys("", None).unwrap().value,
+            vec!["__quorumd/cluster_id"]
+        );
+    }
+
+    #[test]
+    fn keys_fold_at_the_separator_like_consul() {
+        let db = db();
+        apply(
+            &db,
+            2,
+            ["web/bar", "web/foo", "web/subdir/a", "web/subdir/b", "webx"]
+                .iter()
+                .map(|k| set(k, "v"))
+                .collect(),
+        );
+        let r = read(&db);
+        assert_eq!(
+            r.keys("web/", Some("/")).unwrap().value,
+            vec!["web/bar", "web/foo", "web/subdir/"]
+        );
+        assert_eq!(
+            r.keys("web", Some("/")).unwrap().value,
+            vec!["web/", "webx"]
+        );
+        assert_eq!(r.keys("web/", None).unwrap().value.len(), 4);
+        assert!(r.keys("nothing", None).unwrap().value.is_empty());
+    }
+
+    #[test]
+    fn touched_matches_keys_and_prefixes() {
+        assert!(Touched::Key("a/b".into()).affects("a/", true));
+        assert!(!Touched::Key("a/b".into()).affects("a/", false));
+        assert!(Touched::Prefix("a/".into()).affects("a/b", false));
+        assert!(Touched::Prefix("a/".into()).affects("a/b/", true));
+        assert!(Touched::Prefix("a/b/c".into()).affects("a/", true));
+        assert!(!Touched::Prefix("b/".into()).affects("a/", true));
+    }
+
+    #[test]
+    fn records_roundtrip_and_short_ones_are_refused() {
+        let r = Record {
+            flags: 1,
+            create_index: 2,
+            modify_index: 3,
+            lock_index: 0,
+            value: b"hello".to_vec(),
+        };
+        assert_eq!(Record::decode(&r.encode()).unwrap(), r);
+        assert!(Record::decode(&[0; 31]).is_err());
+    }
+}
