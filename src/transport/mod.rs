@@ -32,7 +32,7 @@ use crate::health::HealthHandle;
 use crate::metrics::Metrics;
 use crate::raft::{ReplicaMsg, Router};
 use crate::runtime::or_shutdown;
-use wire::{read_frame, write_frame, Frame, GroupId, Purpose, WireError};
+use wire::{read_frame, write_frame, Frame, GroupId, Purpose, SnapshotAssembly, WireError};
 
 /// Capacity of each peer's outbound queue, in messages. Raft retransmits what
 /// is dropped, so a small queue bounds memory without losing safety.
@@ -191,8 +191,22 @@ async fn serve_inbound(ctx: &Inbound, stream: TcpStream, remote: SocketAddr) {
     }
     debug!("raft stream from peer {from} ({remote}) open");
     let mut reported = Instant::now();
+    let mut snapshot = SnapshotAssembly::default();
     loop {
-        match read_frame(&mut reader).await {
+        let frame = match read_frame(&mut reader).await {
+            Ok(frame @ (Frame::SnapshotBegin { .. } | Frame::SnapshotChunk { .. })) => {
+                match snapshot.push(frame) {
+                    Ok(None) => continue,
+                    Ok(Some((group, message))) => Ok(Frame::Raft { group, message }),
+                    Err(e) => Err(e),
+                }
+            }
+            Ok(_) if snapshot.is_open() => Err(WireError::Malformed(
+                "a message inside a snapshot's chunks".into(),
+            )),
+            other => other,
+        };
+        match frame {
             Ok(Frame::Raft { group, message }) => {
                 if message.from != from || message.to != ctx.me.node_id {
                     warn!(
@@ -511,18 +525,20 @@ impl PeerLink {
                 }
             }
 
-            buf.clear();
-            for out in &batch {
-                buf.extend_from_slice(
-                    &Frame::Raft {
-                        group: out.group.clone(),
-                        message: out.message.clone(),
-                    }
-                    .encode(),
-                );
-            }
             let stream = conn.as_mut().expect("connected above");
             let written = async {
+                // Small messages are coalesced into one write; a snapshot
+                // goes out frame by frame, never copied whole.
+                buf.clear();
+                for out in &batch {
+                    for frame in wire::message_frames(&out.group, &out.message) {
+                        buf.extend_from_slice(&frame);
+                        if buf.len() >= wire::SNAPSHOT_CHUNK_BYTES {
+                            stream.write_all(&buf).await?;
+                            buf.clear();
+                        }
+                    }
+                }
                 stream.write_all(&buf).await?;
                 stream.flush().await
             };

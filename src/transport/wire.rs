@@ -9,6 +9,12 @@
 //! | 2 | `Ack` | node id u64, cluster name |
 //! | 3 | `Reject` | reason (u16 length + UTF-8) |
 //! | 4 | `Raft` | topic (u16 length + UTF-8), partition u32, encoded `eraftpb::Message` |
+//! | 5 | `SnapshotBegin` | topic, partition, total data length u64, encoded `MsgSnapshot` without its data |
+//! | 6 | `SnapshotChunk` | the next at most [`SNAPSHOT_CHUNK_BYTES`] of the snapshot's data |
+//!
+//! A snapshot can be far larger than a frame, so a `MsgSnapshot` travels as
+//! one `SnapshotBegin` followed by `SnapshotChunk`s on the same stream, and
+//! is reassembled ([`SnapshotAssembly`]) before Raft sees it.
 //!
 //! A connection opens with `Hello` from the dialer, answered by `Ack` or
 //! `Reject`. Anything malformed is a [`WireError`]; the caller closes that one
@@ -28,11 +34,19 @@ pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
 pub const MAGIC: &[u8; 4] = b"QRMD";
 /// The wire version; bumped on incompatible changes.
 pub const VERSION: u8 = 1;
+/// The largest piece of snapshot data in one frame.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+/// The largest snapshot a node accepts. The store is capped at 1 GiB; this
+/// leaves room for per-key overhead. Memory grows with what arrives, never
+/// with what a peer announces.
+pub const MAX_SNAPSHOT_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 
 const KIND_HELLO: u8 = 1;
 const KIND_ACK: u8 = 2;
 const KIND_REJECT: u8 = 3;
 const KIND_RAFT: u8 = 4;
+const KIND_SNAPSHOT_BEGIN: u8 = 5;
+const KIND_SNAPSHOT_CHUNK: u8 = 6;
 
 /// Why a connection was opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +98,14 @@ pub enum Frame {
     Reject { reason: String },
     /// A Raft message for one group.
     Raft { group: GroupId, message: Message },
+    /// Opens a snapshot of `total` data bytes; chunks follow.
+    SnapshotBegin {
+        group: GroupId,
+        total: u64,
+        message: Message,
+    },
+    /// The next piece of the snapshot's data.
+    SnapshotChunk { data: Vec<u8> },
 }
 
 /// A frame that could not be read or decoded.
@@ -137,6 +159,23 @@ impl Frame {
                     .write_to_vec(&mut out)
                     .expect("protobuf encoding into a Vec");
             }
+            Frame::SnapshotBegin {
+                group,
+                total,
+                message,
+            } => {
+                out.push(KIND_SNAPSHOT_BEGIN);
+                put_str(&mut out, &group.topic);
+                out.extend_from_slice(&group.partition.to_be_bytes());
+                out.extend_from_slice(&total.to_be_bytes());
+                message
+                    .write_to_vec(&mut out)
+                    .expect("protobuf encoding into a Vec");
+            }
+            Frame::SnapshotChunk { data } => {
+                out.push(KIND_SNAPSHOT_CHUNK);
+                out.extend_from_slice(data);
+            }
         }
         let len = (out.len() - 4) as u32;
         out[..4].copy_from_slice(&len.to_be_bytes());
@@ -189,6 +228,26 @@ impl Frame {
                     message,
                 }
             }
+            KIND_SNAPSHOT_BEGIN => {
+                let topic = r.string()?;
+                let partition = r.u32()?;
+                let total = r.u64()?;
+                let mut message = Message::default();
+                message
+                    .merge_from_bytes(r.buf)
+                    .map_err(|e| WireError::Malformed(format!("bad raft message: {e}")))?;
+                r.buf = &[];
+                Frame::SnapshotBegin {
+                    group: GroupId { topic, partition },
+                    total,
+                    message,
+                }
+            }
+            KIND_SNAPSHOT_CHUNK => {
+                let data = r.buf.to_vec();
+                r.buf = &[];
+                Frame::SnapshotChunk { data }
+            }
             k => return Err(WireError::Malformed(format!("unknown frame kind {k}"))),
         };
         if !r.buf.is_empty() {
@@ -198,6 +257,124 @@ impl Frame {
             )));
         }
         Ok(frame)
+    }
+}
+
+/// The frames that carry one Raft message: one `Raft` frame, or for a
+/// snapshot a `SnapshotBegin` and its chunks. Frames are encoded one at a
+/// time, as the caller writes them, so a large snapshot is never copied whole.
+pub fn message_frames(group: &GroupId, message: &Message) -> impl Iterator<Item = Vec<u8>> {
+    let is_snapshot = message.get_msg_type() == raft::prelude::MessageType::MsgSnapshot;
+    let data: bytes::Bytes = if is_snapshot {
+        message.get_snapshot().data.clone()
+    } else {
+        Default::default()
+    };
+    let head = if is_snapshot {
+        let mut bare = message.clone();
+        bare.mut_snapshot().clear_data();
+        Frame::SnapshotBegin {
+            group: group.clone(),
+            total: data.len() as u64,
+            message: bare,
+        }
+    } else {
+        Frame::Raft {
+            group: group.clone(),
+            message: message.clone(),
+        }
+    };
+    let chunks = data.len().div_ceil(SNAPSHOT_CHUNK_BYTES);
+    std::iter::once(head.encode()).chain((0..chunks).map(move |i| {
+        let end = ((i + 1) * SNAPSHOT_CHUNK_BYTES).min(data.len());
+        Frame::SnapshotChunk {
+            data: data[i * SNAPSHOT_CHUNK_BYTES..end].to_vec(),
+        }
+        .encode()
+    }))
+}
+
+/// Reassembles a snapshot from its frames, on one inbound stream.
+#[derive(Debug, Default)]
+pub struct SnapshotAssembly {
+    open: Option<(GroupId, u64, Message, Vec<u8>)>,
+}
+
+impl SnapshotAssembly {
+    /// True while a snapshot's chunks are expected.
+    pub fn is_open(&self) -> bool {
+        self.open.is_some()
+    }
+
+    /// Takes a `SnapshotBegin` or `SnapshotChunk`; returns the whole
+    /// message once its last chunk arrived.
+    pub fn push(&mut self, frame: Frame) -> Result<Option<(GroupId, Message)>, WireError> {
+        match frame {
+            Frame::SnapshotBegin {
+                group,
+                total,
+                message,
+            } => {
+                if self.open.is_some() {
+                    return Err(WireError::Malformed(
+                        "a snapshot began before the previous one ended".into(),
+                    ));
+                }
+                if total > MAX_SNAPSHOT_BYTES {
+                    return Err(WireError::Malformed(format!(
+                        "a snapshot of {total} bytes exceeds the {MAX_SNAPSHOT_BYTES}-byte limit"
+                    )));
+                }
+                if message.get_msg_type() != raft::prelude::MessageType::MsgSnapshot {
+                    return Err(WireError::Malformed(format!(
+                        "a snapshot frame carries a {:?}",
+                        message.get_msg_type()
+                    )));
+                }
+                self.open = Some((group, total, message, Vec::new()));
+            }
+            Frame::SnapshotChunk { data } => {
+                let Some((_, total, _, buf)) = self.open.as_mut() else {
+                    return Err(WireError::Malformed(
+                        "a snapshot chunk without a snapshot".into(),
+                    ));
+                };
+                if buf.len() as u64 + data.len() as u64 > *total {
+                    return Err(WireError::Malformed(
+                        "snapshot chunks exceed the announced length".into(),
+                    ));
+                }
+                buf.extend_from_slice(&data);
+            }
+            other => {
+                return Err(WireError::Malformed(format!(
+                    "unexpected frame {} inside a snapshot",
+                    other.kind_name()
+                )))
+            }
+        }
+        match &self.open {
+            Some((_, total, _, buf)) if buf.len() as u64 == *total => {
+                let (group, _, mut message, buf) = self.open.take().expect("open");
+                message.mut_snapshot().set_data(buf.into());
+                Ok(Some((group, message)))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+impl Frame {
+    /// The frame's kind, for messages.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Frame::Hello { .. } => "Hello",
+            Frame::Ack { .. } => "Ack",
+            Frame::Reject { .. } => "Reject",
+            Frame::Raft { .. } => "Raft",
+            Frame::SnapshotBegin { .. } => "SnapshotBegin",
+            Frame::SnapshotChunk { .. } => "SnapshotChunk",
+        }
     }
 }
 
@@ -311,6 +488,70 @@ mod tests {
         ] {
             assert!(matches!(Frame::decode(junk), Err(WireError::Malformed(_))));
         }
+    }
+
+    #[test]
+    fn a_snapshot_travels_in_chunks_and_is_reassembled() {
+        let mut message = Message::default();
+        message.set_msg_type(MessageType::MsgSnapshot);
+        message.from = 1;
+        message.to = 2;
+        let data: Vec<u8> = (0..(2 * SNAPSHOT_CHUNK_BYTES + 17))
+            .map(|i| i as u8)
+            .collect();
+        message.mut_snapshot().set_data(data.clone().into());
+        message.mut_snapshot().mut_metadata().index = 42;
+        let frames: Vec<Vec<u8>> = message_frames(&GroupId::meta(), &message).collect();
+        assert_eq!(frames.len(), 4, "a begin frame and three chunks");
+        assert!(frames.iter().all(|f| f.len() <= SNAPSHOT_CHUNK_BYTES + 64));
+        let mut assembly = SnapshotAssembly::default();
+        let mut whole = None;
+        for f in &frames {
+            assert!(whole.is_none(), "complete before the last chunk");
+            whole = assembly.push(Frame::decode(&f[4..]).unwrap()).unwrap();
+        }
+        let (group, got) = whole.expect("complete after the last chunk");
+        assert_eq!(group, GroupId::meta());
+        assert_eq!(got, message);
+        assert!(!assembly.is_open());
+        // A plain message is one frame.
+        let mut hb = Message::default();
+        hb.set_msg_type(MessageType::MsgHeartbeat);
+        assert_eq!(message_frames(&GroupId::meta(), &hb).count(), 1);
+    }
+
+    #[test]
+    fn bad_snapshot_sequences_are_malformed() {
+        let mut a = SnapshotAssembly::default();
+        assert!(a.push(Frame::SnapshotChunk { data: vec![1] }).is_err());
+        let mut snap = Message::default();
+        snap.set_msg_type(MessageType::MsgSnapshot);
+        let begin = |total| Frame::SnapshotBegin {
+            group: GroupId::meta(),
+            total,
+            message: snap.clone(),
+        };
+        assert!(a.push(begin(MAX_SNAPSHOT_BYTES + 1)).is_err());
+        let mut a = SnapshotAssembly::default();
+        assert!(a.push(begin(2)).unwrap().is_none());
+        assert!(a
+            .push(Frame::SnapshotChunk {
+                data: vec![1, 2, 3]
+            })
+            .is_err());
+        let mut a = SnapshotAssembly::default();
+        a.push(begin(2)).unwrap();
+        assert!(a.push(begin(2)).is_err());
+        let mut hb = Message::default();
+        hb.set_msg_type(MessageType::MsgHeartbeat);
+        let mut a = SnapshotAssembly::default();
+        assert!(a
+            .push(Frame::SnapshotBegin {
+                group: GroupId::meta(),
+                total: 0,
+                message: hb
+            })
+            .is_err());
     }
 
     #[test]
