@@ -18,10 +18,11 @@ use futures_lite::future;
 use log::{info, warn};
 use raft::StateRole;
 
-use crate::admin::{self, AdminState};
 use crate::config::ClusterConfig;
 use crate::error::{Error, Result};
 use crate::health::{self, HealthEvent, HealthHandle};
+use crate::http::{self, AdminState};
+use crate::kv::KvService;
 use crate::metrics::Metrics;
 use crate::quorum;
 use crate::raft::redb_store::{RedbLogStore, StoreIdentity};
@@ -115,7 +116,7 @@ impl ClusterCoordinator {
 
         // 1. Listeners, before __meta/0 exists: a port in use fails at once.
         let peer_listener = transport::bind(me.addr).await?;
-        let admin_listener = admin::bind(me.admin).await?;
+        let admin_listener = http::bind(me.admin).await?;
         let peer_addr = peer_listener.local_addr().unwrap_or(me.addr);
         let admin_addr = admin_listener.local_addr().unwrap_or(me.admin);
 
@@ -145,7 +146,9 @@ impl ClusterCoordinator {
             peers.clone(),
             metrics.clone(),
         );
-        let meta = manager.create_group(GroupId::meta(), store, shutdown.clone(), fatal_tx)?;
+        let meta =
+            manager.create_group(GroupId::meta(), store.clone(), shutdown.clone(), fatal_tx)?;
+        let kv = KvService::new(meta.clone(), store, config.store.clone());
 
         let (health, health_tasks) = health::spawn(
             identity.clone(),
@@ -194,13 +197,14 @@ impl ClusterCoordinator {
             shutdown.clone(),
         ));
         let bootstrap_complete = Arc::new(AtomicBool::new(false));
-        tasks.push(admin::spawn(
+        tasks.push(http::spawn(
             admin_listener,
             AdminState {
                 config: config.clone(),
                 node_id,
                 health: health.clone(),
                 meta: meta.clone(),
+                kv,
                 bootstrap_complete: bootstrap_complete.clone(),
                 metrics: metrics.clone(),
             },

@@ -3,20 +3,23 @@
 //! Every node reads the same cluster file ([`config`]), opens its peer and admin
 //! listeners, waits until a quorum of members can reach each other
 //! ([`health`], [`quorum`]), and then forms the metadata Raft group `__meta/0`
-//! and elects a leader ([`coordinator`], [`raft`]). Peers talk plain TCP
-//! ([`transport`]); operators use a small HTTP API ([`admin`]).
+//! and elects a leader ([`coordinator`], [`raft`]). `__meta/0` replicates a
+//! key-value store ([`store`], [`kv`]) that speaks Consul's KV API. Peers talk
+//! plain TCP ([`transport`]); operators and clients use the HTTP API
+//! ([`http`]).
 //!
 //! Each long-lived task owns its state and talks to the others over flume
 //! channels: the replica driver, the tick driver, the transport's accept loop
 //! and per-peer senders, the health monitor and its probers, and the admin
 //! server.
 
-pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod coordinator;
 pub mod error;
 pub mod health;
+pub mod http;
+pub mod kv;
 pub mod metrics;
 pub mod quorum;
 pub mod raft;

@@ -1,4 +1,4 @@
-//! The HTTP admin API (JSON), served by hyper on async-std via smol-hyper.
+//! The cluster routes of the HTTP API (JSON).
 //!
 //! | route | answer |
 //! |---|---|
@@ -11,113 +11,24 @@
 //!
 //! Unknown routes get 404 and other methods 405, each with a JSON error body.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
 
-use async_std::net::{TcpListener, TcpStream};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use log::{debug, warn};
 use serde_json::{json, Value};
-use smol_hyper::rt::{FuturesIo, SmolTimer};
 
-use crate::config::ClusterConfig;
-use crate::error::{Error, Result};
-use crate::health::HealthHandle;
-use crate::metrics::Metrics;
+use crate::http::{method_not_allowed, reply, AdminState};
 use crate::quorum::quorum_size;
-use crate::raft::ReplicaHandle;
-use crate::runtime::or_shutdown;
 
-/// Admin connections served at once; more wait in the listen backlog.
-pub const MAX_ADMIN_CONNECTIONS: usize = 64;
-/// A client must send its request headers within this time.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// What the admin API reads from. Cheap to clone.
-#[derive(Clone)]
-pub struct AdminState {
-    /// The validated cluster file.
-    pub config: Arc<ClusterConfig>,
-    /// This node's id.
-    pub node_id: u64,
-    /// Peer health.
-    pub health: HealthHandle,
-    /// The `__meta/0` replica.
-    pub meta: ReplicaHandle,
-    /// Set once bootstrap completes.
-    pub bootstrap_complete: Arc<AtomicBool>,
-    /// Served on `/metrics`.
-    pub metrics: Arc<Metrics>,
-}
-
-/// Opens the admin listener.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|source| Error::Bind {
-        what: "the admin API",
-        addr,
-        source,
-    })
-}
-
-/// Serves the API until `shutdown` closes.
-pub fn spawn(
-    listener: TcpListener,
-    state: AdminState,
-    shutdown: flume::Receiver<()>,
-) -> crate::runtime::Task<()> {
-    crate::runtime::spawn(async move {
-        let open = Arc::new(AtomicUsize::new(0));
-        loop {
-            let accepted = or_shutdown(&shutdown, listener.accept()).await;
-            let stream = match accepted {
-                None => break,
-                Some(Ok((stream, _))) => stream,
-                Some(Err(e)) => {
-                    warn!("admin listener accept failed: {e}");
-                    async_io::Timer::after(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            if open.load(Ordering::Relaxed) >= MAX_ADMIN_CONNECTIONS {
-                debug!("admin: too many connections, closing one");
-                continue;
-            }
-            open.fetch_add(1, Ordering::Relaxed);
-            let (state, open, shutdown) = (state.clone(), open.clone(), shutdown.clone());
-            crate::runtime::spawn(async move {
-                or_shutdown(&shutdown, serve(stream, state)).await;
-                open.fetch_sub(1, Ordering::Relaxed);
-            })
-            .detach();
-        }
-        debug!("admin listener closed");
-    })
-}
-
-async fn serve(stream: TcpStream, state: AdminState) {
-    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let state = state.clone();
-        async move { Ok::<_, std::convert::Infallible>(route(&state, &req).await) }
-    });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(SmolTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    if let Err(e) = builder
-        .serve_connection(FuturesIo::new(stream), service)
-        .await
-    {
-        debug!("admin connection ended: {e}");
-    }
-}
-
-async fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let path = req.uri().path();
+/// Serves a cluster route (or 404 for any unknown path).
+pub async fn handle(
+    state: &AdminState,
+    req: &Request<Incoming>,
+    path: &str,
+) -> Response<Full<Bytes>> {
     let known = matches!(
         path,
         "/admin/cluster/status"
@@ -134,13 +45,7 @@ async fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Byt
         );
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        let mut resp = reply(
-            StatusCode::METHOD_NOT_ALLOWED,
-            json!({"error": format!("method {} not allowed on {path}; use GET", req.method())}),
-        );
-        resp.headers_mut()
-            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return resp;
+        return method_not_allowed(path, req.method(), "GET, HEAD", true);
     }
     match path {
         "/health" => reply(StatusCode::OK, json!({"status": "ok"})),
@@ -233,12 +138,4 @@ async fn peers_json(state: &AdminState) -> Value {
         })
         .collect();
     Value::Array(peers)
-}
-
-fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
-    *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
 }

@@ -1,0 +1,470 @@
+//! `/v1/kv/<key>`: Consul's KV API.
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET /v1/kv/<key>` | 200 `[entry]`, or 404 with an empty body |
+//! | `GET ...?raw` | 200 with the value's bytes |
+//! | `GET /v1/kv/<prefix>?recurse` | 200 `[entry, ...]` sorted by key, or 404 |
+//! | `GET /v1/kv/<prefix>?keys[&separator=/]` | 200 `["key", ...]`, or 404 |
+//! | `PUT /v1/kv/<key>[?flags=N][&cas=I]` | 200 `true`, or `false` when the cas check fails |
+//! | `DELETE /v1/kv/<key>[?recurse][&cas=I]` | 200 `true`, or `false` when the cas check fails |
+//!
+//! Reads are linearizable by default (and with `?consistent`); `?stale`
+//! answers from this node's replica. `?index=N&wait=D` blocks until the
+//! result's index passes `N` or `wait` runs out (default 5m, at most 10m,
+//! plus up to a sixteenth of jitter, as Consul does). Every answer carries
+//! `X-Consul-Index`, `X-Consul-KnownLeader` and `X-Consul-LastContact`.
+//!
+//! `dc`, `ns`, `partition` and `token` are accepted and ignored; the session
+//! parameters `acquire` and `release` answer 400.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Value};
+
+use crate::http::{
+    kv_error, method_not_allowed, param, query_pairs, read_body, reply, text, AdminState, ApiError,
+};
+use crate::kv::{Consistency, KvService};
+use crate::store::machine::{KvEntry, Listing};
+use crate::store::{check_key, is_reserved, KvOp, Outcome, RESERVED_PREFIX};
+
+/// Default `wait` of a blocking query (Consul's).
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
+/// Longest `wait` of a blocking query (Consul's).
+pub const MAX_WAIT: Duration = Duration::from_secs(600);
+
+const X_CONSUL_INDEX: HeaderName = HeaderName::from_static("x-consul-index");
+const X_CONSUL_KNOWN_LEADER: HeaderName = HeaderName::from_static("x-consul-knownleader");
+const X_CONSUL_LAST_CONTACT: HeaderName = HeaderName::from_static("x-consul-lastcontact");
+
+type Resp = Response<Full<Bytes>>;
+
+/// Serves `/v1/kv/<key>`; `raw_key` is the path after `/v1/kv/`.
+pub async fn handle(state: &AdminState, req: Request<Incoming>, raw_key: &str) -> Resp {
+    let mut resp = match percent_encoding::percent_decode_str(raw_key).decode_utf8() {
+        Err(_) => text(StatusCode::BAD_REQUEST, "the key is not valid UTF-8"),
+        Ok(key) => {
+            let key = key.into_owned();
+            let pairs = query_pairs(&req);
+            match *req.method() {
+                Method::GET | Method::HEAD => get(&state.kv, &key, &pairs).await,
+                Method::PUT => put(&state.kv, req, &key, &pairs).await,
+                Method::DELETE => delete(&state.kv, &key, &pairs).await,
+                ref other => method_not_allowed("/v1/kv", other, "GET, PUT, DELETE", false),
+            }
+        }
+    };
+    leader_headers(&mut resp, &state.kv);
+    resp
+}
+
+/// `X-Consul-KnownLeader` and `X-Consul-LastContact`.
+pub fn leader_headers(resp: &mut Resp, kv: &KvService) {
+    let gauge = kv.gauge();
+    let known = if gauge.leader().is_some() {
+        "true"
+    } else {
+        "false"
+    };
+    let headers = resp.headers_mut();
+    headers.insert(X_CONSUL_KNOWN_LEADER, HeaderValue::from_static(known));
+    headers.insert(
+        X_CONSUL_LAST_CONTACT,
+        HeaderValue::from(gauge.last_contact().as_millis() as u64),
+    );
+}
+
+fn with_index(mut resp: Resp, index: u64) -> Resp {
+    resp.headers_mut()
+        .insert(X_CONSUL_INDEX, HeaderValue::from(index.max(1)));
+    resp
+}
+
+/// An entry as Consul writes it (`Value` in base64, or null).
+pub fn entry_json(e: &KvEntry) -> Value {
+    json!({
+        "LockIndex": e.lock_index,
+        "Key": e.key,
+        "Flags": e.flags,
+        "Value": e.value.as_ref().map(|v| base64::engine::general_purpose::STANDARD.encode(v)),
+        "CreateIndex": e.create_index,
+        "ModifyIndex": e.modify_index,
+        "Session": "",
+    })
+}
+
+fn bad(sentence: impl Into<String>) -> Resp {
+    text(StatusCode::BAD_REQUEST, sentence)
+}
+
+fn u64_param(pairs: &[(String, String)], name: &str) -> Result<Option<u64>, ApiError> {
+    match param(pairs, name) {
+        None => Ok(None),
+        Some(v) => v.parse::<u64>().map(Some).map_err(|_| {
+            ApiError::bad(format!("Invalid {name}: {v:?} is not an unsigned integer"))
+        }),
+    }
+}
+
+/// The consistency a read asked for.
+pub fn consistency(pairs: &[(String, String)]) -> Result<Consistency, ApiError> {
+    let stale = param(pairs, "stale").is_some();
+    if stale && param(pairs, "consistent").is_some() {
+        return Err(ApiError::bad(
+            "Cannot specify ?stale with ?consistent, conflicting semantics.",
+        ));
+    }
+    Ok(if stale {
+        Consistency::Stale
+    } else {
+        Consistency::Linearizable
+    })
+}
+
+fn sessions_refused(pairs: &[(String, String)]) -> Option<Resp> {
+    ["acquire", "release"]
+        .into_iter()
+        .find(|p| param(pairs, p).is_some())
+        .map(|p| {
+            bad(format!(
+                "?{p} is not supported: quorumd has no sessions or locks yet"
+            ))
+        })
+}
+
+/// What a GET asks for.
+#[derive(Debug, Clone)]
+enum Query {
+    One(String),
+    Tree(String),
+    Keys(String, Option<String>),
+}
+
+/// What it found.
+enum Found {
+    One(Option<KvEntry>),
+    Tree(Vec<KvEntry>),
+    Keys(Vec<String>),
+}
+
+async fn get(kv: &KvService, key: &str, pairs: &[(String, String)]) -> Resp {
+    let recurse = param(pairs, "recurse").is_some();
+    let keys = param(pairs, "keys").is_some();
+    let raw = param(pairs, "raw").is_some();
+    if let Err(reason) = check_key(key, recurse || keys) {
+        return bad(capitalize(&reason));
+    }
+    let consistency = match consistency(pairs) {
+        Ok(c) => c,
+        Err(e) => return e.response(),
+    };
+    let min_index = match u64_param(pairs, "index") {
+        Ok(i) => i.unwrap_or(0),
+        Err(e) => return e.response(),
+    };
+    let wait = match param(pairs, "wait") {
+        None => DEFAULT_WAIT,
+        Some(w) => match parse_go_duration(w) {
+            Some(d) => d.min(MAX_WAIT),
+            None => return bad(format!("Invalid wait time: {w:?}")),
+        },
+    };
+    let query = if keys {
+        Query::Keys(
+            key.to_string(),
+            param(pairs, "separator").map(str::to_string),
+        )
+    } else if recurse {
+        Query::Tree(key.to_string())
+    } else {
+        Query::One(key.to_string())
+    };
+    let prefix = !matches!(query, Query::One(_));
+    // Consul adds up to wait/16 of jitter, so that many watchers woken by
+    // one write do not all come back at once.
+    let jitter = wait.mul_f64(fastrand::f64() / 16.0);
+    let deadline = Instant::now() + wait + jitter;
+    loop {
+        // Register before reading: a write that lands after the read is
+        // then sure to fire the watch.
+        let watch = if min_index > 0 {
+            match kv.watch(key, prefix).await {
+                Ok(w) => Some(w),
+                Err(e) => return kv_error(&e, false, kv.settings().request_timeout),
+            }
+        } else {
+            None
+        };
+        let q = query.clone();
+        let listing = kv
+            .read(consistency, move |t| {
+                Ok(match q {
+                    Query::One(k) => map_listing(t.get(&k)?, Found::One),
+                    Query::Tree(p) => map_listing(t.list(&p)?, Found::Tree),
+                    Query::Keys(p, sep) => map_listing(t.keys(&p, sep.as_deref())?, Found::Keys),
+                })
+            })
+            .await;
+        let listing = match listing {
+            Ok(l) => l,
+            Err(e) => return kv_error(&e, false, kv.settings().request_timeout),
+        };
+        let done = min_index == 0
+            || listing.index > min_index
+            || min_index < listing.floor
+            || Instant::now() >= deadline;
+        match (done, watch) {
+            (false, Some(watch)) => {
+                let fired =
+                    futures_lite::future::or(async { watch.recv_async().await.is_ok() }, async {
+                        async_io::Timer::at(deadline).await;
+                        true
+                    })
+                    .await;
+                if !fired {
+                    return kv_error(&crate::kv::KvError::Stopped, false, Duration::ZERO);
+                }
+            }
+            _ => return render(listing, raw),
+        }
+    }
+}
+
+fn map_listing<T>(l: Listing<T>, f: impl FnOnce(T) -> Found) -> Listing<Found> {
+    Listing {
+        value: f(l.value),
+        index: l.index,
+        floor: l.floor,
+    }
+}
+
+fn render(listing: Listing<Found>, raw: bool) -> Resp {
+    let index = listing.index;
+    let not_found = || with_index(text_empty(StatusCode::NOT_FOUND), index);
+    let resp = match listing.value {
+        Found::One(None) => return not_found(),
+        Found::One(Some(entry)) if raw => {
+            let mut resp = Response::new(Full::new(Bytes::from(entry.value.unwrap_or_default())));
+            resp.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            resp.headers_mut().insert(
+                HeaderName::from_static("x-content-type-options"),
+                HeaderValue::from_static("nosniff"),
+            );
+            resp
+        }
+        Found::One(Some(entry)) => reply(StatusCode::OK, Value::Array(vec![entry_json(&entry)])),
+        Found::Tree(entries) if entries.is_empty() => return not_found(),
+        Found::Tree(entries) => reply(
+            StatusCode::OK,
+            Value::Array(entries.iter().map(entry_json).collect()),
+        ),
+        Found::Keys(keys) if keys.is_empty() => return not_found(),
+        Found::Keys(keys) => reply(StatusCode::OK, json!(keys)),
+    };
+    with_index(resp, index)
+}
+
+fn text_empty(status: StatusCode) -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = status;
+    resp
+}
+
+/// Refuses a client write under the reserved prefix.
+fn reserved(key: &str) -> Option<Resp> {
+    is_reserved(key).then(|| {
+        text(
+            StatusCode::FORBIDDEN,
+            format!("Permission denied: keys under {RESERVED_PREFIX} belong to the cluster and are read-only"),
+        )
+    })
+}
+
+async fn put(
+    kv: &KvService,
+    req: Request<Incoming>,
+    key: &str,
+    pairs: &[(String, String)],
+) -> Resp {
+    if let Some(resp) = sessions_refused(pairs) {
+        return resp;
+    }
+    if let Err(reason) = check_key(key, false) {
+        return bad(capitalize(&reason));
+    }
+    if let Some(resp) = reserved(key) {
+        return resp;
+    }
+    let (flags, cas) = match (u64_param(pairs, "flags"), u64_param(pairs, "cas")) {
+        (Ok(f), Ok(c)) => (f.unwrap_or(0), c),
+        (Err(e), _) | (_, Err(e)) => return e.response(),
+    };
+    let limit = kv.settings().max_value_bytes;
+    let value = match read_body(req, limit, "the value").await {
+        Ok(v) => v.to_vec(),
+        Err(e) => return e.response(),
+    };
+    let key = key.to_string();
+    let op = match cas {
+        Some(index) => KvOp::Cas {
+            key,
+            value,
+            flags,
+            index,
+        },
+        None => KvOp::Set { key, value, flags },
+    };
+    write(kv, vec![op]).await
+}
+
+async fn delete(kv: &KvService, key: &str, pairs: &[(String, String)]) -> Resp {
+    if let Some(resp) = sessions_refused(pairs) {
+        return resp;
+    }
+    let recurse = param(pairs, "recurse").is_some();
+    if let Err(reason) = check_key(key, recurse) {
+        return bad(capitalize(&reason));
+    }
+    if let Some(resp) = reserved(key) {
+        return resp;
+    }
+    let cas = match u64_param(pairs, "cas") {
+        Ok(c) => c,
+        Err(e) => return e.response(),
+    };
+    let key = key.to_string();
+    // As Consul: `recurse` wins over `cas`.
+    let op = match (recurse, cas) {
+        (true, _) => KvOp::DeleteTree { prefix: key },
+        (false, Some(index)) => KvOp::DeleteCas { key, index },
+        (false, None) => KvOp::Delete { key },
+    };
+    write(kv, vec![op]).await
+}
+
+/// Proposes a single-op write and answers `true`/`false` as Consul does.
+async fn write(kv: &KvService, ops: Vec<KvOp>) -> Resp {
+    match kv.write(ops).await {
+        Err(e) => kv_error(&e, true, kv.settings().request_timeout),
+        Ok(committed) => match committed.outcome {
+            Outcome::Committed(_) => {
+                with_index(reply(StatusCode::OK, json!(true)), committed.index)
+            }
+            Outcome::RolledBack(_) => {
+                with_index(reply(StatusCode::OK, json!(false)), committed.index)
+            }
+            Outcome::QuotaExceeded { size, limit } => quota_error(size, limit),
+            Outcome::Invalid(reason) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the write could not be applied: {reason}"),
+            ),
+        },
+    }
+}
+
+/// 507: the write would pass `max_store_bytes`.
+pub fn quota_error(size: u64, limit: u64) -> Resp {
+    text(
+        StatusCode::INSUFFICIENT_STORAGE,
+        format!(
+            "the store is full: this write would make it {size} bytes, over max_store_bytes = \
+             {limit}; delete keys to make room"
+        ),
+    )
+}
+
+fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
+        None => String::new(),
+    }
+}
+
+/// Parses a Go duration (`"10s"`, `"1m30s"`, `"1.5h"`, `"250ms"`, `"0"`), as
+/// Consul's `wait` parameter takes it.
+pub fn parse_go_duration(s: &str) -> Option<Duration> {
+    if s == "0" {
+        return Some(Duration::ZERO);
+    }
+    let mut rest = s;
+    if rest.is_empty() || rest.starts_with('-') {
+        return None;
+    }
+    rest = rest.strip_prefix('+').unwrap_or(rest);
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if num_len == 0 {
+            return None;
+        }
+        let n: f64 = rest[..num_len].parse().ok()?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += n * scale;
+    }
+    (total.is_finite() && total < 1e12).then(|| Duration::from_secs_f64(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations_parse_as_consul_reads_them() {
+        let d = |s| parse_go_duration(s);
+        assert_eq!(d("10s"), Some(Duration::from_secs(10)));
+        assert_eq!(d("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(d("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(d("1.5h"), Some(Duration::from_secs(5400)));
+        assert_eq!(d("0"), Some(Duration::ZERO));
+        for bad in ["", "10", "s", "-1s", "1x", "1s2", "1e400h"] {
+            assert_eq!(d(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn entries_render_as_consul_does() {
+        let e = KvEntry {
+            key: "a/b".into(),
+            value: Some(b"test".to_vec()),
+            flags: 42,
+            create_index: 3,
+            modify_index: 9,
+            lock_index: 0,
+        };
+        let v = entry_json(&e);
+        assert_eq!(v["Value"], "dGVzdA==");
+        assert_eq!(v["Key"], "a/b");
+        assert_eq!(v["Flags"], 42);
+        assert_eq!(
+            (v["CreateIndex"].as_u64(), v["ModifyIndex"].as_u64()),
+            (Some(3), Some(9))
+        );
+        let v = entry_json(&KvEntry { value: None, ..e });
+        assert!(v["Value"].is_null());
+    }
+}

@@ -1,0 +1,282 @@
+//! The HTTP API on every node's `admin` address: hyper 1 on async-std's
+//! sockets, through smol-hyper.
+//!
+//! | routes | module |
+//! |---|---|
+//! | `/admin/cluster/*`, `/health`, `/ready`, `/metrics` | [`cluster`] |
+//! | `/v1/kv/<key>` | [`kv`]: Consul's KV API |
+//! | `/v1/txn` | [`txn`]: Consul's transaction API, KV verbs only |
+//!
+//! Unknown routes get 404 and other methods 405. The cluster routes answer
+//! errors as JSON `{"error": ...}`; the Consul routes answer a short sentence
+//! as text, as Consul does.
+
+pub mod cluster;
+pub mod kv;
+pub mod txn;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_std::net::{TcpListener, TcpStream};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use log::{debug, warn};
+use serde_json::{json, Value};
+use smol_hyper::rt::{FuturesIo, SmolTimer};
+
+use crate::config::ClusterConfig;
+use crate::error::{Error, Result};
+use crate::health::HealthHandle;
+use crate::kv::{KvError, KvService};
+use crate::metrics::Metrics;
+use crate::raft::ReplicaHandle;
+use crate::runtime::or_shutdown;
+
+/// Connections served at once; more wait in the listen backlog. Blocking
+/// queries hold a connection for up to their `wait`, so this is generous.
+pub const MAX_ADMIN_CONNECTIONS: usize = 256;
+/// A client must send its request headers within this time.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the HTTP API reads from. Cheap to clone.
+#[derive(Clone)]
+pub struct AdminState {
+    /// The validated cluster file.
+    pub config: Arc<ClusterConfig>,
+    /// This node's id.
+    pub node_id: u64,
+    /// Peer health.
+    pub health: HealthHandle,
+    /// The `__meta/0` replica.
+    pub meta: ReplicaHandle,
+    /// The key-value store on `__meta/0`.
+    pub kv: KvService,
+    /// Set once bootstrap completes.
+    pub bootstrap_complete: Arc<AtomicBool>,
+    /// Served on `/metrics`.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Opens the admin listener.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|source| Error::Bind {
+        what: "the admin API",
+        addr,
+        source,
+    })
+}
+
+/// Serves the API until `shutdown` closes.
+pub fn spawn(
+    listener: TcpListener,
+    state: AdminState,
+    shutdown: flume::Receiver<()>,
+) -> crate::runtime::Task<()> {
+    crate::runtime::spawn(async move {
+        let open = Arc::new(AtomicUsize::new(0));
+        loop {
+            let accepted = or_shutdown(&shutdown, listener.accept()).await;
+            let stream = match accepted {
+                None => break,
+                Some(Ok((stream, _))) => stream,
+                Some(Err(e)) => {
+                    warn!("admin listener accept failed: {e}");
+                    async_io::Timer::after(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if open.load(Ordering::Relaxed) >= MAX_ADMIN_CONNECTIONS {
+                debug!("admin: too many connections, closing one");
+                continue;
+            }
+            open.fetch_add(1, Ordering::Relaxed);
+            let (state, open, shutdown) = (state.clone(), open.clone(), shutdown.clone());
+            crate::runtime::spawn(async move {
+                or_shutdown(&shutdown, serve(stream, state)).await;
+                open.fetch_sub(1, Ordering::Relaxed);
+            })
+            .detach();
+        }
+        debug!("admin listener closed");
+    })
+}
+
+async fn serve(stream: TcpStream, state: AdminState) {
+    let _ = stream.set_nodelay(true);
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let state = state.clone();
+        async move { Ok::<_, std::convert::Infallible>(route(&state, req).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(SmolTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    if let Err(e) = builder
+        .serve_connection(FuturesIo::new(stream), service)
+        .await
+    {
+        debug!("admin connection ended: {e}");
+    }
+}
+
+async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    if let Some(key) = path.strip_prefix("/v1/kv/") {
+        let key = key.to_string();
+        return kv::handle(state, req, &key).await;
+    }
+    if path == "/v1/kv" {
+        return kv::handle(state, req, "").await;
+    }
+    if path == "/v1/txn" {
+        return txn::handle(state, req).await;
+    }
+    cluster::handle(state, &req, &path).await
+}
+
+/// A JSON answer.
+pub fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// A short sentence, as Consul answers its errors.
+pub fn text(status: StatusCode, sentence: impl Into<String>) -> Response<Full<Bytes>> {
+    let mut body = sentence.into();
+    body.push('\n');
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// 405 with the methods the route takes, in the style of the route.
+pub fn method_not_allowed(
+    path: &str,
+    method: &Method,
+    allow: &'static str,
+    json_body: bool,
+) -> Response<Full<Bytes>> {
+    let sentence = format!("method {method} not allowed on {path}; use {allow}");
+    let mut resp = if json_body {
+        reply(StatusCode::METHOD_NOT_ALLOWED, json!({ "error": sentence }))
+    } else {
+        text(StatusCode::METHOD_NOT_ALLOWED, sentence)
+    };
+    resp.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    resp
+}
+
+/// The answer to a request the cluster could not serve.
+pub fn kv_error(e: &KvError, write: bool, timeout: Duration) -> Response<Full<Bytes>> {
+    let t = humantime::format_duration(timeout);
+    let sentence = match (e, write) {
+        (KvError::NoLeader, true) => {
+            format!("No cluster leader within {t}: the write was not applied")
+        }
+        (KvError::NoLeader, false) => format!("No cluster leader within {t}"),
+        (KvError::TimedOut, true) => format!(
+            "timed out after {t} waiting for the write to commit: it may or may not have been applied"
+        ),
+        (KvError::TimedOut, false) => format!("timed out after {t} waiting for the read index"),
+        (KvError::Stopped, _) => "the node is shutting down".to_string(),
+        (KvError::Storage(reason), _) => format!("storage failure: {reason}"),
+    };
+    let status = if matches!(e, KvError::Stopped) {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
+    text(status, sentence)
+}
+
+/// A refused request: its status and the sentence that says why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// One sentence, sent as the body.
+    pub sentence: String,
+}
+
+impl ApiError {
+    /// Any status.
+    pub fn new(status: StatusCode, sentence: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            sentence: sentence.into(),
+        }
+    }
+
+    /// 400.
+    pub fn bad(sentence: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, sentence)
+    }
+
+    /// The answer, as text.
+    pub fn response(self) -> Response<Full<Bytes>> {
+        text(self.status, self.sentence)
+    }
+}
+
+/// Reads a request body of at most `limit` bytes; larger is a 413.
+pub async fn read_body(
+    req: Request<Incoming>,
+    limit: u64,
+    what: &str,
+) -> std::result::Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("{what} exceeds the {limit}-byte limit"),
+        )
+    };
+    let announced = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    match Limited::new(req.into_body(), limit as usize)
+        .collect()
+        .await
+    {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_large())
+        }
+        Err(e) => Err(ApiError::bad(format!("cannot read the request body: {e}"))),
+    }
+}
+
+/// Query parameters in order; a flag without a value has an empty one.
+pub fn query_pairs(req: &Request<Incoming>) -> Vec<(String, String)> {
+    form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// The value of a parameter, if present (a flag: `Some("")`).
+pub fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}

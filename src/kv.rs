@@ -1,0 +1,126 @@
+//! The KV service: what the HTTP API asks of the store and of `__meta/0`.
+//!
+//! - A write becomes one [`Command`], proposed through the replica (raft-rs
+//!   forwards it to the leader from a follower) and answered once it is
+//!   applied on this node.
+//! - A read is linearizable unless the client asks for `stale`: it waits for
+//!   raft's ReadIndex (never a log write), then reads the store as this node
+//!   has applied it. A stale read skips the wait.
+//! - A watch fires once a later write touches a key or prefix; blocking
+//!   queries are built from it.
+//!
+//! Reads of the redb file run on the blocking pool, never on the executor.
+
+use std::sync::Arc;
+
+use crate::config::StoreSettings;
+use crate::raft::redb_store::RedbLogStore;
+use crate::raft::replica::Gauge;
+use crate::raft::{Committed, ReplicaHandle, RequestError};
+use crate::store::machine::{self, ReadTables};
+use crate::store::{Command, KvOp};
+
+/// How a read is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// Linearizable: reflects every write acknowledged before the read
+    /// started, on whichever node it lands (the default, and `?consistent`).
+    #[default]
+    Linearizable,
+    /// From this node's replica as it is, without asking the leader
+    /// (`?stale`).
+    Stale,
+}
+
+/// Why a KV request failed. Each maps to one HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KvError {
+    /// No leader was known within the request timeout. A write was not
+    /// applied.
+    #[error("no cluster leader")]
+    NoLeader,
+    /// The request reached the cluster but got no answer within the request
+    /// timeout. A write may or may not have been applied.
+    #[error("timed out waiting for the cluster")]
+    TimedOut,
+    /// The node is shutting down.
+    #[error("the node is shutting down")]
+    Stopped,
+    /// The store failed; the node stops.
+    #[error("storage failure: {0}")]
+    Storage(String),
+}
+
+impl From<RequestError> for KvError {
+    fn from(e: RequestError) -> Self {
+        match e {
+            RequestError::NoLeader => KvError::NoLeader,
+            RequestError::TimedOut => KvError::TimedOut,
+            RequestError::Stopped => KvError::Stopped,
+        }
+    }
+}
+
+/// See the module documentation. Cheap to clone.
+#[derive(Clone)]
+pub struct KvService {
+    replica: ReplicaHandle,
+    store: Arc<RedbLogStore>,
+    settings: StoreSettings,
+}
+
+impl KvService {
+    /// The service of the `__meta/0` replica and its store.
+    pub fn new(replica: ReplicaHandle, store: Arc<RedbLogStore>, settings: StoreSettings) -> Self {
+        KvService {
+            replica,
+            store,
+            settings,
+        }
+    }
+
+    /// The `[store]` limits.
+    pub fn settings(&self) -> &StoreSettings {
+        &self.settings
+    }
+
+    /// Leader and last contact, for response headers.
+    pub fn gauge(&self) -> &Gauge {
+        self.replica.gauge()
+    }
+
+    /// Runs a query with the given consistency.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        consistency: Consistency,
+        query: impl FnOnce(&ReadTables) -> machine::Result<T> + Send + 'static,
+    ) -> Result<T, KvError> {
+        if consistency == Consistency::Linearizable {
+            self.replica.read_index().await?;
+        }
+        let store = self.store.clone();
+        blocking::unblock(move || store.read(query))
+            .await
+            .map_err(|e| KvError::Storage(e.to_string()))
+    }
+
+    /// Proposes `ops` as one client command and waits until it is applied
+    /// on this node.
+    pub async fn write(&self, ops: Vec<KvOp>) -> Result<Committed, KvError> {
+        let cmd = Command {
+            max_store_bytes: self.settings.max_store_bytes,
+            from_client: true,
+            ops,
+        };
+        Ok(self.replica.propose(cmd.encode()).await?)
+    }
+
+    /// Registers a watch on `key` (or the prefix `key`); see
+    /// [`ReplicaHandle::watch`].
+    pub async fn watch(&self, key: &str, prefix: bool) -> Result<flume::Receiver<()>, KvError> {
+        self.replica
+            .watch(key.to_string(), prefix)
+            .await
+            .ok_or(KvError::Stopped)
+    }
+}
