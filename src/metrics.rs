@@ -44,6 +44,11 @@ pub struct Metrics {
     received: Family<PeerLabels, Counter>,
     dropped: Family<PeerLabels, Counter>,
     ready_seconds: Histogram,
+    snapshots_installed: Counter,
+    snapshots_built: Counter,
+    compactions: Counter,
+    log_entries: Gauge,
+    applied_index: Gauge,
 }
 
 impl Default for Metrics {
@@ -109,7 +114,42 @@ impl Metrics {
             "Time to handle one Raft Ready, durable write included",
             ready_seconds.clone(),
         );
+        let snapshots_installed = Counter::default();
+        let snapshots_built = Counter::default();
+        let compactions = Counter::default();
+        let log_entries = Gauge::default();
+        let applied_index = Gauge::default();
+        registry.register(
+            "raft_snapshots_installed",
+            "Snapshots received from the leader and installed (this node was behind the compacted log)",
+            snapshots_installed.clone(),
+        );
+        registry.register(
+            "raft_snapshots_built",
+            "Snapshots built for followers behind the compacted log",
+            snapshots_built.clone(),
+        );
+        registry.register(
+            "raft_log_compactions",
+            "Times the log was compacted after a snapshot point",
+            compactions.clone(),
+        );
+        registry.register(
+            "raft_log_entries",
+            "Log entries held in memory",
+            log_entries.clone(),
+        );
+        registry.register(
+            "raft_applied_index",
+            "Highest index applied to the store",
+            applied_index.clone(),
+        );
         Metrics {
+            snapshots_installed,
+            snapshots_built,
+            compactions,
+            log_entries,
+            applied_index,
             registry,
             role,
             term,
@@ -183,6 +223,27 @@ impl Metrics {
     /// Records the time one Ready took.
     pub fn observe_ready(&self, d: Duration) {
         self.ready_seconds.observe(d.as_secs_f64());
+    }
+
+    /// A snapshot from the leader was installed.
+    pub fn snapshot_installed(&self) {
+        self.snapshots_installed.inc();
+    }
+
+    /// A snapshot was built for a follower.
+    pub fn snapshot_built(&self) {
+        self.snapshots_built.inc();
+    }
+
+    /// The log was compacted.
+    pub fn compacted(&self) {
+        self.compactions.inc();
+    }
+
+    /// The log held in memory and the applied index.
+    pub fn set_log(&self, entries: u64, applied: u64) {
+        self.log_entries.set(entries as i64);
+        self.applied_index.set(applied as i64);
     }
 
     fn peer(&self, family: &Family<PeerLabels, Counter>, peer: u64) -> Counter {

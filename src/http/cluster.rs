@@ -118,6 +118,7 @@ pub async fn status_json(state: &AdminState) -> Value {
         "live_peers": live,
         "commit_index": status.as_ref().map(|s| s.commit_index),
         "applied_index": status.as_ref().map(|s| s.applied_index),
+        "snapshot_index": status.as_ref().map(|s| s.snapshot_index),
     })
 }
 

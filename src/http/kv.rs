@@ -284,7 +284,7 @@ fn reserved(key: &str) -> Option<Resp> {
     is_reserved(key).then(|| {
         text(
             StatusCode::FORBIDDEN,
-            format!("Permission denied: keys under {RESERVED_PREFIX} belong to the cluster and are read-only"),
+            format!("Permission denied: keys under {RESERVED_PREFIX} are reserved for the cluster and read-only"),
         )
     })
 }

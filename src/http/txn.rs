@@ -133,7 +133,7 @@ fn parse(body: &[u8], max_value_bytes: u64) -> Result<Vec<KvOp>, ApiError> {
                 StatusCode::FORBIDDEN,
                 format!(
                     "Permission denied: operation {i} writes {:?}; keys under {RESERVED_PREFIX} \
-                     belong to the cluster and are read-only",
+                     are reserved for the cluster and read-only",
                     op.key()
                 ),
             ));
@@ -217,9 +217,11 @@ fn parse_op(i: usize, item: &Value, max_value_bytes: u64) -> Result<KvOp, ApiErr
         "delete" => KvOp::Delete { key },
         "delete-tree" => KvOp::DeleteTree { prefix: key },
         "delete-cas" => KvOp::DeleteCas { key, index },
-        "lock" | "unlock" | "check-session" => return Err(bad(format!(
+        "lock" | "unlock" | "check-session" => {
+            return Err(bad(format!(
             "operation {i}: verb {verb:?} is not supported: quorumd has no sessions or locks yet"
-        ))),
+        )))
+        }
         "" => return Err(bad(format!("operation {i}: missing Verb"))),
         other => return Err(bad(format!("operation {i}: unknown verb {other:?}"))),
     })

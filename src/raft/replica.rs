@@ -170,6 +170,9 @@ pub struct ReplicaStatus {
     pub last_index: u64,
     /// The peer a leader is handing leadership to, while it does.
     pub transferring_to: Option<u64>,
+    /// The index of the last compaction or installed snapshot: the log
+    /// starts after it.
+    pub snapshot_index: u64,
 }
 
 impl ReplicaStatus {
@@ -629,6 +632,7 @@ impl PartitionReplica {
                 self.building_snapshot = false;
                 match result {
                     Ok(snapshot) => {
+                        self.metrics.snapshot_built();
                         let index = snapshot.get_metadata().index;
                         info!(
                             "{}: built a snapshot at index {index} ({} bytes) for followers",
@@ -833,6 +837,7 @@ impl PartitionReplica {
             applied_index: raft.raft_log.applied,
             last_index: raft.raft_log.last_index(),
             transferring_to: raft.lead_transferee,
+            snapshot_index: self.node.store().snapshot_index(),
         }
     }
 
@@ -977,7 +982,9 @@ impl PartitionReplica {
             if let Some((index, _)) = batch.compact {
                 view.compact(index);
                 debug!("{}: log compacted up to {index}", self.group);
+                self.metrics.compacted();
             }
+            self.metrics.set_log(view.held().0, self.applied);
         }
         if batch.snapshot.is_some() || batch.compact.is_some() {
             // Installed or compacted: tombstones may be gone, so every
@@ -987,6 +994,7 @@ impl PartitionReplica {
             }
         }
         if let Some(s) = &batch.snapshot {
+            self.metrics.snapshot_installed();
             info!(
                 "{}: installed a snapshot at index {} ({} bytes)",
                 self.group,

@@ -46,18 +46,39 @@ pub fn http_within(
     path: &str,
     timeout: Duration,
 ) -> std::io::Result<Response> {
+    request(addr, method, path, b"", timeout)
+}
+
+/// Sends `METHOD path` with a body (a blocking query may take up to 30 s).
+pub fn http_body(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> std::io::Result<Response> {
+    request(addr, method, path, body, Duration::from_secs(30))
+}
+
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> std::io::Result<Response> {
     let mut s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    let body_headers = if method == "GET" || method == "HEAD" {
-        ""
+    let body_headers = if (method == "GET" || method == "HEAD") && body.is_empty() {
+        String::new()
     } else {
-        "Content-Length: 0\r\n"
+        format!("Content-Length: {}\r\n", body.len())
     };
     write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\n{body_headers}Connection: close\r\n\r\n"
     )?;
+    s.write_all(body)?;
     s.flush()?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;

@@ -30,7 +30,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 mod http;
-pub use http::{http, http_within, Response};
+pub use http::{http, http_body, http_within, Response};
 
 /// The binary under test, built by cargo for this test run.
 pub const BIN: &str = env!("CARGO_BIN_EXE_quorumd");
@@ -125,6 +125,10 @@ pub struct Spec {
     pub tick_interval: Option<String>,
     pub election_ticks: Option<u32>,
     pub heartbeat_ticks: Option<u32>,
+    /// More `key = value` lines for the `[raft]` table.
+    pub raft_lines: Vec<String>,
+    /// Lines of the `[store]` table (none: the table is left out).
+    pub store_lines: Vec<String>,
     pub nodes: BTreeMap<u64, NodeAddrs>,
 }
 
@@ -152,8 +156,22 @@ impl Spec {
             tick_interval: None,
             election_ticks: None,
             heartbeat_ticks: None,
+            raft_lines: Vec::new(),
+            store_lines: Vec::new(),
             nodes,
         }
+    }
+
+    /// Adds a `key = value` line to the `[raft]` table.
+    pub fn raft(mut self, line: &str) -> Spec {
+        self.raft_lines.push(line.to_string());
+        self
+    }
+
+    /// Adds a `key = value` line to the `[store]` table.
+    pub fn store(mut self, line: &str) -> Spec {
+        self.store_lines.push(line.to_string());
+        self
     }
 
     pub fn quorum_wait(mut self, d: &str) -> Spec {
@@ -193,6 +211,15 @@ impl Spec {
         }
         if let Some(n) = self.heartbeat_ticks {
             let _ = writeln!(s, "heartbeat_ticks = {n}");
+        }
+        for line in &self.raft_lines {
+            let _ = writeln!(s, "{line}");
+        }
+        if !self.store_lines.is_empty() {
+            let _ = writeln!(s, "\n[store]");
+            for line in &self.store_lines {
+                let _ = writeln!(s, "{line}");
+            }
         }
         for (id, n) in &self.nodes {
             let _ = writeln!(s);
@@ -380,6 +407,28 @@ impl TestCluster {
     /// GET `path` on node `id`'s admin address.
     pub fn get(&self, id: u64, path: &str) -> std::io::Result<Response> {
         http(self.admin(id), "GET", path)
+    }
+
+    /// `METHOD path` with `body` on node `id`'s admin address; panics if the
+    /// node does not answer at all.
+    pub fn call(&self, id: u64, method: &str, path: &str, body: &[u8]) -> Response {
+        http_body(self.admin(id), method, path, body)
+            .unwrap_or_else(|e| panic!("{method} {path} on node {id}: {e}"))
+    }
+
+    /// `PUT /v1/kv/<key>` with `value`; the answer.
+    pub fn kv_put(&self, id: u64, key: &str, value: &[u8]) -> Response {
+        self.call(id, "PUT", &format!("/v1/kv/{key}"), value)
+    }
+
+    /// `GET /v1/kv/<key>?raw` (plus `extra` parameters); the value, or `None` on 404.
+    pub fn kv_get(&self, id: u64, key: &str, extra: &str) -> Option<String> {
+        let r = self.call(id, "GET", &format!("/v1/kv/{key}?raw{extra}"), b"");
+        match r.status {
+            200 => Some(r.body),
+            404 => None,
+            other => panic!("GET {key} on node {id}: {other} {}", r.body),
+        }
     }
 
     /// `/admin/cluster/status` of node `id`, or `None` if it does not answer
