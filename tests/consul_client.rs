@@ -1,0 +1,80 @@
+//! "Compatible with Consul's KV API" means a real Consul client works
+//! unchanged: this test drives a 3-node cluster with py-consul, from PyPI.
+//!
+//! The test sets up its own throwaway virtualenv under `target/` (created
+//! once, reused while it holds the pinned version) with `python3 -m venv`
+//! and pip; nothing is installed by hand.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::{Spec, TestCluster};
+
+/// The client library and the version the test pins.
+const PY_CONSUL: &str = "py-consul==1.8.0";
+
+fn venv() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let dir = target.join("test-venv-py-consul");
+    let python = dir.join("bin/python");
+    let ready = dir.join(format!("{PY_CONSUL}.installed"));
+    if ready.exists() {
+        return python;
+    }
+    let run = |cmd: &mut Command, what: &str| {
+        let out = cmd
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+        assert!(
+            out.status.success(),
+            "{what} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    run(
+        Command::new("python3").args(["-m", "venv"]).arg(&dir),
+        "python3 -m venv",
+    );
+    run(
+        Command::new(&python).args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            PY_CONSUL,
+        ]),
+        "pip install py-consul",
+    );
+    std::fs::write(&ready, b"").expect("mark the venv ready");
+    python
+}
+
+#[test]
+fn py_consul_works_against_a_three_node_cluster_unchanged() {
+    let python = venv();
+    let mut c = TestCluster::new(Spec::new("py-consul", 3));
+    c.start_all();
+    c.wait_agreed_leader(&[1, 2, 3]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/pyconsul_kv.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .args(c.ids().iter().map(|&id| c.admin(id).to_string()))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the py-consul script");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.trim() == "OK",
+        "py-consul failed against quorumd:\n{stdout}\n{stderr}\n{}",
+        c.diagnostics()
+    );
+}
