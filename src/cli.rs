@@ -1,4 +1,5 @@
-//! The command line: `quorumd run`, `quorumd check`, `quorumd status`.
+//! The command line: `quorumd run`, `quorumd check`, `quorumd status`,
+//! `quorumd kv`.
 //!
 //! Each command returns a [`Result`]; `main` turns an error into its exit code
 //! and one sentence on stderr.
@@ -44,6 +45,11 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         cluster: PathBuf,
     },
+    /// Read and write the key-value store, like `consul kv`.
+    Kv {
+        #[command(subcommand)]
+        command: crate::kv_cli::KvCommand,
+    },
     /// Validate a cluster file and print a summary.
     Check {
         /// The cluster file.
@@ -56,6 +62,7 @@ pub enum Command {
 pub fn run(cli: Cli, started: Instant) -> Result<()> {
     match cli.command {
         Command::Status { cluster } => crate::status::run(&ClusterConfig::load(&cluster)?),
+        Command::Kv { command } => crate::kv_cli::run(command),
         Command::Check { file } => {
             let config = ClusterConfig::load(&file)?;
             print!("{}", config.summary());

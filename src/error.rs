@@ -79,6 +79,11 @@ pub enum Error {
     #[error("{0}")]
     Unhealthy(String),
 
+    /// A command's request failed: no node answered, a key is missing, a
+    /// CAS check failed, or the node refused it.
+    #[error("{0}")]
+    Request(String),
+
     /// A Raft invariant failed. Fatal.
     #[error("raft error: {0}")]
     Raft(#[from] raft::Error),
@@ -111,6 +116,7 @@ impl Error {
             | Error::StorageCorrupt { .. }
             | Error::Storage { .. }
             | Error::Unhealthy(_)
+            | Error::Request(_)
             | Error::Raft(_)
             | Error::Internal(_)
             | Error::Io { .. } => 1,

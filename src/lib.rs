@@ -14,12 +14,14 @@
 //! server.
 
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod coordinator;
 pub mod error;
 pub mod health;
 pub mod http;
 pub mod kv;
+pub mod kv_cli;
 pub mod metrics;
 pub mod quorum;
 pub mod raft;

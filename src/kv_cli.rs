@@ -1,0 +1,384 @@
+//! `quorumd kv get|put|delete|list|watch`: the store from the shell, like
+//! `consul kv`.
+//!
+//! Each command talks to the first node of the cluster file that answers, or
+//! to `--node`. A missing key and a failed CAS exit 1 with one sentence.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use base64::Engine as _;
+use clap::{Args, Subcommand};
+use hyper::Method;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use serde_json::Value;
+
+use crate::client::{self, Response};
+use crate::config::{ClusterConfig, NodeConfig};
+use crate::error::{Error, Result};
+
+/// What a key may contain unescaped in a URL path.
+const KEY_ESCAPE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'/')
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// The `kv` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KvCommand {
+    /// Print a key's value.
+    Get {
+        #[command(flatten)]
+        target: Target,
+        /// The key.
+        key: String,
+    },
+    /// Write a value ("-" reads it from stdin, "@FILE" from a file).
+    Put {
+        #[command(flatten)]
+        target: Target,
+        /// Write only if the key's ModifyIndex is INDEX (0: only if absent).
+        #[arg(long, value_name = "INDEX")]
+        cas: Option<u64>,
+        /// Consul's opaque flags.
+        #[arg(long)]
+        flags: Option<u64>,
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+    },
+    /// Delete a key, or every key under a prefix.
+    Delete {
+        #[command(flatten)]
+        target: Target,
+        /// Delete every key that starts with KEY.
+        #[arg(long)]
+        recurse: bool,
+        /// Delete only if the key's ModifyIndex is INDEX.
+        #[arg(long, value_name = "INDEX")]
+        cas: Option<u64>,
+        /// The key or prefix.
+        key: String,
+    },
+    /// Print `key = value` for every key under a prefix.
+    List {
+        #[command(flatten)]
+        target: Target,
+        /// The prefix (default: every key).
+        #[arg(default_value = "")]
+        prefix: String,
+    },
+    /// Print a key (or with --recurse, a prefix) now and on every change,
+    /// until Ctrl-C.
+    Watch {
+        #[command(flatten)]
+        target: Target,
+        /// Watch every key under KEY.
+        #[arg(long)]
+        recurse: bool,
+        /// The key or prefix.
+        key: String,
+    },
+}
+
+/// Which cluster, and optionally which node.
+#[derive(Debug, Args)]
+pub struct Target {
+    /// The cluster file.
+    #[arg(long, value_name = "FILE")]
+    cluster: PathBuf,
+    /// Ask this node instead of the first one that answers.
+    #[arg(long, value_name = "ID")]
+    node: Option<u64>,
+}
+
+/// The time a request may take (a blocking query waits up to [`WATCH_WAIT`]).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// The `wait` of each blocking query of `watch`.
+const WATCH_WAIT: &str = "60s";
+
+/// Runs a `kv` command.
+pub fn run(command: KvCommand) -> Result<()> {
+    match command {
+        KvCommand::Get { target, key } => {
+            let r = target.ask(Method::GET, &format!("{}?raw", path(&key)), Vec::new())?;
+            match r.status {
+                200 => {
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(&r.body)
+                        .and_then(|_| out.write_all(b"\n"))
+                        .map_err(|e| Error::io("cannot write the value", e))
+                }
+                404 => Err(Error::Request(format!("key {key:?} does not exist"))),
+                _ => Err(refused(&r)),
+            }
+        }
+        KvCommand::Put {
+            target,
+            cas,
+            flags,
+            key,
+            value,
+        } => {
+            let mut query = Vec::new();
+            if let Some(c) = cas {
+                query.push(format!("cas={c}"));
+            }
+            if let Some(f) = flags {
+                query.push(format!("flags={f}"));
+            }
+            let body = read_value(&value)?;
+            let r = target.ask(Method::PUT, &with_query(&key, &query), body)?;
+            match (r.status, r.text().as_str()) {
+                (200, "true") => {
+                    println!("Success! Data written to: {key}");
+                    Ok(())
+                }
+                (200, "false") => Err(Error::Request(format!(
+                    "CAS failed: {key:?} {}; nothing was written",
+                    match cas {
+                        Some(0) => "exists already".to_string(),
+                        Some(i) => format!("was modified since index {i}"),
+                        None => "was not written".to_string(),
+                    }
+                ))),
+                _ => Err(refused(&r)),
+            }
+        }
+        KvCommand::Delete {
+            target,
+            recurse,
+            cas,
+            key,
+        } => {
+            let mut query = Vec::new();
+            if recurse {
+                query.push("recurse".to_string());
+            }
+            if let Some(c) = cas {
+                query.push(format!("cas={c}"));
+            }
+            let r = target.ask(Method::DELETE, &with_query(&key, &query), Vec::new())?;
+            match (r.status, r.text().as_str()) {
+                (200, "true") if recurse => {
+                    println!("Success! Deleted keys with prefix: {key}");
+                    Ok(())
+                }
+                (200, "true") => {
+                    println!("Success! Deleted key: {key}");
+                    Ok(())
+                }
+                (200, "false") => Err(Error::Request(format!(
+                    "CAS failed: {key:?} was modified since index {}; nothing was deleted",
+                    cas.unwrap_or(0)
+                ))),
+                _ => Err(refused(&r)),
+            }
+        }
+        KvCommand::List { target, prefix } => {
+            let r = target.ask(
+                Method::GET,
+                &format!("{}?recurse", path(&prefix)),
+                Vec::new(),
+            )?;
+            match r.status {
+                200 => {
+                    print!("{}", listing(&parse_entries(&r)?));
+                    Ok(())
+                }
+                404 => Ok(()),
+                _ => Err(refused(&r)),
+            }
+        }
+        KvCommand::Watch {
+            target,
+            recurse,
+            key,
+        } => watch(&target, &key, recurse),
+    }
+}
+
+impl Target {
+    /// The nodes to try, in order.
+    fn nodes(&self) -> Result<(ClusterConfig, Vec<NodeConfig>)> {
+        let config = ClusterConfig::load(&self.cluster)?;
+        let nodes = match self.node {
+            Some(id) => vec![config.require_node(id)?.clone()],
+            None => config.nodes.clone(),
+        };
+        Ok((config, nodes))
+    }
+
+    /// Sends the request to the first node that answers.
+    fn ask(&self, method: Method, path: &str, body: Vec<u8>) -> Result<Response> {
+        self.ask_within(method, path, body, REQUEST_TIMEOUT)
+    }
+
+    fn ask_within(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Response> {
+        let (config, nodes) = self.nodes()?;
+        let mut failures = Vec::new();
+        for node in &nodes {
+            match client::request(node.admin, method.clone(), path, body.clone(), timeout) {
+                Ok(r) => return Ok(r),
+                Err(e) => failures.push(format!("node {} ({}): {e}", node.id, node.admin)),
+            }
+        }
+        Err(Error::Request(format!(
+            "no node of cluster '{}' answered: {}",
+            config.name,
+            failures.join("; ")
+        )))
+    }
+}
+
+fn path(key: &str) -> String {
+    format!("/v1/kv/{}", utf8_percent_encode(key, KEY_ESCAPE))
+}
+
+fn with_query(key: &str, query: &[String]) -> String {
+    if query.is_empty() {
+        path(key)
+    } else {
+        format!("{}?{}", path(key), query.join("&"))
+    }
+}
+
+fn read_value(value: &str) -> Result<Vec<u8>> {
+    if value == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .map_err(|e| Error::io("cannot read the value from stdin", e))?;
+        return Ok(buf);
+    }
+    if let Some(file) = value.strip_prefix('@') {
+        return std::fs::read(file).map_err(|e| Error::io(format!("cannot read {file}"), e));
+    }
+    Ok(value.as_bytes().to_vec())
+}
+
+/// The node's own sentence, for an answer that is not a success.
+fn refused(r: &Response) -> Error {
+    Error::Request(format!("the node answered {}: {}", r.status, r.text()))
+}
+
+/// `(key, value)` pairs of a JSON listing.
+fn parse_entries(r: &Response) -> Result<Vec<(String, Vec<u8>)>> {
+    let doc: Value = serde_json::from_slice(&r.body)
+        .map_err(|e| Error::Request(format!("the node answered malformed JSON: {e}")))?;
+    let bad = || Error::Request("the node answered an unexpected listing".to_string());
+    doc.as_array()
+        .ok_or_else(bad)?
+        .iter()
+        .map(|e| {
+            let key = e["Key"].as_str().ok_or_else(bad)?.to_string();
+            let value = match e["Value"].as_str() {
+                None => Vec::new(),
+                Some(v) => base64::engine::general_purpose::STANDARD
+                    .decode(v)
+                    .map_err(|_| bad())?,
+            };
+            Ok((key, value))
+        })
+        .collect()
+}
+
+/// `key = value` lines; a value that is not UTF-8 prints as base64.
+fn listing(entries: &[(String, Vec<u8>)]) -> String {
+    let mut out = String::new();
+    for (key, value) in entries {
+        let shown = match std::str::from_utf8(value) {
+            Ok(text) => text.to_string(),
+            Err(_) => format!(
+                "base64:{}",
+                base64::engine::general_purpose::STANDARD.encode(value)
+            ),
+        };
+        out.push_str(&format!("{key} = {shown}\n"));
+    }
+    out
+}
+
+fn watch(target: &Target, key: &str, recurse: bool) -> Result<()> {
+    let mut index = 0u64;
+    let base = if recurse {
+        format!("{}?recurse", path(key))
+    } else {
+        path(key)
+    };
+    let wait = crate::http::kv::parse_go_duration(WATCH_WAIT).unwrap_or_default();
+    loop {
+        let url = if index == 0 {
+            base.clone()
+        } else {
+            let sep = if recurse { '&' } else { '?' };
+            format!("{base}{sep}index={index}&wait={WATCH_WAIT}")
+        };
+        let r = match target.ask_within(Method::GET, &url, Vec::new(), wait * 2) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("quorumd: {e}; retrying");
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let new_index: u64 = r
+            .header("x-consul-index")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if !(r.status == 200 || r.status == 404) {
+            eprintln!("quorumd: {}; retrying", refused(&r));
+            std::thread::sleep(Duration::from_secs(1));
+            continue;
+        }
+        if new_index != index {
+            let entries = if r.status == 200 {
+                parse_entries(&r)?
+            } else {
+                Vec::new()
+            };
+            let mut out = format!("# index {new_index}\n");
+            if entries.is_empty() {
+                out.push_str(&format!("# {key} has no keys\n"));
+            }
+            out.push_str(&listing(&entries));
+            let mut stdout = std::io::stdout().lock();
+            stdout
+                .write_all(out.as_bytes())
+                .and_then(|_| stdout.flush())
+                .map_err(|e| Error::io("cannot write", e))?;
+        }
+        // An index that went backwards (another node, a restore): re-read.
+        index = if new_index < index { 0 } else { new_index };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_escaped_but_slashes_kept() {
+        assert_eq!(path("a/b c?d"), "/v1/kv/a/b%20c%3Fd");
+        assert_eq!(
+            with_query("k", &["cas=0".into(), "flags=2".into()]),
+            "/v1/kv/k?cas=0&flags=2"
+        );
+    }
+
+    #[test]
+    fn listings_show_text_or_base64() {
+        let out = listing(&[("a".into(), b"x".to_vec()), ("b".into(), vec![0xff, 0])]);
+        assert_eq!(out, "a = x\nb = base64:/wA=\n");
+    }
+}
