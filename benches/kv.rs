@@ -1,0 +1,689 @@
+//! Store benchmarks (issue 7): `cargo bench --bench kv`, run by `make bench`.
+//!
+//! One load generator measures quorumd and, when `etcd` is on `PATH`
+//! (Debian's `etcd-server`), etcd in the same run: 3-node clusters on
+//! loopback, 64-byte values, keep-alive HTTP/1.1 clients (one TCP connection
+//! per client) talking to the leader. quorumd speaks Consul's KV API, etcd its
+//! v3 JSON gateway (`POST /v3/kv/put`, `POST /v3/kv/range`).
+//!
+//! 1. put latency, one sequential client: median and p99;
+//! 2. get latency, linearizable and stale (`?stale`; etcd: serializable);
+//! 3. throughput of puts, then of linearizable gets, with 16 concurrent
+//!    clients for `QUORUMD_BENCH_SECONDS` (default 5);
+//! 4. RSS (VmRSS) of each running node after loading 100,000 keys of 100
+//!    bytes (16 clients) while one follower is stopped;
+//! 5. the time for that follower, started again, to apply everything the
+//!    leader had committed (it is behind the compacted log, so quorumd sends a
+//!    snapshot; etcd catches up from its log or its own snapshot).
+//!
+//! `QUORUMD_BENCH_KEYS` changes the 100,000. Absolute times vary between
+//! machines; the targets are ratios against etcd in the same run. The nodes
+//! are the binary cargo built for the bench (the release profile); etcd is
+//! started with its defaults and a data dir in a temp dir. Every process is
+//! killed by its handle when the run ends.
+
+#[path = "../tests/common/mod.rs"]
+#[allow(dead_code)]
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::{free_addr, Spec, TestCluster};
+use serde_json::{json, Value};
+
+const VALUE_BYTES: usize = 64;
+const LOAD_VALUE_BYTES: usize = 100;
+const CLIENTS: usize = 16;
+const LATENCY_OPS: usize = 2000;
+const WARMUP_OPS: usize = 200;
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo bench -- --list` and `cargo test --benches`
+    }
+    let keys = env_num("QUORUMD_BENCH_KEYS", 100_000);
+    let seconds = env_num("QUORUMD_BENCH_SECONDS", 5);
+    println!("## Store benchmark: 3 nodes on loopback, {VALUE_BYTES}-byte values, keep-alive HTTP/1.1 clients\n");
+    let q = run(&mut Quorumd::start(), keys, seconds);
+    let e = match which_etcd() {
+        Some(etcd) => Some(run(&mut Etcd::start(&etcd), keys, seconds)),
+        None => {
+            println!("etcd is not on PATH (apt-get install etcd-server): quorumd alone.\n");
+            None
+        }
+    };
+    report(&q, e.as_ref(), keys, seconds);
+}
+
+fn which_etcd() -> Option<String> {
+    let out = Command::new("sh")
+        .args(["-c", "command -v etcd"])
+        .output()
+        .ok()?;
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (!path.is_empty()).then_some(path)
+}
+
+/// What one system measured.
+#[derive(Debug, Default, Clone)]
+struct Figures {
+    put: Vec<f64>,
+    get: Vec<f64>,
+    stale: Vec<f64>,
+    puts_per_s: f64,
+    gets_per_s: f64,
+    rss_mib: Vec<f64>,
+    catch_up: Option<Duration>,
+    note: String,
+}
+
+/// The system under test, as the load generator sees it.
+trait Kv: Sync {
+    fn name(&self) -> &'static str;
+    /// The client addresses of every node, leader first.
+    fn leader_and_followers(&mut self) -> (u64, Vec<u64>);
+    fn addr(&self, node: u64) -> SocketAddr;
+    fn put(&self, c: &mut Client, key: &str, value: &[u8]) -> Result<(), String>;
+    fn get(&self, c: &mut Client, key: &str, stale: bool) -> Result<(), String>;
+    fn pid(&self, node: u64) -> u32;
+    fn stop(&mut self, node: u64);
+    fn start_again(&mut self, node: u64);
+    /// (applied, commit) of a node.
+    fn progress(&self, node: u64) -> Option<(u64, u64)>;
+}
+
+fn run(kv: &mut dyn Kv, keys: u64, seconds: u64) -> Figures {
+    let mut f = Figures::default();
+    let (leader, followers) = kv.leader_and_followers();
+    let addr = kv.addr(leader);
+    let value = vec![b'v'; VALUE_BYTES];
+    let mut c = Client::new(addr);
+    eprintln!("{}: latency, one client on node {leader}", kv.name());
+    for i in 0..WARMUP_OPS {
+        kv.put(&mut c, &format!("lat/{i}"), &value)
+            .expect("warm-up put");
+    }
+    let timed = |c: &mut Client, op: &mut dyn FnMut(&mut Client, usize) -> Result<(), String>| {
+        (0..LATENCY_OPS)
+            .map(|i| {
+                let t = Instant::now();
+                op(c, i).expect("op");
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect::<Vec<_>>()
+    };
+    f.put = timed(&mut c, &mut |c, i| {
+        kv.put(c, &format!("lat/{}", i % 1000), &value)
+    });
+    f.get = timed(&mut c, &mut |c, i| {
+        kv.get(c, &format!("lat/{}", i % 1000), false)
+    });
+    f.stale = timed(&mut c, &mut |c, i| {
+        kv.get(c, &format!("lat/{}", i % 1000), true)
+    });
+
+    eprintln!(
+        "{}: throughput, {CLIENTS} clients, {seconds}s each",
+        kv.name()
+    );
+    let window = Duration::from_secs(seconds);
+    let kv_ref: &dyn Kv = kv;
+    f.puts_per_s = throughput(kv_ref, addr, window, |kv, c, n| {
+        kv.put(c, &format!("tp/{}", n % 10_000), &value)
+    });
+    f.gets_per_s = throughput(kv_ref, addr, window, |kv, c, n| {
+        kv.get(c, &format!("tp/{}", n % 10_000), false)
+    });
+
+    eprintln!(
+        "{}: loading {keys} keys of {LOAD_VALUE_BYTES} bytes with node {} stopped",
+        kv.name(),
+        followers[0]
+    );
+    let lagging = followers[0];
+    kv.stop(lagging);
+    let kv_ref: &dyn Kv = kv;
+    let load_value = vec![b'l'; LOAD_VALUE_BYTES];
+    let next = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..CLIENTS {
+            s.spawn(|| {
+                let mut c = Client::new(addr);
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= keys {
+                        break;
+                    }
+                    let key = format!("load/{n:08}");
+                    while kv_ref.put(&mut c, &key, &load_value).is_err() {
+                        std::thread::sleep(Duration::from_millis(10));
+                        c = Client::new(addr);
+                    }
+                }
+            });
+        }
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    for node in std::iter::once(leader).chain(followers[1..].iter().copied()) {
+        match proc_rss_mib(kv.pid(node)) {
+            Some(mib) => f.rss_mib.push(mib),
+            None => f.note.push_str(&format!("no RSS for node {node}; ")),
+        }
+    }
+
+    eprintln!("{}: catch-up of node {lagging}", kv.name());
+    let target = kv.progress(leader).map(|(_, commit)| commit).unwrap_or(0);
+    let started = Instant::now();
+    kv.start_again(lagging);
+    let deadline = started + Duration::from_secs(300);
+    while Instant::now() < deadline {
+        if kv
+            .progress(lagging)
+            .is_some_and(|(applied, _)| applied >= target)
+        {
+            f.catch_up = Some(started.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    f
+}
+
+fn throughput(
+    kv: &dyn Kv,
+    addr: SocketAddr,
+    window: Duration,
+    op: impl Fn(&dyn Kv, &mut Client, u64) -> Result<(), String> + Sync,
+) -> f64 {
+    let done = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..CLIENTS as u64 {
+            let (done, stop, op) = (&done, &stop, &op);
+            s.spawn(move || {
+                let mut c = Client::new(addr);
+                let mut n = t * 1_000_000;
+                while !stop.load(Ordering::Relaxed) {
+                    if op(kv, &mut c, n).is_ok() {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        c = Client::new(addr);
+                    }
+                    n += 1;
+                }
+            });
+        }
+        std::thread::sleep(window);
+        stop.store(true, Ordering::Relaxed);
+    });
+    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+// ---------------------------------------------------------------------------
+// quorumd
+// ---------------------------------------------------------------------------
+
+struct Quorumd {
+    c: TestCluster,
+}
+
+impl Quorumd {
+    fn start() -> Quorumd {
+        // The shipped timing, and the health settings of clusters/.
+        let spec = Spec::new("bench-kv", 3)
+            .heartbeat("1s", "3s")
+            .quorum_wait("30s");
+        let mut c = TestCluster::new(spec);
+        c.start_all();
+        c.wait_agreed_leader(&[1, 2, 3]);
+        Quorumd { c }
+    }
+}
+
+impl Kv for Quorumd {
+    fn name(&self) -> &'static str {
+        "quorumd"
+    }
+
+    fn leader_and_followers(&mut self) -> (u64, Vec<u64>) {
+        let (leader, _) = self.c.wait_agreed_leader(&[1, 2, 3]);
+        (
+            leader,
+            [1, 2, 3].into_iter().filter(|&i| i != leader).collect(),
+        )
+    }
+
+    fn addr(&self, node: u64) -> SocketAddr {
+        self.c.admin(node)
+    }
+
+    fn put(&self, c: &mut Client, key: &str, value: &[u8]) -> Result<(), String> {
+        let (status, body) = c.call("PUT", &format!("/v1/kv/{key}"), value)?;
+        (status == 200 && body == b"true")
+            .then_some(())
+            .ok_or_else(|| format!("put answered {status}"))
+    }
+
+    fn get(&self, c: &mut Client, key: &str, stale: bool) -> Result<(), String> {
+        let q = if stale { "?stale" } else { "" };
+        let (status, _) = c.call("GET", &format!("/v1/kv/{key}{q}"), b"")?;
+        (status == 200)
+            .then_some(())
+            .ok_or_else(|| format!("get answered {status}"))
+    }
+
+    fn pid(&self, node: u64) -> u32 {
+        self.c.pid(node).expect("running")
+    }
+
+    fn stop(&mut self, node: u64) {
+        self.c.signal(node, libc::SIGTERM);
+        self.c.wait_exit(node, Duration::from_secs(20));
+    }
+
+    fn start_again(&mut self, node: u64) {
+        self.c.start_node(node);
+    }
+
+    fn progress(&self, node: u64) -> Option<(u64, u64)> {
+        let s = self.c.try_status(node)?;
+        Some((s["applied_index"].as_u64()?, s["commit_index"].as_u64()?))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// etcd
+// ---------------------------------------------------------------------------
+
+struct Etcd {
+    bin: String,
+    dir: tempfile::TempDir,
+    client: Vec<SocketAddr>,
+    peer: Vec<SocketAddr>,
+    children: Vec<Option<Child>>,
+}
+
+impl Etcd {
+    fn start(bin: &str) -> Etcd {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let client: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+        let peer: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+        let mut e = Etcd {
+            bin: bin.to_string(),
+            dir,
+            client,
+            peer,
+            children: (0..3).map(|_| None).collect(),
+        };
+        for i in 0..3 {
+            e.spawn(i, "new");
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while e.leader().is_none() {
+            assert!(Instant::now() < deadline, "etcd did not elect a leader");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        e
+    }
+
+    fn spawn(&mut self, i: usize, state: &str) {
+        let cluster: Vec<String> = (0..3)
+            .map(|j| format!("n{j}=http://{}", self.peer[j]))
+            .collect();
+        let log = std::fs::File::create(self.dir.path().join(format!("etcd-{i}.log"))).unwrap();
+        let child = Command::new(&self.bin)
+            .arg("--name")
+            .arg(format!("n{i}"))
+            .arg("--data-dir")
+            .arg(self.dir.path().join(format!("n{i}")))
+            .arg("--listen-client-urls")
+            .arg(format!("http://{}", self.client[i]))
+            .arg("--advertise-client-urls")
+            .arg(format!("http://{}", self.client[i]))
+            .arg("--listen-peer-urls")
+            .arg(format!("http://{}", self.peer[i]))
+            .arg("--initial-advertise-peer-urls")
+            .arg(format!("http://{}", self.peer[i]))
+            .arg("--initial-cluster")
+            .arg(cluster.join(","))
+            .arg("--initial-cluster-state")
+            .arg(state)
+            .arg("--initial-cluster-token")
+            .arg("quorumd-bench")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn etcd");
+        self.children[i] = Some(child);
+    }
+
+    fn status(&self, i: usize) -> Option<Value> {
+        let mut c = Client::new(self.client[i]);
+        let (status, body) = c.call("POST", "/v3/maintenance/status", b"{}").ok()?;
+        (status == 200).then(|| serde_json::from_slice(&body).ok())?
+    }
+
+    /// The leader's index (0..3), if the members agree on one.
+    fn leader(&self) -> Option<usize> {
+        let mut ids = Vec::new();
+        let mut leader = None;
+        for i in 0..3 {
+            let s = self.status(i)?;
+            ids.push(s["header"]["member_id"].as_str()?.to_string());
+            leader = Some(s["leader"].as_str()?.to_string());
+        }
+        ids.iter().position(|id| Some(id) == leader.as_ref())
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for child in self.children.iter_mut().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+impl Kv for Etcd {
+    fn name(&self) -> &'static str {
+        "etcd"
+    }
+
+    fn leader_and_followers(&mut self) -> (u64, Vec<u64>) {
+        let leader = self.leader().expect("an etcd leader") as u64;
+        (leader, (0..3).filter(|&i| i != leader).collect())
+    }
+
+    fn addr(&self, node: u64) -> SocketAddr {
+        self.client[node as usize]
+    }
+
+    fn put(&self, c: &mut Client, key: &str, value: &[u8]) -> Result<(), String> {
+        let body = json!({"key": b64(key.as_bytes()), "value": b64(value)}).to_string();
+        let (status, _) = c.call("POST", "/v3/kv/put", body.as_bytes())?;
+        (status == 200)
+            .then_some(())
+            .ok_or_else(|| format!("put answered {status}"))
+    }
+
+    fn get(&self, c: &mut Client, key: &str, stale: bool) -> Result<(), String> {
+        let body = json!({"key": b64(key.as_bytes()), "serializable": stale}).to_string();
+        let (status, _) = c.call("POST", "/v3/kv/range", body.as_bytes())?;
+        (status == 200)
+            .then_some(())
+            .ok_or_else(|| format!("range answered {status}"))
+    }
+
+    fn pid(&self, node: u64) -> u32 {
+        self.children[node as usize].as_ref().expect("running").id()
+    }
+
+    fn stop(&mut self, node: u64) {
+        if let Some(mut child) = self.children[node as usize].take() {
+            // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
+
+    fn start_again(&mut self, node: u64) {
+        self.spawn(node as usize, "existing");
+    }
+
+    fn progress(&self, node: u64) -> Option<(u64, u64)> {
+        let s = self.status(node as usize)?;
+        let num = |k: &str| s[k].as_str().and_then(|v| v.parse::<u64>().ok());
+        Some((num("raftAppliedIndex")?, num("raftIndex")?))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The load generator's client: keep-alive HTTP/1.1 over one TCP connection.
+// ---------------------------------------------------------------------------
+
+struct Client {
+    addr: SocketAddr,
+    conn: Option<BufReader<TcpStream>>,
+}
+
+impl Client {
+    fn new(addr: SocketAddr) -> Client {
+        Client { addr, conn: None }
+    }
+
+    fn call(&mut self, method: &str, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>), String> {
+        let result = self.exchange(method, path, body);
+        if result.is_err() {
+            self.conn = None;
+        }
+        result.map_err(|e| e.to_string())
+    }
+
+    fn exchange(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> std::io::Result<(u16, Vec<u8>)> {
+        if self.conn.is_none() {
+            let s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(2))?;
+            s.set_nodelay(true)?;
+            s.set_read_timeout(Some(Duration::from_secs(30)))?;
+            self.conn = Some(BufReader::new(s));
+        }
+        let conn = self.conn.as_mut().expect("connected");
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n",
+            self.addr,
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(body);
+        conn.get_mut().write_all(&req)?;
+        let mut line = String::new();
+        conn.read_line(&mut line)?;
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+        let (mut len, mut chunked, mut close) = (0usize, false, false);
+        loop {
+            line.clear();
+            conn.read_line(&mut line)?;
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            let lower = l.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap_or(0);
+            } else if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
+                chunked = true;
+            } else if lower.starts_with("connection:") && lower.contains("close") {
+                close = true;
+            }
+        }
+        let mut out = Vec::new();
+        if chunked {
+            loop {
+                line.clear();
+                conn.read_line(&mut line)?;
+                let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+                    .map_err(|_| std::io::Error::other("bad chunk size"))?;
+                let mut chunk = vec![0; size + 2];
+                conn.read_exact(&mut chunk)?;
+                if size == 0 {
+                    break;
+                }
+                out.extend_from_slice(&chunk[..size]);
+            }
+        } else {
+            out.resize(len, 0);
+            conn.read_exact(&mut out)?;
+        }
+        if close {
+            self.conn = None;
+        }
+        Ok((status, out))
+    }
+}
+
+fn proc_rss_mib(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+// ---------------------------------------------------------------------------
+// Report
+// ---------------------------------------------------------------------------
+
+fn percentile(samples: &[f64], p: f64) -> f64 {
+    let mut s = samples.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    s[((s.len() - 1) as f64 * p).round() as usize]
+}
+
+fn report(q: &Figures, e: Option<&Figures>, keys: u64, seconds: u64) {
+    let cell = |f: Option<&Figures>, pick: &dyn Fn(&Figures) -> String| {
+        f.map(pick).unwrap_or_else(|| "—".to_string())
+    };
+    let ms = |v: f64| format!("{v:.3} ms");
+    let rows: Vec<(
+        String,
+        Box<dyn Fn(&Figures) -> String>,
+        Option<(f64, f64)>,
+        &str,
+    )> = vec![
+        (
+            "put latency, 1 client, median".into(),
+            Box::new(move |f: &Figures| ms(percentile(&f.put, 0.5))),
+            e.map(|e| (percentile(&q.put, 0.5), percentile(&e.put, 0.5))),
+            "≤ 1/3 of etcd",
+        ),
+        (
+            "put latency, 1 client, p99".into(),
+            Box::new(move |f: &Figures| ms(percentile(&f.put, 0.99))),
+            None,
+            "",
+        ),
+        (
+            "linearizable get, 1 client, median".into(),
+            Box::new(move |f: &Figures| ms(percentile(&f.get, 0.5))),
+            e.map(|e| (percentile(&q.get, 0.5), percentile(&e.get, 0.5))),
+            "≤ 1/2 of etcd",
+        ),
+        (
+            "linearizable get, 1 client, p99".into(),
+            Box::new(move |f: &Figures| ms(percentile(&f.get, 0.99))),
+            None,
+            "",
+        ),
+        (
+            "stale get, 1 client, median".into(),
+            Box::new(move |f: &Figures| ms(percentile(&f.stale, 0.5))),
+            None,
+            "",
+        ),
+        (
+            format!("puts/s, {CLIENTS} clients"),
+            Box::new(|f: &Figures| format!("{:.0}", f.puts_per_s)),
+            e.map(|e| (q.puts_per_s, e.puts_per_s)),
+            "≥ 2× etcd",
+        ),
+        (
+            format!("linearizable gets/s, {CLIENTS} clients"),
+            Box::new(|f: &Figures| format!("{:.0}", f.gets_per_s)),
+            e.map(|e| (q.gets_per_s, e.gets_per_s)),
+            "",
+        ),
+        (
+            format!("RSS per node with {keys} keys (max of running nodes)"),
+            Box::new(|f: &Figures| {
+                format!("{:.1} MiB", f.rss_mib.iter().copied().fold(0.0, f64::max))
+            }),
+            e.map(|e| {
+                let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+                (max(&q.rss_mib), max(&e.rss_mib))
+            }),
+            "≤ 1/4 of etcd",
+        ),
+        (
+            format!("follower catch-up of {keys} keys"),
+            Box::new(|f: &Figures| match f.catch_up {
+                Some(d) => format!("{:.0} ms", d.as_secs_f64() * 1e3),
+                None => "did not catch up in 300 s".to_string(),
+            }),
+            None,
+            "",
+        ),
+    ];
+    println!("| measure | quorumd | etcd 3.4 | quorumd / etcd | target |");
+    println!("|---|---|---|---|---|");
+    for (name, show, ratio, target) in &rows {
+        let r = ratio
+            .map(|(a, b)| format!("{:.2}", a / b))
+            .unwrap_or_else(|| "".to_string());
+        println!(
+            "| {name} | {} | {} | {r} | {target} |",
+            show(q),
+            cell(e, show.as_ref())
+        );
+    }
+    println!("\nthroughput windows: {seconds} s each; latency: {LATENCY_OPS} ops after {WARMUP_OPS} warm-up puts");
+    if let Some(e) = e {
+        let verdicts = [
+            (
+                "put median ≤ 1/3",
+                percentile(&q.put, 0.5) <= percentile(&e.put, 0.5) / 3.0,
+            ),
+            (
+                "get median ≤ 1/2",
+                percentile(&q.get, 0.5) <= percentile(&e.get, 0.5) / 2.0,
+            ),
+            ("puts/s ≥ 2×", q.puts_per_s >= 2.0 * e.puts_per_s),
+            (
+                "RSS ≤ 1/4",
+                q.rss_mib.iter().copied().fold(0.0, f64::max)
+                    <= e.rss_mib.iter().copied().fold(0.0, f64::max) / 4.0,
+            ),
+        ];
+        for (what, met) in verdicts {
+            println!("target {what}: {}", if met { "met" } else { "MISSED" });
+        }
+    }
+    for (who, f) in [("quorumd", Some(q)), ("etcd", e)] {
+        if let Some(f) = f.filter(|f| !f.note.is_empty()) {
+            println!("{who}: {}", f.note);
+        }
+    }
+}
