@@ -23,7 +23,6 @@
 //! killed by its handle when the run ends.
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -573,17 +572,21 @@ fn percentile(samples: &[f64], p: f64) -> f64 {
     s[((s.len() - 1) as f64 * p).round() as usize]
 }
 
+/// One row of the table: its name, how a system's figure is shown, the
+/// (quorumd, etcd) values whose ratio is printed, and the target.
+type ReportRow = (
+    String,
+    Box<dyn Fn(&Figures) -> String>,
+    Option<(f64, f64)>,
+    &'static str,
+);
+
 fn report(q: &Figures, e: Option<&Figures>, keys: u64, seconds: u64) {
     let cell = |f: Option<&Figures>, pick: &dyn Fn(&Figures) -> String| {
         f.map(pick).unwrap_or_else(|| "—".to_string())
     };
     let ms = |v: f64| format!("{v:.3} ms");
-    let rows: Vec<(
-        String,
-        Box<dyn Fn(&Figures) -> String>,
-        Option<(f64, f64)>,
-        &str,
-    )> = vec![
+    let rows: Vec<ReportRow> = vec![
         (
             "put latency, 1 client, median".into(),
             Box::new(move |f: &Figures| ms(percentile(&f.put, 0.5))),
