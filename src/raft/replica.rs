@@ -7,10 +7,12 @@
 //! (DESIGN.md rule 4):
 //!
 //! 1. send `messages`;
-//! 2. take the snapshot, 3. take the committed entries;
-//! 4. persist snapshot, entries and hard state, and apply the committed
-//!    entries, in one transaction (one fsync, only when raft needs it);
-//! 5. only then answer clients and send `persisted_messages`;
+//! 2. take the snapshot, 3. apply the committed entries, in a transaction of
+//!    their own that needs no fsync (they are durable in the log already);
+//! 4. persist snapshot, entries and hard state in one transaction (one
+//!    fsync, only when raft needs it);
+//! 5. only then send `persisted_messages` (a follower sends them before it
+//!    applies, a leader applies and answers clients before its fsync);
 //! 6. `advance`, then the light ready (commit index, messages, entries),
 //!    applied in a second transaction that needs no fsync;
 //! 7. `advance_apply`.
@@ -894,18 +896,39 @@ impl PartitionReplica {
         // 1. Messages that may go out before persisting (a leader's appends).
         self.send(ready.take_messages());
 
-        // 2. + 3. + 4. Snapshot, committed entries and new entries: one write.
-        let mut batch = PersistBatch::default();
-        if !ready.snapshot().is_empty() {
-            batch.snapshot = Some(ready.snapshot().clone());
+        // 2. + 3. + 4. Committed entries are applied in a write of their
+        // own, without an fsync (they are durable in the log already): a
+        // leader answers their clients before its next fsync, a follower
+        // acks new entries before it applies. Snapshot, new entries and the
+        // hard state go in one durable write.
+        let committed = ready.take_committed_entries();
+        let mut apply = PersistBatch::default();
+        if !committed.is_empty() {
+            let mut hs = self.node.store().hard_state().clone();
+            hs.commit = ready.hs().map_or(hs.commit, |h| h.commit.max(hs.commit));
+            apply.hard_state = Some(hs);
+            apply.conf_state = self.apply_conf_changes(&committed);
+            apply.apply = committed;
         }
-        batch.apply = ready.take_committed_entries();
-        batch.conf_state = self.apply_conf_changes(&batch.apply);
-        batch.entries = ready.take_entries();
-        batch.hard_state = ready.hs().cloned();
-        batch.durable = ready.must_sync() || batch.snapshot.is_some() || !batch.entries.is_empty();
+        let mut append = PersistBatch::default();
+        if !ready.snapshot().is_empty() {
+            append.snapshot = Some(ready.snapshot().clone());
+        }
+        append.entries = ready.take_entries();
+        append.hard_state = ready.hs().cloned();
+        append.durable =
+            ready.must_sync() || append.snapshot.is_some() || !append.entries.is_empty();
         let read_states = ready.take_read_states();
-        self.write(batch).await?;
+        let leader = self.node.raft.state == StateRole::Leader;
+        if leader {
+            self.write(apply).await?;
+            self.write(append).await?;
+        } else {
+            self.write(append).await?;
+            // 5. Messages that must wait for the write (votes, append acks).
+            self.send(ready.take_persisted_messages());
+            self.write(apply).await?;
+        }
         for rs in read_states {
             let ctx = rs
                 .request_ctx
@@ -919,7 +942,7 @@ impl PartitionReplica {
         }
         self.release_reads();
 
-        // 5. Messages that must wait for the write (votes, append acks).
+        // 5. (A leader has none: it sent its messages before the write.)
         self.send(ready.take_persisted_messages());
 
         // 6. Advance, then the light ready: its commit index and entries
