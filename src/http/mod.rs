@@ -40,8 +40,14 @@ use crate::runtime::or_shutdown;
 /// Connections served at once; more wait in the listen backlog. Blocking
 /// queries hold a connection for up to their `wait`, so this is generous.
 pub const MAX_ADMIN_CONNECTIONS: usize = 256;
-/// A client must send its request headers within this time.
+/// A client must send its request headers within this time (hyper also
+/// applies it to an idle keep-alive connection waiting for its next request).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// A client must send its request body within this time.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A write that makes no progress for this long (a client that does not read
+/// its answer) closes the connection.
+pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the HTTP API reads from. Cheap to clone.
 #[derive(Clone)]
@@ -117,7 +123,7 @@ async fn serve(stream: TcpStream, state: AdminState) {
         .timer(SmolTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
     if let Err(e) = builder
-        .serve_connection(FuturesIo::new(stream), service)
+        .serve_connection(FuturesIo::new(TimedWrites::new(stream)), service)
         .await
     {
         debug!("admin connection ended: {e}");
@@ -279,4 +285,83 @@ pub fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .iter()
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.as_str())
+}
+
+/// A stream whose writes fail once one makes no progress for
+/// [`WRITE_STALL_TIMEOUT`], so a client that never reads cannot hold a
+/// connection (and its task) forever.
+struct TimedWrites<S> {
+    inner: S,
+    stalled_since: Option<async_io::Timer>,
+}
+
+impl<S> TimedWrites<S> {
+    fn new(inner: S) -> Self {
+        TimedWrites {
+            inner,
+            stalled_since: None,
+        }
+    }
+
+    /// Called when a write is pending: arms the timer, or fails once it
+    /// fired.
+    fn stalled(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<usize>> {
+        use std::future::Future as _;
+        let timer = self
+            .stalled_since
+            .get_or_insert_with(|| async_io::Timer::after(WRITE_STALL_TIMEOUT));
+        match std::pin::Pin::new(timer).poll(cx) {
+            std::task::Poll::Ready(_) => std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client stopped reading",
+            ))),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+}
+
+impl<S: futures_lite::AsyncRead + Unpin> futures_lite::AsyncRead for TimedWrites<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: futures_lite::AsyncWrite + Unpin> futures_lite::AsyncWrite for TimedWrites<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match std::pin::Pin::new(&mut self.inner).poll_write(cx, buf) {
+            std::task::Poll::Pending => self.stalled(cx),
+            done => {
+                self.stalled_since = None;
+                done
+            }
+        }
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match std::pin::Pin::new(&mut self.inner).poll_flush(cx) {
+            std::task::Poll::Pending => self.stalled(cx).map(|r| r.map(|_| ())),
+            done => {
+                self.stalled_since = None;
+                done
+            }
+        }
+    }
+
+    fn poll_close(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_close(cx)
+    }
 }

@@ -9,7 +9,7 @@
 //! Its size is bounded: the replica compacts the log once `snapshot_entries`
 //! entries or `snapshot_bytes` bytes pile up, keeping a short tail for
 //! followers that lag a little. A follower behind the tail gets a snapshot.
-//! Building one reads the whole store, so [`LogView::snapshot`] answers
+//! Building one reads the whole store, so `LogView::snapshot` (raft's `Storage::snapshot`) answers
 //! `SnapshotTemporarilyUnavailable` and raises a flag; the replica builds it
 //! off the executor and hands it back with [`LogView::set_outgoing`], and
 //! raft asks again at its next heartbeat.

@@ -1,4 +1,4 @@
-//! The durable [`LogStore`]: one redb file per node, in `<data_dir>/node-<id>`.
+//! The durable store of a node: one redb file per node, in `<data_dir>/node-<id>`.
 //!
 //! What lives in the node's data dir:
 //!
@@ -89,7 +89,7 @@ pub struct StoreIdentity {
     pub voters: Vec<u64>,
 }
 
-/// A [`LogStore`] backed by one redb file, locked against other processes.
+/// The node's Raft state and key-value store, in one redb file, locked against other processes.
 ///
 /// It exists so that term, vote and log survive restarts and crashes
 /// (DESIGN.md rule 5). Dropping it releases the data dir lock.

@@ -9,7 +9,7 @@
 //! | `kv_tombstones` | a deleted key | the index of the delete |
 //! | `kv_state` | `index`, `bytes`, `floor` | the last index that wrote the store, its size, and the index up to which tombstones were reaped |
 //!
-//! [`apply`] runs inside the redb store's write transaction, so the effect of
+//! [`Tables::apply`] runs inside the redb store's write transaction, so the effect of
 //! an entry and the applied index that records it commit together.
 
 use std::collections::BTreeMap;
