@@ -22,6 +22,7 @@ pub mod health;
 pub mod http;
 pub mod kv;
 pub mod kv_cli;
+pub mod logging;
 pub mod metrics;
 pub mod quorum;
 pub mod raft;
