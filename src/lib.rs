@@ -24,6 +24,7 @@ pub mod kv;
 pub mod kv_cli;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod quorum;
 pub mod raft;
 pub mod runtime;
