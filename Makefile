@@ -16,12 +16,17 @@ endif
 RELEASE_BIN := target/$(TARGET)/release/quorumd
 export QUORUMD := $(CURDIR)/$(RELEASE_BIN)
 
-.PHONY: all build cluster1 cluster3 cluster5 bootstrap timeout shutdown test bench
+.PHONY: all build deb cluster1 cluster3 cluster5 bootstrap timeout shutdown test bench
 
 all: build
 
 build:
 	RUSTFLAGS="$(RELEASE_RUSTFLAGS)" $(CARGO) build --release --target $(TARGET)
+
+# target/debian/quorumd_<version>_<arch>.deb, from the static release binary,
+# with Debian's dpkg-deb (scripts/deb.sh; README, "Deploying on a box").
+deb: build
+	scripts/deb.sh $(RELEASE_BIN)
 
 # exec: the script, not an intermediate shell, gets Ctrl-C and waits for the
 # nodes to shut down before make returns.
@@ -31,11 +36,14 @@ cluster1 cluster3 cluster5: build
 bootstrap timeout shutdown: build
 	exec scripts/scenario.sh $@
 
-# fmt, clippy, rustdoc and the tests must all be clean (STYLE.md).
+# fmt, clippy, rustdoc and the tests must all be clean (STYLE.md). The
+# package is built before the tests (tests/package.rs reads it back and
+# installs it into a scratch root), so a broken release build stops here.
 test:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --quiet
+	$(MAKE) deb
 	$(CARGO) test
 
 bench:

@@ -93,6 +93,7 @@ async fn run_node(config: ClusterConfig, node_id: u64, options: NodeOptions) -> 
     let mut signals = Signals::new([Signal::Term, Signal::Int])
         .map_err(|e| Error::io("cannot install signal handlers", e))?;
     let node = ClusterCoordinator::new(config, node_id, options).await?;
+    let systemd = crate::notify::Notifier::start(node.metadata_replica()).await;
 
     let event = future::or(next_signal(&mut signals), async {
         future::or(async { Event::Fatal(node.fatal_error().await) }, async {
@@ -103,6 +104,7 @@ async fn run_node(config: ClusterConfig, node_id: u64, options: NodeOptions) -> 
     .await;
     let event = match event {
         Event::Bootstrapped(Ok(())) => {
+            systemd.ready().await;
             future::or(next_signal(&mut signals), async {
                 Event::Fatal(node.fatal_error().await)
             })
@@ -115,6 +117,7 @@ async fn run_node(config: ClusterConfig, node_id: u64, options: NodeOptions) -> 
         Event::Bootstrapped(Ok(())) => unreachable!("handled above"),
         Event::Signal(s) => {
             info!("received {s:?}: shutting down (send it again to exit at once)");
+            systemd.stopping().await;
             crate::runtime::spawn(async move {
                 if let Some(Ok(s)) = signals.next().await {
                     error!("received {s:?} again: exiting at once, without a clean shutdown");

@@ -7,12 +7,10 @@ use clap::Parser;
 
 fn main() {
     let started = Instant::now();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info,raft=warn"))
-        .format_target(false)
-        .init();
+    quorumd::logging::init();
     let cli = quorumd::cli::Cli::parse();
     if let Err(e) = quorumd::cli::run(cli, started) {
-        eprintln!("quorumd: error: {e}");
+        eprintln!("{}quorumd: error: {e}", quorumd::logging::error_prefix());
         std::process::exit(e.exit_code());
     }
 }

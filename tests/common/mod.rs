@@ -335,6 +335,12 @@ impl TestCluster {
 
     /// Like [`TestCluster::start_node`], with extra command-line arguments.
     pub fn start_node_with(&mut self, id: u64, extra: &[&str]) {
+        self.start_node_env(id, extra, &[]);
+    }
+
+    /// Like [`TestCluster::start_node_with`], with extra environment
+    /// variables (`NOTIFY_SOCKET`, `JOURNAL_STREAM`, ...).
+    pub fn start_node_env(&mut self, id: u64, extra: &[&str], env: &[(&str, &str)]) {
         assert!(
             !self.is_running(id),
             "node {id} is already running in this test cluster"
@@ -353,6 +359,12 @@ impl TestCluster {
             .args(extra)
             .env("RUST_LOG", "info")
             .env_remove("RUST_LOG_STYLE")
+            // Never talk to a service manager the test run itself is under.
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .env_remove("JOURNAL_STREAM")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
