@@ -257,10 +257,22 @@ pub async fn read_body(
     if announced.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    match Limited::new(req.into_body(), limit as usize)
-        .collect()
-        .await
-    {
+    let collect = Limited::new(req.into_body(), limit as usize).collect();
+    let collected = futures_lite::future::or(async { Some(collect.await) }, async {
+        async_io::Timer::after(BODY_READ_TIMEOUT).await;
+        None
+    })
+    .await;
+    let Some(collected) = collected else {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {}",
+                humantime::format_duration(BODY_READ_TIMEOUT)
+            ),
+        ));
+    };
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e)
             if e.downcast_ref::<http_body_util::LengthLimitError>()
@@ -292,6 +304,7 @@ pub fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
 /// connection (and its task) forever.
 struct TimedWrites<S> {
     inner: S,
+    limit: Duration,
     stalled_since: Option<async_io::Timer>,
 }
 
@@ -299,17 +312,21 @@ impl<S> TimedWrites<S> {
     fn new(inner: S) -> Self {
         TimedWrites {
             inner,
+            limit: WRITE_STALL_TIMEOUT,
             stalled_since: None,
         }
     }
 
     /// Called when a write is pending: arms the timer, or fails once it
     /// fired.
-    fn stalled(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<usize>> {
+    fn stalled(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<usize>> {
         use std::future::Future as _;
         let timer = self
             .stalled_since
-            .get_or_insert_with(|| async_io::Timer::after(WRITE_STALL_TIMEOUT));
+            .get_or_insert_with(|| async_io::Timer::after(self.limit));
         match std::pin::Pin::new(timer).poll(cx) {
             std::task::Poll::Ready(_) => std::task::Poll::Ready(Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
@@ -363,5 +380,49 @@ impl<S: futures_lite::AsyncWrite + Unpin> futures_lite::AsyncWrite for TimedWrit
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_lite::AsyncWriteExt;
+
+    /// A writer whose reader never reads.
+    struct Stuck;
+
+    impl futures_lite::AsyncWrite for Stuck {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::task::Poll::Pending
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Pending
+        }
+        fn poll_close(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn a_stalled_write_fails_after_the_limit() {
+        let mut w = TimedWrites {
+            inner: Stuck,
+            limit: Duration::from_millis(50),
+            stalled_since: None,
+        };
+        let started = std::time::Instant::now();
+        let e = futures_lite::future::block_on(w.write_all(b"hello")).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= Duration::from_millis(50));
     }
 }
