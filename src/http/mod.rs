@@ -257,12 +257,19 @@ pub async fn read_body(
     if announced.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    let collect = Limited::new(req.into_body(), limit as usize).collect();
-    let collected = futures_lite::future::or(async { Some(collect.await) }, async {
-        async_io::Timer::after(BODY_READ_TIMEOUT).await;
-        None
-    })
-    .await;
+    let mut collect = std::pin::pin!(Limited::new(req.into_body(), limit as usize).collect());
+    // Most bodies came with the headers: only a body still on its way
+    // needs a timer.
+    let collected = match futures_lite::future::poll_once(&mut collect).await {
+        Some(done) => Some(done),
+        None => {
+            futures_lite::future::or(async { Some(collect.await) }, async {
+                async_io::Timer::after(BODY_READ_TIMEOUT).await;
+                None
+            })
+            .await
+        }
+    };
     let Some(collected) = collected else {
         return Err(ApiError::new(
             StatusCode::REQUEST_TIMEOUT,

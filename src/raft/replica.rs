@@ -251,9 +251,6 @@ impl Gauge {
 pub struct ReplicaHandle {
     tx: flume::Sender<ReplicaMsg>,
     gauge: Arc<Gauge>,
-    /// The driver's own deadline, plus a margin: if the driver is wedged
-    /// the caller still gets an answer.
-    request_timeout: Duration,
 }
 
 impl ReplicaHandle {
@@ -333,19 +330,14 @@ impl ReplicaHandle {
         msg: ReplicaMsg,
         rx: flume::Receiver<T>,
     ) -> std::result::Result<T, RequestError> {
+        // The driver answers by the request's deadline, or drops the
+        // sender when it stops; a driver that fails ends the process. So no
+        // timer of our own (arming one costs a reactor wakeup per request).
         self.tx
             .send_async(msg)
             .await
             .map_err(|_| RequestError::Stopped)?;
-        let limit = self.request_timeout + Duration::from_secs(1);
-        futures_lite::future::or(
-            async { rx.recv_async().await.map_err(|_| RequestError::Stopped) },
-            async {
-                async_io::Timer::after(limit).await;
-                Err(RequestError::TimedOut)
-            },
-        )
-        .await
+        rx.recv_async().await.map_err(|_| RequestError::Stopped)
     }
 
     pub(crate) fn sender(&self) -> flume::Sender<ReplicaMsg> {
@@ -474,7 +466,6 @@ impl PartitionReplica {
         let handle = ReplicaHandle {
             tx: tx.clone(),
             gauge: gauge.clone(),
-            request_timeout: settings.request_timeout,
         };
         info!(
             "{group}: replica recovered: term={} vote={} commit={} applied={} log=[{}, {}] voters={:?}",

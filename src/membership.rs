@@ -1,0 +1,346 @@
+//! Membership: who belongs to the cluster, kept in `__meta/0` itself.
+//!
+//! The cluster file names the initial members. From the first boot on, the
+//! membership lives in Raft: the conf state (voters, learners) and, under the
+//! reserved prefix of the store, one record per member and one per removed
+//! id:
+//!
+//! | key | value |
+//! |---|---|
+//! | `__quorumd/cluster_id` | a random id, committed once by the first leader |
+//! | `__quorumd/members/<id>` | [`Member`] as JSON: addresses, role, whether it joined |
+//! | `__quorumd/removed/<id>` | the index of its removal: ids are never reused |
+//!
+//! A membership change is one `ConfChangeV2` entry whose context carries the
+//! record changes, applied with it in one transaction (and only if raft
+//! accepts the change), so the records and the conf state never disagree.
+//! Every node dials members by these records, so a node added later is
+//! reached although older nodes' files do not list it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+
+use raft::prelude::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2};
+use serde::{Deserialize, Serialize};
+
+use crate::store::machine::{self, ReadTables};
+use crate::store::{Command, KvOp};
+
+/// The cluster id's key.
+pub const CLUSTER_ID_KEY: &str = "__quorumd/cluster_id";
+/// Member records live under this prefix.
+pub const MEMBERS_PREFIX: &str = "__quorumd/members/";
+/// Removed ids live under this prefix.
+pub const REMOVED_PREFIX: &str = "__quorumd/removed/";
+
+/// A member's role in the Raft group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Votes and counts toward the quorum.
+    Voter,
+    /// Receives the log but does not vote.
+    Learner,
+}
+
+/// One member's record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Its node id.
+    pub id: u64,
+    /// Its peer (Raft) address.
+    pub addr: SocketAddr,
+    /// Its HTTP address.
+    pub admin: SocketAddr,
+    /// Voter or learner.
+    pub role: Role,
+    /// True once the leader saw it hold the log: from then on it has state,
+    /// and starting it on an empty data dir is refused.
+    #[serde(default)]
+    pub joined: bool,
+    /// A learner that the leader promotes by itself once it caught up.
+    #[serde(default = "yes")]
+    pub auto_promote: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The membership as the store holds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Membership {
+    /// The cluster id, once the cluster formed.
+    pub cluster_id: Option<String>,
+    /// Members by id, with the index that last wrote each record.
+    pub members: BTreeMap<u64, (Member, u64)>,
+    /// Ids that were removed and may not come back.
+    pub removed: BTreeSet<u64>,
+}
+
+impl Membership {
+    /// Reads the records from the store.
+    pub fn read(t: &ReadTables) -> machine::Result<Membership> {
+        let cluster_id = t
+            .get(CLUSTER_ID_KEY)?
+            .value
+            .and_then(|e| e.value)
+            .and_then(|v| String::from_utf8(v).ok());
+        let mut members = BTreeMap::new();
+        for e in t.list(MEMBERS_PREFIX)?.value {
+            let Some(value) = e.value else { continue };
+            if let Ok(m) = serde_json::from_slice::<Member>(&value) {
+                members.insert(m.id, (m, e.modify_index));
+            }
+        }
+        let removed = t
+            .keys(REMOVED_PREFIX, None)?
+            .value
+            .iter()
+            .filter_map(|k| k[REMOVED_PREFIX.len()..].parse().ok())
+            .collect();
+        Ok(Membership {
+            cluster_id,
+            members,
+            removed,
+        })
+    }
+
+    /// The member with this id.
+    pub fn member(&self, id: u64) -> Option<&Member> {
+        self.members.get(&id).map(|(m, _)| m)
+    }
+
+    /// True if the id is in use or was ever used.
+    pub fn id_taken(&self, id: u64) -> bool {
+        self.members.contains_key(&id) || self.removed.contains(&id)
+    }
+
+    /// Every member's id and peer address, but `me`.
+    pub fn peers(&self, me: u64) -> Vec<(u64, SocketAddr)> {
+        self.members
+            .values()
+            .filter(|(m, _)| m.id != me)
+            .map(|(m, _)| (m.id, m.addr))
+            .collect()
+    }
+}
+
+/// The key of a member's record.
+pub fn member_key(id: u64) -> String {
+    format!("{MEMBERS_PREFIX}{id}")
+}
+
+/// The key of a removed id.
+pub fn removed_key(id: u64) -> String {
+    format!("{REMOVED_PREFIX}{id}")
+}
+
+fn set_member(m: &Member) -> KvOp {
+    KvOp::Set {
+        key: member_key(m.id),
+        // A record always serializes.
+        value: serde_json::to_vec(m).expect("a member record serializes"),
+        flags: 0,
+    }
+}
+
+/// A cluster command: not a client's, so it may write the reserved prefix.
+fn command(ops: Vec<KvOp>) -> Command {
+    Command {
+        max_store_bytes: u64::MAX,
+        from_client: false,
+        ops,
+    }
+}
+
+/// The first leader's command: the cluster id (only if none exists yet) and
+/// a record for every initial member.
+pub fn formation(cluster_id: &str, members: &[Member]) -> Command {
+    let mut ops = vec![KvOp::Cas {
+        key: CLUSTER_ID_KEY.to_string(),
+        value: cluster_id.as_bytes().to_vec(),
+        flags: 0,
+        index: 0,
+    }];
+    ops.extend(members.iter().map(set_member));
+    command(ops)
+}
+
+/// Marks a member as joined, if its record is still the one at `index`.
+pub fn mark_joined(member: &Member, index: u64) -> Command {
+    let joined = Member {
+        joined: true,
+        ..member.clone()
+    };
+    let mut cas = set_member(&joined);
+    if let KvOp::Set { key, value, flags } = cas {
+        cas = KvOp::Cas {
+            key,
+            value,
+            flags,
+            index,
+        };
+    }
+    command(vec![cas])
+}
+
+/// A membership change: the raft change and the records that go with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// What raft does.
+    pub conf: ConfChangeV2,
+    /// What the store does, in the same transaction.
+    pub records: Command,
+    /// The id leaving the cluster, if one does (removing the leader hands
+    /// leadership over first).
+    pub removes: Option<u64>,
+}
+
+fn single(id: u64, ty: ConfChangeType) -> ConfChangeSingle {
+    let mut s = ConfChangeSingle {
+        node_id: id,
+        ..Default::default()
+    };
+    s.set_change_type(ty);
+    s
+}
+
+fn conf(changes: Vec<ConfChangeSingle>) -> ConfChangeV2 {
+    let mut cc = ConfChangeV2::default();
+    if changes.len() > 1 {
+        // Joint consensus, left automatically once it is applied.
+        cc.set_transition(ConfChangeTransition::Auto);
+    }
+    cc.set_changes(changes.into());
+    cc
+}
+
+/// Adds a new node as a learner.
+pub fn add_learner(member: &Member) -> Change {
+    let record = Member {
+        role: Role::Learner,
+        joined: false,
+        ..member.clone()
+    };
+    Change {
+        conf: conf(vec![single(member.id, ConfChangeType::AddLearnerNode)]),
+        records: command(vec![set_member(&record)]),
+        removes: None,
+    }
+}
+
+/// Makes a learner a voter; with `replacing`, removes that member in the
+/// same joint-consensus change.
+pub fn promote(member: &Member, replacing: Option<u64>) -> Change {
+    let record = Member {
+        role: Role::Voter,
+        ..member.clone()
+    };
+    let mut changes = vec![single(member.id, ConfChangeType::AddNode)];
+    let mut ops = vec![set_member(&record)];
+    if let Some(old) = replacing {
+        changes.push(single(old, ConfChangeType::RemoveNode));
+        ops.extend(removal_ops(old));
+    }
+    Change {
+        conf: conf(changes),
+        records: command(ops),
+        removes: replacing,
+    }
+}
+
+fn removal_ops(id: u64) -> Vec<KvOp> {
+    vec![
+        KvOp::Delete {
+            key: member_key(id),
+        },
+        KvOp::Set {
+            key: removed_key(id),
+            value: b"removed".to_vec(),
+            flags: 0,
+        },
+    ]
+}
+
+/// Removes a voter or learner; its id is never used again.
+pub fn remove(id: u64) -> Change {
+    Change {
+        conf: conf(vec![single(id, ConfChangeType::RemoveNode)]),
+        records: command(removal_ops(id)),
+        removes: Some(id),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::machine::{create_tables, Tables};
+    use redb::{backends::InMemoryBackend, Database, ReadableDatabase};
+
+    fn member(id: u64) -> Member {
+        Member {
+            id,
+            addr: format!("127.0.0.1:{}", 7100 + id).parse().unwrap(),
+            admin: format!("127.0.0.1:{}", 8100 + id).parse().unwrap(),
+            role: Role::Voter,
+            joined: false,
+            auto_promote: true,
+        }
+    }
+
+    fn apply(db: &Database, index: u64, cmd: &Command) -> machine::Outcome {
+        let txn = db.begin_write().unwrap();
+        let out = Tables::open(&txn).unwrap().apply(index, cmd).unwrap().0;
+        txn.commit().unwrap();
+        out
+    }
+
+    #[test]
+    fn records_follow_formation_and_changes() {
+        let db = Database::builder()
+            .create_with_backend(InMemoryBackend::new())
+            .unwrap();
+        let txn = db.begin_write().unwrap();
+        create_tables(&txn).unwrap();
+        txn.commit().unwrap();
+        let read =
+            || Membership::read(&ReadTables::open(&db.begin_read().unwrap()).unwrap()).unwrap();
+
+        let initial: Vec<Member> = (1..=3).map(member).collect();
+        assert!(matches!(
+            apply(&db, 2, &formation("abc", &initial)),
+            machine::Outcome::Committed(_)
+        ));
+        // A second formation (another leader) changes nothing.
+        assert!(matches!(
+            apply(&db, 3, &formation("zzz", &[member(9)])),
+            machine::Outcome::RolledBack(_)
+        ));
+        let m = read();
+        assert_eq!(m.cluster_id.as_deref(), Some("abc"));
+        assert_eq!(m.members.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(m.peers(1).len(), 2);
+
+        let (rec, at) = m.members[&2].clone();
+        apply(&db, 4, &mark_joined(&rec, at));
+        assert!(read().member(2).unwrap().joined);
+        // A stale mark (the record moved on) is refused.
+        assert!(matches!(
+            apply(&db, 5, &mark_joined(&rec, at)),
+            machine::Outcome::RolledBack(_)
+        ));
+
+        apply(&db, 6, &add_learner(&member(4)).records);
+        assert_eq!(read().member(4).unwrap().role, Role::Learner);
+        let change = promote(read().member(4).unwrap(), Some(3));
+        assert_eq!(change.conf.changes.len(), 2);
+        assert_eq!(change.conf.get_transition(), ConfChangeTransition::Auto);
+        apply(&db, 7, &change.records);
+        let m = read();
+        assert_eq!(m.member(4).unwrap().role, Role::Voter);
+        assert!(m.member(3).is_none());
+        assert!(m.removed.contains(&3));
+        assert!(m.id_taken(3) && m.id_taken(4) && !m.id_taken(5));
+    }
+}
