@@ -45,6 +45,11 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         cluster: PathBuf,
     },
+    /// See and change the membership: list, add, remove, promote, replace.
+    Member {
+        #[command(subcommand)]
+        command: crate::member_cli::MemberCommand,
+    },
     /// Read and write the key-value store, like `consul kv`.
     Kv {
         #[command(subcommand)]
@@ -63,6 +68,7 @@ pub fn run(cli: Cli, started: Instant) -> Result<()> {
     match cli.command {
         Command::Status { cluster } => crate::status::run(&ClusterConfig::load(&cluster)?),
         Command::Kv { command } => crate::kv_cli::run(command),
+        Command::Member { command } => crate::member_cli::run(command),
         Command::Check { file } => {
             let config = ClusterConfig::load(&file)?;
             print!("{}", config.summary());

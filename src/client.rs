@@ -59,7 +59,8 @@ pub fn request(
     })
 }
 
-async fn exchange(
+/// [`request`] as a future, for callers on the executor.
+pub async fn exchange(
     addr: SocketAddr,
     method: Method,
     path: &str,

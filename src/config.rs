@@ -73,6 +73,7 @@ struct RawCluster {
     heartbeat_interval: Option<toml::Value>,
     peer_timeout: Option<toml::Value>,
     data_dir: Option<PathBuf>,
+    auto_promote: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -180,6 +181,8 @@ pub struct ClusterConfig {
     pub peer_timeout: Duration,
     /// Node N keeps its state in `<data_dir>/node-N`.
     pub data_dir: PathBuf,
+    /// The leader promotes a learner to voter once it has caught up.
+    pub auto_promote: bool,
     /// Raft timing and log compaction, shared by every group.
     pub raft: RaftTiming,
     /// Limits of the key-value store.
@@ -414,6 +417,7 @@ impl ClusterConfig {
             heartbeat_interval,
             peer_timeout,
             data_dir,
+            auto_promote: raw.cluster.auto_promote.unwrap_or(true),
             raft,
             store,
             nodes,

@@ -148,7 +148,9 @@ impl ClusterCoordinator {
         );
         let meta =
             manager.create_group(GroupId::meta(), store.clone(), shutdown.clone(), fatal_tx)?;
-        let kv = KvService::new(meta.clone(), store, config.store.clone());
+        let kv = KvService::new(meta.clone(), store.clone(), config.store.clone());
+        let upkeep =
+            crate::membership::spawn_upkeep(config.clone(), meta.clone(), store, shutdown.clone());
 
         let (health, health_tasks) = health::spawn(
             identity.clone(),
@@ -182,6 +184,7 @@ impl ClusterCoordinator {
                 }
             }
         }));
+        tasks.push(upkeep);
         tasks.push(transport::spawn_listener(
             peer_listener,
             identity,

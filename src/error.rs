@@ -79,6 +79,11 @@ pub enum Error {
     #[error("{0}")]
     Unhealthy(String),
 
+    /// This node was removed from the cluster; it may not run with this id
+    /// again.
+    #[error("{0}")]
+    Removed(String),
+
     /// A command's request failed: no node answered, a key is missing, a
     /// CAS check failed, or the node refused it.
     #[error("{0}")]
@@ -109,7 +114,8 @@ impl Error {
             Error::ConfigRead { .. }
             | Error::Config { .. }
             | Error::Usage(_)
-            | Error::DataDirMismatch { .. } => 2,
+            | Error::DataDirMismatch { .. }
+            | Error::Removed(_) => 2,
             Error::QuorumTimeout { .. } => 3,
             Error::Bind { .. }
             | Error::DataDirLocked { .. }

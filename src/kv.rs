@@ -56,7 +56,9 @@ impl From<RequestError> for KvError {
         match e {
             RequestError::NoLeader => KvError::NoLeader,
             RequestError::TimedOut => KvError::TimedOut,
-            RequestError::Stopped => KvError::Stopped,
+            RequestError::Stopped | RequestError::NotLeader | RequestError::Busy => {
+                KvError::Stopped
+            }
         }
     }
 }
@@ -113,6 +115,17 @@ impl KvService {
             ops,
         };
         Ok(self.replica.propose(cmd.encode()).await?)
+    }
+
+    /// The membership records as this node has applied them.
+    pub async fn membership(&self) -> Result<crate::membership::Membership, KvError> {
+        self.read(Consistency::Stale, crate::membership::Membership::read)
+            .await
+    }
+
+    /// The replica, for membership changes.
+    pub fn replica(&self) -> &ReplicaHandle {
+        &self.replica
     }
 
     /// Registers a watch on `key` (or the prefix `key`); see

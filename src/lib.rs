@@ -23,6 +23,7 @@ pub mod http;
 pub mod kv;
 pub mod kv_cli;
 pub mod logging;
+pub mod member_cli;
 pub mod membership;
 pub mod metrics;
 pub mod notify;

@@ -272,6 +272,137 @@ pub fn remove(id: u64) -> Change {
     }
 }
 
+/// How often the leader looks again while upkeep has work left (a learner
+/// to promote, a member not yet seen to hold the log).
+pub const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The leader's upkeep of the membership, as one task on every node (it
+/// works only while the node leads):
+/// - the first leader commits the cluster id and the initial member records;
+/// - a member is marked joined once it holds the log from its record on;
+/// - a learner is promoted once it is within `snapshot_entries / 10` of the
+///   leader's log, unless `auto_promote = false` (in the file, or in its
+///   record).
+///
+/// With nothing left to do it sleeps until the leadership or the records
+/// change, so an idle cluster pays nothing for it.
+pub fn spawn_upkeep(
+    config: std::sync::Arc<crate::config::ClusterConfig>,
+    replica: crate::raft::ReplicaHandle,
+    store: std::sync::Arc<crate::raft::redb_store::RedbLogStore>,
+    shutdown: flume::Receiver<()>,
+) -> crate::runtime::Task<()> {
+    crate::runtime::spawn(async move {
+        let Some(statuses) = replica.subscribe().await else {
+            return;
+        };
+        loop {
+            let watch = replica.watch("__quorumd/".to_string(), true).await;
+            let busy = match upkeep(&config, &replica, &store).await {
+                Ok(busy) => busy,
+                Err(e) => {
+                    log::warn!("membership upkeep: {e}");
+                    true
+                }
+            };
+            let wait = async {
+                if busy {
+                    async_io::Timer::after(UPKEEP_INTERVAL).await;
+                    return;
+                }
+                let watch = async {
+                    match &watch {
+                        Some(w) => {
+                            let _ = w.recv_async().await;
+                        }
+                        None => futures_lite::future::pending::<()>().await,
+                    }
+                };
+                let leadership = async {
+                    // Any change of role or leader may give this node work.
+                    let _ = statuses.recv_async().await;
+                };
+                futures_lite::future::or(watch, leadership).await;
+            };
+            if crate::runtime::or_shutdown(&shutdown, wait).await.is_none() {
+                break;
+            }
+            while statuses.try_recv().is_ok() {}
+        }
+    })
+}
+
+/// One round of upkeep; returns true if work is left for a later round.
+async fn upkeep(
+    config: &crate::config::ClusterConfig,
+    replica: &crate::raft::ReplicaHandle,
+    store: &std::sync::Arc<crate::raft::redb_store::RedbLogStore>,
+) -> Result<bool, String> {
+    let Some(progress) = replica.progress().await else {
+        return Ok(false);
+    };
+    if !progress.leader {
+        return Ok(false);
+    }
+    let s = store.clone();
+    let membership = blocking::unblock(move || s.read(Membership::read))
+        .await
+        .map_err(|e| e.to_string())?;
+    if membership.cluster_id.is_none() {
+        // First leader of a new cluster: one id, and a record for every
+        // initial voter, at its address in the cluster file.
+        let members: Vec<Member> = progress
+            .voters
+            .iter()
+            .filter_map(|&id| config.node(id))
+            .map(|n| Member {
+                id: n.id,
+                addr: n.addr,
+                admin: n.admin,
+                role: Role::Voter,
+                joined: false,
+                auto_promote: true,
+            })
+            .collect();
+        let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        replica
+            .propose(formation(&id, &members).encode())
+            .await
+            .map_err(|e| format!("cannot commit the cluster id: {e}"))?;
+        log::info!("cluster '{}' formed with cluster id {id}", config.name);
+        return Ok(true);
+    }
+    let mut busy = false;
+    for (member, at) in membership.members.values() {
+        if member.joined {
+            continue;
+        }
+        busy = true;
+        if progress.matched.get(&member.id).is_some_and(|&m| m >= *at) {
+            let _ = replica.propose(mark_joined(member, *at).encode()).await;
+        }
+    }
+    let tail = (config.raft.snapshot_entries / 10).max(1);
+    for &id in &progress.learners {
+        let Some((member, _)) = membership.members.get(&id) else {
+            continue;
+        };
+        if !(config.auto_promote && member.auto_promote) {
+            continue;
+        }
+        busy = true;
+        let matched = progress.matched.get(&id).copied().unwrap_or(0);
+        if !progress.changing && matched + tail >= progress.last_index {
+            log::info!(
+                "node {id} caught up (index {matched} of {}): promoting it to voter",
+                progress.last_index
+            );
+            let _ = replica.change_membership(promote(member, None)).await;
+        }
+    }
+    Ok(busy)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,7 @@
 //! | `/admin/cluster/*`, `/health`, `/ready`, `/metrics` | [`cluster`] |
 //! | `/v1/kv/<key>` | [`kv`]: Consul's KV API |
 //! | `/v1/txn` | [`txn`]: Consul's transaction API, KV verbs only |
+//! | `/admin/cluster/members` | [`members`]: the membership, changed at runtime |
 //!
 //! Unknown routes get 404 and other methods 405. The cluster routes answer
 //! errors as JSON `{"error": ...}`; the Consul routes answer a short sentence
@@ -13,6 +14,7 @@
 
 pub mod cluster;
 pub mod kv;
+pub mod members;
 pub mod txn;
 
 use std::net::SocketAddr;
@@ -141,6 +143,12 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
     }
     if path == "/v1/txn" {
         return txn::handle(state, req).await;
+    }
+    if let Some(rest) = path.strip_prefix("/admin/cluster/members") {
+        if rest.is_empty() || rest.starts_with('/') {
+            let rest = rest.to_string();
+            return members::handle(state, req, &rest).await;
+        }
     }
     cluster::handle(state, &req, &path).await
 }

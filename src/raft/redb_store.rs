@@ -76,6 +76,9 @@ const KEY_HARD_STATE: &str = "hard_state";
 const KEY_SNAPSHOT_META: &str = "snapshot_meta";
 const KEY_APPLIED: &str = "applied";
 const KEY_CONF_STATE: &str = "conf_state";
+/// The proposal id at the start of an entry's context (node, incarnation,
+/// request: three u64).
+pub const PROPOSAL_ID_BYTES: usize = 24;
 
 /// Who a data dir belongs to. Stored on first boot and checked on every later
 /// boot, so that a node never runs on another node's or cluster's Raft state.
@@ -344,8 +347,27 @@ impl RedbLogStore {
                         ),
                     });
                 }
-                if entry.get_entry_type() == EntryType::EntryNormal && !entry.data.is_empty() {
-                    let (outcome, touched) = match Command::decode(&entry.data) {
+                // A normal entry carries its command as data; a membership
+                // change carries the records that go with it after the
+                // 24-byte proposal id of its context, applied only if raft
+                // accepted the change.
+                let carried = match entry.get_entry_type() {
+                    EntryType::EntryNormal if !entry.data.is_empty() => {
+                        Some((&entry.data[..], entry.context.to_vec()))
+                    }
+                    EntryType::EntryConfChange | EntryType::EntryConfChangeV2
+                        if entry.context.len() > PROPOSAL_ID_BYTES
+                            && batch.accepted_conf.contains(&entry.index) =>
+                    {
+                        Some((
+                            &entry.context[PROPOSAL_ID_BYTES..],
+                            entry.context[..PROPOSAL_ID_BYTES].to_vec(),
+                        ))
+                    }
+                    _ => None,
+                };
+                if let Some((data, context)) = carried {
+                    let (outcome, touched) = match Command::decode(data) {
                         Ok(cmd) => kv
                             .apply(entry.index, &cmd)
                             .map_err(|e| self.err("apply entry to", e))?,
@@ -354,7 +376,7 @@ impl RedbLogStore {
                     };
                     results.push(Applied {
                         index: entry.index,
-                        context: entry.context.to_vec(),
+                        context,
                         outcome,
                         touched,
                     });

@@ -119,6 +119,32 @@ pub enum ReplicaMsg {
     SnapshotBuilt(Result<raft::prelude::Snapshot>),
     /// A received snapshot whose data was checked; step it now.
     SnapshotChecked(Box<Message>),
+    /// On the leader: propose a membership change and reply once it is
+    /// applied here. Removing the leader itself hands leadership over first.
+    ChangeMembership {
+        change: Box<crate::membership::Change>,
+        reply: flume::Sender<WriteResult>,
+    },
+    /// Reply with the leader's view of replication, for membership upkeep.
+    Progress(flume::Sender<Progress>),
+}
+
+/// The leader's view of replication.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// True if this node leads.
+    pub leader: bool,
+    /// The last index of the log.
+    pub last_index: u64,
+    /// The highest index each member is known to hold (leader only).
+    pub matched: std::collections::BTreeMap<u64, u64>,
+    /// Voters (both halves of a joint configuration).
+    pub voters: Vec<u64>,
+    /// Learners.
+    pub learners: Vec<u64>,
+    /// A membership change is still in flight (or the group is in joint
+    /// consensus): another one must wait.
+    pub changing: bool,
 }
 
 /// A committed write: its index and what applying it came to.
@@ -144,6 +170,12 @@ pub enum RequestError {
     /// The replica stopped (the node is shutting down).
     #[error("the node is shutting down")]
     Stopped,
+    /// Only the leader does this, and this node does not lead.
+    #[error("this node is not the leader")]
+    NotLeader,
+    /// Another membership change is in flight.
+    #[error("another membership change is in progress")]
+    Busy,
 }
 
 /// The answer to a proposal.
@@ -320,6 +352,24 @@ impl ReplicaHandle {
         Some(watch)
     }
 
+    /// Proposes a membership change (this node must lead); the answer comes
+    /// once it is applied here.
+    pub async fn change_membership(&self, change: crate::membership::Change) -> WriteResult {
+        let (reply, rx) = flume::bounded(1);
+        let msg = ReplicaMsg::ChangeMembership {
+            change: Box::new(change),
+            reply,
+        };
+        self.ask(msg, rx).await?
+    }
+
+    /// The leader's view of replication; `None` once stopped.
+    pub async fn progress(&self) -> Option<Progress> {
+        let (reply, rx) = flume::bounded(1);
+        self.tx.send_async(ReplicaMsg::Progress(reply)).await.ok()?;
+        rx.recv_async().await.ok()
+    }
+
     /// Leader and contact, read without a round trip to the driver.
     pub fn gauge(&self) -> &Gauge {
         &self.gauge
@@ -366,9 +416,7 @@ impl ProposalId {
     }
 
     fn decode(context: &[u8]) -> Option<ProposalId> {
-        if context.len() != 24 {
-            return None;
-        }
+        let context = context.get(..24)?;
         let n = |i: usize| u64::from_be_bytes(context[i * 8..i * 8 + 8].try_into().expect("8"));
         Some(ProposalId {
             node: n(0),
@@ -424,6 +472,14 @@ pub struct PartitionReplica {
     reads_ready: Vec<(u64, Vec<ReadWaiter>)>,
     watchers: Vec<Watcher>,
     building_snapshot: bool,
+    /// The index of an applied change that removed this node.
+    removed_at: Option<u64>,
+    /// A change that removes this leader, waiting for the new leader.
+    handoff: Option<(
+        crate::membership::Change,
+        flume::Sender<WriteResult>,
+        Instant,
+    )>,
     /// The highest index applied to the store (raft learns it a step later,
     /// at `advance_apply`).
     applied: u64,
@@ -501,6 +557,8 @@ impl PartitionReplica {
                 reads_ready: Vec::new(),
                 watchers: Vec::new(),
                 building_snapshot: false,
+                removed_at: None,
+                handoff: None,
                 applied: recovered.applied,
             },
             handle,
@@ -532,6 +590,16 @@ impl PartitionReplica {
                 error!("{}: stopping replica: {e}", self.group);
                 self.fail_all(RequestError::Stopped);
                 return Err(e);
+            }
+            if let Some(index) = self.removed_at {
+                self.fail_all(RequestError::Stopped);
+                let store = self.store.clone();
+                blocking::unblock(move || store.flush()).await?;
+                let me = self.node.raft.id;
+                return Err(crate::error::Error::Removed(format!(
+                    "node {me} was removed from the cluster by the membership change at index \
+                     {index}; it stops, and this id may not rejoin"
+                )));
             }
             self.publish();
             self.maybe_build_snapshot();
@@ -621,6 +689,12 @@ impl PartitionReplica {
                     self.watchers.push(Watcher { key, prefix, fired });
                 }
             }
+            ReplicaMsg::ChangeMembership { change, reply } => {
+                self.change_membership(*change, reply)
+            }
+            ReplicaMsg::Progress(reply) => {
+                let _ = reply.try_send(self.progress());
+            }
             ReplicaMsg::SnapshotBuilt(result) => {
                 self.building_snapshot = false;
                 match result {
@@ -679,6 +753,7 @@ impl PartitionReplica {
     }
 
     fn on_tick(&mut self) {
+        self.finish_handoff();
         let now = Instant::now();
         let has_leader = self.node.raft.leader_id != raft::INVALID_ID;
         // Proposals that waited for a leader: try again.
@@ -797,6 +872,122 @@ impl PartitionReplica {
         self.reads_asked.insert(ctx, (self.ticks, waiters));
     }
 
+    fn progress(&self) -> Progress {
+        let raft = &self.node.raft;
+        let cs = raft.prs().conf().to_conf_state();
+        let mut voters: Vec<u64> = cs
+            .voters
+            .iter()
+            .chain(&cs.voters_outgoing)
+            .copied()
+            .collect();
+        voters.sort_unstable();
+        voters.dedup();
+        let mut learners = cs.learners.clone();
+        learners.sort_unstable();
+        let leader = raft.state == StateRole::Leader;
+        Progress {
+            leader,
+            last_index: raft.raft_log.last_index(),
+            matched: if leader {
+                raft.prs().iter().map(|(id, p)| (*id, p.matched)).collect()
+            } else {
+                Default::default()
+            },
+            voters,
+            learners,
+            changing: raft.has_pending_conf() || !cs.voters_outgoing.is_empty(),
+        }
+    }
+
+    fn change_membership(
+        &mut self,
+        change: crate::membership::Change,
+        reply: flume::Sender<WriteResult>,
+    ) {
+        let raft = &self.node.raft;
+        if raft.state != StateRole::Leader {
+            let _ = reply.try_send(Err(RequestError::NotLeader));
+            return;
+        }
+        if self.progress().changing || self.handoff.is_some() {
+            let _ = reply.try_send(Err(RequestError::Busy));
+            return;
+        }
+        let me = raft.id;
+        if change.removes == Some(me) {
+            // Hand leadership to another voter first, so that the cluster
+            // does not wait out an election timeout; the change goes to the
+            // new leader once it leads.
+            let others: Vec<u64> = raft
+                .prs()
+                .conf()
+                .voters()
+                .ids()
+                .iter()
+                .filter(|&id| id != me)
+                .collect();
+            if self.transfer_leadership(&others).is_none() {
+                let _ = reply.try_send(Err(RequestError::Busy));
+                return;
+            }
+            let deadline = Instant::now() + self.request_timeout;
+            self.handoff = Some((change, reply, deadline));
+            return;
+        }
+        self.propose_change(change, reply);
+    }
+
+    fn propose_change(
+        &mut self,
+        change: crate::membership::Change,
+        reply: flume::Sender<WriteResult>,
+    ) {
+        let request = self.next_request;
+        self.next_request += 1;
+        let id = ProposalId {
+            node: self.node.raft.id,
+            incarnation: self.incarnation,
+            request,
+        };
+        let mut context = id.encode();
+        context.extend_from_slice(&change.records.encode());
+        match self.node.propose_conf_change(context, change.conf) {
+            Ok(()) => {
+                self.proposals.insert(
+                    request,
+                    Proposal {
+                        reply,
+                        deadline: Instant::now() + self.request_timeout,
+                        unsent: None,
+                    },
+                );
+            }
+            Err(e) => {
+                warn!("{}: membership change not proposed: {e}", self.group);
+                let _ = reply.try_send(Err(RequestError::NoLeader));
+            }
+        }
+    }
+
+    /// After a leader change: a change that removes the old leader goes to
+    /// the new one.
+    fn finish_handoff(&mut self) {
+        let Some((_, _, deadline)) = &self.handoff else {
+            return;
+        };
+        let raft = &self.node.raft;
+        let new_leader = raft.leader_id != raft::INVALID_ID && raft.leader_id != raft.id;
+        let gave_up = raft.state == StateRole::Leader && raft.lead_transferee.is_none();
+        if new_leader {
+            let (change, reply, _) = self.handoff.take().expect("checked");
+            self.propose_change(change, reply);
+        } else if gave_up || Instant::now() >= *deadline {
+            let (_, reply, _) = self.handoff.take().expect("checked");
+            let _ = reply.try_send(Err(RequestError::Busy));
+        }
+    }
+
     fn transfer_leadership(&mut self, candidates: &[u64]) -> Option<u64> {
         if self.node.raft.state != StateRole::Leader {
             return None;
@@ -836,6 +1027,7 @@ impl PartitionReplica {
 
     /// Logs and publishes a change of role, term or leader.
     fn publish(&mut self) {
+        self.finish_handoff();
         let raft = &self.node.raft;
         let now = (raft.state, raft.term, raft.leader_id, raft.lead_transferee);
         if self.published == Some(now) {
@@ -898,7 +1090,7 @@ impl PartitionReplica {
             let mut hs = self.node.store().hard_state().clone();
             hs.commit = ready.hs().map_or(hs.commit, |h| h.commit.max(hs.commit));
             apply.hard_state = Some(hs);
-            apply.conf_state = self.apply_conf_changes(&committed);
+            (apply.conf_state, apply.accepted_conf) = self.apply_conf_changes(&committed);
             apply.apply = committed;
         }
         let mut append = PersistBatch::default();
@@ -949,7 +1141,7 @@ impl PartitionReplica {
             after.hard_state = Some(hs);
         }
         self.send(light.take_messages());
-        after.conf_state = self.apply_conf_changes(&after.apply);
+        (after.conf_state, after.accepted_conf) = self.apply_conf_changes(&after.apply);
         self.write(after).await?;
         self.release_reads();
 
@@ -1143,9 +1335,12 @@ impl PartitionReplica {
     }
 
     /// Applies the membership changes among `entries` to raft; returns the
-    /// conf state to persist with them, if any changed.
-    fn apply_conf_changes(&mut self, entries: &[Entry]) -> Option<ConfState> {
+    /// conf state to persist with them, if any changed, and the indexes of
+    /// the changes raft accepted. A proposer of a refused change is answered
+    /// here.
+    fn apply_conf_changes(&mut self, entries: &[Entry]) -> (Option<ConfState>, Vec<u64>) {
         let mut changed = None;
+        let mut accepted = Vec::new();
         for entry in entries {
             let result = match entry.get_entry_type() {
                 EntryType::EntryNormal => continue,
@@ -1167,14 +1362,46 @@ impl PartitionReplica {
             match result {
                 Ok(cs) => {
                     info!(
-                        "{}: membership is now voters {:?} learners {:?}",
-                        self.group, cs.voters, cs.learners
+                        "{}: membership is now voters {:?} learners {:?}{}",
+                        self.group,
+                        cs.voters,
+                        cs.learners,
+                        if cs.voters_outgoing.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (joint with outgoing voters {:?})", cs.voters_outgoing)
+                        }
                     );
+                    let me = self.node.raft.id;
+                    let member = cs
+                        .voters
+                        .iter()
+                        .chain(&cs.learners)
+                        .chain(&cs.voters_outgoing)
+                        .any(|&id| id == me);
+                    if !member {
+                        self.removed_at = Some(entry.index);
+                    }
                     changed = Some(cs);
+                    accepted.push(entry.index);
                 }
-                Err(e) => warn!("{}: membership change refused: {e}", self.group),
+                Err(e) => {
+                    warn!("{}: membership change refused: {e}", self.group);
+                    if let Some(p) =
+                        ProposalId::decode(&entry.context[..entry.context.len().min(24)])
+                            .filter(|id| {
+                                id.node == self.node.raft.id && id.incarnation == self.incarnation
+                            })
+                            .and_then(|id| self.proposals.remove(&id.request))
+                    {
+                        let _ = p.reply.try_send(Ok(Committed {
+                            index: entry.index,
+                            outcome: Outcome::Invalid(format!("raft refused the change: {e}")),
+                        }));
+                    }
+                }
             }
         }
-        changed
+        (changed, accepted)
     }
 }

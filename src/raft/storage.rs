@@ -37,6 +37,9 @@ pub struct PersistBatch {
     pub apply: Vec<Entry>,
     /// The conf state after the membership changes among `apply`.
     pub conf_state: Option<ConfState>,
+    /// The membership changes among `apply` that raft accepted: their
+    /// context's records are applied to the store with them.
+    pub accepted_conf: Vec<u64>,
     /// Compact the log up to this `(index, term)`: drop the entries up to it
     /// and reap the store's tombstones up to it.
     pub compact: Option<(u64, u64)>,

@@ -1,0 +1,387 @@
+//! `/admin/cluster/members`: the membership, and changing it at runtime.
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET /admin/cluster/members` | `[{"id","addr","admin","role","alive","joined"}]` |
+//! | `POST /admin/cluster/members` with `{"id","addr","admin"}` | adds a learner; 200 with its record |
+//! | `POST /admin/cluster/members/<id>/promote[?replace=<old>]` | a caught-up learner becomes a voter (and `old` leaves, in the same joint-consensus change); 409 while it is behind |
+//! | `DELETE /admin/cluster/members/<id>` | removes a voter or learner |
+//!
+//! Changes are made by the leader; another node forwards the request to it.
+//! One change runs at a time (409 meanwhile), and ids in use or ever used
+//! are refused with 409.
+
+use std::net::SocketAddr;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Value};
+
+use crate::http::{method_not_allowed, param, query_pairs, read_body, reply, AdminState};
+use crate::kv::KvError;
+use crate::membership::{self, Member, Membership, Role};
+use crate::raft::replica::RequestError;
+use crate::store::Outcome;
+
+type Resp = Response<Full<Bytes>>;
+
+/// The largest request body of a membership change.
+const MAX_BODY_BYTES: u64 = 4096;
+
+fn error(status: StatusCode, sentence: impl Into<String>) -> Resp {
+    reply(status, json!({ "error": sentence.into() }))
+}
+
+/// Serves `/admin/cluster/members[/...]`; `rest` is the path after
+/// `/admin/cluster/members`.
+pub async fn handle(state: &AdminState, req: Request<Incoming>, rest: &str) -> Resp {
+    let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+    let method = req.method().clone();
+    match (parts.as_slice(), &method) {
+        ([], &Method::GET) => list(state).await,
+        ([], &Method::POST) => on_leader(state, req, add).await,
+        ([id, "promote"], &Method::POST) => match id.parse::<u64>() {
+            Ok(_) => on_leader(state, req, promote).await,
+            Err(_) => error(StatusCode::BAD_REQUEST, format!("{id:?} is not a node id")),
+        },
+        ([id], &Method::DELETE) => match id.parse::<u64>() {
+            Ok(_) => on_leader(state, req, remove).await,
+            Err(_) => error(StatusCode::BAD_REQUEST, format!("{id:?} is not a node id")),
+        },
+        ([], _) => method_not_allowed("/admin/cluster/members", &method, "GET, POST", true),
+        ([_, "promote"], _) => {
+            method_not_allowed("/admin/cluster/members/<id>/promote", &method, "POST", true)
+        }
+        ([_], _) => method_not_allowed("/admin/cluster/members/<id>", &method, "DELETE", true),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            format!("no route /admin/cluster/members{rest}"),
+        ),
+    }
+}
+
+async fn membership(state: &AdminState) -> Result<Membership, Resp> {
+    state
+        .kv
+        .membership()
+        .await
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// The members, from the records; before the cluster formed, from the file.
+async fn list(state: &AdminState) -> Resp {
+    let m = match membership(state).await {
+        Ok(m) => m,
+        Err(resp) => return resp,
+    };
+    let live = state.health.live_peers().await;
+    let alive = |id: u64| id == state.node_id || live.contains(&id);
+    let members: Vec<Value> = if m.members.is_empty() {
+        state
+            .config
+            .nodes
+            .iter()
+            .map(|n| {
+                json!({"id": n.id, "addr": n.addr.to_string(), "admin": n.admin.to_string(),
+                       "role": "voter", "alive": alive(n.id), "joined": false})
+            })
+            .collect()
+    } else {
+        m.members
+            .values()
+            .map(|(r, _)| record_json(r, alive(r.id)))
+            .collect()
+    };
+    reply(StatusCode::OK, Value::Array(members))
+}
+
+fn record_json(m: &Member, alive: bool) -> Value {
+    json!({
+        "id": m.id,
+        "addr": m.addr.to_string(),
+        "admin": m.admin.to_string(),
+        "role": match m.role { Role::Voter => "voter", Role::Learner => "learner" },
+        "alive": alive,
+        "joined": m.joined,
+    })
+}
+
+/// A change to run on the leader.
+type Pending<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Resp> + Send + 'a>>;
+
+/// Runs `change` here if this node leads, else forwards the request to the
+/// leader and passes its answer back.
+async fn on_leader<'a>(
+    state: &'a AdminState,
+    req: Request<Incoming>,
+    change: impl FnOnce(&'a AdminState, Request<Incoming>) -> Pending<'a>,
+) -> Resp {
+    let leader = state.meta.gauge().leader();
+    match leader {
+        Some(l) if l == state.node_id => change(state, req).await,
+        Some(l) => forward(state, l, req).await,
+        None => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no leader is known: a membership change needs one",
+        ),
+    }
+}
+
+async fn forward(state: &AdminState, leader: u64, req: Request<Incoming>) -> Resp {
+    let admin = match membership(state).await {
+        Ok(m) => m.member(leader).map(|r| r.admin),
+        Err(resp) => return resp,
+    }
+    .or_else(|| state.config.node(leader).map(|n| n.admin));
+    let Some(admin) = admin else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the leader, node {leader}, has no known admin address"),
+        );
+    };
+    let method = req.method().clone();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let body = match read_body(req, MAX_BODY_BYTES, "the request").await {
+        Ok(b) => b.to_vec(),
+        Err(e) => return error(e.status, e.sentence),
+    };
+    match crate::client::exchange(admin, method, &path, body).await {
+        Ok(r) => {
+            let mut resp = Response::new(Full::new(r.body));
+            *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            resp.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            resp
+        }
+        Err(e) => error(
+            StatusCode::BAD_GATEWAY,
+            format!("cannot reach the leader, node {leader} at {admin}: {e}"),
+        ),
+    }
+}
+
+/// The answer to a proposed change.
+fn changed(
+    result: crate::raft::replica::WriteResult,
+    ok: Value,
+    timeout: std::time::Duration,
+) -> Resp {
+    match result {
+        Ok(c) => match c.outcome {
+            Outcome::Committed(_) => reply(StatusCode::OK, ok),
+            Outcome::Invalid(reason) => error(StatusCode::CONFLICT, reason),
+            other => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the change was applied with an unexpected outcome: {other:?}"),
+            ),
+        },
+        Err(RequestError::Busy) => error(
+            StatusCode::CONFLICT,
+            "another membership change is in progress; try again once it completes",
+        ),
+        Err(RequestError::NotLeader) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "leadership moved during the request; try again",
+        ),
+        Err(e) => {
+            let e = KvError::from(e);
+            crate::http::kv_error(&e, true, timeout)
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewMember {
+    id: u64,
+    addr: String,
+    admin: String,
+    #[serde(default = "yes")]
+    auto_promote: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn add(state: &AdminState, req: Request<Incoming>) -> Pending<'_> {
+    Box::pin(async move {
+        let body = match read_body(req, MAX_BODY_BYTES, "the request").await {
+            Ok(b) => b,
+            Err(e) => return error(e.status, e.sentence),
+        };
+        let new: NewMember = match serde_json::from_slice(&body) {
+            Ok(n) => n,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("the body must be {{\"id\", \"addr\", \"admin\"}}: {e}"),
+                )
+            }
+        };
+        let parse = |what: &str, text: &str| -> Result<SocketAddr, String> {
+            text.parse()
+                .map_err(|_| format!("{what} {text:?} is not an ip:port socket address"))
+        };
+        let (addr, admin) = match (parse("addr", &new.addr), parse("admin", &new.admin)) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e),
+        };
+        if new.id == 0 {
+            return error(StatusCode::BAD_REQUEST, "id must be greater than 0");
+        }
+        let m = match membership(state).await {
+            Ok(m) => m,
+            Err(resp) => return resp,
+        };
+        if m.members.contains_key(&new.id) {
+            return error(
+                StatusCode::CONFLICT,
+                format!("node id {} is already a member", new.id),
+            );
+        }
+        if m.removed.contains(&new.id) {
+            return error(
+                StatusCode::CONFLICT,
+                format!(
+                    "node id {} was removed before; ids are never reused, pick a new one",
+                    new.id
+                ),
+            );
+        }
+        if let Some((other, _)) = m
+            .members
+            .values()
+            .find(|(r, _)| [r.addr, r.admin].iter().any(|a| *a == addr || *a == admin))
+        {
+            return error(
+                StatusCode::CONFLICT,
+                format!("node {} already uses one of these addresses", other.id),
+            );
+        }
+        let member = Member {
+            id: new.id,
+            addr,
+            admin,
+            role: Role::Learner,
+            joined: false,
+            auto_promote: new.auto_promote,
+        };
+        let result = state
+            .meta
+            .change_membership(membership::add_learner(&member))
+            .await;
+        changed(
+            result,
+            record_json(&member, false),
+            state.config.store.request_timeout,
+        )
+    })
+}
+
+fn promote(state: &AdminState, req: Request<Incoming>) -> Pending<'_> {
+    Box::pin(async move {
+        let id: u64 = req
+            .uri()
+            .path()
+            .trim_end_matches("/promote")
+            .rsplit('/')
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let pairs = query_pairs(&req);
+        let replacing = match param(&pairs, "replace").map(str::parse::<u64>) {
+            None => None,
+            Some(Ok(old)) => Some(old),
+            Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "replace must be a node id"),
+        };
+        let m = match membership(state).await {
+            Ok(m) => m,
+            Err(resp) => return resp,
+        };
+        let Some(member) = m.member(id) else {
+            return error(StatusCode::NOT_FOUND, format!("node {id} is not a member"));
+        };
+        if member.role == Role::Voter {
+            return error(
+                StatusCode::CONFLICT,
+                format!("node {id} is a voter already"),
+            );
+        }
+        if let Some(old) = replacing {
+            if old == id || m.member(old).is_none() {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    format!("node {old} is not a member to replace"),
+                );
+            }
+        }
+        let Some(progress) = state.meta.progress().await else {
+            return error(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down");
+        };
+        let tail = (state.config.raft.snapshot_entries / 10).max(1);
+        let matched = progress.matched.get(&id).copied().unwrap_or(0);
+        if matched + tail < progress.last_index {
+            return error(
+                StatusCode::CONFLICT,
+                format!(
+                    "node {id} is still behind: it holds the log up to index {matched} of {}; \
+                     it may be promoted within {tail} entries of the leader",
+                    progress.last_index
+                ),
+            );
+        }
+        let result = state
+            .meta
+            .change_membership(membership::promote(member, replacing))
+            .await;
+        let promoted = Member {
+            role: Role::Voter,
+            ..member.clone()
+        };
+        changed(
+            result,
+            record_json(&promoted, true),
+            state.config.store.request_timeout,
+        )
+    })
+}
+
+fn remove(state: &AdminState, req: Request<Incoming>) -> Pending<'_> {
+    Box::pin(async move {
+        let id: u64 = req
+            .uri()
+            .path()
+            .rsplit('/')
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let m = match membership(state).await {
+            Ok(m) => m,
+            Err(resp) => return resp,
+        };
+        let Some(member) = m.member(id) else {
+            return error(StatusCode::NOT_FOUND, format!("node {id} is not a member"));
+        };
+        let voters = m
+            .members
+            .values()
+            .filter(|(r, _)| r.role == Role::Voter)
+            .count();
+        if member.role == Role::Voter && voters <= 1 {
+            return error(StatusCode::CONFLICT, format!("node {id} is the last voter"));
+        }
+        let result = state.meta.change_membership(membership::remove(id)).await;
+        changed(
+            result,
+            json!({"removed": id}),
+            state.config.store.request_timeout,
+        )
+    })
+}
