@@ -320,11 +320,16 @@ pub fn spawn_upkeep(
                 };
                 let leadership = async {
                     // Any change of role or leader may give this node work.
-                    let _ = statuses.recv_async().await;
+                    if statuses.recv_async().await.is_err() {
+                        // The replica stopped: so does upkeep.
+                        futures_lite::future::pending::<()>().await;
+                    }
                 };
                 futures_lite::future::or(watch, leadership).await;
             };
-            if crate::runtime::or_shutdown(&shutdown, wait).await.is_none() {
+            if crate::runtime::or_shutdown(&shutdown, wait).await.is_none()
+                || statuses.is_disconnected()
+            {
                 break;
             }
             while statuses.try_recv().is_ok() {}

@@ -589,12 +589,15 @@ impl PartitionReplica {
             if let Err(e) = handled {
                 error!("{}: stopping replica: {e}", self.group);
                 self.fail_all(RequestError::Stopped);
+                self.drain_inbox();
                 return Err(e);
             }
             if let Some(index) = self.removed_at {
                 self.fail_all(RequestError::Stopped);
                 let store = self.store.clone();
-                blocking::unblock(move || store.flush()).await?;
+                let flushed = blocking::unblock(move || store.flush()).await;
+                self.drain_inbox();
+                flushed?;
                 let me = self.node.raft.id;
                 return Err(crate::error::Error::Removed(format!(
                     "node {me} was removed from the cluster by the membership change at index \
@@ -606,7 +609,9 @@ impl PartitionReplica {
         }
         self.fail_all(RequestError::Stopped);
         let store = self.store.clone();
-        blocking::unblock(move || store.flush()).await?;
+        let flushed = blocking::unblock(move || store.flush()).await;
+        self.drain_inbox();
+        flushed?;
         debug!("{}: replica stopped", self.group);
         Ok(())
     }
@@ -1278,6 +1283,15 @@ impl PartitionReplica {
             }
             false
         });
+    }
+
+    /// Drops what is left in the inbox. flume keeps queued messages while
+    /// any sender lives, so a request queued as the driver stopped would
+    /// otherwise wait forever for its reply; dropping it closes its reply
+    /// channel. Nothing can be queued after this: there is no await between
+    /// here and the end of the driver, when the inbox goes.
+    fn drain_inbox(&mut self) {
+        while self.inbox.try_recv().is_ok() {}
     }
 
     fn fail_all(&mut self, e: RequestError) {

@@ -93,8 +93,13 @@ impl Record {
     }
 }
 
-/// The size a key counts against `max_store_bytes`.
-fn size_of(key: &str, record: &Record) -> u64 {
+/// The size a key counts against `max_store_bytes`: its key and value. The
+/// cluster's own records (under the reserved prefix) do not count, so a full
+/// store never blocks a membership change.
+pub(crate) fn size_of(key: &str, record: &Record) -> u64 {
+    if is_reserved(key) {
+        return 0;
+    }
     (key.len() + record.value.len()) as u64
 }
 

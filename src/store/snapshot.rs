@@ -130,7 +130,7 @@ fn walk<'a>(
         last = Some(key);
         let len = r.u32()? as usize;
         let record = Record::decode(r.take(len)?)?;
-        bytes += (key.len() + record.value.len()) as u64;
+        bytes += crate::store::machine::size_of(key, &record);
         row(key, record)?;
     }
     if bytes != state.bytes {
