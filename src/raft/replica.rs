@@ -1342,9 +1342,16 @@ impl PartitionReplica {
         }
     }
 
-    fn send(&self, messages: Vec<Message>) {
+    fn send(&mut self, messages: Vec<Message>) {
         for m in messages {
-            self.peers.send(&self.group, m);
+            let (to, snapshot) = (m.to, m.get_msg_type() == MessageType::MsgSnapshot);
+            if !self.peers.send(&self.group, m) && snapshot {
+                // raft holds a follower it sent a snapshot to until it hears
+                // how the send went: a snapshot that never left must be
+                // reported, or that follower gets heartbeats only, forever.
+                self.node.report_snapshot(to, SnapshotStatus::Failure);
+                self.node.mut_store().clear_outgoing();
+            }
         }
     }
 
