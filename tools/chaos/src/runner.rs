@@ -306,6 +306,9 @@ fn run_in(opts: &Options, out: &Path, interrupt: &AtomicBool) -> Result<Outcome>
                 break;
             }
             watch.idle(inj.cluster, Duration::from_millis(fault.gap_ms))?;
+            if interrupt.load(Ordering::Relaxed) {
+                break;
+            }
             let active = inj.inject(fault)?;
             watch.idle(inj.cluster, Duration::from_millis(fault.duration_ms))?;
             let mut a = inj.heal(active)?;
