@@ -89,7 +89,11 @@ struct RunArgs {
     /// The results folder (default target/chaos/<time>-seed<seed>).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// A TOML file appended to the cluster file (e.g. `[raft]` settings).
+    /// The nodes' `[raft] snapshot_entries`: small, so that a follower that
+    /// was down catches up by snapshot (0: the node's own default).
+    #[arg(long, default_value_t = 500)]
+    snapshot_entries: u64,
+    /// A TOML file appended to the cluster file (e.g. `[store]` settings).
     #[arg(long)]
     extra_toml: Option<PathBuf>,
     /// Keep the nodes' data dirs even when the run passes.
@@ -210,6 +214,10 @@ fn run(args: RunArgs) -> ExitCode {
             }
         },
     };
+    if args.snapshot_entries != 0 && extra_toml.contains("[raft]") {
+        eprintln!("chaos: --extra-toml has a [raft] table: put snapshot_entries there and pass --snapshot-entries 0");
+        return ExitCode::from(2);
+    }
     let opts = Options {
         nodes: args.nodes,
         duration: args.duration,
@@ -226,6 +234,7 @@ fn run(args: RunArgs) -> ExitCode {
         kinds: args.faults,
         quorumd: args.quorumd,
         out: args.out.unwrap_or_else(|| runner::default_out(seed)),
+        snapshot_entries: (args.snapshot_entries != 0).then_some(args.snapshot_entries),
         extra_toml,
         keep_data: args.keep_data,
         verbose: !args.quiet,

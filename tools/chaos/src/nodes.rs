@@ -28,9 +28,16 @@ pub fn admin_addr(id: u32) -> SocketAddr {
     SocketAddr::from((netns::node_ip(id), ADMIN_PORT))
 }
 
-/// The cluster file for `nodes` nodes, their state under `data_dir`, and
-/// any extra TOML tables (such as `[store]`) appended verbatim.
-pub fn cluster_file(nodes: u32, data_dir: &Path, extra: &str) -> String {
+/// The cluster file for `nodes` nodes, their state under `data_dir`, a
+/// `[raft] snapshot_entries` if given (a small one makes lagging followers
+/// catch up by snapshot under faults), and any extra TOML tables (such as
+/// `[store]`) appended verbatim.
+pub fn cluster_file(
+    nodes: u32,
+    data_dir: &Path,
+    snapshot_entries: Option<u64>,
+    extra: &str,
+) -> String {
     let mut s = format!(
         "# Written by quorumd-chaos: one node per network namespace.\n\
          [cluster]\n\
@@ -41,6 +48,9 @@ pub fn cluster_file(nodes: u32, data_dir: &Path, extra: &str) -> String {
          data_dir = \"{}\"\n",
         data_dir.display()
     );
+    if let Some(n) = snapshot_entries {
+        s.push_str(&format!("\n[raft]\nsnapshot_entries = {n}\n"));
+    }
     if !extra.trim().is_empty() {
         s.push('\n');
         s.push_str(extra.trim_end());
@@ -278,8 +288,10 @@ mod tests {
         let f = cluster_file(
             3,
             Path::new("/tmp/x/data"),
+            Some(500),
             "[store]\nmax_value_bytes = 1024\n",
         );
+        assert!(f.contains("[raft]\nsnapshot_entries = 500\n"), "{f}");
         assert!(f.contains("data_dir = \"/tmp/x/data\""), "{f}");
         assert!(f.contains("addr = \"10.77.0.3:7000\""), "{f}");
         assert!(f.contains("admin = \"10.77.0.1:8000\""), "{f}");

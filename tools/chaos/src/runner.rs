@@ -61,7 +61,9 @@ pub struct Options {
     pub quorumd: PathBuf,
     /// The results folder.
     pub out: PathBuf,
-    /// TOML appended to the cluster file (e.g. `[raft]`/`[store]` settings).
+    /// `[raft] snapshot_entries` for the nodes (`None`: the node's default).
+    pub snapshot_entries: Option<u64>,
+    /// TOML appended to the cluster file (e.g. `[store]` settings).
     pub extra_toml: String,
     /// Keep the nodes' data dirs even when the run passes.
     pub keep_data: bool,
@@ -216,7 +218,12 @@ fn run_in(opts: &Options, out: &Path, interrupt: &AtomicBool) -> Result<Outcome>
     let cluster_path = out.join("cluster.toml");
     write_file(
         &cluster_path,
-        &nodes::cluster_file(opts.nodes, &data_dir, &opts.extra_toml),
+        &nodes::cluster_file(
+            opts.nodes,
+            &data_dir,
+            opts.snapshot_entries,
+            &opts.extra_toml,
+        ),
     )?;
 
     let net = Network::create(opts.nodes)?;
