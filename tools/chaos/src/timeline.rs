@@ -1,6 +1,7 @@
 //! The run's picture, drawn the way Jepsen draws its runs: every operation's
 //! latency over time, one colour per result, the fault windows shaded and
-//! labelled, and each new leader marked. Drawn with `plotters` (its SVG
+//! labelled (and, lighter, the time until writes were acknowledged again),
+//! and each new leader marked. Drawn with `plotters` (its SVG
 //! backend only) into `timeline.svg`.
 
 use std::path::Path;
@@ -98,6 +99,14 @@ fn draw<DB: DrawingBackend>(
             [(a, y_bottom), (b.max(a + 0.02), y_top)],
             colour.mix(0.30).filled(),
         )))?;
+        if let Some(ms) = f.recovery_ms {
+            // The time until writes were acknowledged again, lighter.
+            let r = b + ms as f64 / 1000.0;
+            chart.draw_series(std::iter::once(Rectangle::new(
+                [(b, y_bottom), (r.max(b + 0.01), y_top)],
+                colour.mix(0.12).filled(),
+            )))?;
+        }
         let label = match f.recovery_ms {
             Some(ms) => format!("{} {:?} ({ms} ms)", f.kind.name(), f.targets),
             None => format!("{} {:?} (no recovery)", f.kind.name(), f.targets),
