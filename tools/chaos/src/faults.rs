@@ -139,6 +139,7 @@ impl Injector<'_> {
 
     /// Starts `fault`.
     pub fn inject(&mut self, fault: &Fault) -> Result<Active> {
+        let start_us = self.now_us();
         let pick = fault.pick;
         let ids = self.ids();
         let mut note = String::new();
@@ -253,7 +254,7 @@ impl Injector<'_> {
             fault: fault.clone(),
             targets,
             detail,
-            start_us: self.now_us(),
+            start_us,
             heal,
         })
     }

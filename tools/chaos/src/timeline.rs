@@ -75,10 +75,13 @@ fn draw<DB: DrawingBackend>(
     p: &Picture<'_>,
 ) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     root.fill(&WHITE)?;
+    let (_, height) = root.dim_in_pixel();
+    let (upper, lower) = root.split_vertically(height.saturating_sub(34));
     let x_max = p.run_s.max(1.0);
-    let y_top = p.records.iter().map(latency_ms).fold(100.0f64, f64::max) * 1.5;
+    // Headroom above the slowest operation for the fault labels.
+    let y_top = p.records.iter().map(latency_ms).fold(100.0f64, f64::max) * 8.0;
     let y_bottom = 0.05;
-    let mut chart = ChartBuilder::on(root)
+    let mut chart = ChartBuilder::on(&upper)
         .caption(p.title, ("sans-serif", 16))
         .margin(12)
         .x_label_area_size(40)
@@ -91,8 +94,9 @@ fn draw<DB: DrawingBackend>(
         .light_line_style(WHITE.mix(0.0))
         .draw()?;
 
-    // Fault windows, shaded by kind and labelled at the top.
-    for f in p.faults {
+    // Fault windows, shaded by kind and labelled at the top (on two rows,
+    // so that close faults keep readable labels).
+    for (i, f) in p.faults.iter().enumerate() {
         let (a, b) = (f.start_us as f64 / 1e6, f.end_us as f64 / 1e6);
         let colour = fault_colour(f.kind);
         chart.draw_series(std::iter::once(Rectangle::new(
@@ -113,7 +117,7 @@ fn draw<DB: DrawingBackend>(
         };
         chart.draw_series(std::iter::once(Text::new(
             label,
-            (a, y_top / 1.15),
+            (a, if i % 2 == 0 { y_top / 1.3 } else { y_top / 2.6 }),
             ("sans-serif", 11).into_font().color(&BLACK),
         )))?;
     }
@@ -127,7 +131,7 @@ fn draw<DB: DrawingBackend>(
         )))?;
         chart.draw_series(std::iter::once(Text::new(
             format!("n{node} t{term}"),
-            (x, y_top / 2.2),
+            (x, y_top / 6.0),
             ("sans-serif", 11).into_font().color(&LEADER),
         )))?;
     }
@@ -136,10 +140,10 @@ fn draw<DB: DrawingBackend>(
     // dots, CAS writes rings.
     let ok_total = p.records.iter().filter(|r| r.status == Status::Ok).count();
     let stride = ok_total.div_ceil(MAX_POINTS).max(1);
-    for (status, colour, name) in [
-        (Status::Ok, OK, "ok"),
-        (Status::Failed, FAILED, "failed"),
-        (Status::Unknown, UNKNOWN, "unknown"),
+    for (status, colour) in [
+        (Status::Ok, OK),
+        (Status::Failed, FAILED),
+        (Status::Unknown, UNKNOWN),
     ] {
         let points: Vec<&Record> = p
             .records
@@ -149,25 +153,15 @@ fn draw<DB: DrawingBackend>(
             .filter(|(i, _)| status != Status::Ok || i % stride == 0)
             .map(|(_, r)| r)
             .collect();
-        let label = if status == Status::Ok && stride > 1 {
-            format!("{name} (1 in {stride} drawn)")
-        } else {
-            name.to_string()
-        };
-        chart
-            .draw_series(points.iter().map(|r| {
-                let at = (r.call_us as f64 / 1e6, latency_ms(r));
-                let style = colour.mix(0.75).filled();
-                match r.f {
-                    Func::Get => EmptyElement::at(at) + Circle::new((0, 0), 2, style),
-                    Func::Put => EmptyElement::at(at) + Circle::new((0, 0), 3, style),
-                    Func::Cas => {
-                        EmptyElement::at(at) + Circle::new((0, 0), 3, colour.stroke_width(1))
-                    }
-                }
-            }))?
-            .label(label)
-            .legend(move |(x, y)| Circle::new((x, y), 4, colour.filled()));
+        chart.draw_series(points.iter().map(|r| {
+            let at = (r.call_us as f64 / 1e6, latency_ms(r));
+            let style = colour.mix(0.75).filled();
+            match r.f {
+                Func::Get => EmptyElement::at(at) + Circle::new((0, 0), 2, style),
+                Func::Put => EmptyElement::at(at) + Circle::new((0, 0), 3, style),
+                Func::Cas => EmptyElement::at(at) + Circle::new((0, 0), 3, colour.stroke_width(1)),
+            }
+        }))?;
     }
 
     // The checker's counterexamples.
@@ -176,32 +170,60 @@ fn draw<DB: DrawingBackend>(
         .iter()
         .filter(|r| p.marked.contains(&r.id))
         .collect();
-    if !marked.is_empty() {
-        chart
-            .draw_series(marked.iter().map(|r| {
-                Cross::new(
-                    (r.call_us as f64 / 1e6, latency_ms(r)),
-                    8,
-                    BLACK.stroke_width(3),
-                )
-            }))?
-            .label("violation")
-            .legend(|(x, y)| Cross::new((x, y), 5, BLACK.stroke_width(2)));
-    }
+    chart.draw_series(marked.iter().map(|r| {
+        Cross::new(
+            (r.call_us as f64 / 1e6, latency_ms(r)),
+            8,
+            BLACK.stroke_width(3),
+        )
+    }))?;
 
-    chart
-        .draw_series(std::iter::once(PathElement::new(
-            vec![(0.0, y_bottom)],
-            LEADER,
-        )))?
-        .label("new leader (node, term)")
-        .legend(|(x, y)| PathElement::new(vec![(x - 6, y), (x + 6, y)], LEADER.stroke_width(2)));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
+    // The legend, in a strip of its own under the chart.
+    let ok_label = if stride > 1 {
+        format!("ok (1 in {stride} drawn)")
+    } else {
+        "ok".to_string()
+    };
+    let font = ("sans-serif", 13).into_font().color(&BLACK);
+    let mut x = 70;
+    let y = 14;
+    for (colour, label) in [
+        (OK, ok_label.as_str()),
+        (FAILED, "failed"),
+        (UNKNOWN, "unknown (drawn at the timeout)"),
+    ] {
+        lower.draw(&Circle::new((x, y), 5, colour.filled()))?;
+        lower.draw(&Text::new(label.to_string(), (x + 10, y - 7), font.clone()))?;
+        x += 40 + 8 * label.len() as i32;
+    }
+    lower.draw(&Text::new(
+        "dot: get, large dot: put, ring: CAS".to_string(),
+        (x, y - 7),
+        font.clone(),
+    ))?;
+    x += 290;
+    lower.draw(&PathElement::new(
+        vec![(x, y), (x + 14, y)],
+        LEADER.stroke_width(2),
+    ))?;
+    lower.draw(&Text::new(
+        "new leader (node, term)".to_string(),
+        (x + 20, y - 7),
+        font.clone(),
+    ))?;
+    x += 210;
+    lower.draw(&Rectangle::new(
+        [(x, y - 6), (x + 14, y + 6)],
+        fault_colour(FaultKind::PartitionLeader).mix(0.3).filled(),
+    ))?;
+    lower.draw(&Text::new(
+        "fault (label: kind, targets, recovery); lighter: until writes recover".to_string(),
+        (x + 20, y - 7),
+        font.clone(),
+    ))?;
+    x += 510;
+    lower.draw(&Cross::new((x + 7, y), 5, BLACK.stroke_width(2)))?;
+    lower.draw(&Text::new("violation".to_string(), (x + 20, y - 7), font))?;
     Ok(())
 }
 
@@ -262,7 +284,12 @@ mod tests {
         assert!(svg.starts_with("<svg"), "{}", &svg[..80]);
         assert!(svg.contains("partition-leader [1] (12 ms)"));
         assert!(svg.contains("n2 t3"));
-        for legend in ["ok", "failed", "unknown", "violation"] {
+        for legend in [
+            "ok",
+            "failed",
+            "unknown (drawn at the timeout)",
+            "violation",
+        ] {
             assert!(
                 svg.contains(&format!("\n{legend}\n")),
                 "legend {legend} missing"
