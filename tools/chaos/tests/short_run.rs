@@ -19,7 +19,7 @@ fn a_short_run_with_every_fault_kind_finds_no_violation() {
             "--nodes",
             "3",
             "--duration",
-            "40s",
+            "50s",
             "--seed",
             "1",
             "--clients",
