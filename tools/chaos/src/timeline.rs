@@ -14,9 +14,10 @@ use crate::faults::Applied;
 use crate::history::{Func, Record, Status};
 use crate::schedule::FaultKind;
 
-/// Points drawn at most; beyond this, ok operations are thinned evenly
-/// (failed and unknown ones are always all drawn).
-const MAX_POINTS: usize = 60_000;
+/// Ok operations drawn at most; beyond this they are thinned evenly.
+const MAX_OK_POINTS: usize = 60_000;
+/// Failed operations drawn at most (unknown ones are always all drawn).
+const MAX_FAILED_POINTS: usize = 30_000;
 
 const OK: RGBColor = RGBColor(44, 160, 44);
 const FAILED: RGBColor = RGBColor(214, 39, 40);
@@ -138,19 +139,23 @@ fn draw<DB: DrawingBackend>(
 
     // Operations: one colour per result; gets are small dots, puts larger
     // dots, CAS writes rings.
-    let ok_total = p.records.iter().filter(|r| r.status == Status::Ok).count();
-    let stride = ok_total.div_ceil(MAX_POINTS).max(1);
-    for (status, colour) in [
-        (Status::Ok, OK),
-        (Status::Failed, FAILED),
-        (Status::Unknown, UNKNOWN),
+    let stride = |status: Status, max: usize| {
+        let total = p.records.iter().filter(|r| r.status == status).count();
+        total.div_ceil(max).max(1)
+    };
+    let ok_stride = stride(Status::Ok, MAX_OK_POINTS);
+    let failed_stride = stride(Status::Failed, MAX_FAILED_POINTS);
+    for (status, colour, stride) in [
+        (Status::Ok, OK, ok_stride),
+        (Status::Failed, FAILED, failed_stride),
+        (Status::Unknown, UNKNOWN, 1),
     ] {
         let points: Vec<&Record> = p
             .records
             .iter()
             .filter(|r| r.status == status)
             .enumerate()
-            .filter(|(i, _)| status != Status::Ok || i % stride == 0)
+            .filter(|(i, _)| i % stride == 0)
             .map(|(_, r)| r)
             .collect();
         chart.draw_series(points.iter().map(|r| {
@@ -165,10 +170,11 @@ fn draw<DB: DrawingBackend>(
     }
 
     // The checker's counterexamples.
+    let marked: std::collections::HashSet<u64> = p.marked.iter().copied().collect();
     let marked: Vec<&Record> = p
         .records
         .iter()
-        .filter(|r| p.marked.contains(&r.id))
+        .filter(|r| marked.contains(&r.id))
         .collect();
     chart.draw_series(marked.iter().map(|r| {
         Cross::new(
@@ -179,18 +185,22 @@ fn draw<DB: DrawingBackend>(
     }))?;
 
     // The legend, in a strip of its own under the chart.
-    let ok_label = if stride > 1 {
-        format!("ok (1 in {stride} drawn)")
-    } else {
-        "ok".to_string()
+    let thinned = |name: &str, stride: usize| {
+        if stride > 1 {
+            format!("{name} (1 in {stride} drawn)")
+        } else {
+            name.to_string()
+        }
     };
+    let ok_label = thinned("ok", ok_stride);
+    let failed_label = thinned("failed", failed_stride);
     let font = ("sans-serif", 13).into_font().color(&BLACK);
     let mut x = 70;
     let y = 14;
     for (colour, label) in [
         (OK, ok_label.as_str()),
-        (FAILED, "failed"),
-        (UNKNOWN, "unknown (drawn at the timeout)"),
+        (FAILED, failed_label.as_str()),
+        (UNKNOWN, "unknown"),
     ] {
         lower.draw(&Circle::new((x, y), 5, colour.filled()))?;
         lower.draw(&Text::new(label.to_string(), (x + 10, y - 7), font.clone()))?;
@@ -284,12 +294,7 @@ mod tests {
         assert!(svg.starts_with("<svg"), "{}", &svg[..80]);
         assert!(svg.contains("partition-leader [1] (12 ms)"));
         assert!(svg.contains("n2 t3"));
-        for legend in [
-            "ok",
-            "failed",
-            "unknown (drawn at the timeout)",
-            "violation",
-        ] {
+        for legend in ["ok", "failed", "unknown", "violation"] {
             assert!(
                 svg.contains(&format!("\n{legend}\n")),
                 "legend {legend} missing"
