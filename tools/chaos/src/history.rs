@@ -200,22 +200,29 @@ impl Writer {
 }
 
 /// Reads a history file back, naming the line of any record it cannot parse.
+/// A last line cut short (a run killed while writing it) is left out.
 pub fn read(path: &Path) -> Result<Vec<Record>, String> {
     let file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let lines: Vec<String> = BufReader::new(file)
+        .lines()
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mut out = Vec::new();
-    for (n, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    for (n, line) in lines.iter().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let r: Record = serde_json::from_str(&line).map_err(|e| {
-            format!(
-                "{} line {}: not a history record: {e}",
-                path.display(),
-                n + 1
-            )
-        })?;
-        out.push(r);
+        match serde_json::from_str(line) {
+            Ok(r) => out.push(r),
+            Err(e) if e.is_eof() && n + 1 == lines.len() => break,
+            Err(e) => {
+                return Err(format!(
+                    "{} line {}: not a history record: {e}",
+                    path.display(),
+                    n + 1
+                ))
+            }
+        }
     }
     Ok(out)
 }
@@ -276,6 +283,18 @@ mod tests {
         std::fs::write(&path, "\n{\"id\": 1}\n").unwrap();
         let err = read(&path).unwrap_err();
         assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn a_last_line_cut_short_is_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.jsonl");
+        let whole = serde_json::to_string(&rec(1, Func::Put, Status::Ok)).unwrap();
+        std::fs::write(&path, format!("{whole}\n{}", &whole[..30])).unwrap();
+        assert_eq!(read(&path).unwrap(), vec![rec(1, Func::Put, Status::Ok)]);
+        // ...but not one in the middle.
+        std::fs::write(&path, format!("{}\n{whole}\n", &whole[..30])).unwrap();
+        assert!(read(&path).unwrap_err().contains("line 1"));
     }
 
     #[test]

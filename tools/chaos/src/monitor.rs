@@ -47,6 +47,15 @@ pub fn parse_status(node: u32, t_us: u64, body: &[u8]) -> Option<Sample> {
     })
 }
 
+/// A node's `applied_index` and `commit_index`, from its status JSON.
+pub fn parse_indices(body: &[u8]) -> Option<(u64, u64)> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    Some((
+        v.get("applied_index")?.as_u64()?,
+        v.get("commit_index")?.as_u64()?,
+    ))
+}
+
 /// Polls `addr` once.
 pub fn poll(node: u32, addr: SocketAddr, start: Instant) -> Option<Sample> {
     let r = http::request(addr, "GET", "/admin/cluster/status", b"", POLL_TIMEOUT).ok()?;
@@ -170,6 +179,58 @@ pub fn leader_changes(samples: &[Sample]) -> Vec<(u64, u32, u64)> {
     out
 }
 
+/// Waits until every node has applied everything any node has committed
+/// (the highest `commit_index` reported, taken again on each round), for at
+/// most `within`. Call it with the workload stopped. Returns the nodes still
+/// behind, with their last (applied, target) indices; empty when all caught
+/// up. Nodes whose status has no indices are not checked.
+pub fn wait_caught_up(
+    hub: &str,
+    nodes: &[(u32, SocketAddr)],
+    within: Duration,
+) -> Vec<(u32, Option<u64>, u64)> {
+    let Ok(ns) = netns::open(hub) else {
+        return Vec::new();
+    };
+    let until = Instant::now() + within;
+    loop {
+        let answers: Vec<(u32, Option<(u64, u64)>)> = std::thread::scope(|s| {
+            let handles: Vec<_> = nodes
+                .iter()
+                .map(|&(_, addr)| {
+                    let ns = &ns;
+                    s.spawn(move || {
+                        netns::enter(ns).ok()?;
+                        let r =
+                            http::request(addr, "GET", "/admin/cluster/status", b"", POLL_TIMEOUT)
+                                .ok()?;
+                        (r.status == 200).then(|| parse_indices(&r.body)).flatten()
+                    })
+                })
+                .collect();
+            nodes
+                .iter()
+                .zip(handles)
+                .map(|(&(id, _), h)| (id, h.join().ok().flatten()))
+                .collect()
+        });
+        let target = answers
+            .iter()
+            .filter_map(|(_, a)| a.map(|(_, c)| c))
+            .max()
+            .unwrap_or(0);
+        let behind: Vec<(u32, Option<u64>, u64)> = answers
+            .iter()
+            .filter(|(_, a)| a.is_none_or(|(applied, _)| applied < target))
+            .map(|&(id, a)| (id, a.map(|(applied, _)| applied), target))
+            .collect();
+        if behind.is_empty() || Instant::now() >= until {
+            return behind;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Asks every node at once; the one that says it leads, with the highest
 /// term, if any.
 pub fn find_leader(hub: &str, nodes: &[(u32, SocketAddr)], start: Instant) -> Option<u32> {
@@ -224,6 +285,13 @@ mod tests {
             Some(s(5, 2, 8, "candidate", None))
         );
         assert_eq!(parse_status(2, 5, b"not json"), None);
+    }
+
+    #[test]
+    fn parses_the_applied_and_commit_indexes() {
+        let body = br#"{"applied_index":232233,"commit_index":232240,"role":"follower","term":48}"#;
+        assert_eq!(parse_indices(body), Some((232233, 232240)));
+        assert_eq!(parse_indices(br#"{"role":"follower"}"#), None);
     }
 
     #[test]

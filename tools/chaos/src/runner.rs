@@ -41,6 +41,9 @@ use crate::workload::{self, Settings, Shared, Workload};
 const FIRST_LEADER_WITHIN: Duration = Duration::from_secs(30);
 /// How long the final read of one key may keep failing after healing.
 const FINAL_READ_WITHIN: Duration = Duration::from_secs(30);
+/// How long every node may take to apply what the cluster committed, once
+/// the faults are healed and the workload has stopped.
+const CATCH_UP_WITHIN: Duration = Duration::from_secs(30);
 /// Threads for the final reads.
 const FINAL_READERS: usize = 4;
 
@@ -344,8 +347,35 @@ fn run_in(opts: &Options, out: &Path, interrupt: &AtomicBool) -> Result<Outcome>
     watch.idle(&mut cluster, Duration::from_secs(1))?;
     let keys = work.stop();
 
-    // The final reads: every key, linearizable, after healing.
-    let final_failures = final_reads(&hub, &addrs, &keys.used(), &opts.workload, &shared)?;
+    // Every node catches up once healed and quiet.
+    let behind = monitor::wait_caught_up(&hub, &addrs, CATCH_UP_WITHIN);
+    let mut stuck = Vec::new();
+    for &(id, applied, target) in &behind {
+        let applied = applied.map_or("no status".to_string(), |a| format!("applied index {a}"));
+        eprintln!("chaos: node {id} did not catch up: {applied}, committed {target}");
+        stuck.push(Violation {
+            kind: "stuck node",
+            key: None,
+            detail: format!(
+                "{}s after the last fault healed (and the workload stopped), node {id} still had {applied} while the cluster had committed {target}; see node-{id}.log",
+                CATCH_UP_WITHIN.as_secs()
+            ),
+            ops: Vec::new(),
+        });
+    }
+    // The final reads: every key, linearizable, after healing, through the
+    // nodes that caught up (all of them, if none did).
+    let readers: Vec<(u32, SocketAddr)> = addrs
+        .iter()
+        .copied()
+        .filter(|(id, _)| !behind.iter().any(|b| b.0 == *id))
+        .collect();
+    let readers = if readers.is_empty() {
+        addrs.clone()
+    } else {
+        readers
+    };
+    let final_failures = final_reads(&hub, &readers, &keys.used(), &opts.workload, &shared)?;
     drop(shared);
     let samples = monitor.finish();
     let (records, write_error) = recorder
@@ -393,6 +423,7 @@ fn run_in(opts: &Options, out: &Path, interrupt: &AtomicBool) -> Result<Outcome>
             ops: Vec::new(),
         });
     }
+    violations.extend(stuck);
     violations.extend(final_failures);
     let slow_ms = 2 * ELECTION_TIMEOUT.as_millis() as u64;
     let slow: Vec<Applied> = applied
