@@ -156,6 +156,32 @@ pub fn enter(ns: &File) -> std::io::Result<()> {
     }
 }
 
+/// The output of `ss -tnpi` (TCP sockets with their state, queues, timers
+/// and owners) inside namespace `ns`, for diagnosing a node that hangs.
+pub fn sockets(ns: &str) -> String {
+    let handle = match open(ns) {
+        Ok(h) => h,
+        Err(e) => return e.to_string(),
+    };
+    let fd = handle.as_raw_fd();
+    let mut cmd = Command::new("ss");
+    cmd.args(["-tnpio"]);
+    // SAFETY: setns(2) is async-signal-safe; `handle` keeps `fd` open until
+    // the child has been spawned.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    match cmd.output() {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
+        Err(e) => format!("cannot run ss: {e}"),
+    }
+}
+
 /// Deletes namespaces left by runs whose process is gone (a run killed with
 /// SIGKILL cannot clean up; its nodes died with it, by `PR_SET_PDEATHSIG`).
 /// Returns the names removed.

@@ -357,11 +357,24 @@ fn run_in(opts: &Options, out: &Path, interrupt: &AtomicBool) -> Result<Outcome>
             kind: "stuck node",
             key: None,
             detail: format!(
-                "{}s after the last fault healed (and the workload stopped), node {id} still had {applied} while the cluster had committed {target}; see node-{id}.log",
+                "{}s after the last fault healed (and the workload stopped), node {id} still had {applied} while the cluster had committed {target}; see node-{id}.log and sockets.txt",
                 CATCH_UP_WITHIN.as_secs()
             ),
             ops: Vec::new(),
         });
+    }
+    if !behind.is_empty() {
+        // The sockets of every node, while the stuck node is still stuck.
+        let mut dump = String::new();
+        for &id in &ids {
+            let _ = writeln!(
+                dump,
+                "=== node {id} ({}) ===\n{}",
+                net.node(id),
+                netns::sockets(&net.node(id))
+            );
+        }
+        write_file(&out.join("sockets.txt"), &dump)?;
     }
     // The final reads: every key, linearizable, after healing, through the
     // nodes that caught up (all of them, if none did).
