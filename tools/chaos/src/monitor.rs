@@ -179,20 +179,23 @@ pub fn leader_changes(samples: &[Sample]) -> Vec<(u64, u32, u64)> {
     out
 }
 
-/// Waits until every node has applied everything any node has committed
-/// (the highest `commit_index` reported, taken again on each round), for at
-/// most `within`. Call it with the workload stopped. Returns the nodes still
-/// behind, with their last (applied, target) indices; empty when all caught
-/// up. Nodes whose status has no indices are not checked.
+/// Waits until every node has applied everything any node had committed,
+/// for at most `within`. With `moving`, the target is the highest
+/// `commit_index` reported in each round (for the end of the run, with the
+/// workload stopped); without, it is the one of the first round (after a
+/// fault heals, while the workload goes on). Returns the nodes still behind,
+/// with their last (applied, target) indices; empty when all caught up.
 pub fn wait_caught_up(
     hub: &str,
     nodes: &[(u32, SocketAddr)],
     within: Duration,
+    moving: bool,
 ) -> Vec<(u32, Option<u64>, u64)> {
     let Ok(ns) = netns::open(hub) else {
         return Vec::new();
     };
     let until = Instant::now() + within;
+    let mut fixed: Option<u64> = None;
     loop {
         let answers: Vec<(u32, Option<(u64, u64)>)> = std::thread::scope(|s| {
             let handles: Vec<_> = nodes
@@ -214,11 +217,16 @@ pub fn wait_caught_up(
                 .map(|(&(id, _), h)| (id, h.join().ok().flatten()))
                 .collect()
         });
-        let target = answers
+        let highest = answers
             .iter()
             .filter_map(|(_, a)| a.map(|(_, c)| c))
             .max()
             .unwrap_or(0);
+        let target = if moving {
+            highest
+        } else {
+            *fixed.get_or_insert(highest)
+        };
         let behind: Vec<(u32, Option<u64>, u64)> = answers
             .iter()
             .filter(|(_, a)| a.is_none_or(|(applied, _)| applied < target))

@@ -299,6 +299,8 @@ fn run_in(opts: &Options, out: &Path, interrupt: &AtomicBool) -> Result<Outcome>
         opts.kinds.iter().copied().collect()
     };
     let mut done: BTreeSet<FaultKind> = BTreeSet::new();
+    let mut lagging: Vec<Violation> = Vec::new();
+    let mut stuck_nodes: BTreeSet<u32> = BTreeSet::new();
     let faults_began = Instant::now();
     watch.idle(&mut cluster, Duration::from_secs(1))?;
     {
@@ -338,6 +340,35 @@ fn run_in(opts: &Options, out: &Path, interrupt: &AtomicBool) -> Result<Outcome>
                     }
                 );
             }
+            // Every node applies what was committed when the writes came back.
+            // (A node already reported stuck is not waited for again.)
+            let watched: Vec<(u32, SocketAddr)> = addrs
+                .iter()
+                .copied()
+                .filter(|(id, _)| !stuck_nodes.contains(id))
+                .collect();
+            for (id, got, target) in monitor::wait_caught_up(&hub, &watched, CATCH_UP_WITHIN, false)
+            {
+                stuck_nodes.insert(id);
+                let got = got.map_or("no status".to_string(), |g| format!("applied index {g}"));
+                eprintln!(
+                    "chaos: after fault {} node {id} did not catch up: {got}, committed {target}",
+                    a.n
+                );
+                lagging.push(Violation {
+                    kind: "stuck node",
+                    key: None,
+                    detail: format!(
+                        "after fault {} ({}: {}) healed at {:.3}s, node {id} had {got} {}s later, while {target} was committed when writes came back; see node-{id}.log",
+                        a.n,
+                        a.kind.name(),
+                        a.detail,
+                        a.end_us as f64 / 1e6,
+                        CATCH_UP_WITHIN.as_secs()
+                    ),
+                    ops: Vec::new(),
+                });
+            }
             done.insert(a.kind);
             applied.push(a);
             write_jsonl(&out.join("faults.jsonl"), &applied)?;
@@ -348,9 +379,9 @@ fn run_in(opts: &Options, out: &Path, interrupt: &AtomicBool) -> Result<Outcome>
     let keys = work.stop();
 
     // Every node catches up once healed and quiet.
-    let behind = monitor::wait_caught_up(&hub, &addrs, CATCH_UP_WITHIN);
+    let behind = monitor::wait_caught_up(&hub, &addrs, CATCH_UP_WITHIN, true);
     let mut stuck = Vec::new();
-    for &(id, applied, target) in &behind {
+    for &(id, applied, target) in behind.iter().filter(|b| !stuck_nodes.contains(&b.0)) {
         let applied = applied.map_or("no status".to_string(), |a| format!("applied index {a}"));
         eprintln!("chaos: node {id} did not catch up: {applied}, committed {target}");
         stuck.push(Violation {
@@ -436,6 +467,7 @@ fn run_in(opts: &Options, out: &Path, interrupt: &AtomicBool) -> Result<Outcome>
             ops: Vec::new(),
         });
     }
+    violations.extend(lagging);
     violations.extend(stuck);
     violations.extend(final_failures);
     let slow_ms = 2 * ELECTION_TIMEOUT.as_millis() as u64;
