@@ -247,6 +247,9 @@ pub struct TestCluster {
     children: BTreeMap<u64, Child>,
     /// Exit codes of children already reaped (128 + signal when killed).
     exited: BTreeMap<u64, i32>,
+    /// Nodes that run with a cluster file of their own (see
+    /// [`TestCluster::use_file`]).
+    node_configs: BTreeMap<u64, PathBuf>,
 }
 
 impl TestCluster {
@@ -265,7 +268,33 @@ impl TestCluster {
             config,
             children: BTreeMap::new(),
             exited: BTreeMap::new(),
+            node_configs: BTreeMap::new(),
         }
+    }
+
+    /// Writes a cluster file that lists only `members` (of the spec's
+    /// nodes), and makes the nodes `ids` run with it: how a cluster that
+    /// grows later starts, and how a node added later gets its own entry.
+    /// Returns the file's path.
+    pub fn use_file(&mut self, ids: &[u64], members: &[u64]) -> PathBuf {
+        let mut spec = self.spec.clone();
+        spec.nodes.retain(|id, _| members.contains(id));
+        let name: Vec<String> = members.iter().map(u64::to_string).collect();
+        let path = self
+            .dir
+            .path()
+            .join(format!("cluster-{}.toml", name.join("-")));
+        let data = self.dir.path().join(DATA_SUBDIR);
+        std::fs::write(&path, spec.to_toml(&data)).expect("write cluster file");
+        for &id in ids {
+            self.node_configs.insert(id, path.clone());
+        }
+        path
+    }
+
+    /// The cluster file node `id` runs with.
+    pub fn config_of(&self, id: u64) -> &Path {
+        self.node_configs.get(&id).unwrap_or(&self.config)
     }
 
     /// A cluster named `name` of nodes `1..=size` with the test defaults.
@@ -353,7 +382,7 @@ impl TestCluster {
         let child = Command::new(BIN)
             .arg("run")
             .arg("--cluster")
-            .arg(&self.config)
+            .arg(self.config_of(id))
             .arg("--node-id")
             .arg(id.to_string())
             .args(extra)
