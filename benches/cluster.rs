@@ -1,18 +1,20 @@
 //! Cluster benchmarks (issue 4, "Benchmarks"): `cargo bench --bench cluster`,
 //! which `make bench` runs through `cargo bench`.
 //!
-//! Every measure launches real `quorumd` processes: the binary cargo built for
-//! this bench run (`CARGO_BIN_EXE_quorumd`, i.e. `target/release/quorumd` built
-//! with the bench profile, which inherits the release profile), copied once at
-//! start into a temp dir so that a rebuild of `target/release` by other work
-//! during the bench cannot swap binaries between runs. Each run gets a
-//! fresh temporary directory with its own cluster file and `data_dir`, and fresh
-//! loopback ports. The cluster file uses the shipped defaults: no `[raft]`
-//! section (tick 25 ms x 10 election ticks), and `heartbeat_interval = "1s"`,
-//! `peer_timeout = "3s"`, `quorum_wait_timeout = "30s"` as in
-//! `clusters/cluster3.toml`. Nodes log at `RUST_LOG=info` (the shipped default)
-//! into `<tempdir>/node-N.stderr`. Every child is killed by its handle when its
-//! cluster is dropped.
+//! Every measure launches real `quorumd` processes with the harness of the
+//! process-level tests (`tests/common`, as `benches/kv.rs` does): the binary
+//! cargo built for this bench run (`CARGO_BIN_EXE_quorumd`, i.e.
+//! `target/release/quorumd` built with the bench profile, which inherits the
+//! release profile), copied once at start into a temp dir (`BinCopy`) so that
+//! a rebuild of `target/release` by other work during the bench cannot swap
+//! binaries between runs. Each run gets a fresh `TestCluster`: a temporary
+//! directory with its own cluster file and `data_dir`, and fresh loopback
+//! ports. The cluster file is `Spec::shipped`: no `[raft]` settings (the
+//! shipped timing, `DEFAULT_TICK_INTERVAL` and `DEFAULT_ELECTION_TICKS` of
+//! `src/config.rs`), and `heartbeat_interval = "1s"`, `peer_timeout = "3s"`,
+//! `quorum_wait_timeout = "30s"` as in `clusters/cluster3.toml`. Nodes log at
+//! `RUST_LOG=info` (the shipped default) into `<tempdir>/node-N.stderr`. Every
+//! child is killed by its handle when its cluster is dropped.
 //!
 //! Measures (each timed measure runs `QUORUMD_BENCH_RUNS` times, default 10):
 //!
@@ -21,8 +23,8 @@
 //!    stops at the end of the first poll round in which every node's
 //!    `/admin/cluster/status` says `bootstrap_complete: true` with one and the
 //!    same `leader_id`. Every node is polled every 5 ms, each over its own
-//!    keep-alive HTTP/1.1 connection (reconnected when it drops, e.g. before
-//!    the node listens).
+//!    keep-alive HTTP/1.1 connection (`KeepAlive`, reconnected when it drops,
+//!    e.g. before the node listens).
 //! 2. **`kill -9` failover.** A 3-node cluster bootstraps and idles for 1 s;
 //!    the leader gets SIGKILL; the clock runs until both survivors report the
 //!    same leader, other than the old one (polled every 5 ms).
@@ -52,21 +54,20 @@
 //! a node could not bind its port (os error 98), which is a harness port
 //! collision, not a node fault; such retries are listed.
 
-use std::collections::{BTreeMap, BTreeSet};
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use common::{BinCopy, KeepAlive, Pacer, Spec, TestCluster, BIN};
 use serde_json::Value;
-
-/// The binary under test, built by cargo for this bench run.
-const BIN: &str = env!("CARGO_BIN_EXE_quorumd");
 
 /// The private copy of `BIN` that this bench run launches (see `main`).
 static EXE: OnceLock<PathBuf> = OnceLock::new();
@@ -115,18 +116,11 @@ fn main() {
     let started = Instant::now();
     // Other work in this tree may rebuild target/release/quorumd while the bench
     // runs: launch a private copy taken now, so every run measures one binary.
-    let bin_dir = tempfile::Builder::new()
-        .prefix("quorumd-bench-bin-")
-        .tempdir()
-        .and_then(|d| {
-            std::fs::copy(BIN, d.path().join("quorumd"))?;
-            Ok(d)
-        })
-        .unwrap_or_else(|e| {
-            eprintln!("cannot copy {BIN} for the bench: {e}");
-            std::process::exit(1);
-        });
-    let _ = EXE.set(bin_dir.path().join("quorumd"));
+    let bin_copy = BinCopy::new().unwrap_or_else(|e| {
+        eprintln!("cannot copy {BIN} for the bench: {e}");
+        std::process::exit(1);
+    });
+    let _ = EXE.set(bin_copy.path().to_path_buf());
     eprintln!(
         "[bench] binary: {BIN} (run from the copy {}); {runs} runs per timed measure; quick={quick}",
         exe().display()
@@ -270,7 +264,7 @@ fn main() {
         started.elapsed().as_secs_f64()
     );
     print!("{out}");
-    drop(bin_dir);
+    drop(bin_copy);
 }
 
 // ---------------------------------------------------------------------------
@@ -514,8 +508,8 @@ fn with_retry<T>(
 // ---------------------------------------------------------------------------
 
 struct Booted {
-    cluster: Cluster,
-    clients: Vec<(u64, AdminClient)>,
+    cluster: TestCluster,
+    clients: Vec<(u64, KeepAlive)>,
     elapsed: Duration,
     leader: u64,
     /// The largest `elapsed=Xms` any node logged with `bootstrap complete`.
@@ -525,16 +519,17 @@ struct Booted {
 /// Launches a `size`-node cluster and times it until every node agrees on a
 /// leader with bootstrap complete.
 fn bootstrap_run(size: u64) -> Result<Booted, String> {
-    let mut cluster = Cluster::new(size).map_err(|e| format!("cluster setup: {e}"))?;
-    let mut clients: Vec<(u64, AdminClient)> = cluster
-        .nodes
-        .iter()
-        .map(|n| (n.id, AdminClient::new(n.admin)))
-        .collect();
-    let ids: Vec<u64> = (1..=size).collect();
+    let mut cluster = new_cluster(size);
+    let ids = cluster.ids();
+    let mut clients = pollers(&cluster, &ids);
     let (elapsed, leader, _) = launch_until_leader(&mut cluster, &mut clients, &ids)?;
-    let logged_ms = (1..=size)
-        .map(|id| cluster.logged_bootstrap_ms(id))
+    let logged_ms = ids
+        .iter()
+        .map(|&id| {
+            cluster
+                .bootstrap_line(id)
+                .map(|(_, _, elapsed_ms)| elapsed_ms)
+        })
         .collect::<Option<Vec<u64>>>()
         .and_then(|v| v.into_iter().max());
     Ok(Booted {
@@ -550,13 +545,13 @@ fn bootstrap_run(size: u64) -> Result<Booted, String> {
 /// every node agrees on a leader with bootstrap complete. Returns the time,
 /// the leader and its term.
 fn launch_until_leader(
-    cluster: &mut Cluster,
-    clients: &mut [(u64, AdminClient)],
+    cluster: &mut TestCluster,
+    clients: &mut [(u64, KeepAlive)],
     ids: &[u64],
 ) -> Result<(Duration, u64, u64), String> {
     let start = Instant::now();
     for &id in ids {
-        cluster.spawn(id)?;
+        cluster.start_node(id);
     }
     wait_for_leader(
         cluster,
@@ -598,7 +593,7 @@ fn failover_run() -> Result<(Duration, (u64, u64)), String> {
     let old_term = term_of(&mut clients, leader)?;
     clients.retain(|(id, _)| *id != leader);
     let start = Instant::now();
-    cluster.signal(leader, libc::SIGKILL)?;
+    cluster.signal(leader, libc::SIGKILL);
     let (elapsed, _, new_term) = wait_for_leader(
         &mut cluster,
         &mut clients,
@@ -624,16 +619,16 @@ fn restart_run() -> Result<(Duration, (u64, u64)), String> {
     let old_term = term_of(&mut clients, leader)?;
     let ids: Vec<u64> = clients.iter().map(|(id, _)| *id).collect();
     for &id in &ids {
-        cluster.signal(id, libc::SIGTERM)?;
+        cluster.signal(id, libc::SIGTERM);
     }
     let deadline = Instant::now() + EXIT_TIMEOUT;
     for &id in &ids {
         loop {
-            if let Some(status) = cluster.try_wait(id)? {
-                if !status.success() {
+            if let Some(code) = cluster.poll_exit(id) {
+                if code != 0 {
                     return Err(format!(
-                        "node {id} exited with {status} after SIGTERM: {}",
-                        cluster.stderr_tail(id)
+                        "node {id} exited with code {code} after SIGTERM: {}",
+                        stderr_tail(&cluster, id)
                     ));
                 }
                 break;
@@ -672,19 +667,19 @@ fn handoff_run() -> Result<Handoff, String> {
     clients.retain(|(id, _)| *id != leader);
     let survivors: Vec<u64> = clients.iter().map(|(id, _)| *id).collect();
     let start = Instant::now();
-    cluster.signal(leader, libc::SIGTERM)?;
+    cluster.signal(leader, libc::SIGTERM);
     let mut new_leader: Option<Result<Duration, String>> = None;
-    let mut exit: Option<(Duration, ExitStatus)> = None;
+    let mut exit: Option<(Duration, i32)> = None;
     let mut last_view = String::new();
-    let mut next = start;
+    let mut pacer = Pacer::new(start, HANDOFF_POLL_INTERVAL);
     loop {
         if exit.is_none() {
-            if let Some(status) = cluster.try_wait(leader)? {
-                exit = Some((start.elapsed(), status));
+            if let Some(code) = cluster.poll_exit(leader) {
+                exit = Some((start.elapsed(), code));
             }
         }
         if new_leader.is_none() {
-            if let Err(e) = cluster.check_running(&survivors) {
+            if let Err(e) = check_running(&mut cluster, &survivors) {
                 new_leader = Some(Err(e));
             } else {
                 let round = poll_round(&mut clients);
@@ -702,13 +697,7 @@ fn handoff_run() -> Result<Handoff, String> {
         if waited >= ELECTION_TIMEOUT.max(EXIT_TIMEOUT) {
             break;
         }
-        next += HANDOFF_POLL_INTERVAL;
-        let now = Instant::now();
-        if next > now {
-            sleep(next - now);
-        } else {
-            next = now;
-        }
+        pacer.wait();
     }
     let new_leader = new_leader.unwrap_or_else(|| {
         Err(format!(
@@ -717,16 +706,16 @@ fn handoff_run() -> Result<Handoff, String> {
         ))
     });
     let exit = match exit {
-        Some((d, status)) if status.success() => Ok(d),
-        Some((d, status)) => Err(format!(
-            "old leader exited with {status} (not 0) after {:.1} ms: {}",
+        Some((d, 0)) => Ok(d),
+        Some((d, code)) => Err(format!(
+            "old leader exited with code {code} (not 0) after {:.1} ms: {}",
             ms(d),
-            cluster.stderr_tail(leader)
+            stderr_tail(&cluster, leader)
         )),
         None => Err(format!(
             "old leader still running {} ms after SIGTERM: {}",
             EXIT_TIMEOUT.as_millis(),
-            cluster.stderr_tail(leader)
+            stderr_tail(&cluster, leader)
         )),
     };
     Ok(Handoff { new_leader, exit })
@@ -751,8 +740,15 @@ fn footprint(quick: bool, notes: &mut Vec<String>) -> Vec<Row> {
         // No admin traffic while idling: close the poll connections.
         b.clients.clear();
         let t0 = Instant::now();
-        let ids: Vec<u64> = b.cluster.nodes.iter().map(|n| n.id).collect();
-        let pids: Vec<(u64, u32)> = ids.iter().map(|&id| (id, b.cluster.pid(id))).collect();
+        let ids = b.cluster.ids();
+        let pids: Vec<(u64, u32)> = ids
+            .iter()
+            .map(|&id| {
+                let pid = b.cluster.pid(id);
+                pid.map(|p| (id, p))
+                    .ok_or_else(|| format!("node {id} is not running"))
+            })
+            .collect::<Result<_, _>>()?;
         let hz = clock_ticks()?;
         let sleep_until = |t: Duration| {
             let e = t0.elapsed();
@@ -762,7 +758,7 @@ fn footprint(quick: bool, notes: &mut Vec<String>) -> Vec<Row> {
         };
         let cpu_window = |from: Duration,
                           to: Duration,
-                          cluster: &mut Cluster,
+                          cluster: &mut TestCluster,
                           cpu: &mut Samples,
                           notes: &mut Vec<String>|
          -> Result<(), String> {
@@ -776,7 +772,7 @@ fn footprint(quick: bool, notes: &mut Vec<String>) -> Vec<Row> {
                 })
                 .collect::<Result<_, _>>()?;
             sleep_until(to);
-            cluster.check_running(&ids)?;
+            check_running(cluster, &ids)?;
             for (&(id, p), (t0, at, threads0)) in pids.iter().zip(&before) {
                 let t = cpu_ticks(p)?;
                 let threads = thread_stats(p)?;
@@ -808,12 +804,12 @@ fn footprint(quick: bool, notes: &mut Vec<String>) -> Vec<Row> {
             Ok(())
         };
         let rss_at = |at: Duration,
-                      cluster: &mut Cluster,
+                      cluster: &mut TestCluster,
                       s: &mut Samples,
                       notes: &mut Vec<String>|
          -> Result<(), String> {
             sleep_until(at);
-            cluster.check_running(&ids)?;
+            check_running(cluster, &ids)?;
             let mut threads = Vec::new();
             for &(id, p) in &pids {
                 let st = proc_status(p)?;
@@ -844,12 +840,7 @@ fn footprint(quick: bool, notes: &mut Vec<String>) -> Vec<Row> {
             rss_at(Duration::from_secs(60), &mut b.cluster, &mut rss60, notes)?;
         }
         // Did the cluster stay quiet (no election) while idle?
-        let mut clients: Vec<(u64, AdminClient)> = b
-            .cluster
-            .nodes
-            .iter()
-            .map(|n| (n.id, AdminClient::new(n.admin)))
-            .collect();
+        let mut clients = pollers(&b.cluster, &ids);
         let round = poll_round(&mut clients);
         notes.push(format!(
             "idle cluster: leader {leader_before} term {term_before} at bootstrap; after idling: {}",
@@ -930,12 +921,21 @@ impl NodeStatus {
 
 type Round = Vec<(u64, Result<NodeStatus, String>)>;
 
-/// Queries every node once.
-fn poll_round(clients: &mut [(u64, AdminClient)]) -> Round {
-    clients
-        .iter_mut()
-        .map(|(id, c)| (*id, c.status()))
+/// One keep-alive connection per node of `ids`, each to the node's admin API.
+fn pollers(cluster: &TestCluster, ids: &[u64]) -> Vec<(u64, KeepAlive)> {
+    ids.iter()
+        .map(|&id| (id, KeepAlive::within(cluster.admin(id), HTTP_TIMEOUT)))
         .collect()
+}
+
+/// `/admin/cluster/status` over `client`'s connection.
+fn status(client: &mut KeepAlive) -> Result<NodeStatus, String> {
+    NodeStatus::parse(&client.get("/admin/cluster/status")?)
+}
+
+/// Queries every node once.
+fn poll_round(clients: &mut [(u64, KeepAlive)]) -> Round {
+    clients.iter_mut().map(|(id, c)| (*id, status(c))).collect()
 }
 
 /// If every node answered with bootstrap complete and one and the same known
@@ -978,17 +978,17 @@ fn describe(round: &Round) -> String {
 /// Polls `clients` every `interval` until they agree on a leader (not `not`).
 /// Returns the time since `start`, the leader and the term.
 fn wait_for_leader(
-    cluster: &mut Cluster,
-    clients: &mut [(u64, AdminClient)],
+    cluster: &mut TestCluster,
+    clients: &mut [(u64, KeepAlive)],
     start: Instant,
     interval: Duration,
     timeout: Duration,
     not: Option<u64>,
 ) -> Result<(Duration, u64, u64), String> {
     let ids: Vec<u64> = clients.iter().map(|(id, _)| *id).collect();
-    let mut next = start;
+    let mut pacer = Pacer::new(start, interval);
     loop {
-        cluster.check_running(&ids)?;
+        check_running(cluster, &ids)?;
         let round = poll_round(clients);
         let elapsed = start.elapsed();
         if let Some((leader, term)) = agreed_leader(&round, not) {
@@ -1001,337 +1001,50 @@ fn wait_for_leader(
                 describe(&round)
             ));
         }
-        next += interval;
-        let now = Instant::now();
-        if next > now {
-            sleep(next - now);
-        } else {
-            next = now;
-        }
+        pacer.wait();
     }
 }
 
-fn term_of(clients: &mut [(u64, AdminClient)], id: u64) -> Result<u64, String> {
-    clients
+fn term_of(clients: &mut [(u64, KeepAlive)], id: u64) -> Result<u64, String> {
+    let (_, client) = clients
         .iter_mut()
         .find(|(i, _)| *i == id)
-        .ok_or_else(|| format!("no client for node {id}"))?
-        .1
-        .status()
-        .map(|s| s.term)
+        .ok_or_else(|| format!("no client for node {id}"))?;
+    status(client).map(|s| s.term)
 }
 
 // ---------------------------------------------------------------------------
-// Keep-alive HTTP/1.1 client
+// Clusters of real processes: tests/common's harness
 // ---------------------------------------------------------------------------
 
-/// One keep-alive connection to one node's admin API.
-struct AdminClient {
-    addr: SocketAddr,
-    conn: Option<BufReader<TcpStream>>,
+/// The cluster file of nodes `1..=size` as users run it, launched from the
+/// private copy of the binary; starts nothing.
+fn new_cluster(size: u64) -> TestCluster {
+    TestCluster::new(Spec::shipped(&format!("bench{size}"), size)).with_bin(exe())
 }
 
-impl AdminClient {
-    fn new(addr: SocketAddr) -> AdminClient {
-        AdminClient { addr, conn: None }
-    }
-
-    fn status(&mut self) -> Result<NodeStatus, String> {
-        NodeStatus::parse(&self.get("/admin/cluster/status")?)
-    }
-
-    /// GET `path`; the body of a 200 answer.
-    fn get(&mut self, path: &str) -> Result<String, String> {
-        // The server may have closed an idle connection: one retry on a new one.
-        if self.conn.is_some() {
-            match self.exchange(path) {
-                Ok(r) => return r,
-                Err(_) => self.conn = None,
-            }
-        }
-        let stream = TcpStream::connect_timeout(&self.addr, HTTP_TIMEOUT)
-            .map_err(|e| format!("connect {}: {e}", self.addr))?;
-        let _ = stream.set_nodelay(true);
-        let _ = stream.set_read_timeout(Some(HTTP_TIMEOUT));
-        let _ = stream.set_write_timeout(Some(HTTP_TIMEOUT));
-        self.conn = Some(BufReader::new(stream));
-        match self.exchange(path) {
-            Ok(r) => r,
-            Err(e) => {
-                self.conn = None;
-                Err(format!("GET {path} on {}: {e}", self.addr))
-            }
-        }
-    }
-
-    /// One request/response on the open connection. The outer error is an I/O
-    /// failure; the inner one a well-formed answer that is not 200.
-    fn exchange(&mut self, path: &str) -> io::Result<Result<String, String>> {
-        let addr = self.addr;
-        let conn = self
-            .conn
-            .as_mut()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "no connection"))?;
-        let req =
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\n\r\n");
-        conn.get_mut().write_all(req.as_bytes())?;
-        let mut line = String::new();
-        if conn.read_line(&mut line)? == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "connection closed",
-            ));
-        }
-        let code: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| bad(format!("bad status line {line:?}")))?;
-        let mut length: Option<usize> = None;
-        let mut close = false;
-        loop {
-            line.clear();
-            if conn.read_line(&mut line)? == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "connection closed in headers",
-                ));
-            }
-            let header = line.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            let Some((name, value)) = header.split_once(':') else {
-                return Err(bad(format!("bad header {header:?}")));
-            };
-            let value = value.trim();
-            match name.trim().to_ascii_lowercase().as_str() {
-                "content-length" => {
-                    length = Some(
-                        value
-                            .parse()
-                            .map_err(|_| bad(format!("bad Content-Length {value:?}")))?,
-                    )
-                }
-                "connection" => close = value.eq_ignore_ascii_case("close"),
-                "transfer-encoding" => {
-                    return Err(bad(format!("unsupported Transfer-Encoding {value:?}")))
-                }
-                _ => {}
-            }
-        }
-        let length = length.ok_or_else(|| bad("answer without Content-Length".into()))?;
-        let mut body = vec![0u8; length];
-        conn.read_exact(&mut body)?;
-        if close {
-            self.conn = None;
-        }
-        let body = String::from_utf8_lossy(&body).into_owned();
-        Ok(if code == 200 {
-            Ok(body)
-        } else {
-            Err(format!("HTTP {code}: {body}"))
-        })
-    }
-}
-
-fn bad(msg: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg)
-}
-
-// ---------------------------------------------------------------------------
-// Clusters of real processes
-// ---------------------------------------------------------------------------
-
-struct NodeAddrs {
-    id: u64,
-    addr: SocketAddr,
-    admin: SocketAddr,
-}
-
-/// A cluster file in a temp dir and the node processes started from it. Every
-/// child still running is killed (SIGKILL, by its handle) and reaped on drop.
-struct Cluster {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    nodes: Vec<NodeAddrs>,
-    children: BTreeMap<u64, Child>,
-}
-
-/// Ports handed out so far by this bench process: never twice.
-static USED_PORTS: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
-
-/// `n` distinct free loopback ports, picked by binding 127.0.0.1:0. All the
-/// listeners stay open until all `n` are picked, so the kernel cannot hand out
-/// one port twice; Linux gives bind(0) odd ports and connect() even ones, which
-/// keeps the nodes' own outbound connections off them in between.
-fn free_ports(n: usize) -> io::Result<Vec<u16>> {
-    let mut used = USED_PORTS.lock().unwrap_or_else(|e| e.into_inner());
-    let mut held = Vec::new();
-    let mut ports = Vec::new();
-    while ports.len() < n {
-        if held.len() > 1000 {
-            return Err(io::Error::other("no free loopback ports"));
-        }
-        let l = TcpListener::bind("127.0.0.1:0")?;
-        let port = l.local_addr()?.port();
-        if used.insert(port) {
-            ports.push(port);
-        }
-        held.push(l);
-    }
-    Ok(ports)
-}
-
-fn toml_str(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
-impl Cluster {
-    /// Writes the cluster file of nodes `1..=size`; starts nothing.
-    fn new(size: u64) -> io::Result<Cluster> {
-        let dir = tempfile::Builder::new()
-            .prefix("quorumd-bench-")
-            .tempdir()?;
-        let ports = free_ports(2 * size as usize)?;
-        let nodes: Vec<NodeAddrs> = (1..=size)
-            .zip(ports.chunks(2))
-            .map(|(id, p)| NodeAddrs {
-                id,
-                addr: SocketAddr::from(([127, 0, 0, 1], p[0])),
-                admin: SocketAddr::from(([127, 0, 0, 1], p[1])),
-            })
-            .collect();
-        let data = dir.path().join("data");
-        let mut toml = String::new();
-        let _ = writeln!(toml, "[cluster]");
-        let _ = writeln!(toml, "name = \"bench{size}\"");
-        let _ = writeln!(toml, "quorum_wait_timeout = \"30s\"");
-        let _ = writeln!(toml, "heartbeat_interval = \"1s\"");
-        let _ = writeln!(toml, "peer_timeout = \"3s\"");
-        let _ = writeln!(toml, "data_dir = {}", toml_str(&data.to_string_lossy()));
-        for n in &nodes {
-            let _ = writeln!(toml);
-            let _ = writeln!(toml, "[[node]]");
-            let _ = writeln!(toml, "id = {}", n.id);
-            let _ = writeln!(toml, "addr = \"{}\"", n.addr);
-            let _ = writeln!(toml, "admin = \"{}\"", n.admin);
-        }
-        let config = dir.path().join("cluster.toml");
-        std::fs::write(&config, toml)?;
-        Ok(Cluster {
-            dir,
-            config,
-            nodes,
-            children: BTreeMap::new(),
-        })
-    }
-
-    fn stderr_path(&self, id: u64) -> PathBuf {
-        self.dir.path().join(format!("node-{id}.stderr"))
-    }
-
-    fn spawn(&mut self, id: u64) -> Result<(), String> {
-        let log = File::create(self.stderr_path(id)).map_err(|e| format!("stderr file: {e}"))?;
-        let child = Command::new(exe())
-            .arg("run")
-            .arg("--cluster")
-            .arg(&self.config)
-            .arg("--node-id")
-            .arg(id.to_string())
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("spawn {}: {e}", exe().display()))?;
-        self.children.insert(id, child);
-        Ok(())
-    }
-
-    fn pid(&self, id: u64) -> u32 {
-        self.children.get(&id).map_or(0, Child::id)
-    }
-
-    /// Reaps node `id` if it has exited.
-    fn try_wait(&mut self, id: u64) -> Result<Option<ExitStatus>, String> {
-        let Some(child) = self.children.get_mut(&id) else {
-            return Err(format!("node {id} is not running"));
-        };
-        match child.try_wait() {
-            Ok(Some(status)) => {
-                self.children.remove(&id);
-                Ok(Some(status))
-            }
-            Ok(None) => Ok(None),
-            Err(e) => Err(format!("try_wait on node {id}: {e}")),
-        }
-    }
-
-    /// An error naming the first of `ids` that is no longer running.
-    fn check_running(&mut self, ids: &[u64]) -> Result<(), String> {
-        for &id in ids {
-            if let Some(status) = self.try_wait(id)? {
-                return Err(format!(
-                    "node {id} exited unexpectedly ({status}): {}",
-                    self.stderr_tail(id)
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    fn signal(&mut self, id: u64, sig: libc::c_int) -> Result<(), String> {
-        let pid = self.pid(id);
-        if pid == 0 {
-            return Err(format!("node {id} is not running"));
-        }
-        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped,
-        // so the pid cannot have been reused.
-        let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
-        if rc != 0 {
+/// An error naming the first of `ids` that is no longer running.
+fn check_running(cluster: &mut TestCluster, ids: &[u64]) -> Result<(), String> {
+    for &id in ids {
+        if let Some(code) = cluster.poll_exit(id) {
             return Err(format!(
-                "kill({pid}, {sig}): {}",
-                io::Error::last_os_error()
+                "node {id} exited unexpectedly (exit code {code}): {}",
+                stderr_tail(cluster, id)
             ));
         }
-        Ok(())
     }
-
-    fn stderr(&self, id: u64) -> String {
-        std::fs::read_to_string(self.stderr_path(id)).unwrap_or_default()
-    }
-
-    /// The last few lines node `id` wrote to stderr, on one line.
-    fn stderr_tail(&self, id: u64) -> String {
-        let text = self.stderr(id);
-        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-        let tail = lines[lines.len().saturating_sub(3)..].join(" / ");
-        if tail.is_empty() {
-            "(no stderr)".into()
-        } else {
-            tail
-        }
-    }
-
-    /// `X` of the `bootstrap complete: ... elapsed=Xms` line node `id` logged.
-    fn logged_bootstrap_ms(&self, id: u64) -> Option<u64> {
-        let text = self.stderr(id);
-        let line = text.lines().find(|l| l.contains("bootstrap complete"))?;
-        let rest = &line[line.find("elapsed=")? + "elapsed=".len()..];
-        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        digits.parse().ok()
-    }
+    Ok(())
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for child in self.children.values_mut() {
-            let _ = child.kill();
-        }
-        for child in self.children.values_mut() {
-            let _ = child.wait();
-        }
+/// The last few lines node `id` wrote to stderr, on one line.
+fn stderr_tail(cluster: &TestCluster, id: u64) -> String {
+    let text = cluster.stderr(id);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = lines[lines.len().saturating_sub(3)..].join(" / ");
+    if tail.is_empty() {
+        "(no stderr)".into()
+    } else {
+        tail
     }
 }
 
@@ -1450,7 +1163,7 @@ fn elf_has_symtab(path: &Path) -> io::Result<bool> {
     let mut data = Vec::new();
     File::open(path)?.read_to_end(&mut data)?;
     if data.len() < 64 || &data[..4] != b"\x7fELF" || data[4] != 2 || data[5] != 1 {
-        return Err(bad("not a 64-bit little-endian ELF file".into()));
+        return Err(bad("not a 64-bit little-endian ELF file"));
     }
     let u16_at = |o: usize| data.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
     let u32_at = |o: usize| {
@@ -1464,7 +1177,7 @@ fn elf_has_symtab(path: &Path) -> io::Result<bool> {
             u64::from_le_bytes(a)
         })
     };
-    let bad_header = || bad("truncated ELF header".into());
+    let bad_header = || bad("truncated ELF header");
     let shoff = u64_at(0x28).ok_or_else(bad_header)? as usize;
     let shentsize = u16_at(0x3A).ok_or_else(bad_header)? as usize;
     let shnum = u16_at(0x3C).ok_or_else(bad_header)? as usize;
@@ -1475,6 +1188,10 @@ fn elf_has_symtab(path: &Path) -> io::Result<bool> {
         }
     }
     Ok(false)
+}
+
+fn bad(msg: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
 }
 
 fn machine() -> String {

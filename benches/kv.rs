@@ -3,7 +3,7 @@
 //! One load generator measures quorumd and, when `etcd` is on `PATH`
 //! (Debian's `etcd-server`), etcd in the same run: 3-node clusters on
 //! loopback, 64-byte values, keep-alive HTTP/1.1 clients (one TCP connection
-//! per client) talking to the leader. quorumd speaks Consul's KV API, etcd its
+//! per client, `KeepAlive` of `tests/common`) talking to the leader. quorumd speaks Consul's KV API, etcd its
 //! v3 JSON gateway (`POST /v3/kv/put`, `POST /v3/kv/range`).
 //!
 //! 1. put latency, one sequential client: median and p99;
@@ -25,14 +25,13 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::{free_addr, Spec, TestCluster};
+use common::{free_addr, KeepAlive, Spec, TestCluster};
 use serde_json::{json, Value};
 
 const VALUE_BYTES: usize = 64;
@@ -94,8 +93,8 @@ trait Kv: Sync {
     /// The client addresses of every node, leader first.
     fn leader_and_followers(&mut self) -> (u64, Vec<u64>);
     fn addr(&self, node: u64) -> SocketAddr;
-    fn put(&self, c: &mut Client, key: &str, value: &[u8]) -> Result<(), String>;
-    fn get(&self, c: &mut Client, key: &str, stale: bool) -> Result<(), String>;
+    fn put(&self, c: &mut KeepAlive, key: &str, value: &[u8]) -> Result<(), String>;
+    fn get(&self, c: &mut KeepAlive, key: &str, stale: bool) -> Result<(), String>;
     fn pid(&self, node: u64) -> u32;
     fn stop(&mut self, node: u64);
     fn start_again(&mut self, node: u64);
@@ -108,13 +107,14 @@ fn run(kv: &mut dyn Kv, keys: u64, seconds: u64) -> Figures {
     let (leader, followers) = kv.leader_and_followers();
     let addr = kv.addr(leader);
     let value = vec![b'v'; VALUE_BYTES];
-    let mut c = Client::new(addr);
+    let mut c = KeepAlive::new(addr);
     eprintln!("{}: latency, one client on node {leader}", kv.name());
     for i in 0..WARMUP_OPS {
         kv.put(&mut c, &format!("lat/{i}"), &value)
             .expect("warm-up put");
     }
-    let timed = |c: &mut Client, op: &mut dyn FnMut(&mut Client, usize) -> Result<(), String>| {
+    let timed = |c: &mut KeepAlive,
+                 op: &mut dyn FnMut(&mut KeepAlive, usize) -> Result<(), String>| {
         (0..LATENCY_OPS)
             .map(|i| {
                 let t = Instant::now();
@@ -159,7 +159,7 @@ fn run(kv: &mut dyn Kv, keys: u64, seconds: u64) -> Figures {
     std::thread::scope(|s| {
         for _ in 0..CLIENTS {
             s.spawn(|| {
-                let mut c = Client::new(addr);
+                let mut c = KeepAlive::new(addr);
                 loop {
                     let n = next.fetch_add(1, Ordering::Relaxed);
                     if n >= keys {
@@ -168,7 +168,7 @@ fn run(kv: &mut dyn Kv, keys: u64, seconds: u64) -> Figures {
                     let key = format!("load/{n:08}");
                     while kv_ref.put(&mut c, &key, &load_value).is_err() {
                         std::thread::sleep(Duration::from_millis(10));
-                        c = Client::new(addr);
+                        c = KeepAlive::new(addr);
                     }
                 }
             });
@@ -204,7 +204,7 @@ fn throughput(
     kv: &dyn Kv,
     addr: SocketAddr,
     window: Duration,
-    op: impl Fn(&dyn Kv, &mut Client, u64) -> Result<(), String> + Sync,
+    op: impl Fn(&dyn Kv, &mut KeepAlive, u64) -> Result<(), String> + Sync,
 ) -> f64 {
     let done = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
@@ -213,13 +213,13 @@ fn throughput(
         for t in 0..CLIENTS as u64 {
             let (done, stop, op) = (&done, &stop, &op);
             s.spawn(move || {
-                let mut c = Client::new(addr);
+                let mut c = KeepAlive::new(addr);
                 let mut n = t * 1_000_000;
                 while !stop.load(Ordering::Relaxed) {
                     if op(kv, &mut c, n).is_ok() {
                         done.fetch_add(1, Ordering::Relaxed);
                     } else {
-                        c = Client::new(addr);
+                        c = KeepAlive::new(addr);
                     }
                     n += 1;
                 }
@@ -242,10 +242,7 @@ struct Quorumd {
 impl Quorumd {
     fn start() -> Quorumd {
         // The shipped timing, and the health settings of clusters/.
-        let spec = Spec::new("bench-kv", 3)
-            .heartbeat("1s", "3s")
-            .quorum_wait("30s");
-        let mut c = TestCluster::new(spec);
+        let mut c = TestCluster::new(Spec::shipped("bench-kv", 3));
         c.start_all();
         c.wait_agreed_leader(&[1, 2, 3]);
         Quorumd { c }
@@ -269,14 +266,14 @@ impl Kv for Quorumd {
         self.c.admin(node)
     }
 
-    fn put(&self, c: &mut Client, key: &str, value: &[u8]) -> Result<(), String> {
+    fn put(&self, c: &mut KeepAlive, key: &str, value: &[u8]) -> Result<(), String> {
         let (status, body) = c.call("PUT", &format!("/v1/kv/{key}"), value)?;
         (status == 200 && body == b"true")
             .then_some(())
             .ok_or_else(|| format!("put answered {status}"))
     }
 
-    fn get(&self, c: &mut Client, key: &str, stale: bool) -> Result<(), String> {
+    fn get(&self, c: &mut KeepAlive, key: &str, stale: bool) -> Result<(), String> {
         let q = if stale { "?stale" } else { "" };
         let (status, _) = c.call("GET", &format!("/v1/kv/{key}{q}"), b"")?;
         (status == 200)
@@ -371,7 +368,7 @@ impl Etcd {
     }
 
     fn status(&self, i: usize) -> Option<Value> {
-        let mut c = Client::new(self.client[i]);
+        let mut c = KeepAlive::new(self.client[i]);
         let (status, body) = c.call("POST", "/v3/maintenance/status", b"{}").ok()?;
         (status == 200).then(|| serde_json::from_slice(&body).ok())?
     }
@@ -416,7 +413,7 @@ impl Kv for Etcd {
         self.client[node as usize]
     }
 
-    fn put(&self, c: &mut Client, key: &str, value: &[u8]) -> Result<(), String> {
+    fn put(&self, c: &mut KeepAlive, key: &str, value: &[u8]) -> Result<(), String> {
         let body = json!({"key": b64(key.as_bytes()), "value": b64(value)}).to_string();
         let (status, _) = c.call("POST", "/v3/kv/put", body.as_bytes())?;
         (status == 200)
@@ -424,7 +421,7 @@ impl Kv for Etcd {
             .ok_or_else(|| format!("put answered {status}"))
     }
 
-    fn get(&self, c: &mut Client, key: &str, stale: bool) -> Result<(), String> {
+    fn get(&self, c: &mut KeepAlive, key: &str, stale: bool) -> Result<(), String> {
         let body = json!({"key": b64(key.as_bytes()), "serializable": stale}).to_string();
         let (status, _) = c.call("POST", "/v3/kv/range", body.as_bytes())?;
         (status == 200)
@@ -456,97 +453,10 @@ impl Kv for Etcd {
 }
 
 // ---------------------------------------------------------------------------
-// The load generator's client: keep-alive HTTP/1.1 over one TCP connection.
+// /proc
 // ---------------------------------------------------------------------------
 
-struct Client {
-    addr: SocketAddr,
-    conn: Option<BufReader<TcpStream>>,
-}
-
-impl Client {
-    fn new(addr: SocketAddr) -> Client {
-        Client { addr, conn: None }
-    }
-
-    fn call(&mut self, method: &str, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>), String> {
-        let result = self.exchange(method, path, body);
-        if result.is_err() {
-            self.conn = None;
-        }
-        result.map_err(|e| e.to_string())
-    }
-
-    fn exchange(
-        &mut self,
-        method: &str,
-        path: &str,
-        body: &[u8],
-    ) -> std::io::Result<(u16, Vec<u8>)> {
-        if self.conn.is_none() {
-            let s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(2))?;
-            s.set_nodelay(true)?;
-            s.set_read_timeout(Some(Duration::from_secs(30)))?;
-            self.conn = Some(BufReader::new(s));
-        }
-        let conn = self.conn.as_mut().expect("connected");
-        let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n",
-            self.addr,
-            body.len()
-        )
-        .into_bytes();
-        req.extend_from_slice(body);
-        conn.get_mut().write_all(&req)?;
-        let mut line = String::new();
-        conn.read_line(&mut line)?;
-        let status: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
-        let (mut len, mut chunked, mut close) = (0usize, false, false);
-        loop {
-            line.clear();
-            conn.read_line(&mut line)?;
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            let lower = l.to_ascii_lowercase();
-            if let Some(v) = lower.strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap_or(0);
-            } else if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
-                chunked = true;
-            } else if lower.starts_with("connection:") && lower.contains("close") {
-                close = true;
-            }
-        }
-        let mut out = Vec::new();
-        if chunked {
-            loop {
-                line.clear();
-                conn.read_line(&mut line)?;
-                let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
-                    .map_err(|_| std::io::Error::other("bad chunk size"))?;
-                let mut chunk = vec![0; size + 2];
-                conn.read_exact(&mut chunk)?;
-                if size == 0 {
-                    break;
-                }
-                out.extend_from_slice(&chunk[..size]);
-            }
-        } else {
-            out.resize(len, 0);
-            conn.read_exact(&mut out)?;
-        }
-        if close {
-            self.conn = None;
-        }
-        Ok((status, out))
-    }
-}
-
+/// VmRSS of `pid`, in MiB.
 fn proc_rss_mib(pid: u32) -> Option<f64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kib: f64 = text

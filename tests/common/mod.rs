@@ -30,7 +30,11 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 mod http;
+mod keep_alive;
 pub use http::{http, http_body, http_within, Response};
+// Only the benches use it so far.
+#[allow(unused_imports)]
+pub use keep_alive::KeepAlive;
 
 /// The binary under test, built by cargo for this test run.
 pub const BIN: &str = env!("CARGO_BIN_EXE_quorumd");
@@ -162,6 +166,16 @@ impl Spec {
         }
     }
 
+    /// A cluster of nodes `1..=size` on free ports as users run it: the
+    /// shipped Raft timing, and the health settings of `clusters/*.toml`
+    /// (heartbeat 1 s, peer timeout 3 s, quorum wait 30 s). The benches
+    /// measure this.
+    pub fn shipped(name: &str, size: u64) -> Spec {
+        Spec::new(name, size)
+            .heartbeat("1s", "3s")
+            .quorum_wait("30s")
+    }
+
     /// Adds a `key = value` line to the `[raft]` table.
     pub fn raft(mut self, line: &str) -> Spec {
         self.raft_lines.push(line.to_string());
@@ -244,6 +258,8 @@ pub struct TestCluster {
     pub spec: Spec,
     pub dir: TempDir,
     pub config: PathBuf,
+    /// The binary the nodes run: [`BIN`] unless [`TestCluster::with_bin`].
+    bin: PathBuf,
     children: BTreeMap<u64, Child>,
     /// Exit codes of children already reaped (128 + signal when killed).
     exited: BTreeMap<u64, i32>,
@@ -266,10 +282,17 @@ impl TestCluster {
             spec,
             dir,
             config,
+            bin: PathBuf::from(BIN),
             children: BTreeMap::new(),
             exited: BTreeMap::new(),
             node_configs: BTreeMap::new(),
         }
+    }
+
+    /// Runs the nodes from `bin` instead of [`BIN`], e.g. a [`BinCopy`].
+    pub fn with_bin(mut self, bin: &Path) -> TestCluster {
+        self.bin = bin.to_path_buf();
+        self
     }
 
     /// Writes a cluster file that lists only `members` (of the spec's
@@ -379,7 +402,7 @@ impl TestCluster {
             .append(true)
             .open(self.stderr_path(id))
             .expect("open stderr log");
-        let child = Command::new(BIN)
+        let child = Command::new(&self.bin)
             .arg("run")
             .arg("--cluster")
             .arg(self.config_of(id))
@@ -679,6 +702,59 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
             return false;
         }
         std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// A fixed-rate schedule for polling loops that time something: each
+/// [`Pacer::wait`] sleeps until the next multiple of `interval` after the
+/// start, so the time a round takes does not stretch the step (a round that
+/// overran starts the next one at once).
+pub struct Pacer {
+    next: Instant,
+    interval: Duration,
+}
+
+impl Pacer {
+    pub fn new(start: Instant, interval: Duration) -> Pacer {
+        Pacer {
+            next: start,
+            interval,
+        }
+    }
+
+    pub fn wait(&mut self) {
+        self.next += self.interval;
+        let now = Instant::now();
+        if self.next > now {
+            std::thread::sleep(self.next - now);
+        } else {
+            self.next = now;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A private copy of the binary
+// ---------------------------------------------------------------------------
+
+/// A copy of [`BIN`] in a temp dir of its own, removed on drop. Runs that
+/// must all measure one binary launch it (via [`TestCluster::with_bin`]):
+/// other work in the tree may rebuild `BIN` in place meanwhile.
+pub struct BinCopy {
+    _dir: TempDir,
+    path: PathBuf,
+}
+
+impl BinCopy {
+    pub fn new() -> std::io::Result<BinCopy> {
+        let dir = tempfile::Builder::new().prefix("quorumd-bin-").tempdir()?;
+        let path = dir.path().join("quorumd");
+        std::fs::copy(BIN, &path)?;
+        Ok(BinCopy { _dir: dir, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 }
 
