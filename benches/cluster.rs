@@ -67,6 +67,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use common::{BinCopy, KeepAlive, Pacer, Spec, TestCluster, BIN};
+use quorumd::config::{DEFAULT_ELECTION_TICKS, DEFAULT_TICK_INTERVAL};
 use serde_json::Value;
 
 /// The private copy of `BIN` that this bench run launches (see `main`).
@@ -1208,7 +1209,9 @@ fn machine() -> String {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into());
+    // The timing the nodes run with, read from the crate so that it cannot go stale.
+    let tick_ms = DEFAULT_TICK_INTERVAL.as_millis();
     format!(
-        "Machine: {cpus} CPUs (nproc), {model}, Linux {kernel}; loopback; shipped defaults (tick 25 ms x 10 election ticks, heartbeat 1 s, peer timeout 3 s)."
+        "Machine: {cpus} CPUs (nproc), {model}, Linux {kernel}; loopback; shipped defaults (tick {tick_ms} ms x {DEFAULT_ELECTION_TICKS} election ticks, heartbeat 1 s, peer timeout 3 s)."
     )
 }
