@@ -11,14 +11,23 @@
 //! | 4 | `Raft` | topic (u16 length + UTF-8), partition u32, encoded `eraftpb::Message` |
 //! | 5 | `SnapshotBegin` | topic, partition, total data length u64, encoded `MsgSnapshot` without its data |
 //! | 6 | `SnapshotChunk` | the next at most [`SNAPSHOT_CHUNK_BYTES`] of the snapshot's data |
+//! | 7 | `Keepalive` | nothing: an idle Raft stream says it is still there |
 //!
 //! A snapshot can be far larger than a frame, so a `MsgSnapshot` travels as
 //! one `SnapshotBegin` followed by `SnapshotChunk`s on the same stream, and
 //! is reassembled ([`SnapshotAssembly`]) before Raft sees it.
 //!
 //! A connection opens with `Hello` from the dialer, answered by `Ack` or
-//! `Reject`. Anything malformed is a [`WireError`]; the caller closes that one
-//! connection and nothing else.
+//! `Reject`. Handshake frames are read with a limit of [`HANDSHAKE_MAX_BYTES`],
+//! not the frame limit, so a stray client cannot make a node allocate much
+//! before it has said who it is. Anything malformed is a [`WireError`]; the
+//! caller closes that one connection and nothing else.
+//!
+//! On a cluster with `[tls]` the same frames travel inside TLS. A valid length
+//! prefix is at most 4 MiB, so its first byte is always 0; a TLS record starts
+//! with 0x14..=0x17 followed by 0x03. [`read_handshake_frame`] tells the two
+//! apart, so that a TLS peer of a plaintext node (or the other way round) is
+//! refused with a sentence that says so.
 
 use std::io;
 
@@ -32,8 +41,13 @@ use raft::prelude::Message;
 pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
 /// Magic bytes that open every `Hello`, so that a stray client is refused at once.
 pub const MAGIC: &[u8; 4] = b"QRMD";
-/// The wire version; bumped on incompatible changes.
-pub const VERSION: u8 = 1;
+/// The wire version; bumped on incompatible changes (2: `Keepalive`).
+pub const VERSION: u8 = 2;
+/// The limit on a `Hello`, `Ack` or `Reject` payload. A `Hello` is 29 bytes
+/// plus the cluster name (at most [`crate::config::MAX_CLUSTER_NAME_BYTES`]).
+pub const HANDSHAKE_MAX_BYTES: usize = 1024;
+/// A `Reject` reason is clipped to this many bytes, so it fits a handshake frame.
+pub const MAX_REASON_BYTES: usize = 512;
 /// The largest piece of snapshot data in one frame.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 /// The largest snapshot a node accepts. The store is capped at 1 GiB; this
@@ -47,6 +61,7 @@ const KIND_REJECT: u8 = 3;
 const KIND_RAFT: u8 = 4;
 const KIND_SNAPSHOT_BEGIN: u8 = 5;
 const KIND_SNAPSHOT_CHUNK: u8 = 6;
+const KIND_KEEPALIVE: u8 = 7;
 
 /// Why a connection was opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +121,9 @@ pub enum Frame {
     },
     /// The next piece of the snapshot's data.
     SnapshotChunk { data: Vec<u8> },
+    /// Sent on an idle Raft stream, so the receiver can close streams that
+    /// went silent without closing healthy ones.
+    Keepalive,
 }
 
 /// A frame that could not be read or decoded.
@@ -114,12 +132,17 @@ pub enum WireError {
     /// The socket failed or closed.
     #[error("{0}")]
     Io(#[from] io::Error),
-    /// The length prefix is over the limit.
-    #[error("frame of {0} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")]
+    /// The length prefix is over the limit (the frame limit, or the smaller
+    /// one for handshake frames).
+    #[error("frame of {0} bytes is over the limit")]
     TooLarge(usize),
     /// The payload does not decode.
     #[error("malformed frame: {0}")]
     Malformed(String),
+    /// The bytes are a TLS record, not a frame: the other side speaks TLS
+    /// and this side does not.
+    #[error("the peer speaks TLS, and this node has no [tls] section")]
+    TlsRecord,
 }
 
 impl Frame {
@@ -148,7 +171,7 @@ impl Frame {
             }
             Frame::Reject { reason } => {
                 out.push(KIND_REJECT);
-                put_str(&mut out, reason);
+                put_str(&mut out, clip(reason, MAX_REASON_BYTES));
             }
             Frame::Raft { group, message } => {
                 out.push(KIND_RAFT);
@@ -176,6 +199,7 @@ impl Frame {
                 out.push(KIND_SNAPSHOT_CHUNK);
                 out.extend_from_slice(data);
             }
+            Frame::Keepalive => out.push(KIND_KEEPALIVE),
         }
         let len = (out.len() - 4) as u32;
         out[..4].copy_from_slice(&len.to_be_bytes());
@@ -248,6 +272,7 @@ impl Frame {
                 r.buf = &[];
                 Frame::SnapshotChunk { data }
             }
+            KIND_KEEPALIVE => Frame::Keepalive,
             k => return Err(WireError::Malformed(format!("unknown frame kind {k}"))),
         };
         if !r.buf.is_empty() {
@@ -374,16 +399,39 @@ impl Frame {
             Frame::Raft { .. } => "Raft",
             Frame::SnapshotBegin { .. } => "SnapshotBegin",
             Frame::SnapshotChunk { .. } => "SnapshotChunk",
+            Frame::Keepalive => "Keepalive",
         }
     }
 }
 
 /// Reads one frame. The length is checked before anything is allocated.
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, WireError> {
+    read_frame_within(r, MAX_FRAME_BYTES).await
+}
+
+/// Reads one handshake frame (`Hello`, `Ack` or `Reject`): at most
+/// [`HANDSHAKE_MAX_BYTES`], and a TLS record is reported as such.
+pub async fn read_handshake_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, WireError> {
+    read_frame_within(r, HANDSHAKE_MAX_BYTES).await
+}
+
+/// True if `prefix` starts a TLS record (handshake, alert, change cipher
+/// spec or application data, version 3.x) rather than a frame length.
+pub fn is_tls_record(prefix: &[u8]) -> bool {
+    matches!(prefix, [0x14..=0x17, 0x03, ..])
+}
+
+async fn read_frame_within<R: AsyncRead + Unpin>(
+    r: &mut R,
+    limit: usize,
+) -> Result<Frame, WireError> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len).await?;
+    if is_tls_record(&len) {
+        return Err(WireError::TlsRecord);
+    }
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME_BYTES {
+    if len > limit {
         return Err(WireError::TooLarge(len));
     }
     if len == 0 {
@@ -398,6 +446,18 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, WireEr
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &Frame) -> io::Result<()> {
     w.write_all(&frame.encode()).await?;
     w.flush().await
+}
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn clip(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -467,6 +527,7 @@ mod tests {
         roundtrip(Frame::Reject {
             reason: "wrong cluster".into(),
         });
+        roundtrip(Frame::Keepalive);
         let mut message = Message::default();
         message.set_msg_type(MessageType::MsgHeartbeat);
         message.from = 1;
@@ -559,5 +620,44 @@ mod tests {
         let mut bytes: &[u8] = &[0xff, 0xff, 0xff, 0xf0, 1, 2, 3];
         let err = futures_lite::future::block_on(read_frame(&mut bytes)).unwrap_err();
         assert!(matches!(err, WireError::TooLarge(_)));
+    }
+
+    #[test]
+    fn handshake_frames_have_a_small_limit() {
+        let big = Frame::Hello {
+            purpose: Purpose::Raft,
+            from: 1,
+            to: 2,
+            cluster: "x".repeat(2000),
+        }
+        .encode();
+        let err = futures_lite::future::block_on(read_handshake_frame(&mut &big[..])).unwrap_err();
+        assert!(matches!(err, WireError::TooLarge(n) if n == big.len() - 4));
+        // The same frame is fine where the frame limit applies.
+        assert!(futures_lite::future::block_on(read_frame(&mut &big[..])).is_ok());
+    }
+
+    #[test]
+    fn a_tls_record_is_named_as_such() {
+        // The first bytes of a TLS 1.3 ClientHello and of an alert.
+        for record in [
+            &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01][..],
+            &[0x15, 0x03, 0x03, 0, 2, 2, 40],
+        ] {
+            let err =
+                futures_lite::future::block_on(read_handshake_frame(&mut &record[..])).unwrap_err();
+            assert!(matches!(err, WireError::TlsRecord), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_long_reject_reason_is_clipped_on_a_char_boundary() {
+        let reason = "é".repeat(MAX_REASON_BYTES);
+        let bytes = Frame::Reject { reason }.encode();
+        assert!(bytes.len() - 4 <= HANDSHAKE_MAX_BYTES);
+        match Frame::decode(&bytes[4..]).unwrap() {
+            Frame::Reject { reason } => assert_eq!(reason.len(), MAX_REASON_BYTES),
+            other => panic!("{other:?}"),
+        }
     }
 }
