@@ -6,6 +6,8 @@
 //! - [`log_view`] is the in-memory view of the log that raft-rs reads.
 //! - [`replica`] is the driver task that owns one group's `RawNode`.
 //! - [`manager`] creates groups, routes messages to them and ticks them.
+//! - [`validate`] checks every message from the wire before `step()`, so
+//!   that no frame can crash a replica.
 //!
 //! Invariants kept here (DESIGN.md, "Raft rules"):
 //! - every node starts from the same static bootstrap snapshot, with all
@@ -19,6 +21,7 @@ pub mod manager;
 pub mod redb_store;
 pub mod replica;
 pub mod storage;
+pub mod validate;
 
 pub use manager::{spawn_tick_driver, RaftGroupManager, Router};
 pub use replica::{

@@ -216,15 +216,7 @@ impl ReplicaStatus {
     }
 }
 
-/// The API spelling of a role.
-pub fn role_name(role: StateRole) -> &'static str {
-    match role {
-        StateRole::Leader => "leader",
-        StateRole::Follower => "follower",
-        StateRole::Candidate => "candidate",
-        StateRole::PreCandidate => "pre_candidate",
-    }
-}
+pub use crate::metrics::role_name;
 
 /// What HTTP handlers read on every request without asking the driver:
 /// whether a leader is known and when it was last heard from.
@@ -721,6 +713,9 @@ impl PartitionReplica {
     }
 
     fn step(&mut self, m: Message) {
+        if !crate::raft::validate::admit(&self.group, &self.node.raft, &m) {
+            return;
+        }
         let (from, kind, term) = (m.from, m.get_msg_type(), m.term);
         if let Err(e) = self.node.step(m) {
             debug!("{}: ignored {kind:?} from {from}: {e}", self.group);
