@@ -1,9 +1,10 @@
-//! The command line: `quorumd run`, `quorumd check`, `quorumd status`,
-//! `quorumd kv`.
+//! The command line: `quorumd run`, `check`, `status`, `kv`, `member`
+//! and `certs`.
 //!
 //! Each command returns a [`Result`]; `main` turns an error into its exit code
 //! and one sentence on stderr.
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -55,11 +56,24 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::kv_cli::KvCommand,
     },
-    /// Validate a cluster file and print a summary.
+    /// Validate a cluster file (and its `[tls]` files) and print a summary.
     Check {
         /// The cluster file.
         #[arg(value_name = "FILE")]
         file: PathBuf,
+    },
+    /// Write a CA, a certificate and key per node, and a client pair, for the
+    /// cluster's [tls] table.
+    Certs {
+        /// The cluster file.
+        #[arg(long, value_name = "FILE")]
+        cluster: PathBuf,
+        /// Where to write them.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Replace existing files (every certificate is new, CA included).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -71,8 +85,29 @@ pub fn run(cli: Cli, started: Instant) -> Result<()> {
         Command::Member { command } => crate::member_cli::run(command),
         Command::Check { file } => {
             let config = ClusterConfig::load(&file)?;
-            print!("{}", config.summary());
+            let tls = crate::tls::check(&config)?;
+            print!("{}", summary(&config));
+            for line in tls {
+                println!("{line}");
+            }
             println!("{}: ok", file.display());
+            Ok(())
+        }
+        Command::Certs {
+            cluster,
+            out,
+            force,
+        } => {
+            let config = ClusterConfig::load(&cluster)?;
+            let generated = crate::tls::generate(&config, &cluster, &out, force)?;
+            for f in &generated.files {
+                println!("wrote {}", f.display());
+            }
+            println!(
+                "\nAdd this table to {} (the same file on every node):\n\n{}",
+                cluster.display(),
+                generated.table
+            );
             Ok(())
         }
         Command::Run {
@@ -86,6 +121,52 @@ pub fn run(cli: Cli, started: Instant) -> Result<()> {
             crate::runtime::block_on(run_node(config, node_id, options))
         }
     }
+}
+
+/// The summary `quorumd check` prints.
+pub fn summary(config: &ClusterConfig) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "cluster '{}': {} nodes, quorum {}",
+        config.name,
+        config.cluster_size(),
+        crate::quorum::quorum_size(config.cluster_size())
+    );
+    let _ = writeln!(
+        s,
+        "  quorum_wait_timeout={} heartbeat_interval={} peer_timeout={}",
+        humantime::format_duration(config.quorum_wait_timeout),
+        humantime::format_duration(config.heartbeat_interval),
+        humantime::format_duration(config.peer_timeout)
+    );
+    let raft = &config.raft;
+    let _ = writeln!(
+        s,
+        "  raft: tick_interval={} election_ticks={} heartbeat_ticks={} (election timeout {}..{})",
+        humantime::format_duration(raft.tick_interval),
+        raft.election_ticks,
+        raft.heartbeat_ticks,
+        humantime::format_duration(raft.election_timeout()),
+        humantime::format_duration(raft.election_timeout() * 2)
+    );
+    let _ = writeln!(
+        s,
+        "  snapshots: every {} entries or {} bytes of log",
+        raft.snapshot_entries, raft.snapshot_bytes
+    );
+    let _ = writeln!(
+        s,
+        "  store: max_value_bytes={} max_store_bytes={} request_timeout={}",
+        config.store.max_value_bytes,
+        config.store.max_store_bytes,
+        humantime::format_duration(config.store.request_timeout)
+    );
+    let _ = writeln!(s, "  data_dir={}", config.data_dir.display());
+    for n in &config.nodes {
+        let _ = writeln!(s, "  node {}: addr={} admin={}", n.id, n.addr, n.admin);
+    }
+    s
 }
 
 enum Event {

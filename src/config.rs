@@ -4,10 +4,20 @@
 //! rejected there), then [`ClusterConfig::parse`] checks the file as a whole
 //! and turns it into a [`ClusterConfig`]. Every error names the field and the
 //! reason, so an operator can fix the file without reading code.
+//!
+//! Every duration has a sane range ([`DurationRange`]): a tick of `1ns` would
+//! make a node spin a core so hard it never handles SIGTERM, and a timeout of
+//! `100000000000000s` overflows the clock arithmetic. Values outside the range
+//! are refused, naming the field.
+//!
+//! The optional `[tls]` table turns on mutual TLS between peers (see
+//! [`TlsFiles`]); its paths are relative to the cluster file.
+//!
+//! This is a bottom layer: it imports nothing of the crate but the error type.
 
 use std::collections::HashSet;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -51,6 +61,33 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_SNAPSHOT_ENTRIES: u64 = 10_000;
 /// Default log bytes applied since the last snapshot that trigger the next one.
 pub const DEFAULT_SNAPSHOT_BYTES: u64 = 16 * 1024 * 1024;
+/// The longest cluster name: it travels in every handshake, which is read
+/// with a 1 KiB limit.
+pub const MAX_CLUSTER_NAME_BYTES: usize = 255;
+/// The most election ticks a file may ask for.
+pub const MAX_ELECTION_TICKS: usize = 10_000;
+
+/// The range a duration field must fall in.
+pub type DurationRange = RangeInclusive<Duration>;
+
+const fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+const fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+const ONE_DAY: Duration = secs(24 * 3600);
+
+/// `cluster.quorum_wait_timeout`: a wait of at most a day.
+pub const QUORUM_WAIT_TIMEOUT_RANGE: DurationRange = ms(10)..=ONE_DAY;
+/// `cluster.heartbeat_interval`: probes at most 100 times a second, at least hourly.
+pub const HEARTBEAT_INTERVAL_RANGE: DurationRange = ms(10)..=secs(3600);
+/// `cluster.peer_timeout`: at most a day.
+pub const PEER_TIMEOUT_RANGE: DurationRange = ms(10)..=ONE_DAY;
+/// `raft.tick_interval`: between 1 ms and 10 s.
+pub const TICK_INTERVAL_RANGE: DurationRange = ms(1)..=secs(10);
+/// `store.request_timeout`: a client waits at most 10 minutes.
+pub const REQUEST_TIMEOUT_RANGE: DurationRange = ms(10)..=secs(600);
 
 /// The cluster file as written on disk.
 #[derive(Debug, Deserialize)]
@@ -59,10 +96,21 @@ struct RawFile {
     cluster: RawCluster,
     #[serde(default)]
     raft: RawRaft,
+    tls: Option<RawTls>,
     #[serde(default)]
     store: RawStore,
     #[serde(default)]
     node: Vec<RawNode>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: PathBuf,
+    cert: String,
+    key: String,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -168,6 +216,37 @@ impl RaftTiming {
     }
 }
 
+/// The `[tls]` table: where the certificates are. Paths are resolved against
+/// the cluster file's directory; `cert` and `key` keep `{id}`, which
+/// [`TlsFiles::cert`] and [`TlsFiles::key`] replace with a node's id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The cluster's CA certificate (PEM). Peers and clients must be signed by it.
+    pub ca: PathBuf,
+    /// Each node's certificate chain (PEM), with `{id}` in the path.
+    pub cert_template: PathBuf,
+    /// Each node's private key (PEM), with `{id}` in the path.
+    pub key_template: PathBuf,
+    /// The CLI's client certificate and key (PEM), if the file names them.
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+impl TlsFiles {
+    /// Node `id`'s certificate file.
+    pub fn cert(&self, id: u64) -> PathBuf {
+        substitute_id(&self.cert_template, id)
+    }
+
+    /// Node `id`'s private key file.
+    pub fn key(&self, id: u64) -> PathBuf {
+        substitute_id(&self.key_template, id)
+    }
+}
+
+fn substitute_id(template: &Path, id: u64) -> PathBuf {
+    PathBuf::from(template.to_string_lossy().replace("{id}", &id.to_string()))
+}
+
 /// A validated cluster file. Every node of a cluster holds an identical one.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -187,6 +266,8 @@ pub struct ClusterConfig {
     pub raft: RaftTiming,
     /// Limits of the key-value store.
     pub store: StoreSettings,
+    /// Mutual TLS between peers, if the file has a `[tls]` table.
+    pub tls: Option<TlsFiles>,
     /// Every member, sorted by id.
     pub nodes: Vec<NodeConfig>,
 }
@@ -201,8 +282,9 @@ impl ClusterConfig {
         Self::parse(&text, path)
     }
 
-    /// Parses and validates the text of a cluster file. `path` is only used
-    /// in error messages.
+    /// Parses and validates the text of a cluster file. `path` names the file
+    /// in error messages, and relative `[tls]` paths are resolved against its
+    /// directory. Nothing is read from disk here.
     pub fn parse(text: &str, path: &Path) -> Result<ClusterConfig> {
         let err = |field: &str, reason: String| Error::Config {
             path: path.to_path_buf(),
@@ -214,7 +296,8 @@ impl ClusterConfig {
             let reason = e.message().to_string();
             let field = match e.span() {
                 Some(span) => {
-                    let line = text[..span.start].matches('\n').count() + 1;
+                    let before = text.as_bytes().get(..span.start).unwrap_or(text.as_bytes());
+                    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
                     format!("line {line}")
                 }
                 None => "file".to_string(),
@@ -226,35 +309,38 @@ impl ClusterConfig {
         if name.is_empty() {
             return Err(err("cluster.name", "must not be empty".into()));
         }
+        if name.len() > MAX_CLUSTER_NAME_BYTES {
+            return Err(err(
+                "cluster.name",
+                format!(
+                    "is {} bytes long; at most {MAX_CLUSTER_NAME_BYTES} are allowed",
+                    name.len()
+                ),
+            ));
+        }
         // Durations are read as any TOML value so that a bare number gets an
         // error naming its field, not just a line.
-        let duration = |field: &str, value: &Option<toml::Value>, default: Duration| match value {
-            None => Ok(default),
-            Some(toml::Value::String(text)) => {
-                parse_duration(text).map_err(|reason| err(field, reason))
-            }
-            Some(other) => Err(err(
-                field,
-                format!(
-                    "must be a duration string such as \"500ms\" or \"30s\", not the {} {other}",
-                    other.type_str()
-                ),
-            )),
-        };
+        let duration =
+            |field: &str, value: &Option<toml::Value>, default: Duration, range: DurationRange| {
+                duration_field(value, default, range).map_err(|reason| err(field, reason))
+            };
         let quorum_wait_timeout = duration(
             "cluster.quorum_wait_timeout",
             &raw.cluster.quorum_wait_timeout,
             DEFAULT_QUORUM_WAIT_TIMEOUT,
+            QUORUM_WAIT_TIMEOUT_RANGE,
         )?;
         let heartbeat_interval = duration(
             "cluster.heartbeat_interval",
             &raw.cluster.heartbeat_interval,
             DEFAULT_HEARTBEAT_INTERVAL,
+            HEARTBEAT_INTERVAL_RANGE,
         )?;
         let peer_timeout = duration(
             "cluster.peer_timeout",
             &raw.cluster.peer_timeout,
             DEFAULT_PEER_TIMEOUT,
+            PEER_TIMEOUT_RANGE,
         )?;
         if peer_timeout <= heartbeat_interval {
             return Err(err(
@@ -280,6 +366,7 @@ impl ClusterConfig {
                 "raft.tick_interval",
                 &raw.raft.tick_interval,
                 defaults.tick_interval,
+                TICK_INTERVAL_RANGE,
             )?,
             election_ticks: raw.raft.election_ticks.unwrap_or(defaults.election_ticks),
             heartbeat_ticks: raw.raft.heartbeat_ticks.unwrap_or(defaults.heartbeat_ticks),
@@ -329,6 +416,7 @@ impl ClusterConfig {
                 "store.request_timeout",
                 &raw.store.request_timeout,
                 store_defaults.request_timeout,
+                REQUEST_TIMEOUT_RANGE,
             )?,
         };
         check_bytes(
@@ -354,17 +442,17 @@ impl ClusterConfig {
                 ),
             ));
         }
-        if store.request_timeout > Duration::from_secs(600) {
-            return Err(err(
-                "store.request_timeout",
-                format!(
-                    "must be at most 10m, not {}",
-                    humantime::format_duration(store.request_timeout)
-                ),
-            ));
-        }
         if raft.heartbeat_ticks == 0 {
             return Err(err("raft.heartbeat_ticks", "must be at least 1".into()));
+        }
+        if raft.election_ticks > MAX_ELECTION_TICKS {
+            return Err(err(
+                "raft.election_ticks",
+                format!(
+                    "{} is out of range: at most {MAX_ELECTION_TICKS}",
+                    raft.election_ticks
+                ),
+            ));
         }
         if raft.election_ticks <= raft.heartbeat_ticks {
             return Err(err(
@@ -411,6 +499,11 @@ impl ClusterConfig {
         }
         nodes.sort_by_key(|n| n.id);
 
+        let tls = match raw.tls {
+            None => None,
+            Some(t) => Some(parse_tls(t, &name, nodes.len(), path).map_err(|(f, r)| err(&f, r))?),
+        };
+
         Ok(ClusterConfig {
             name,
             quorum_wait_timeout,
@@ -420,6 +513,7 @@ impl ClusterConfig {
             auto_promote: raw.cluster.auto_promote.unwrap_or(true),
             raft,
             store,
+            tls,
             nodes,
         })
     }
@@ -461,52 +555,6 @@ impl ClusterConfig {
     /// The directory where node `id` keeps its state.
     pub fn node_data_dir(&self, id: u64) -> PathBuf {
         self.data_dir.join(format!("node-{id}"))
-    }
-
-    /// A human summary, printed by `quorumd check`.
-    pub fn summary(&self) -> String {
-        let mut s = String::new();
-        let q = crate::quorum::quorum_size(self.cluster_size());
-        let _ = writeln!(
-            s,
-            "cluster '{}': {} nodes, quorum {}",
-            self.name,
-            self.cluster_size(),
-            q
-        );
-        let _ = writeln!(
-            s,
-            "  quorum_wait_timeout={} heartbeat_interval={} peer_timeout={}",
-            humantime::format_duration(self.quorum_wait_timeout),
-            humantime::format_duration(self.heartbeat_interval),
-            humantime::format_duration(self.peer_timeout)
-        );
-        let _ = writeln!(
-            s,
-            "  raft: tick_interval={} election_ticks={} heartbeat_ticks={} (election timeout {}..{})",
-            humantime::format_duration(self.raft.tick_interval),
-            self.raft.election_ticks,
-            self.raft.heartbeat_ticks,
-            humantime::format_duration(self.raft.election_timeout()),
-            humantime::format_duration(self.raft.election_timeout() * 2)
-        );
-        let _ = writeln!(
-            s,
-            "  snapshots: every {} entries or {} bytes of log",
-            self.raft.snapshot_entries, self.raft.snapshot_bytes
-        );
-        let _ = writeln!(
-            s,
-            "  store: max_value_bytes={} max_store_bytes={} request_timeout={}",
-            self.store.max_value_bytes,
-            self.store.max_store_bytes,
-            humantime::format_duration(self.store.request_timeout)
-        );
-        let _ = writeln!(s, "  data_dir={}", self.data_dir.display());
-        for n in &self.nodes {
-            let _ = writeln!(s, "  node {}: addr={} admin={}", n.id, n.addr, n.admin);
-        }
-        s
     }
 }
 
@@ -584,6 +632,103 @@ fn check_bytes(
         ));
     }
     Ok(())
+}
+
+/// Reads one duration field: absent gives `default`; a string is parsed
+/// and must fall in `range`; any other TOML value is refused.
+pub fn duration_field(
+    value: &Option<toml::Value>,
+    default: Duration,
+    range: DurationRange,
+) -> std::result::Result<Duration, String> {
+    let d = match value {
+        None => return Ok(default),
+        Some(toml::Value::String(text)) => parse_duration(text)?,
+        Some(other) => {
+            return Err(format!(
+                "must be a duration string such as \"500ms\" or \"30s\", not the {} {other}",
+                other.type_str()
+            ))
+        }
+    };
+    if !range.contains(&d) {
+        return Err(format!(
+            "{} is out of range: must be between {} and {}",
+            humantime::format_duration(d),
+            humantime::format_duration(*range.start()),
+            humantime::format_duration(*range.end())
+        ));
+    }
+    Ok(d)
+}
+
+/// True if `name` can be one label of a DNS name (certificates name a node
+/// as `node-<id>.<cluster>`).
+fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+fn parse_tls(
+    raw: RawTls,
+    cluster: &str,
+    nodes: usize,
+    path: &Path,
+) -> std::result::Result<TlsFiles, (String, String)> {
+    let field = |f: &str, r: String| (format!("tls.{f}"), r);
+    if !is_dns_label(cluster) {
+        return Err((
+            "cluster.name".to_string(),
+            format!(
+                "{cluster:?} cannot name certificates: with [tls], a cluster name is one DNS label \
+                 (letters, digits and '-', at most 63)"
+            ),
+        ));
+    }
+    let base = path.parent().unwrap_or(Path::new(""));
+    let resolve = |p: &Path| base.join(p);
+    for (name, value) in [("cert", &raw.cert), ("key", &raw.key)] {
+        if value.is_empty() {
+            return Err(field(name, "must not be empty".into()));
+        }
+        if nodes > 1 && !value.contains("{id}") {
+            return Err(field(
+                name,
+                format!(
+                    "{value:?} must contain {{id}}: every node needs its own certificate, \
+                     or one node could pose as another"
+                ),
+            ));
+        }
+    }
+    if raw.ca.as_os_str().is_empty() {
+        return Err(field("ca", "must not be empty".into()));
+    }
+    let client = match (raw.client_cert, raw.client_key) {
+        (None, None) => None,
+        (Some(c), Some(k)) => Some((resolve(&c), resolve(&k))),
+        (Some(_), None) => {
+            return Err(field(
+                "client_key",
+                "is missing: client_cert needs it".into(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(field(
+                "client_cert",
+                "is missing: client_key needs it".into(),
+            ))
+        }
+    };
+    Ok(TlsFiles {
+        ca: resolve(&raw.ca),
+        cert_template: resolve(Path::new(&raw.cert)),
+        key_template: resolve(Path::new(&raw.key)),
+        client,
+    })
 }
 
 fn parse_addr(text: &str) -> std::result::Result<SocketAddr, String> {
@@ -753,5 +898,76 @@ admin = "127.0.0.1:8101"
         assert_eq!(e.exit_code(), 2);
         assert!(e.to_string().contains("unknown --node-id 9"));
         assert!(e.to_string().contains("1, 2"));
+    }
+
+    #[test]
+    fn durations_out_of_range_are_refused_naming_the_field() {
+        for (from, to, field) in [
+            ("\"25ms\"", "\"1ns\"", "raft.tick_interval"),
+            ("\"25ms\"", "\"11s\"", "raft.tick_interval"),
+            ("\"3s\"", "\"100000000000000s\"", "cluster.peer_timeout"),
+            ("\"1s\"", "\"2h\"", "cluster.heartbeat_interval"),
+        ] {
+            let (f, reason) = config_error(&GOOD.replacen(from, to, 1));
+            assert_eq!(f, field, "{to}: {reason}");
+            assert!(reason.contains("out of range"), "{reason}");
+        }
+        let (f, _) = config_error(&GOOD.replace(
+            "heartbeat_interval",
+            "quorum_wait_timeout = \"25h\"\nheartbeat_interval",
+        ));
+        assert_eq!(f, "cluster.quorum_wait_timeout");
+        let (f, _) = config_error(&GOOD.replace("[raft]", "[raft]\nelection_ticks = 10001"));
+        assert_eq!(f, "raft.election_ticks");
+        // The edges are allowed.
+        parse(&GOOD.replace("\"25ms\"", "\"1ms\"")).unwrap();
+        parse(&GOOD.replace("\"25ms\"", "\"10s\"")).unwrap();
+    }
+
+    #[test]
+    fn long_cluster_name_is_refused() {
+        let (f, _) = config_error(&GOOD.replace("\"c3\"", &format!("\"{}\"", "n".repeat(256))));
+        assert_eq!(f, "cluster.name");
+    }
+
+    const TLS: &str = "[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/node-{id}.pem\"\nkey = \"certs/node-{id}.key\"\n";
+
+    #[test]
+    fn tls_paths_are_relative_to_the_file_and_take_the_id() {
+        let text = format!(
+            "{GOOD}\n{TLS}client_cert = \"certs/client.pem\"\nclient_key = \"/abs/client.key\"\n"
+        );
+        let c = ClusterConfig::parse(&text, Path::new("/etc/q/c.toml")).unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.ca, PathBuf::from("/etc/q/certs/ca.pem"));
+        assert_eq!(tls.cert(2), PathBuf::from("/etc/q/certs/node-2.pem"));
+        assert_eq!(tls.key(12), PathBuf::from("/etc/q/certs/node-12.key"));
+        assert_eq!(
+            tls.client,
+            Some((
+                PathBuf::from("/etc/q/certs/client.pem"),
+                PathBuf::from("/abs/client.key")
+            ))
+        );
+        assert!(parse(GOOD).unwrap().tls.is_none());
+    }
+
+    #[test]
+    fn tls_mistakes_are_named() {
+        let (f, reason) = config_error(&format!(
+            "{GOOD}\n{}",
+            TLS.replace("node-{id}.pem", "node.pem")
+        ));
+        assert_eq!(f, "tls.cert");
+        assert!(reason.contains("{id}"), "{reason}");
+        let (f, _) = config_error(&format!("{GOOD}\n{TLS}client_cert = \"c.pem\"\n"));
+        assert_eq!(f, "tls.client_key");
+        let (f, _) = config_error(&format!(
+            "{}\n{TLS}",
+            GOOD.replace("\"c3\"", "\"my_cluster\"")
+        ));
+        assert_eq!(f, "cluster.name");
+        let (_, reason) = config_error(&format!("{GOOD}\n{TLS}bogus = 1\n"));
+        assert!(reason.contains("bogus"), "{reason}");
     }
 }

@@ -3,6 +3,8 @@
 //! Every metric is an atomic owned by the registry; the tasks that observe an
 //! event (replica, transport, health monitor, coordinator) update it in place,
 //! and the admin API encodes the registry on request. Nothing here locks.
+//!
+//! This is a bottom layer: it imports nothing else of the crate.
 
 use std::time::Duration;
 
@@ -14,7 +16,15 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use raft::StateRole;
 
-use crate::raft::replica::role_name;
+/// The API spelling of a role, as the admin API and the role gauge write it.
+pub fn role_name(role: StateRole) -> &'static str {
+    match role {
+        StateRole::Leader => "leader",
+        StateRole::Follower => "follower",
+        StateRole::Candidate => "candidate",
+        StateRole::PreCandidate => "pre_candidate",
+    }
+}
 
 /// Labels of a per-peer metric.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
