@@ -2,8 +2,8 @@
 //!
 //! [`RaftGroupManager`] creates replicas keyed by (topic, partition) and starts
 //! each one's driver task. The [`Router`] maps a group to its replica's inbox;
-//! the transport uses it to deliver peer messages and failure reports, and the
-//! tick driver to reach every replica.
+//! it is the transport's [`RaftSink`] (peer messages and failure reports), and
+//! the tick driver reaches every replica through it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -18,7 +18,7 @@ use crate::raft::redb_store::RedbLogStore;
 use crate::raft::replica::{PartitionReplica, ReplicaHandle, ReplicaMsg};
 use crate::runtime::or_shutdown;
 use crate::transport::wire::GroupId;
-use crate::transport::PeerSenders;
+use crate::transport::{PeerSenders, RaftSink};
 
 /// Maps each group to its replica's inbox.
 ///
@@ -64,6 +64,25 @@ impl Router {
     }
 }
 
+/// The transport delivers into the replicas through the router.
+impl RaftSink for Router {
+    fn deliver(&self, group: &GroupId, message: raft::prelude::Message) {
+        Router::deliver(self, group, ReplicaMsg::Raft(Box::new(message)));
+    }
+
+    fn unreachable(&self, group: &GroupId, peer: u64) {
+        Router::deliver(self, group, ReplicaMsg::Unreachable(peer));
+    }
+
+    fn peer_closed(&self, peer: u64) {
+        self.broadcast(|| ReplicaMsg::Unreachable(peer));
+    }
+
+    fn snapshot_sent(&self, group: &GroupId, peer: u64, delivered: bool) {
+        Router::deliver(self, group, ReplicaMsg::SnapshotStatus { peer, delivered });
+    }
+}
+
 /// Owns the node's Raft groups.
 pub struct RaftGroupManager {
     node_id: u64,
@@ -99,7 +118,7 @@ impl RaftGroupManager {
     }
 
     /// Creates `group` from its store and starts its driver. `fatal` receives
-    /// the error if the driver stops on a storage failure.
+    /// the error if the driver stops on a storage failure or panics.
     pub fn create_group(
         &mut self,
         group: GroupId,
@@ -120,11 +139,15 @@ impl RaftGroupManager {
             self.metrics.clone(),
         )?;
         self.router.register(group.clone(), handle.sender());
-        self.tasks.push(crate::runtime::spawn(async move {
-            if let Err(e) = replica.run(shutdown).await {
-                let _ = fatal.send(e);
-            }
-        }));
+        // The replica is a task the node cannot run without: if it fails or
+        // panics, `fatal` hears of it and the node exits.
+        let task = crate::runtime::spawn(replica.run(shutdown.clone()));
+        self.tasks.push(crate::runtime::supervise(
+            format!("the replica of {group}"),
+            task,
+            &shutdown,
+            &fatal,
+        ));
         self.groups.insert(group, handle.clone());
         Ok(handle)
     }
