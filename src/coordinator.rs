@@ -27,9 +27,10 @@ use crate::metrics::Metrics;
 use crate::quorum;
 use crate::raft::redb_store::{RedbLogStore, StoreIdentity};
 use crate::raft::{spawn_tick_driver, RaftGroupManager, ReplicaHandle, Router};
-use crate::runtime::or_shutdown;
+use crate::runtime::{or_shutdown, supervise};
+use crate::tls::PeerTls;
 use crate::transport::wire::GroupId;
-use crate::transport::{self, Identity};
+use crate::transport::{self, Identity, RaftSink};
 
 /// Longest time a leader waits, on shutdown, for a peer to take over.
 pub const HANDOFF_TIMEOUT_MAX: Duration = Duration::from_millis(500);
@@ -114,6 +115,19 @@ impl ClusterCoordinator {
             blocking::unblock(move || open_store(&config, node_id, &options)).await?
         };
 
+        // Certificates are read before anything listens: a missing or wrong
+        // file is a config error (exit 2), not a node that cannot talk.
+        let tls = {
+            let config = config.clone();
+            blocking::unblock(move || PeerTls::load(&config, node_id)).await?
+        };
+        if tls.is_none() {
+            warn!(
+                "cluster '{}' has no [tls] section: peers are not authenticated, and anyone who can reach the peer port can join the cluster's Raft traffic",
+                config.name
+            );
+        }
+
         // 1. Listeners, before __meta/0 exists: a port in use fails at once.
         let peer_listener = transport::bind(me.addr).await?;
         let admin_listener = http::bind(me.admin).await?;
@@ -131,11 +145,20 @@ impl ClusterCoordinator {
                 .filter(|n| n.id != node_id)
                 .map(|n| (n.id, n.addr))
                 .collect(),
+            tls,
         };
         let router = Router::default();
+        let sink: Arc<dyn RaftSink> = Arc::new(router.clone());
         let metrics = Arc::new(Metrics::new());
-        let (peers, mut tasks) =
-            transport::spawn_peer_senders(&identity, &router, &metrics, &shutdown);
+        // Every task below is one the node cannot run without: `supervise`
+        // turns a panic or an early end into a fatal error (exit 1).
+        let essential = |what: &str, task| supervise(what, task, &shutdown, &fatal_tx);
+        let (peers, sender_tasks) =
+            transport::spawn_peer_senders(&identity, &sink, &metrics, &shutdown);
+        let mut tasks: Vec<_> = sender_tasks
+            .into_iter()
+            .map(|t| essential("a peer sender", t))
+            .collect();
 
         // 2. __meta/0, from the store.
         let mut manager = RaftGroupManager::new(
@@ -147,7 +170,7 @@ impl ClusterCoordinator {
             metrics.clone(),
         );
         let meta =
-            manager.create_group(GroupId::meta(), store.clone(), shutdown.clone(), fatal_tx)?;
+            manager.create_group(GroupId::meta(), store.clone(), shutdown.clone(), fatal_tx.clone())?;
         let kv = KvService::new(meta.clone(), store.clone(), config.store.clone());
         let upkeep =
             crate::membership::spawn_upkeep(config.clone(), meta.clone(), store, shutdown.clone());
@@ -159,59 +182,71 @@ impl ClusterCoordinator {
             metrics.clone(),
             shutdown.clone(),
         );
-        tasks.extend(health_tasks);
+        tasks.extend(
+            health_tasks
+                .into_iter()
+                .map(|t| essential("the health monitor", t)),
+        );
         // Peer-up events reset the peer's reconnect backoff and let a leader
         // reach the peer at once.
         let (_, events) = health
             .subscribe()
             .await
             .ok_or_else(|| Error::Internal("health monitor stopped at start".into()))?;
-        tasks.push(crate::runtime::spawn({
-            let (peers, meta, shutdown) = (peers.clone(), meta.clone(), shutdown.clone());
-            async move {
-                loop {
-                    let event = or_shutdown(&shutdown, events.recv_async())
-                        .await
-                        .and_then(Result::ok);
-                    match event {
-                        None => break,
-                        Some(HealthEvent::Up(id)) => {
-                            peers.peer_up(id);
-                            meta.peer_up(id).await;
+        tasks.push(essential(
+            "the peer-up forwarder",
+            crate::runtime::spawn({
+                let (peers, meta, shutdown) = (peers.clone(), meta.clone(), shutdown.clone());
+                async move {
+                    loop {
+                        let event = or_shutdown(&shutdown, events.recv_async())
+                            .await
+                            .and_then(Result::ok);
+                        match event {
+                            None => break,
+                            Some(HealthEvent::Up(id)) => {
+                                peers.peer_up(id);
+                                meta.peer_up(id).await;
+                            }
+                            Some(_) => {}
                         }
-                        Some(_) => {}
                     }
                 }
-            }
-        }));
-        tasks.push(upkeep);
-        tasks.push(transport::spawn_listener(
-            peer_listener,
-            identity,
-            router.clone(),
-            health.clone(),
-            peers.clone(),
-            metrics.clone(),
-            shutdown.clone(),
+            }),
         ));
-        tasks.push(spawn_tick_driver(
-            router,
-            config.raft.tick_interval,
-            shutdown.clone(),
+        tasks.push(essential("the membership upkeep", upkeep));
+        tasks.push(essential(
+            "the peer listener",
+            transport::spawn_listener(
+                peer_listener,
+                identity,
+                sink,
+                Arc::new(health.clone()),
+                peers.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            ),
+        ));
+        tasks.push(essential(
+            "the tick driver",
+            spawn_tick_driver(router, config.raft.tick_interval, shutdown.clone()),
         ));
         let bootstrap_complete = Arc::new(AtomicBool::new(false));
-        tasks.push(http::spawn(
-            admin_listener,
-            AdminState {
-                config: config.clone(),
-                node_id,
-                health: health.clone(),
-                meta: meta.clone(),
-                kv,
-                bootstrap_complete: bootstrap_complete.clone(),
-                metrics: metrics.clone(),
-            },
-            shutdown.clone(),
+        tasks.push(essential(
+            "the HTTP server",
+            http::spawn(
+                admin_listener,
+                AdminState {
+                    config: config.clone(),
+                    node_id,
+                    health: health.clone(),
+                    meta: meta.clone(),
+                    kv,
+                    bootstrap_complete: bootstrap_complete.clone(),
+                    metrics: metrics.clone(),
+                },
+                shutdown.clone(),
+            ),
         ));
         info!(
             "node {node_id} of cluster '{}' listening: peers on {peer_addr}, admin on http://{admin_addr}",

@@ -30,6 +30,12 @@ pub enum Error {
         reason: String,
     },
 
+    /// A file of the `[tls]` table is missing, does not parse, or does not
+    /// fit (a key of another certificate, a certificate of another node or
+    /// CA).
+    #[error("TLS file {file}: {reason}")]
+    Tls { file: PathBuf, reason: String },
+
     /// A command-line argument does not fit the cluster file.
     #[error("{0}")]
     Usage(String),
@@ -115,7 +121,8 @@ impl Error {
             | Error::Config { .. }
             | Error::Usage(_)
             | Error::DataDirMismatch { .. }
-            | Error::Removed(_) => 2,
+            | Error::Removed(_)
+            | Error::Tls { .. } => 2,
             Error::QuorumTimeout { .. } => 3,
             Error::Bind { .. }
             | Error::DataDirLocked { .. }

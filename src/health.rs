@@ -5,7 +5,8 @@
 //! - a prober task per peer, which does a full handshake ([`transport::probe`])
 //!   every `heartbeat_interval`, or every [`FAST_PROBE_INTERVAL`] while the peer
 //!   has not answered and the node is still bootstrapping;
-//! - the transport, whenever a peer completes a handshake with us (so a peer
+//! - the transport (through [`PeerAnswers`], which [`HealthHandle`]
+//!   implements), whenever a peer completes a handshake with us (so a peer
 //!   that starts later is seen the moment it dials in), and while Raft
 //!   messages keep arriving from it on a handshaken stream. A prober skips a
 //!   peer heard from within the last `heartbeat_interval`.
@@ -25,7 +26,7 @@ use log::{debug, info, warn};
 
 use crate::metrics::Metrics;
 use crate::runtime::or_shutdown;
-use crate::transport::{self, Identity};
+use crate::transport::{self, Identity, PeerAnswers};
 
 /// Probe interval for a peer that has not answered yet, while bootstrapping.
 /// Bootstrap must not wait on `heartbeat_interval`.
@@ -96,6 +97,13 @@ pub struct Snapshot {
 pub struct HealthHandle {
     tx: flume::Sender<Command>,
     bootstrapping: Arc<AtomicBool>,
+}
+
+/// The transport reports handshakes and traffic here.
+impl PeerAnswers for HealthHandle {
+    fn answered(&self, peer: u64) {
+        HealthHandle::answered(self, peer);
+    }
 }
 
 impl HealthHandle {
@@ -335,7 +343,9 @@ async fn prober(
         let answered = if heard_lately {
             true
         } else {
-            match transport::probe(&me, id, addr, timeout).await {
+            let probed = or_shutdown(&shutdown, transport::probe(&me, id, addr, timeout)).await;
+            let Some(probed) = probed else { break };
+            match probed {
                 Ok(()) => {
                     health.answered(id);
                     last_error = None;
@@ -345,7 +355,10 @@ async fn prober(
                     if last_error.as_deref() != Some(reason.as_str()) {
                         // A wrong node at a peer's address is a misconfiguration an
                         // operator must see; a peer that is not up yet is routine.
-                        if reason.starts_with("refused") || reason.starts_with("answered as") {
+                        if reason.starts_with("refused")
+                            || reason.starts_with("answered as")
+                            || reason.starts_with("TLS")
+                        {
                             warn!("probe of peer {id} ({addr}) failed: {reason}");
                         } else {
                             debug!("probe of peer {id} ({addr}) failed: {reason}");

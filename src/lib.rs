@@ -5,8 +5,15 @@
 //! ([`health`], [`quorum`]), and then forms the metadata Raft group `__meta/0`
 //! and elects a leader ([`coordinator`], [`raft`]). `__meta/0` replicates a
 //! key-value store ([`store`], [`kv`]) that speaks Consul's KV API. Peers talk
-//! plain TCP ([`transport`]); operators and clients use the HTTP API
-//! ([`http`]).
+//! TCP, with mutual TLS when the file has `[tls]` ([`transport`], [`tls`]);
+//! operators and clients use the HTTP API ([`http`]).
+//!
+//! Dependencies point down. At the bottom, `error`, `config`, `metrics`,
+//! `runtime` and `transport::wire` import nothing above them; `tls` sits on
+//! `config`; `transport` on those (it hands inbound frames to a
+//! [`transport::RaftSink`] and reports answers to a [`transport::PeerAnswers`],
+//! without knowing who implements them); `health` and `raft` on the transport;
+//! `quorum` on `health`; and `coordinator`, `http`, `status` and `cli` on top.
 //!
 //! Each long-lived task owns its state and talks to the others over flume
 //! channels: the replica driver, the tick driver, the transport's accept loop
@@ -32,6 +39,7 @@ pub mod raft;
 pub mod runtime;
 pub mod status;
 pub mod store;
+pub mod tls;
 pub mod transport;
 
 pub use coordinator::ClusterCoordinator;

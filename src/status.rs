@@ -3,11 +3,18 @@
 //! It asks each node's admin API for `/admin/cluster/status`, prints one
 //! aligned row per node, and succeeds only if every node answers and all agree
 //! on one leader. Otherwise it says what is wrong in one sentence.
+//!
+//! On a cluster with `[tls]` it speaks HTTPS: it checks that each node's
+//! certificate is signed by the CA and names that node (`node-N.cluster`),
+//! and presents the file's `client_cert`, which the admin API requires for
+//! everything but `/health`, `/ready` and `/metrics`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::pki_types::ServerName;
 use serde_json::Value;
 
 use crate::config::{ClusterConfig, NodeConfig};
@@ -25,14 +32,42 @@ pub struct NodeView {
     pub status: std::result::Result<Value, String>,
 }
 
+/// How the CLI reaches an admin API: plain HTTP, or HTTPS with the file's
+/// CA and client certificate.
+#[derive(Clone, Debug)]
+pub enum AdminClient {
+    /// Plain HTTP.
+    Plain,
+    /// HTTPS; a node's certificate must name `node-N.<cluster>`.
+    Tls {
+        /// Built by [`crate::tls::cli_client_config`].
+        config: Arc<rustls::ClientConfig>,
+        /// The cluster name, for the node's certificate name.
+        cluster: String,
+    },
+}
+
+impl AdminClient {
+    /// The client the cluster file calls for.
+    pub fn for_cluster(config: &ClusterConfig) -> Result<AdminClient> {
+        Ok(match crate::tls::cli_client_config(config)? {
+            None => AdminClient::Plain,
+            Some(tls) => AdminClient::Tls {
+                config: tls,
+                cluster: config.name.clone(),
+            },
+        })
+    }
+}
+
 /// Queries every node of the file.
-pub fn collect(config: &ClusterConfig) -> Vec<NodeView> {
+pub fn collect(config: &ClusterConfig, client: &AdminClient) -> Vec<NodeView> {
     config
         .nodes
         .iter()
         .map(|n| NodeView {
             node: n.clone(),
-            status: get_json(n.admin, "/admin/cluster/status"),
+            status: get_json(client, n, "/admin/cluster/status"),
         })
         .collect()
 }
@@ -147,7 +182,8 @@ pub fn verdict(views: &[NodeView]) -> std::result::Result<u64, String> {
 
 /// Runs the command: prints the table, then fails if the cluster is unwell.
 pub fn run(config: &ClusterConfig) -> Result<()> {
-    let views = collect(config);
+    let client = AdminClient::for_cluster(config)?;
+    let views = collect(config, &client);
     print!("{}", render(&views));
     match verdict(&views) {
         Ok(leader) => {
@@ -164,18 +200,36 @@ pub fn run(config: &ClusterConfig) -> Result<()> {
     }
 }
 
+trait Conn: Read + Write {}
+impl<T: Read + Write> Conn for T {}
+
 /// A minimal HTTP/1.1 GET with a timeout, enough for the admin API.
-fn get_json(addr: SocketAddr, path: &str) -> std::result::Result<Value, String> {
-    let mut stream = TcpStream::connect_timeout(&addr, QUERY_TIMEOUT).map_err(|e| e.to_string())?;
-    stream
-        .set_read_timeout(Some(QUERY_TIMEOUT))
-        .and_then(|_| stream.set_write_timeout(Some(QUERY_TIMEOUT)))
+pub fn get_json(
+    client: &AdminClient,
+    node: &NodeConfig,
+    path: &str,
+) -> std::result::Result<Value, String> {
+    let addr: SocketAddr = node.admin;
+    let tcp = TcpStream::connect_timeout(&addr, QUERY_TIMEOUT).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(QUERY_TIMEOUT))
+        .and_then(|_| tcp.set_write_timeout(Some(QUERY_TIMEOUT)))
         .map_err(|e| e.to_string())?;
+    let mut stream: Box<dyn Conn> = match client {
+        AdminClient::Plain => Box::new(tcp),
+        AdminClient::Tls { config, cluster } => {
+            let name = ServerName::try_from(crate::tls::node_name(cluster, node.id))
+                .map_err(|e| e.to_string())?;
+            let conn = rustls::ClientConnection::new(config.clone(), name)
+                .map_err(|e| format!("TLS: {e}"))?;
+            Box::new(rustls::StreamOwned::new(conn, tcp))
+        }
+    };
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )
     .map_err(|e| e.to_string())?;
+    stream.flush().map_err(|e| e.to_string())?;
     let mut reader = BufReader::new(stream);
     let mut status_line = String::new();
     reader
@@ -193,9 +247,12 @@ fn get_json(addr: SocketAddr, path: &str) -> std::result::Result<Value, String> 
         }
     }
     let mut body = String::new();
-    reader
-        .read_to_string(&mut body)
-        .map_err(|e| e.to_string())?;
+    match reader.read_to_string(&mut body) {
+        // A TLS server that closes without close_notify: the body is whole
+        // if it parses below.
+        Err(e) if e.kind() != std::io::ErrorKind::UnexpectedEof => return Err(e.to_string()),
+        _ => {}
+    }
     serde_json::from_str(&body).map_err(|e| format!("bad JSON from {path}: {e}"))
 }
 

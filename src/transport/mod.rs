@@ -1,38 +1,58 @@
-//! Plain TCP between nodes.
+//! Peer connections: TCP, or mutual TLS when the cluster file has `[tls]`.
 //!
 //! - One accept loop ([`spawn_listener`]). Each inbound connection gets its own
-//!   reader task, which checks the handshake and then routes Raft frames to the
-//!   replica of the group each frame names.
+//!   reader task, which checks the handshake and then hands Raft frames to a
+//!   [`RaftSink`]. The transport knows nothing of replicas: the Raft layer
+//!   implements the sink, and the health monitor implements [`PeerAnswers`].
 //! - One outbound task per peer ([`spawn_peer_senders`]), fed by a bounded flume
 //!   queue. A replica never waits on the network: when a queue is full the
 //!   message is dropped (Raft retransmits). The task reconnects with backoff and
-//!   reports every failed send to the replica as `report_unreachable`.
+//!   reports every failed send to the sink as unreachable.
 //! - [`probe`] dials a peer, does the handshake and hangs up. It proves that the
 //!   expected node of this cluster is there, not merely that a port is open.
+//!
+//! What a stray or hostile client can cost a node is bounded:
+//! - at most [`MAX_PENDING_HANDSHAKES`] connections may be in their handshake,
+//!   and at most [`MAX_INBOUND_CONNECTIONS`] open in all; more are closed on
+//!   accept;
+//! - the whole handshake (TLS, `Hello`, answer) must finish within
+//!   [`HANDSHAKE_TIMEOUT`], and a `Hello` is read with a 1 KiB limit;
+//! - a peer keeps at most one inbound Raft stream: a new one replaces the old;
+//! - an inbound stream silent for [`INBOUND_IDLE_TIMEOUT`] is closed (senders
+//!   send a keepalive every [`KEEPALIVE_INTERVAL`] of idleness);
+//! - a write that makes no progress for [`WRITE_TIMEOUT`] drops the
+//!   connection, and every wait ends when the node shuts down, so a paused
+//!   or black-holed peer never holds up SIGTERM;
+//! - refusals are logged at most once per [`REFUSAL_LOG_INTERVAL`] per kind,
+//!   from a table of fixed size.
 //!
 //! A malformed or oversized frame closes that connection and nothing else.
 
 pub mod wire;
 
 use std::collections::HashMap;
+use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_std::io::BufReader;
 use async_std::net::{TcpListener, TcpStream};
-use futures_lite::future;
-use futures_lite::AsyncWriteExt;
+use futures_lite::{future, AsyncRead, AsyncWrite, AsyncWriteExt, StreamExt};
 use log::{debug, info, warn};
 use raft::prelude::{Message, MessageType};
 
 use crate::error::{Error, Result};
-use crate::health::HealthHandle;
 use crate::metrics::Metrics;
-use crate::raft::{ReplicaMsg, Router};
 use crate::runtime::or_shutdown;
-use wire::{read_frame, write_frame, Frame, GroupId, Purpose, SnapshotAssembly, WireError};
+use crate::tls::PeerTls;
+use wire::{
+    read_frame, read_handshake_frame, write_frame, Frame, GroupId, Purpose, SnapshotAssembly,
+    WireError,
+};
 
 /// Capacity of each peer's outbound queue, in messages. Raft retransmits what
 /// is dropped, so a small queue bounds memory without losing safety.
@@ -41,19 +61,54 @@ pub const PEER_QUEUE_CAPACITY: usize = 256;
 pub const MAX_BATCH_MESSAGES: usize = 64;
 /// Time allowed for a TCP connect to a peer.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
-/// Time allowed for the handshake once connected.
+/// Time allowed for the whole handshake once connected: TLS, `Hello` and
+/// the answer, each read and write included.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
+/// A write to a peer that makes no progress for this long drops the
+/// connection (the peer is paused, black-holed or not reading).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The largest piece handed to one write call, so progress is seen often.
+const WRITE_PIECE_BYTES: usize = 64 * 1024;
+/// An outbound Raft stream idle this long sends a keepalive frame.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// An inbound Raft stream that delivers no frame for this long is closed.
+/// Three keepalive intervals: a live sender is never cut off.
+pub const INBOUND_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// First reconnect delay after a failed dial; doubles up to the maximum.
 pub const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 /// Longest reconnect delay.
 pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_millis(500);
 /// Inbound connections served at once; more are closed on accept.
 pub const MAX_INBOUND_CONNECTIONS: usize = 128;
+/// Inbound connections that may be in their handshake at once.
+pub const MAX_PENDING_HANDSHAKES: usize = 64;
 /// Raft traffic from a peer is reported to the health monitor at most this
 /// often per connection.
 pub const ANSWER_REPORT_INTERVAL: Duration = Duration::from_millis(200);
-/// The same refusal is logged at most once per this interval.
-const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// Each kind of refusal is logged at most once per this interval.
+pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Where the transport hands what arrives, and reports what it could not
+/// send. The Raft layer implements it; the transport never sees a replica.
+pub trait RaftSink: Send + Sync + 'static {
+    /// A Raft message for `group` from a handshaken peer stream (its `from`
+    /// is the peer the handshake proved, its `to` is this node).
+    fn deliver(&self, group: &GroupId, message: Message);
+    /// A message of `group` to `peer` could not be sent.
+    fn unreachable(&self, group: &GroupId, peer: u64);
+    /// `peer` closed its Raft stream to us (it is stopping or restarting).
+    fn peer_closed(&self, peer: u64);
+    /// A snapshot of `group` was written to `peer`'s socket (`true`) or could
+    /// not be (`false`).
+    fn snapshot_sent(&self, group: &GroupId, peer: u64, delivered: bool);
+}
+
+/// Told whenever a peer proves it is up: a completed handshake, or traffic
+/// on a handshaken stream. The health monitor implements it.
+pub trait PeerAnswers: Send + Sync + 'static {
+    /// `peer` answered, now.
+    fn answered(&self, peer: u64);
+}
 
 /// Who this node is, as the transport needs to know it.
 #[derive(Debug, Clone)]
@@ -64,6 +119,8 @@ pub struct Identity {
     pub cluster: String,
     /// Every peer (not us): id and peer address.
     pub peers: Vec<(u64, SocketAddr)>,
+    /// Mutual TLS, when the cluster file has `[tls]`.
+    pub tls: Option<PeerTls>,
 }
 
 /// Opens the peer listener. Done before anything else so that a port in use
@@ -76,36 +133,189 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
     })
 }
 
+/// A connection to a peer: plain TCP, or TLS as either side.
+enum PeerStream {
+    Plain(TcpStream),
+    Client(Box<futures_rustls::client::TlsStream<TcpStream>>),
+    Server(Box<futures_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for PeerStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            PeerStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            PeerStream::Client(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            PeerStream::Server(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for PeerStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            PeerStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            PeerStream::Client(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            PeerStream::Server(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            PeerStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            PeerStream::Client(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            PeerStream::Server(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            PeerStream::Plain(s) => Pin::new(s).poll_close(cx),
+            PeerStream::Client(s) => Pin::new(s.as_mut()).poll_close(cx),
+            PeerStream::Server(s) => Pin::new(s.as_mut()).poll_close(cx),
+        }
+    }
+}
+
+/// Runs `f` until it completes (`Some`) or `limit` passes (`None`).
+async fn within<F: std::future::Future>(limit: Duration, f: F) -> Option<F::Output> {
+    future::or(async { Some(f.await) }, async {
+        async_io::Timer::after(limit).await;
+        None
+    })
+    .await
+}
+
+/// Writes `bytes` and flushes, failing when a step makes no progress for
+/// [`WRITE_TIMEOUT`] (a paused or black-holed peer); a slow link that keeps
+/// moving is fine. A step that completes at once (the common case) arms no
+/// timer, which would cost the reactor a wakeup per message.
+async fn write_bounded<W: AsyncWrite + Unpin>(w: &mut W, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let piece = bytes.len().min(WRITE_PIECE_BYTES);
+        let n = with_progress(w.write(&bytes[..piece])).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        bytes = &bytes[n..];
+    }
+    with_progress(w.flush()).await
+}
+
+/// Runs one I/O step; fails if it is not done within [`WRITE_TIMEOUT`].
+async fn with_progress<T>(step: impl std::future::Future<Output = io::Result<T>>) -> io::Result<T> {
+    let mut step = std::pin::pin!(step);
+    if let Some(done) = future::poll_once(&mut step).await {
+        return done;
+    }
+    within(WRITE_TIMEOUT, step).await.unwrap_or_else(|| {
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no write progress for {WRITE_TIMEOUT:?}"),
+        ))
+    })
+}
+
+/// The kinds of refusal, each logged at most once per [`REFUSAL_LOG_INTERVAL`].
+/// A fixed set, so the table cannot grow with what clients send.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    Busy = 0,
+    Handshake,
+    Timeout,
+    Identity,
+    Tls,
+    Plaintext,
+}
+
+const REFUSAL_KINDS: usize = 6;
+
+/// Rate-limited refusal logging: one line per kind per interval, with a count
+/// of what was not logged in between.
+struct RefusalLog {
+    last: Mutex<[Option<Instant>; REFUSAL_KINDS]>,
+    suppressed: [AtomicU64; REFUSAL_KINDS],
+}
+
+impl RefusalLog {
+    fn new() -> Self {
+        RefusalLog {
+            last: Mutex::new([None; REFUSAL_KINDS]),
+            suppressed: Default::default(),
+        }
+    }
+
+    fn refuse(&self, kind: Refusal, remote: SocketAddr, reason: &str) {
+        let now = Instant::now();
+        let due = {
+            // Held for a look and a store, never across an await.
+            let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+            let slot = &mut last[kind as usize];
+            let due = slot.is_none_or(|t| now.duration_since(t) >= REFUSAL_LOG_INTERVAL);
+            if due {
+                *slot = Some(now);
+            }
+            due
+        };
+        if due {
+            let skipped = self.suppressed[kind as usize].swap(0, Ordering::Relaxed);
+            let more = if skipped > 0 {
+                format!(" ({skipped} more refusals of this kind not logged)")
+            } else {
+                String::new()
+            };
+            warn!("refused peer connection from {remote}: {reason}{more}");
+        } else {
+            self.suppressed[kind as usize].fetch_add(1, Ordering::Relaxed);
+            debug!("refused peer connection from {remote}: {reason}");
+        }
+    }
+}
+
 struct Inbound {
     me: Identity,
-    router: Router,
-    health: HealthHandle,
+    sink: Arc<dyn RaftSink>,
+    answers: Arc<dyn PeerAnswers>,
     peers: PeerSenders,
     metrics: Arc<Metrics>,
     open: AtomicUsize,
-    /// Last time each refusal reason was logged. Touched only by reader tasks,
-    /// briefly, never across an await; a lock is simpler than a task here.
-    refusals: Mutex<HashMap<String, Instant>>,
+    pending: AtomicUsize,
+    refusals: RefusalLog,
+    /// The current inbound Raft stream of each peer: a generation number and
+    /// a sender whose drop tells that stream's reader it was replaced. Held
+    /// briefly, never across an await.
+    streams: Mutex<HashMap<u64, (u64, flume::Sender<()>)>>,
+    generation: AtomicU64,
 }
 
 /// Runs the accept loop until `shutdown` closes.
 pub fn spawn_listener(
     listener: TcpListener,
     me: Identity,
-    router: Router,
-    health: HealthHandle,
+    sink: Arc<dyn RaftSink>,
+    answers: Arc<dyn PeerAnswers>,
     peers: PeerSenders,
     metrics: Arc<Metrics>,
     shutdown: flume::Receiver<()>,
 ) -> crate::runtime::Task<()> {
     let ctx = Arc::new(Inbound {
         me,
-        router,
-        health,
+        sink,
+        answers,
         peers,
         metrics,
         open: AtomicUsize::new(0),
-        refusals: Mutex::new(HashMap::new()),
+        pending: AtomicUsize::new(0),
+        refusals: RefusalLog::new(),
+        streams: Mutex::new(HashMap::new()),
+        generation: AtomicU64::new(0),
     });
     crate::runtime::spawn(async move {
         let mut backoff = RECONNECT_BACKOFF_MIN;
@@ -125,13 +335,20 @@ pub fn spawn_listener(
                     continue;
                 }
             };
-            if ctx.open.load(Ordering::Relaxed) >= MAX_INBOUND_CONNECTIONS {
-                warn!(
-                    "closing peer connection from {remote}: {MAX_INBOUND_CONNECTIONS} already open"
+            if ctx.open.load(Ordering::Relaxed) >= MAX_INBOUND_CONNECTIONS
+                || ctx.pending.load(Ordering::Relaxed) >= MAX_PENDING_HANDSHAKES
+            {
+                ctx.refusals.refuse(
+                    Refusal::Busy,
+                    remote,
+                    &format!(
+                        "too many connections ({MAX_INBOUND_CONNECTIONS} open or {MAX_PENDING_HANDSHAKES} in their handshake)"
+                    ),
                 );
                 continue;
             }
             ctx.open.fetch_add(1, Ordering::Relaxed);
+            ctx.pending.fetch_add(1, Ordering::Relaxed);
             let ctx = ctx.clone();
             let shutdown = shutdown.clone();
             crate::runtime::spawn(async move {
@@ -144,56 +361,132 @@ pub fn spawn_listener(
     })
 }
 
-async fn serve_inbound(ctx: &Inbound, stream: TcpStream, remote: SocketAddr) {
-    let _ = stream.set_nodelay(true);
-    let mut reader = BufReader::new(stream.clone());
-    let mut writer = stream;
-    let hello = match async_io::Timer::after(HANDSHAKE_TIMEOUT)
-        .map_or(read_frame(&mut reader))
-        .await
-    {
-        Some(Ok(frame)) => frame,
-        Some(Err(e)) => {
-            ctx.refuse(remote, &format!("bad handshake: {e}"));
+/// Decrements the pending-handshake count when the handshake phase ends,
+/// however it ends.
+struct PendingGuard<'a>(&'a AtomicUsize);
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn serve_inbound(ctx: &Inbound, tcp: TcpStream, remote: SocketAddr) {
+    let pending = PendingGuard(&ctx.pending);
+    let _ = tcp.set_nodelay(true);
+    let handshake = within(HANDSHAKE_TIMEOUT, accept_handshake(ctx, tcp)).await;
+    drop(pending);
+    let (mut reader, purpose, from) = match handshake {
+        Some(Ok(accepted)) => accepted,
+        Some(Err((kind, reason))) => {
+            ctx.refusals.refuse(kind, remote, &reason);
             return;
         }
         None => {
-            ctx.refuse(remote, "no handshake within the timeout");
+            ctx.refusals.refuse(
+                Refusal::Timeout,
+                remote,
+                &format!("no handshake within {HANDSHAKE_TIMEOUT:?}"),
+            );
             return;
         }
     };
-    let (purpose, from) = match check_hello(&ctx.me, &hello) {
-        Ok(ok) => ok,
-        Err(reason) => {
-            let _ = write_frame(
-                &mut writer,
-                &Frame::Reject {
-                    reason: reason.clone(),
-                },
-            )
-            .await;
-            ctx.refuse(remote, &reason);
-            return;
-        }
-    };
-    let ack = Frame::Ack {
-        node_id: ctx.me.node_id,
-        cluster: ctx.me.cluster.clone(),
-    };
-    if write_frame(&mut writer, &ack).await.is_err() {
-        return;
-    }
     // A completed handshake is an answer from that peer, whichever side dialed.
-    ctx.health.answered(from);
+    ctx.answers.answered(from);
     ctx.peers.peer_up(from);
     if purpose == Purpose::Probe {
         return;
     }
+
+    // One inbound Raft stream per peer: this one replaces any older one
+    // (dropping its sender tells its reader to stop).
+    let generation = ctx.generation.fetch_add(1, Ordering::Relaxed);
+    let (replaced_tx, replaced) = flume::bounded::<()>(1);
+    {
+        let mut streams = ctx.streams.lock().unwrap_or_else(|e| e.into_inner());
+        if streams.insert(from, (generation, replaced_tx)).is_some() {
+            debug!("raft stream from peer {from} ({remote}) replaces an older one");
+        }
+    }
     debug!("raft stream from peer {from} ({remote}) open");
+    let closed_by_peer = read_raft_stream(ctx, &mut reader, &replaced, from, remote).await;
+    let current = {
+        let mut streams = ctx.streams.lock().unwrap_or_else(|e| e.into_inner());
+        let current = streams.get(&from).is_some_and(|(g, _)| *g == generation);
+        if current {
+            streams.remove(&from);
+        }
+        current
+    };
+    if closed_by_peer && current {
+        // The peer closed its stream: it is stopping or restarting. Telling
+        // raft at once lets a leader that is handing over to it give up now
+        // instead of at the transfer timeout.
+        ctx.sink.peer_closed(from);
+    }
+}
+
+// Lives on the stack for one loop turn; boxing would allocate per frame.
+#[allow(clippy::large_enum_variant)]
+enum StreamEvent {
+    Frame(std::result::Result<Frame, WireError>),
+    Replaced,
+    Idle,
+}
+
+/// Reads Raft frames until the stream ends. Returns true if the peer closed
+/// it (as opposed to a bad frame, silence, or a newer stream).
+async fn read_raft_stream(
+    ctx: &Inbound,
+    reader: &mut BufReader<PeerStream>,
+    replaced: &flume::Receiver<()>,
+    from: u64,
+    remote: SocketAddr,
+) -> bool {
     let mut reported = Instant::now();
+    let mut last_frame = Instant::now();
+    // One interval timer for the stream's life: arming a timer per frame
+    // would wake the reactor thread on every message.
+    let mut idle_check = async_io::Timer::interval(INBOUND_IDLE_TIMEOUT / 3);
     let mut snapshot = SnapshotAssembly::default();
     loop {
-        let frame = match read_frame(&mut reader).await {
+        // Only branches that end the stream may win over a read in progress:
+        // a cancelled read would lose the bytes it has taken.
+        let event = future::or(
+            async { StreamEvent::Frame(read_frame(reader).await) },
+            future::or(
+                async {
+                    let _ = replaced.recv_async().await;
+                    StreamEvent::Replaced
+                },
+                async {
+                    loop {
+                        idle_check.next().await;
+                        if last_frame.elapsed() >= INBOUND_IDLE_TIMEOUT {
+                            return StreamEvent::Idle;
+                        }
+                    }
+                },
+            ),
+        )
+        .await;
+        let frame = match event {
+            StreamEvent::Replaced => {
+                debug!("raft stream from peer {from} ({remote}) closed: a newer one replaced it");
+                return false;
+            }
+            StreamEvent::Idle => {
+                info!(
+                    "closing raft stream from peer {from} ({remote}): silent for {INBOUND_IDLE_TIMEOUT:?}"
+                );
+                return false;
+            }
+            StreamEvent::Frame(frame) => frame,
+        };
+        last_frame = Instant::now();
+        // A snapshot arrives as a begin frame and chunks; it is reassembled
+        // here, so the replica only ever sees whole messages.
+        let frame = match frame {
             Ok(frame @ (Frame::SnapshotBegin { .. } | Frame::SnapshotChunk { .. })) => {
                 match snapshot.push(frame) {
                     Ok(None) => continue,
@@ -213,55 +506,127 @@ async fn serve_inbound(ctx: &Inbound, stream: TcpStream, remote: SocketAddr) {
                         "closing connection from peer {from} ({remote}): message addressed {}->{} on a {from}->{} stream",
                         message.from, message.to, ctx.me.node_id
                     );
-                    return;
+                    return false;
                 }
                 ctx.metrics.received(from);
                 if reported.elapsed() >= ANSWER_REPORT_INTERVAL {
                     // Messages on this handshaken stream prove the peer is
                     // up; tell the health monitor, at a bounded rate.
-                    ctx.health.answered(from);
+                    ctx.answers.answered(from);
                     reported = Instant::now();
                 }
-                ctx.router
-                    .deliver(&group, ReplicaMsg::Raft(Box::new(message)));
+                ctx.sink.deliver(&group, message);
             }
+            Ok(Frame::Keepalive) => {}
             Ok(other) => {
-                warn!("closing connection from peer {from} ({remote}): unexpected frame {other:?}");
-                return;
+                warn!(
+                    "closing connection from peer {from} ({remote}): unexpected {} frame",
+                    other.kind_name()
+                );
+                return false;
             }
             Err(WireError::Io(e)) => {
-                // The peer closed its stream: it is stopping or restarting.
-                // Telling raft at once lets a leader that is handing over to
-                // it give up now instead of at the transfer timeout.
                 debug!("raft stream from peer {from} ({remote}) closed: {e}");
-                ctx.router.broadcast(|| ReplicaMsg::Unreachable(from));
-                return;
+                return true;
             }
             Err(e) => {
                 warn!("closing connection from peer {from} ({remote}): {e}");
-                return;
+                return false;
             }
         }
     }
 }
 
-impl Inbound {
-    fn refuse(&self, remote: SocketAddr, reason: &str) {
-        let now = Instant::now();
-        let mut seen = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
-        let due = seen
-            .get(reason)
-            .is_none_or(|t| now.duration_since(*t) >= REFUSAL_LOG_INTERVAL);
-        if due {
-            seen.insert(reason.to_string(), now);
-            warn!("refused peer connection from {remote}: {reason}");
-        } else {
-            debug!("refused peer connection from {remote}: {reason}");
+type Refused = (Refusal, String);
+
+/// The listener's side of the handshake: TLS (if configured), the `Hello`,
+/// the identity checks, and the answer.
+async fn accept_handshake(
+    ctx: &Inbound,
+    tcp: TcpStream,
+) -> std::result::Result<(BufReader<PeerStream>, Purpose, u64), Refused> {
+    let stream = match &ctx.me.tls {
+        None => PeerStream::Plain(tcp),
+        Some(tls) => {
+            // A plaintext dialer opens with a frame length, whose first byte
+            // is 0; a TLS ClientHello opens with 0x16. Tell the dialer in its
+            // own language why it is refused.
+            let mut first = [0u8; 1];
+            let n = tcp
+                .peek(&mut first)
+                .await
+                .map_err(|e| (Refusal::Handshake, format!("connection failed: {e}")))?;
+            if n == 1 && !wire::is_tls_record(&[first[0], 0x03]) {
+                let reason = "this node requires TLS between peers ([tls] in the cluster file), and the dialer has none";
+                let mut tcp = tcp;
+                let _ = write_frame(
+                    &mut tcp,
+                    &Frame::Reject {
+                        reason: reason.into(),
+                    },
+                )
+                .await;
+                return Err((Refusal::Plaintext, format!("plaintext dialer: {reason}")));
+            }
+            let accepted = tls
+                .acceptor()
+                .accept(tcp)
+                .await
+                .map_err(|e| (Refusal::Tls, format!("TLS handshake failed: {e}")))?;
+            PeerStream::Server(Box::new(accepted))
         }
-    }
+    };
+    let mut reader = BufReader::new(stream);
+    let hello = match read_handshake_frame(&mut reader).await {
+        Ok(frame) => frame,
+        Err(WireError::TlsRecord) => {
+            return Err((
+                Refusal::Plaintext,
+                "a TLS dialer reached this node, which has no [tls] section".to_string(),
+            ))
+        }
+        Err(e) => return Err((Refusal::Handshake, format!("bad handshake: {e}"))),
+    };
+    let checked = check_hello(&ctx.me, &hello).map_err(|r| (Refusal::Identity, r));
+    let checked = checked.and_then(|(purpose, from)| {
+        let (Some(tls), PeerStream::Server(s)) = (&ctx.me.tls, reader.get_ref()) else {
+            return Ok((purpose, from));
+        };
+        if tls.names_node(s.get_ref().1.peer_certificates(), from) {
+            Ok((purpose, from))
+        } else {
+            Err((
+                Refusal::Identity,
+                format!(
+                    "the hello claims node {from}, and the TLS certificate does not name {}",
+                    crate::tls::node_name(&ctx.me.cluster, from)
+                ),
+            ))
+        }
+    });
+    let (purpose, from) = match checked {
+        Ok(ok) => ok,
+        Err((kind, reason)) => {
+            let reject = Frame::Reject {
+                reason: reason.clone(),
+            };
+            let _ = write_frame(reader.get_mut(), &reject).await;
+            return Err((kind, reason));
+        }
+    };
+    let ack = Frame::Ack {
+        node_id: ctx.me.node_id,
+        cluster: ctx.me.cluster.clone(),
+    };
+    write_frame(reader.get_mut(), &ack)
+        .await
+        .map_err(|e| (Refusal::Handshake, format!("cannot answer the hello: {e}")))?;
+    Ok((reader, purpose, from))
 }
 
 /// Checks a `Hello` against our identity; returns its purpose and sender.
+/// The names in a refusal come from the client: they are quoted, never
+/// written raw into a log line.
 fn check_hello(me: &Identity, hello: &Frame) -> std::result::Result<(Purpose, u64), String> {
     let Frame::Hello {
         purpose,
@@ -270,11 +635,14 @@ fn check_hello(me: &Identity, hello: &Frame) -> std::result::Result<(Purpose, u6
         cluster,
     } = hello
     else {
-        return Err("first frame is not a hello".to_string());
+        return Err(format!(
+            "first frame is a {}, not a hello",
+            hello.kind_name()
+        ));
     };
     if *cluster != me.cluster {
         return Err(format!(
-            "node {from} belongs to cluster '{cluster}', this is cluster '{}'",
+            "node {from} belongs to cluster {cluster:?}, this is cluster {:?}",
             me.cluster
         ));
     }
@@ -286,30 +654,28 @@ fn check_hello(me: &Identity, hello: &Frame) -> std::result::Result<(Purpose, u6
     }
     if !me.peers.iter().any(|(id, _)| id == from) {
         return Err(format!(
-            "node id {from} is not a peer in cluster '{}'",
+            "node id {from} is not a peer in cluster {:?}",
             me.cluster
         ));
     }
     Ok((*purpose, *from))
 }
 
-/// Dials `addr`, sends a `Hello` and waits for the `Ack`. On success the
-/// stream is ready for frames.
+/// Dials `addr`, sets up TLS if configured, sends a `Hello` and waits for the
+/// `Ack`, all within `wait`. On success the stream is ready for frames.
 async fn dial(
     me: &Identity,
     to: u64,
     addr: SocketAddr,
     purpose: Purpose,
     wait: Duration,
-) -> std::result::Result<TcpStream, String> {
-    let connect =
-        async_io::Timer::after(wait.min(CONNECT_TIMEOUT)).map_or(TcpStream::connect(addr));
-    let mut stream = match connect.await {
+) -> std::result::Result<PeerStream, String> {
+    let tcp = match within(wait.min(CONNECT_TIMEOUT), TcpStream::connect(addr)).await {
         Some(Ok(s)) => s,
         Some(Err(e)) => return Err(format!("connect failed: {e}")),
         None => return Err("connect timed out".to_string()),
     };
-    let _ = stream.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
     let hello = Frame::Hello {
         purpose,
         from: me.node_id,
@@ -317,31 +683,51 @@ async fn dial(
         cluster: me.cluster.clone(),
     };
     let exchange = async {
+        let mut stream = match &me.tls {
+            None => PeerStream::Plain(tcp),
+            Some(tls) => {
+                let connected = tls
+                    .connector()
+                    .connect(tls.server_name(to), tcp)
+                    .await
+                    .map_err(|e| {
+                        if e.kind() == io::ErrorKind::UnexpectedEof {
+                            format!("TLS handshake failed: {e} (does the peer run without [tls]?)")
+                        } else {
+                            format!("TLS handshake failed: {e}")
+                        }
+                    })?;
+                PeerStream::Client(Box::new(connected))
+            }
+        };
         write_frame(&mut stream, &hello)
             .await
             .map_err(|e| format!("handshake send failed: {e}"))?;
-        read_frame(&mut stream)
+        let answer = read_handshake_frame(&mut stream)
             .await
-            .map_err(|e| format!("no handshake answer: {e}"))
+            .map_err(|e| format!("no handshake answer: {e}"))?;
+        Ok::<_, String>((stream, answer))
     };
-    match async_io::Timer::after(wait.min(HANDSHAKE_TIMEOUT))
-        .map_or(exchange)
-        .await
-    {
-        None => Err("no handshake answer within the timeout".to_string()),
-        Some(Err(e)) => Err(e),
-        Some(Ok(Frame::Ack { node_id, cluster })) => {
+    let (stream, answer) = match within(wait.min(HANDSHAKE_TIMEOUT), exchange).await {
+        None => return Err("no handshake answer within the timeout".to_string()),
+        Some(result) => result?,
+    };
+    match answer {
+        Frame::Ack { node_id, cluster } => {
             if node_id != to || cluster != me.cluster {
                 Err(format!(
-                    "answered as node {node_id} of cluster '{cluster}', expected node {to} of '{}'",
+                    "answered as node {node_id} of cluster {cluster:?}, expected node {to} of {:?}",
                     me.cluster
                 ))
             } else {
                 Ok(stream)
             }
         }
-        Some(Ok(Frame::Reject { reason })) => Err(format!("refused: {reason}")),
-        Some(Ok(other)) => Err(format!("unexpected handshake answer {other:?}")),
+        Frame::Reject { reason } => Err(format!("refused: {reason}")),
+        other => Err(format!(
+            "unexpected {} frame as handshake answer",
+            other.kind_name()
+        )),
     }
 }
 
@@ -353,8 +739,9 @@ pub async fn probe(
     addr: SocketAddr,
     wait: Duration,
 ) -> std::result::Result<(), String> {
-    let stream = dial(me, to, addr, Purpose::Probe, wait).await?;
-    let _ = stream.shutdown(std::net::Shutdown::Both);
+    let mut stream = dial(me, to, addr, Purpose::Probe, wait).await?;
+    // Close politely but never wait on it: the peer may be paused.
+    let _ = future::poll_once(stream.close()).await;
     Ok(())
 }
 
@@ -412,7 +799,7 @@ impl PeerSenders {
 /// Starts one outbound task per peer. They end when `shutdown` closes.
 pub fn spawn_peer_senders(
     me: &Identity,
-    router: &Router,
+    sink: &Arc<dyn RaftSink>,
     metrics: &Arc<Metrics>,
     shutdown: &flume::Receiver<()>,
 ) -> (PeerSenders, Vec<crate::runtime::Task<()>>) {
@@ -429,7 +816,7 @@ pub fn spawn_peer_senders(
             me: me.clone(),
             id,
             addr,
-            router: router.clone(),
+            sink: sink.clone(),
             metrics: metrics.clone(),
         };
         let shutdown = shutdown.clone();
@@ -449,8 +836,27 @@ struct PeerLink {
     me: Identity,
     id: u64,
     addr: SocketAddr,
-    router: Router,
+    sink: Arc<dyn RaftSink>,
     metrics: Arc<Metrics>,
+}
+
+/// The state of one peer's outbound connection.
+struct Link {
+    conn: Option<PeerStream>,
+    backoff: Duration,
+    retry_at: Instant,
+    last_error: Option<String>,
+    ever_connected: bool,
+    last_write: Instant,
+    buf: Vec<u8>,
+}
+
+// Lives on the stack for one loop turn; boxing would allocate per message.
+#[allow(clippy::large_enum_variant)]
+enum Next {
+    Batch(Outbound),
+    Keepalive,
+    Closed,
 }
 
 impl PeerLink {
@@ -460,118 +866,171 @@ impl PeerLink {
         up: flume::Receiver<()>,
         shutdown: flume::Receiver<()>,
     ) {
-        let mut conn: Option<TcpStream> = None;
-        let mut backoff = RECONNECT_BACKOFF_MIN;
-        let mut retry_at = Instant::now();
-        let mut last_error: Option<String> = None;
-        let mut ever_connected = false;
-        let mut buf = Vec::new();
+        let mut link = Link {
+            conn: None,
+            backoff: RECONNECT_BACKOFF_MIN,
+            retry_at: Instant::now(),
+            last_error: None,
+            ever_connected: false,
+            last_write: Instant::now(),
+            buf: Vec::new(),
+        };
+        // One interval timer for the task's life (see read_raft_stream).
+        let mut keepalive = async_io::Timer::interval(KEEPALIVE_INTERVAL);
         loop {
-            let first = or_shutdown(&shutdown, rx.recv_async())
-                .await
-                .and_then(Result::ok);
-            let Some(first) = first else { break };
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH_MESSAGES {
-                match rx.try_recv() {
-                    Ok(m) => batch.push(m),
-                    Err(_) => break,
-                }
-            }
-
-            if conn.is_none() {
-                if up.try_recv().is_ok() {
-                    retry_at = Instant::now();
-                    backoff = RECONNECT_BACKOFF_MIN;
-                }
-                // While backing off, fail fast instead of sleeping: the replica
-                // learns the peer is unreachable and keeps running.
-                if Instant::now() < retry_at {
-                    self.fail(&batch);
-                    continue;
-                }
-                match dial(
-                    &self.me,
-                    self.id,
-                    self.addr,
-                    Purpose::Raft,
-                    HANDSHAKE_TIMEOUT,
-                )
-                .await
-                {
-                    Ok(stream) => {
-                        if last_error.take().is_some() && ever_connected {
-                            info!(
-                                "raft connection to peer {} ({}) restored",
-                                self.id, self.addr
-                            );
-                        } else {
-                            debug!("raft connection to peer {} ({}) open", self.id, self.addr);
+            let next = or_shutdown(
+                &shutdown,
+                future::or(
+                    async {
+                        match rx.recv_async().await {
+                            Ok(first) => Next::Batch(first),
+                            Err(_) => Next::Closed,
                         }
-                        backoff = RECONNECT_BACKOFF_MIN;
-                        ever_connected = true;
-                        conn = Some(stream);
-                    }
-                    Err(reason) => {
-                        if last_error.as_deref() != Some(reason.as_str()) {
-                            debug!("cannot reach peer {} ({}): {reason}", self.id, self.addr);
-                            last_error = Some(reason);
-                        }
-                        retry_at = Instant::now() + backoff;
-                        backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
-                        self.fail(&batch);
-                        continue;
-                    }
-                }
-            }
-
-            let stream = conn.as_mut().expect("connected above");
-            let written = async {
-                // Small messages are coalesced into one write; a snapshot
-                // goes out frame by frame, never copied whole.
-                buf.clear();
-                for out in &batch {
-                    for frame in wire::message_frames(&out.group, &out.message) {
-                        buf.extend_from_slice(&frame);
-                        if buf.len() >= wire::SNAPSHOT_CHUNK_BYTES {
-                            stream.write_all(&buf).await?;
-                            buf.clear();
+                    },
+                    async {
+                        keepalive.next().await;
+                        Next::Keepalive
+                    },
+                ),
+            )
+            .await;
+            // Everything below, dialing and writing included, also ends the
+            // moment shutdown closes: a paused peer never holds up SIGTERM.
+            let done = match next {
+                None | Some(Next::Closed) => break,
+                Some(Next::Keepalive) => or_shutdown(&shutdown, self.keepalive(&mut link)).await,
+                Some(Next::Batch(first)) => {
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH_MESSAGES {
+                        match rx.try_recv() {
+                            Ok(m) => batch.push(m),
+                            Err(_) => break,
                         }
                     }
+                    or_shutdown(&shutdown, self.send_batch(&mut link, &up, batch)).await
                 }
-                stream.write_all(&buf).await?;
-                stream.flush().await
             };
-            match written.await {
-                Ok(()) => {
-                    self.metrics.sent(self.id, batch.len());
-                    for out in &batch {
-                        if out.message.get_msg_type() == MessageType::MsgSnapshot {
-                            self.router.deliver(
-                                &out.group,
-                                ReplicaMsg::SnapshotStatus {
-                                    peer: self.id,
-                                    delivered: true,
-                                },
-                            );
-                        }
-                    }
-                }
-                Err(e) => {
-                    // Routine when a peer stops; the health monitor reports
-                    // it down if it stays away.
-                    info!(
-                        "lost raft connection to peer {} ({}): {e}",
-                        self.id, self.addr
-                    );
-                    last_error = Some(e.to_string());
-                    conn = None;
-                    retry_at = Instant::now();
-                    self.fail(&batch);
-                }
+            if done.is_none() {
+                break;
             }
         }
         debug!("outbound task for peer {} stopped", self.id);
+    }
+
+    async fn keepalive(&self, link: &mut Link) {
+        let Some(stream) = link.conn.as_mut() else {
+            return;
+        };
+        if link.last_write.elapsed() < KEEPALIVE_INTERVAL {
+            return;
+        }
+        if let Err(e) = write_bounded(stream, &Frame::Keepalive.encode()).await {
+            info!(
+                "lost raft connection to peer {} ({}): {e}",
+                self.id, self.addr
+            );
+            link.last_error = Some(e.to_string());
+            link.conn = None;
+            link.retry_at = Instant::now();
+        }
+        link.last_write = Instant::now();
+    }
+
+    async fn send_batch(&self, link: &mut Link, up: &flume::Receiver<()>, batch: Vec<Outbound>) {
+        if link.conn.is_none() {
+            if up.try_recv().is_ok() {
+                link.retry_at = Instant::now();
+                link.backoff = RECONNECT_BACKOFF_MIN;
+            }
+            // While backing off, fail fast instead of sleeping: the replica
+            // learns the peer is unreachable and keeps running.
+            if Instant::now() < link.retry_at {
+                self.fail(&batch);
+                return;
+            }
+            match dial(
+                &self.me,
+                self.id,
+                self.addr,
+                Purpose::Raft,
+                HANDSHAKE_TIMEOUT,
+            )
+            .await
+            {
+                Ok(stream) => {
+                    if link.last_error.take().is_some() && link.ever_connected {
+                        info!(
+                            "raft connection to peer {} ({}) restored",
+                            self.id, self.addr
+                        );
+                    } else {
+                        debug!("raft connection to peer {} ({}) open", self.id, self.addr);
+                    }
+                    link.backoff = RECONNECT_BACKOFF_MIN;
+                    link.ever_connected = true;
+                    link.conn = Some(stream);
+                }
+                Err(reason) => {
+                    if link.last_error.as_deref() != Some(reason.as_str()) {
+                        // A refusal (wrong certificate, plaintext against TLS)
+                        // is a misconfiguration an operator must see.
+                        if reason.starts_with("refused") || reason.starts_with("TLS") {
+                            warn!("cannot reach peer {} ({}): {reason}", self.id, self.addr);
+                        } else {
+                            debug!("cannot reach peer {} ({}): {reason}", self.id, self.addr);
+                        }
+                        link.last_error = Some(reason);
+                    }
+                    link.retry_at = Instant::now() + link.backoff;
+                    link.backoff = (link.backoff * 2).min(RECONNECT_BACKOFF_MAX);
+                    self.fail(&batch);
+                    return;
+                }
+            }
+        }
+
+        let Some(stream) = link.conn.as_mut() else {
+            return;
+        };
+        link.last_write = Instant::now();
+        // Small messages are coalesced into one write; a snapshot goes out
+        // frame by frame, never copied whole.
+        let buf = &mut link.buf;
+        let written = async {
+            buf.clear();
+            for out in &batch {
+                for frame in wire::message_frames(&out.group, &out.message) {
+                    buf.extend_from_slice(&frame);
+                    if buf.len() >= wire::SNAPSHOT_CHUNK_BYTES {
+                        write_bounded(stream, buf).await?;
+                        buf.clear();
+                    }
+                }
+            }
+            write_bounded(stream, buf).await
+        };
+        match written.await {
+            Ok(()) => {
+                self.metrics.sent(self.id, batch.len());
+                for out in &batch {
+                    if out.message.get_msg_type() == MessageType::MsgSnapshot {
+                        self.sink.snapshot_sent(&out.group, self.id, true);
+                    }
+                }
+            }
+            Err(e) => {
+                // Routine when a peer stops; the health monitor reports
+                // it down if it stays away.
+                info!(
+                    "lost raft connection to peer {} ({}): {e}",
+                    self.id, self.addr
+                );
+                link.last_error = Some(e.to_string());
+                link.conn = None;
+                link.retry_at = Instant::now();
+                self.fail(&batch);
+            }
+        }
     }
 
     /// Reports a batch that could not be sent to the groups that sent it.
@@ -579,42 +1038,15 @@ impl PeerLink {
         self.metrics.dropped(self.id, batch.len());
         for out in batch {
             if out.message.get_msg_type() == MessageType::MsgSnapshot {
-                self.router.deliver(
-                    &out.group,
-                    ReplicaMsg::SnapshotStatus {
-                        peer: self.id,
-                        delivered: false,
-                    },
-                );
+                self.sink.snapshot_sent(&out.group, self.id, false);
             }
         }
         let mut groups: Vec<&GroupId> = batch.iter().map(|o| &o.group).collect();
         groups.sort();
         groups.dedup();
         for group in groups {
-            self.router.deliver(group, ReplicaMsg::Unreachable(self.id));
+            self.sink.unreachable(group, self.id);
         }
-    }
-}
-
-/// Bridges `FutureExt::or`-style timeouts: resolves to `None` when the timer
-/// fires first.
-trait TimeoutExt {
-    fn map_or<F: std::future::Future>(
-        self,
-        f: F,
-    ) -> impl std::future::Future<Output = Option<F::Output>>;
-}
-
-impl TimeoutExt for async_io::Timer {
-    fn map_or<F: std::future::Future>(
-        self,
-        f: F,
-    ) -> impl std::future::Future<Output = Option<F::Output>> {
-        future::or(async move { Some(f.await) }, async move {
-            self.await;
-            None
-        })
     }
 }
 
@@ -627,6 +1059,7 @@ mod tests {
             node_id: 1,
             cluster: "c".into(),
             peers: vec![(2, "127.0.0.1:1".parse().unwrap())],
+            tls: None,
         }
     }
 
@@ -650,10 +1083,31 @@ mod tests {
     #[test]
     fn hello_of_another_cluster_or_id_is_refused() {
         let err = check_hello(&me(), &hello("other", 2, 1)).unwrap_err();
-        assert!(err.contains("cluster 'other'"), "{err}");
+        assert!(err.contains("cluster \"other\""), "{err}");
         let err = check_hello(&me(), &hello("c", 2, 3)).unwrap_err();
         assert!(err.contains("expected node 3"), "{err}");
         let err = check_hello(&me(), &hello("c", 9, 1)).unwrap_err();
         assert!(err.contains("not a peer"), "{err}");
+        // A name that would forge a log line is quoted.
+        let err = check_hello(&me(), &hello("x\nWARN forged", 2, 1)).unwrap_err();
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn refusal_table_is_fixed_and_counts_what_it_does_not_log() {
+        let log = RefusalLog::new();
+        let remote: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        for i in 0..1000 {
+            log.refuse(Refusal::Identity, remote, &format!("reason {i}"));
+        }
+        // The first was logged; the other 999 were counted, in one slot.
+        assert_eq!(
+            log.suppressed[Refusal::Identity as usize].load(Ordering::Relaxed),
+            999
+        );
+        assert_eq!(
+            log.suppressed[Refusal::Busy as usize].load(Ordering::Relaxed),
+            0
+        );
     }
 }
