@@ -157,6 +157,8 @@ fn the_shipped_cluster_files_pass_check() {
             f.stderr
         );
         assert!(f.stdout.contains(&format!("cluster{n}")), "{}", f.stdout);
+        // A plaintext file says what it lacks.
+        assert!(f.stdout.contains("peers are not authenticated"), "{}", f.stdout);
     }
 }
 
@@ -267,6 +269,46 @@ fn zero_durations() {
     ] {
         let case = Case::new(|t| replace(t, from, to));
         assert_rejected(&format!("zero {field}"), &case, &[field]);
+    }
+}
+
+#[test]
+fn out_of_range_durations_exit_2_naming_the_field() {
+    for (field, from, to) in [
+        // Issue 8: a 1 ns tick made a node spin a core and ignore SIGTERM.
+        (
+            "raft.tick_interval",
+            "tick_interval = \"25ms\"",
+            "tick_interval = \"1ns\"",
+        ),
+        (
+            "raft.tick_interval",
+            "tick_interval = \"25ms\"",
+            "tick_interval = \"1min\"",
+        ),
+        (
+            "cluster.peer_timeout",
+            "peer_timeout = \"500ms\"",
+            "peer_timeout = \"100000000000000s\"",
+        ),
+        (
+            "cluster.quorum_wait_timeout",
+            "quorum_wait_timeout = \"1s\"",
+            "quorum_wait_timeout = \"2days\"",
+        ),
+        (
+            "cluster.heartbeat_interval",
+            "heartbeat_interval = \"100ms\"",
+            "heartbeat_interval = \"1ms\"",
+        ),
+        (
+            "raft.election_ticks",
+            "election_ticks = 10",
+            "election_ticks = 100000",
+        ),
+    ] {
+        let case = Case::new(|t| replace(t, from, to));
+        assert_rejected(to, &case, &[field, "out of range"]);
     }
 }
 

@@ -31,6 +31,7 @@ use tempfile::TempDir;
 
 mod http;
 mod keep_alive;
+pub mod peer;
 pub use http::{http, http_body, http_within, Response};
 // Only the benches use it so far.
 #[allow(unused_imports)]
@@ -133,6 +134,9 @@ pub struct Spec {
     pub raft_lines: Vec<String>,
     /// Lines of the `[store]` table (none: the table is left out).
     pub store_lines: Vec<String>,
+    /// Mutual TLS between peers: `quorumd certs` writes the certificates
+    /// into `<tempdir>/certs` and the file gets a `[tls]` table.
+    pub tls: bool,
     pub nodes: BTreeMap<u64, NodeAddrs>,
 }
 
@@ -162,6 +166,7 @@ impl Spec {
             heartbeat_ticks: None,
             raft_lines: Vec::new(),
             store_lines: Vec::new(),
+            tls: false,
             nodes,
         }
     }
@@ -185,6 +190,12 @@ impl Spec {
     /// Adds a `key = value` line to the `[store]` table.
     pub fn store(mut self, line: &str) -> Spec {
         self.store_lines.push(line.to_string());
+        self
+    }
+
+    /// With mutual TLS between peers (see [`Spec::tls`]).
+    pub fn with_tls(mut self) -> Spec {
+        self.tls = true;
         self
     }
 
@@ -252,6 +263,17 @@ impl Spec {
 
 /// The cluster file's `data_dir`, relative to the test cluster's temp dir.
 const DATA_SUBDIR: &str = "data";
+/// Where a TLS test cluster's certificates live, relative to its temp dir.
+pub const CERTS_SUBDIR: &str = "certs";
+
+/// The `[tls]` table for certificates that `quorumd certs` wrote into `dir`
+/// (relative to the cluster file).
+pub fn tls_table(dir: &str) -> String {
+    format!(
+        "\n[tls]\nca = \"{dir}/ca.pem\"\ncert = \"{dir}/node-{{id}}.pem\"\nkey = \"{dir}/node-{{id}}.key\"\n\
+         client_cert = \"{dir}/client.pem\"\nclient_key = \"{dir}/client.key\"\n"
+    )
+}
 
 /// A cluster file in a temp dir plus the node processes started from it.
 pub struct TestCluster {
@@ -278,6 +300,18 @@ impl TestCluster {
         let config = dir.path().join("cluster.toml");
         let data = dir.path().join(DATA_SUBDIR);
         std::fs::write(&config, spec.to_toml(&data)).expect("write cluster file");
+        if spec.tls {
+            let path = config.to_str().expect("utf-8 path");
+            let out = dir.path().join(CERTS_SUBDIR);
+            let f = run_bin(
+                &["certs", "--cluster", path, "--out", out.to_str().expect("utf-8")],
+                Duration::from_secs(30),
+            );
+            assert_eq!(f.code, 0, "quorumd certs failed:\n{}\n{}", f.stdout, f.stderr);
+            let mut text = std::fs::read_to_string(&config).expect("read cluster file");
+            text.push_str(&tls_table(CERTS_SUBDIR));
+            std::fs::write(&config, text).expect("write cluster file");
+        }
         TestCluster {
             spec,
             dir,
@@ -393,6 +427,19 @@ impl TestCluster {
     /// Like [`TestCluster::start_node_with`], with extra environment
     /// variables (`NOTIFY_SOCKET`, `JOURNAL_STREAM`, ...).
     pub fn start_node_env(&mut self, id: u64, extra: &[&str], env: &[(&str, &str)]) {
+        self.start_node_via(id, &[], extra, env);
+    }
+
+    /// Like [`TestCluster::start_node_env`], with the command run through
+    /// `launcher` (e.g. `unshare ... sh -c '...; exec "$@"' ...`), which must
+    /// exec the node so that the child handle is the node.
+    pub fn start_node_via(
+        &mut self,
+        id: u64,
+        launcher: &[&str],
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) {
         assert!(
             !self.is_running(id),
             "node {id} is already running in this test cluster"
@@ -402,7 +449,15 @@ impl TestCluster {
             .append(true)
             .open(self.stderr_path(id))
             .expect("open stderr log");
-        let child = Command::new(&self.bin)
+        let mut command = match launcher.split_first() {
+            None => Command::new(&self.bin),
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&self.bin);
+                c
+            }
+        };
+        let child = command
             .arg("run")
             .arg("--cluster")
             .arg(self.config_of(id))
