@@ -16,7 +16,7 @@ endif
 RELEASE_BIN := target/$(TARGET)/release/quorumd
 export QUORUMD := $(CURDIR)/$(RELEASE_BIN)
 
-.PHONY: all build deb cluster1 cluster3 cluster5 bootstrap timeout shutdown test bench chaos chaos-deps
+.PHONY: all build deb cluster1 cluster3 cluster5 cluster3-tls bootstrap timeout shutdown test bench fuzz chaos chaos-deps
 
 all: build
 
@@ -32,6 +32,14 @@ deb: build
 # nodes to shut down before make returns.
 cluster1 cluster3 cluster5: build
 	exec scripts/cluster.sh clusters/$@.toml
+
+# The TLS cluster's certificates are generated (with `quorumd certs`) when
+# `quorumd check` finds them missing or wrong; they live under target/.
+TLS_CERTS := target/clusters/cluster3-tls/certs
+cluster3-tls: build
+	@$(QUORUMD) check clusters/cluster3-tls.toml >/dev/null 2>&1 || \
+		$(QUORUMD) certs --cluster clusters/cluster3-tls.toml --out $(TLS_CERTS) --force >/dev/null
+	exec scripts/cluster.sh clusters/cluster3-tls.toml
 
 bootstrap timeout shutdown: build
 	exec scripts/scenario.sh $@
