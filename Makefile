@@ -73,5 +73,12 @@ test: chaos-deps
 	$(MAKE) deb
 	$(CARGO) test
 
+# Each cargo-fuzz target for FUZZ_SECONDS (nightly toolchain; cargo-fuzz is
+# installed if missing). Crash inputs land in fuzz/regressions/<target>/,
+# which `make test` replays on stable (tests/fuzz_regressions.rs).
+FUZZ_SECONDS ?= 60
+fuzz:
+	scripts/fuzz.sh $(FUZZ_SECONDS)
+
 bench:
 	RUSTFLAGS="$(RELEASE_RUSTFLAGS)" $(CARGO) bench --target $(TARGET) -p quorumd

@@ -63,7 +63,7 @@ pub enum Command {
         file: PathBuf,
     },
     /// Write a CA, a certificate and key per node, and a client pair, for the
-    /// cluster's [tls] table.
+    /// cluster's `[tls]` table.
     Certs {
         /// The cluster file.
         #[arg(long, value_name = "FILE")]

@@ -25,6 +25,8 @@ pub mod client;
 pub mod config;
 pub mod coordinator;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod http;
 pub mod kv;

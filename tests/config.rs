@@ -158,7 +158,11 @@ fn the_shipped_cluster_files_pass_check() {
         );
         assert!(f.stdout.contains(&format!("cluster{n}")), "{}", f.stdout);
         // A plaintext file says what it lacks.
-        assert!(f.stdout.contains("peers are not authenticated"), "{}", f.stdout);
+        assert!(
+            f.stdout.contains("peers are not authenticated"),
+            "{}",
+            f.stdout
+        );
     }
 }
 

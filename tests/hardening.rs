@@ -19,7 +19,10 @@ use serde_json::Value;
 const BOUND: Duration = Duration::from_secs(15);
 
 fn others(ids: &[u64], except: &[u64]) -> Vec<u64> {
-    ids.iter().copied().filter(|i| !except.contains(i)).collect()
+    ids.iter()
+        .copied()
+        .filter(|i| !except.contains(i))
+        .collect()
 }
 
 fn field(status: &Value, key: &str) -> u64 {
@@ -74,7 +77,8 @@ fn forged_heartbeat_and_append_leave_every_node_serving() {
     drop(forger);
 
     c.wait_for("the victim logs the dropped frames", || {
-        c.stderr(victim).contains(&format!("dropped a message from node {leader}"))
+        c.stderr(victim)
+            .contains(&format!("dropped a message from node {leader}"))
     });
     // Every node keeps serving with a role; the victim is no zombie.
     let (l, _) = c.wait_agreed_leader(&[1, 2, 3]);
@@ -102,7 +106,8 @@ fn forged_heartbeat_and_append_leave_every_node_serving() {
     c.signal(l, libc::SIGKILL);
     c.wait_exit(l, BOUND);
     let survivors = others(&[1, 2, 3], &[l]);
-    let (new_leader, new_term) = c.wait_agreed_leader_where(&survivors, |nl, t| nl != l && t > term);
+    let (new_leader, new_term) =
+        c.wait_agreed_leader_where(&survivors, |nl, t| nl != l && t > term);
     assert!(survivors.contains(&new_leader));
     assert!(new_term > term);
     for id in survivors {
@@ -166,12 +171,15 @@ fn a_replica_whose_storage_fails_exits_the_process() {
     assert_eq!(code, 1, "node 3 exit code\n{err}");
     let last = err.lines().last().unwrap_or_default();
     assert!(
-        last.starts_with("quorumd: error: storage failure in") && last.contains("No space left on device"),
+        last.starts_with("quorumd: error: storage failure in")
+            && last.contains("No space left on device"),
         "the last line must be one sentence naming the cause: {last}\n{err}"
     );
     // It exits right after the failed write: no line after the replica
     // stopped but the final sentence (no zombie answering handshakes).
-    let stop = err.find("stopping replica").expect("the replica says it stops");
+    let stop = err
+        .find("stopping replica")
+        .expect("the replica says it stops");
     assert_eq!(err[stop..].lines().count(), 2, "{err}");
     assert_no_panic("node 3", &err);
 }
@@ -190,7 +198,11 @@ fn two_hundred_idle_handshaken_connections_leave_the_cluster_serving() {
     let mut held = Vec::new();
     let mut acked = 0;
     for i in 0..200 {
-        let purpose = if i % 2 == 0 { Purpose::Raft } else { Purpose::Probe };
+        let purpose = if i % 2 == 0 {
+            Purpose::Raft
+        } else {
+            Purpose::Probe
+        };
         let Ok(mut p) = FakePeer::plain(c.addr(target)) else {
             continue;
         };

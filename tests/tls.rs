@@ -20,7 +20,10 @@ use quorumd::transport::wire::{Frame, Purpose};
 const BOUND: Duration = Duration::from_secs(15);
 
 fn others(ids: &[u64], except: &[u64]) -> Vec<u64> {
-    ids.iter().copied().filter(|i| !except.contains(i)).collect()
+    ids.iter()
+        .copied()
+        .filter(|i| !except.contains(i))
+        .collect()
 }
 
 fn tls_cluster(name: &str) -> TestCluster {
@@ -119,9 +122,14 @@ fn peers_without_the_right_certificate_are_refused() {
 
     // Another node's certificate (signed by the CA) with a hello that claims
     // a different id: refused, naming the name the certificate lacks.
-    let mut impostor =
-        FakePeer::tls(c.addr(target), &ca, &cert(wrong), &key(wrong), &name(target))
-            .expect("connect");
+    let mut impostor = FakePeer::tls(
+        c.addr(target),
+        &ca,
+        &cert(wrong),
+        &key(wrong),
+        &name(target),
+    )
+    .expect("connect");
     match impostor.hello(&c.spec.name, claimed, target, Purpose::Probe) {
         Ok(Frame::Reject { reason }) => {
             assert!(reason.contains(&name(claimed)), "{reason}")
@@ -131,9 +139,14 @@ fn peers_without_the_right_certificate_are_refused() {
 
     // The right certificate for the claimed id is accepted (the harness
     // itself is sound).
-    let mut honest =
-        FakePeer::tls(c.addr(target), &ca, &cert(claimed), &key(claimed), &name(target))
-            .expect("connect");
+    let mut honest = FakePeer::tls(
+        c.addr(target),
+        &ca,
+        &cert(claimed),
+        &key(claimed),
+        &name(target),
+    )
+    .expect("connect");
     let answer = honest
         .hello(&c.spec.name, claimed, target, Purpose::Probe)
         .expect("hello");
@@ -144,7 +157,10 @@ fn peers_without_the_right_certificate_are_refused() {
     assert_eq!((l, t), (leader, term), "{}", c.diagnostics());
     let log = c.stderr(target);
     for phrase in ["plaintext dialer", "TLS handshake failed", "does not name"] {
-        assert!(log.contains(phrase), "node {target} must log {phrase:?}:\n{log}");
+        assert!(
+            log.contains(phrase),
+            "node {target} must log {phrase:?}:\n{log}"
+        );
     }
 }
 
@@ -180,7 +196,11 @@ fn a_plaintext_node_and_tls_nodes_refuse_each_other() {
         ],
         BOUND,
     );
-    assert_eq!(f.code, 3, "the plaintext node must not count TLS peers:\n{}", f.stderr);
+    assert_eq!(
+        f.code, 3,
+        "the plaintext node must not count TLS peers:\n{}",
+        f.stderr
+    );
     assert!(
         f.stderr.contains("requires TLS"),
         "the plaintext node must say why it is refused:\n{}",
@@ -191,7 +211,13 @@ fn a_plaintext_node_and_tls_nodes_refuse_each_other() {
     // And the other way: the TLS nodes never count a plaintext node 3.
     let stderr = c.dir.path().join("plain-3.stderr");
     let mut plain_node = std::process::Command::new(common::BIN)
-        .args(["run", "--cluster", plain.to_str().expect("utf-8"), "--node-id", "3"])
+        .args([
+            "run",
+            "--cluster",
+            plain.to_str().expect("utf-8"),
+            "--node-id",
+            "3",
+        ])
         .env("RUST_LOG", "info")
         .stderr(std::fs::File::create(&stderr).expect("stderr file"))
         .spawn()
@@ -206,7 +232,10 @@ fn a_plaintext_node_and_tls_nodes_refuse_each_other() {
     let _ = plain_node.kill();
     let _ = plain_node.wait();
     let log = std::fs::read_to_string(&stderr).unwrap_or_default();
-    assert!(seen, "the plaintext node must log the TLS dialers it refuses:\n{log}");
+    assert!(
+        seen,
+        "the plaintext node must log the TLS dialers it refuses:\n{log}"
+    );
     assert!(!alive, "a TLS node counted the plaintext node 3 alive");
     c.wait_agreed_leader(&[1, 2]);
 }
@@ -219,7 +248,8 @@ fn check_verifies_every_tls_file_and_run_refuses_a_wrong_one() {
     assert_eq!(f.code, 0, "{}{}", f.stdout, f.stderr);
     for id in [1, 2, 3] {
         assert!(
-            f.stdout.contains(&format!("names node-{id}.tls-check, signed by the CA")),
+            f.stdout
+                .contains(&format!("names node-{id}.tls-check, signed by the CA")),
             "{}",
             f.stdout
         );
@@ -228,8 +258,11 @@ fn check_verifies_every_tls_file_and_run_refuses_a_wrong_one() {
     // Node 2's files hold node 3's pair: check and run both exit 2 naming it.
     let dir = certs(&c);
     for ext in ["pem", "key"] {
-        std::fs::copy(dir.join(format!("node-3.{ext}")), dir.join(format!("node-2.{ext}")))
-            .expect("copy");
+        std::fs::copy(
+            dir.join(format!("node-3.{ext}")),
+            dir.join(format!("node-2.{ext}")),
+        )
+        .expect("copy");
     }
     let f = run_bin(&["check", &file], BOUND);
     assert_eq!(f.code, 2, "{}{}", f.stdout, f.stderr);
@@ -252,7 +285,11 @@ fn check_verifies_every_tls_file_and_run_refuses_a_wrong_one() {
 /// Serves `/admin/cluster/status` over HTTPS with the admin configuration of
 /// `quorumd::tls` on a 1-node TLS cluster's admin address: 200 to a client
 /// that presented a certificate, 401 otherwise. Returns what it saw.
-fn fake_https_admin(config: &ClusterConfig, listener: TcpListener, requests: usize) -> std::thread::JoinHandle<Vec<bool>> {
+fn fake_https_admin(
+    config: &ClusterConfig,
+    listener: TcpListener,
+    requests: usize,
+) -> std::thread::JoinHandle<Vec<bool>> {
     let tls = quorumd::tls::admin_server_config(config, 1)
         .expect("admin config")
         .expect("tls");
@@ -277,7 +314,10 @@ fn fake_https_admin(config: &ClusterConfig, listener: TcpListener, requests: usi
                     r#"{"node_id":1,"role":"leader","term":2,"leader_id":1,"bootstrap_complete":true,"cluster_size":1,"live_peers":[]}"#,
                 )
             } else {
-                ("401 Unauthorized", r#"{"error":"a client certificate is required"}"#)
+                (
+                    "401 Unauthorized",
+                    r#"{"error":"a client certificate is required"}"#,
+                )
             };
             let _ = write!(
                 stream,
@@ -301,7 +341,11 @@ fn status_speaks_https_and_presents_the_client_certificate() {
 
     let f = run_bin(&["status", "--cluster", &file], BOUND);
     assert_eq!(f.code, 0, "{}{}", f.stdout, f.stderr);
-    assert!(f.stdout.contains("every node agrees node 1 leads"), "{}", f.stdout);
+    assert!(
+        f.stdout.contains("every node agrees node 1 leads"),
+        "{}",
+        f.stdout
+    );
 
     // Without client_cert in the file, the admin API answers 401.
     let text = std::fs::read_to_string(&c.config).expect("read");

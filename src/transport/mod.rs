@@ -627,7 +627,10 @@ async fn accept_handshake(
 /// Checks a `Hello` against our identity; returns its purpose and sender.
 /// The names in a refusal come from the client: they are quoted, never
 /// written raw into a log line.
-fn check_hello(me: &Identity, hello: &Frame) -> std::result::Result<(Purpose, u64), String> {
+pub(crate) fn check_hello(
+    me: &Identity,
+    hello: &Frame,
+) -> std::result::Result<(Purpose, u64), String> {
     let Frame::Hello {
         purpose,
         from,

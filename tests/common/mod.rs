@@ -304,10 +304,20 @@ impl TestCluster {
             let path = config.to_str().expect("utf-8 path");
             let out = dir.path().join(CERTS_SUBDIR);
             let f = run_bin(
-                &["certs", "--cluster", path, "--out", out.to_str().expect("utf-8")],
+                &[
+                    "certs",
+                    "--cluster",
+                    path,
+                    "--out",
+                    out.to_str().expect("utf-8"),
+                ],
                 Duration::from_secs(30),
             );
-            assert_eq!(f.code, 0, "quorumd certs failed:\n{}\n{}", f.stdout, f.stderr);
+            assert_eq!(
+                f.code, 0,
+                "quorumd certs failed:\n{}\n{}",
+                f.stdout, f.stderr
+            );
             let mut text = std::fs::read_to_string(&config).expect("read cluster file");
             text.push_str(&tls_table(CERTS_SUBDIR));
             std::fs::write(&config, text).expect("write cluster file");

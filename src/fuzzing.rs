@@ -1,0 +1,300 @@
+//! Entry points of the fuzz targets in `fuzz/`, shared with
+//! `tests/fuzz_regressions.rs`, which replays every input kept in
+//! `fuzz/regressions/<target>/` on stable Rust. Each takes arbitrary bytes
+//! and must return without panicking; a panic is a bug found.
+//!
+//! | target | what it drives |
+//! |---|---|
+//! | [`frames`] | the frame decoder (and an encode round trip), and a connection's bytes as the listener reads them: the 1 KiB handshake frame, the hello checks, then frames, each Raft message through the validator |
+//! | [`cluster_file`] | the cluster-file parser and validator, and what `quorumd check` prints |
+//! | [`raft_step`] | a real raft-rs node (follower, candidate or leader) stepping every message the validator admits, with Ready handled as the replica does |
+//!
+//! The HTTP/KV target (path, query and body parsing of the KV routes) joins
+//! these once the store's routes exist (issue 7): add `pub fn http(data)`
+//! here, a `fuzz/fuzz_targets/http.rs` that calls it, and `http` to
+//! `FUZZ_TARGETS` in the Makefile and `TARGETS` in the replay test.
+
+use std::path::Path;
+
+use futures_lite::future::block_on;
+use protobuf::ProtobufEnum as _;
+use raft::prelude::{ConfState, Entry, EntryType, HardState, Message, MessageType, Snapshot};
+use raft::storage::MemStorage;
+use raft::{RawNode, StateRole};
+
+use crate::config::ClusterConfig;
+use crate::raft::validate::{self, LogFacts};
+use crate::transport::wire::{read_frame, read_handshake_frame, Frame};
+use crate::transport::{check_hello, Identity};
+
+/// The names of the targets, as directories under `fuzz/regressions/`.
+pub const TARGETS: &[&str] = &["frames", "cluster_file", "raft_step"];
+
+/// Runs the entry point named `target` on `data`.
+pub fn run(target: &str, data: &[u8]) {
+    match target {
+        "frames" => frames(data),
+        "cluster_file" => cluster_file(data),
+        "raft_step" => raft_step(data),
+        other => panic!("no fuzz target {other}"),
+    }
+}
+
+struct FakeLog;
+
+impl LogFacts for FakeLog {
+    fn term(&self) -> u64 {
+        5
+    }
+    fn last_index(&self) -> u64 {
+        10
+    }
+}
+
+/// The frame decoder and the listener's side of a connection.
+pub fn frames(data: &[u8]) {
+    // The payload decoder alone. Encoding normalizes (long reasons are
+    // clipped), so encode(decode(encode(f))) must equal encode(f).
+    if let Ok(frame) = Frame::decode(data) {
+        let bytes = frame.encode();
+        let again = Frame::decode(&bytes[4..]).expect("an encoded frame decodes");
+        assert_eq!(again.encode(), bytes, "encoding is not stable");
+    }
+    // A connection's bytes as the listener reads them.
+    let me = Identity {
+        node_id: 1,
+        cluster: "fuzz".to_string(),
+        peers: vec![
+            (2, "127.0.0.1:2".parse().expect("addr")),
+            (3, "127.0.0.1:3".parse().expect("addr")),
+        ],
+        tls: None,
+    };
+    let mut r = data;
+    block_on(async {
+        let Ok(hello) = read_handshake_frame(&mut r).await else {
+            return;
+        };
+        if check_hello(&me, &hello).is_err() {
+            return;
+        }
+        while let Ok(frame) = read_frame(&mut r).await {
+            if let Frame::Raft { message, .. } = frame {
+                let _ = validate::check(&message, &FakeLog);
+            }
+        }
+    });
+}
+
+/// The cluster-file parser and validator.
+pub fn cluster_file(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(config) = ClusterConfig::parse(text, Path::new("/etc/quorumd/fuzz.toml")) {
+        let _ = crate::cli::summary(&config);
+        for n in &config.nodes {
+            let _ = config.node_data_dir(n.id);
+            if let Some(tls) = &config.tls {
+                let _ = (tls.cert(n.id), tls.key(n.id));
+            }
+        }
+        let _ = config.require_node(0);
+    }
+}
+
+/// Reads the fuzz input a byte at a time; zeros once it runs out.
+struct Bytes<'a>(&'a [u8]);
+
+impl Bytes<'_> {
+    fn u8(&mut self) -> u8 {
+        match self.0.split_first() {
+            Some((b, rest)) => {
+                self.0 = rest;
+                *b
+            }
+            None => 0,
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// An index or term near `base`, now and then an extreme one.
+    fn near(&mut self, base: u64) -> u64 {
+        match self.u8() {
+            0xff => u64::MAX,
+            0xfe => 1 << 40,
+            0xfd => 0,
+            b => base.saturating_add(b as u64 % 16).saturating_sub(8),
+        }
+    }
+
+    fn ids(&mut self) -> Vec<u64> {
+        let n = self.u8() % 4;
+        (0..n).map(|_| self.u8() as u64 % 5).collect()
+    }
+}
+
+/// Node 1 of voters {1, 2, 3} with entries 2..=5 (terms 2, 2, 3, 3) and
+/// commit 4, as a follower, candidate or leader at term 3 or later.
+fn node(role: u8) -> RawNode<MemStorage> {
+    let storage = MemStorage::new();
+    {
+        let mut core = storage.wl();
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = 1;
+        snap.mut_metadata().term = 1;
+        snap.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
+        core.apply_snapshot(snap).expect("bootstrap snapshot");
+        let entries: Vec<Entry> = [(2, 2), (3, 2), (4, 3), (5, 3)]
+            .into_iter()
+            .map(|(index, term)| Entry {
+                index,
+                term,
+                ..Default::default()
+            })
+            .collect();
+        core.append(&entries).expect("entries");
+        core.set_hardstate(HardState {
+            term: 3,
+            vote: 0,
+            commit: 4,
+            ..Default::default()
+        });
+    }
+    let config = raft::Config {
+        id: 1,
+        applied: 1,
+        pre_vote: true,
+        check_quorum: true,
+        max_size_per_msg: 1024 * 1024,
+        max_inflight_msgs: 256,
+        ..Default::default()
+    };
+    let logger = slog::Logger::root(slog::Discard, slog::o!());
+    let mut node = RawNode::new(&config, storage, &logger).expect("node");
+    if !role.is_multiple_of(3) {
+        // Candidate: campaign (pre-vote off the table for a real vote).
+        node.raft.become_candidate();
+        if role % 3 == 2 {
+            node.raft.become_leader();
+        }
+    }
+    handle_ready(&mut node);
+    node
+}
+
+/// What the replica does with a Ready, against the in-memory storage. A
+/// storage error here is one the real replica would treat as fatal, so it
+/// panics: an admitted message must never cause one.
+fn handle_ready(node: &mut RawNode<MemStorage>) {
+    if !node.has_ready() {
+        return;
+    }
+    let mut ready = node.ready();
+    let _ = ready.take_messages();
+    if !ready.snapshot().is_empty() {
+        let snap = ready.snapshot().clone();
+        node.mut_store()
+            .wl()
+            .apply_snapshot(snap)
+            .expect("apply an admitted snapshot");
+    }
+    let _ = ready.take_committed_entries();
+    if !ready.entries().is_empty() {
+        let entries = ready.entries().clone();
+        node.mut_store()
+            .wl()
+            .append(&entries)
+            .expect("append admitted entries");
+    }
+    if let Some(hs) = ready.hs() {
+        node.mut_store().wl().set_hardstate(hs.clone());
+    }
+    let _ = ready.take_persisted_messages();
+    let mut light = node.advance(ready);
+    if let Some(commit) = light.commit_index() {
+        node.mut_store().wl().mut_hard_state().commit = commit;
+    }
+    let _ = light.take_messages();
+    let _ = light.take_committed_entries();
+    node.advance_apply();
+}
+
+/// Messages built from the bytes, each stepped if the validator admits it.
+pub fn raft_step(data: &[u8]) {
+    let mut b = Bytes(data);
+    let mut node = node(b.u8());
+    let mut steps = 0;
+    while !b.done() && steps < 64 {
+        steps += 1;
+        let mut m = Message::default();
+        let kind = b.u8() % 19;
+        m.set_msg_type(MessageType::from_i32(kind as i32).unwrap_or(MessageType::MsgHeartbeat));
+        m.from = 1 + b.u8() as u64 % 4;
+        m.to = 1;
+        let term = node.raft.term;
+        m.term = b.near(term + 4);
+        m.index = b.near(5);
+        m.log_term = b.near(term);
+        m.commit = b.near(5);
+        m.commit_term = b.near(term);
+        m.reject = b.u8() % 2 == 1;
+        m.reject_hint = b.near(5);
+        m.request_snapshot = b.near(2);
+        let n = b.u8() % 5;
+        let mut entries = Vec::new();
+        for i in 0..n {
+            let contiguous = b.u8() % 4 != 0;
+            let index = if contiguous {
+                m.index.saturating_add(1 + i as u64)
+            } else {
+                b.near(6)
+            };
+            let mut e = Entry {
+                index,
+                term: b.near(m.term.min(term + 4)),
+                ..Default::default()
+            };
+            if b.u8() % 8 == 0 {
+                e.set_entry_type(EntryType::EntryConfChange);
+                e.data = vec![b.u8(), b.u8()].into();
+            } else {
+                e.data = vec![b.u8()].into();
+            }
+            entries.push(e);
+        }
+        m.set_entries(entries.into());
+        if m.get_msg_type() == MessageType::MsgSnapshot {
+            let meta = m.mut_snapshot().mut_metadata();
+            meta.index = b.near(8);
+            meta.term = b.near(term);
+            let mut cs = ConfState {
+                voters: b.ids(),
+                learners: b.ids(),
+                ..Default::default()
+            };
+            if b.u8() % 4 == 0 {
+                cs.voters_outgoing = b.ids();
+                cs.learners_next = b.ids();
+                cs.auto_leave = b.u8() % 2 == 1;
+            }
+            meta.set_conf_state(cs);
+        }
+        if validate::check(&m, &node.raft).is_ok() {
+            let _ = node.step(m);
+        }
+        match b.u8() % 8 {
+            0 => {
+                node.tick();
+            }
+            1 if node.raft.state != StateRole::Leader => {
+                let _ = node.campaign();
+            }
+            _ => {}
+        }
+        handle_ready(&mut node);
+    }
+}
