@@ -43,6 +43,9 @@ pub fn run(target: &str, data: &[u8]) {
 struct FakeLog;
 
 impl LogFacts for FakeLog {
+    fn id(&self) -> u64 {
+        1
+    }
     fn term(&self) -> u64 {
         5
     }

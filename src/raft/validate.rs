@@ -15,7 +15,8 @@
 //!
 //! What is refused:
 //! - types only a node makes for itself: `MsgHup`, `MsgBeat`,
-//!   `MsgUnreachable`, `MsgSnapStatus`, `MsgCheckQuorum`;
+//!   `MsgUnreachable`, `MsgSnapStatus`, `MsgCheckQuorum`; and any message
+//!   claiming to come from node 0 or from this node;
 //! - `MsgPropose` and `MsgReadIndex` unless they look like what raft-rs
 //!   forwards from a follower to its leader: term 0, and bounded
 //!   ([`MAX_PROPOSE_ENTRIES`], [`MAX_PROPOSE_BYTES`], one read context of at
@@ -24,8 +25,10 @@
 //!   every term check), or a term more than [`MAX_TERM_AHEAD`] beyond ours;
 //! - indexes above [`MAX_INDEX`] (raft-rs adds to them unchecked);
 //! - at our term or later: heartbeats whose commit lies beyond the local log;
-//!   appends whose entries are not contiguous from the index they claim, or
-//!   whose terms go backwards or past the message's term; snapshots whose
+//!   appends whose entries are not contiguous from the index they claim, whose
+//!   terms go backwards or past the message's term, or whose previous term is
+//!   0 (raft-rs reads past its log as term 0, so that would match any index
+//!   and splice entries after a gap; found by `make fuzz`); snapshots whose
 //!   voter set raft-rs could not restore;
 //! - at our term: answers (append and heartbeat responses) that name an index
 //!   beyond the local log, which would corrupt a leader's view of a follower.
@@ -59,6 +62,8 @@ pub const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What [`check`] needs to know about the local replica.
 pub trait LogFacts {
+    /// This node's id.
+    fn id(&self) -> u64;
     /// The current term.
     fn term(&self) -> u64;
     /// The last index of the log, unstable entries included.
@@ -66,6 +71,10 @@ pub trait LogFacts {
 }
 
 impl<T: raft::Storage> LogFacts for raft::Raft<T> {
+    fn id(&self) -> u64 {
+        self.id
+    }
+
     fn term(&self) -> u64 {
         self.term
     }
@@ -81,6 +90,9 @@ pub enum Rejection {
     /// A type raft-rs only makes for itself.
     #[error("{0:?} is made only by a node for itself")]
     LocalOnly(MessageType),
+    /// A sender of id 0, or this node's own id.
+    #[error("{kind:?} from node {from}, which cannot send it")]
+    BadSender { kind: MessageType, from: u64 },
     /// Term 0 on a type that must carry one, or a term on a forwarded type.
     #[error("{kind:?} with term {term}: {why}")]
     BadTerm {
@@ -151,8 +163,13 @@ pub fn check(m: &Message, log: &impl LogFacts) -> Result<(), Rejection> {
         MsgHup | MsgBeat | MsgUnreachable | MsgSnapStatus | MsgCheckQuorum => {
             return Err(Rejection::LocalOnly(kind))
         }
-        MsgPropose | MsgReadIndex => return check_forwarded(m, kind),
         _ => {}
+    }
+    if m.from == 0 || m.from == log.id() {
+        return Err(Rejection::BadSender { kind, from: m.from });
+    }
+    if matches!(kind, MsgPropose | MsgReadIndex) {
+        return check_forwarded(m, kind);
     }
     if m.term == 0 {
         return Err(Rejection::BadTerm {
@@ -278,6 +295,17 @@ fn check_forwarded(m: &Message, kind: MessageType) -> Result<(), Rejection> {
 }
 
 fn check_append(m: &Message) -> Result<(), Rejection> {
+    // raft-rs reads the term of an index past its log as 0, so a previous
+    // term of 0 would "match" any index and splice entries after a gap.
+    // Every real entry has a term of at least 1 (the bootstrap snapshot's).
+    if m.log_term == 0 {
+        return Err(Rejection::BadEntryTerm {
+            term: m.term,
+            index: m.index,
+            entry_term: 0,
+            why: "a previous entry always has a term",
+        });
+    }
     if m.log_term > m.term {
         return Err(Rejection::BadEntryTerm {
             term: m.term,
@@ -421,10 +449,13 @@ mod tests {
     use raft::RawNode;
     use std::panic::{catch_unwind, AssertUnwindSafe};
 
-    /// A plain log: current term and last index.
+    /// A plain log of node 1: current term and last index.
     struct Log(u64, u64);
 
     impl LogFacts for Log {
+        fn id(&self) -> u64 {
+            1
+        }
         fn term(&self) -> u64 {
             self.0
         }
@@ -731,6 +762,31 @@ mod tests {
             check(&m, &Log(3, 5)),
             Err(Rejection::BeyondLog { .. })
         ));
+    }
+
+    /// Found by `make fuzz` (fuzz/regressions/raft_step/crash-992d4e26...):
+    /// an append at an index past the log with previous term 0 matched, and
+    /// raft-rs sliced its unstable log out of bounds.
+    #[test]
+    fn an_append_with_previous_term_0_is_refused() {
+        let mut m = msg(MessageType::MsgAppend, 11);
+        m.index = 12;
+        m.log_term = 0;
+        m.set_entries(vec![entry(13, 7), entry(14, 7)].into());
+        assert!(panics_unchecked(&m));
+        assert!(matches!(
+            check(&m, &follower().raft),
+            Err(Rejection::BadEntryTerm { entry_term: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn messages_from_node_0_or_from_ourselves_are_refused() {
+        for from in [0, 1] {
+            let mut m = msg(MessageType::MsgHeartbeat, 3);
+            m.from = from;
+            assert!(matches!(check(&m, &Log(3, 5)), Err(Rejection::BadSender { .. })));
+        }
     }
 
     #[test]
