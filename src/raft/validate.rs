@@ -29,7 +29,7 @@
 //!   terms go backwards or past the message's term, or whose previous term is
 //!   0 (raft-rs reads past its log as term 0, so that would match any index
 //!   and splice entries after a gap; found by `make fuzz`); snapshots whose
-//!   voter set raft-rs could not restore;
+//!   voter set raft-rs could not restore, or does not hold their sender;
 //! - at our term: answers (append and heartbeat responses) that name an index
 //!   beyond the local log, which would corrupt a leader's view of a follower.
 //!
@@ -362,7 +362,21 @@ fn check_snapshot(m: &Message) -> Result<(), Rejection> {
             meta.index, meta.term, m.term
         )));
     }
-    check_conf_state(meta.get_conf_state()).map_err(Rejection::BadSnapshot)
+    let cs = meta.get_conf_state();
+    check_conf_state(cs).map_err(Rejection::BadSnapshot)?;
+    // Only a leader sends a snapshot, and it is a voter of the configuration
+    // it sends. Without this a forged snapshot could make this node the only
+    // voter: it would lead alone (split brain), and an election in the same
+    // inbox batch trips raft-rs's assertion that a new leader's log is
+    // persisted (found by `make fuzz`).
+    if !cs.get_voters().contains(&m.from) && !cs.get_voters_outgoing().contains(&m.from) {
+        return Err(Rejection::BadSnapshot(format!(
+            "the sender, node {}, is not a voter of its voter set {:?}",
+            m.from,
+            cs.get_voters()
+        )));
+    }
+    Ok(())
 }
 
 /// The shapes of voter set that raft-rs restores without a fatal error:
@@ -785,7 +799,10 @@ mod tests {
         for from in [0, 1] {
             let mut m = msg(MessageType::MsgHeartbeat, 3);
             m.from = from;
-            assert!(matches!(check(&m, &Log(3, 5)), Err(Rejection::BadSender { .. })));
+            assert!(matches!(
+                check(&m, &Log(3, 5)),
+                Err(Rejection::BadSender { .. })
+            ));
         }
     }
 
@@ -826,6 +843,13 @@ mod tests {
         }
         let good = snapshot(vec![1, 2, 3], vec![4]);
         assert_eq!(check(&good, &Log(3, 5)), Ok(()));
+        // A voter set without its sender (node 2): it could make us the
+        // only voter.
+        let alone = snapshot(vec![1], vec![]);
+        assert!(matches!(
+            check(&alone, &Log(3, 5)),
+            Err(Rejection::BadSnapshot(_))
+        ));
         // A learner that is also a voter crashes raft-rs on restore.
         assert!(panics_unchecked(&snapshot(vec![1, 2], vec![2])));
         let mut node = follower();
