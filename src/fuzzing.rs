@@ -46,6 +46,9 @@ impl LogFacts for FakeLog {
     fn id(&self) -> u64 {
         1
     }
+    fn is_leader(&self) -> bool {
+        false
+    }
     fn term(&self) -> u64 {
         5
     }

@@ -31,7 +31,9 @@
 //!   and splice entries after a gap; found by `make fuzz`); snapshots whose
 //!   voter set raft-rs could not restore, or does not hold their sender;
 //! - at our term: answers (append and heartbeat responses) that name an index
-//!   beyond the local log, which would corrupt a leader's view of a follower.
+//!   beyond the local log, which would corrupt a leader's view of a follower;
+//!   and a leadership-transfer request unless this node leads (a follower
+//!   would forward it with its term set, which raft-rs is fatal on).
 //!
 //! A message of an older term passes: raft-rs only answers or ignores it.
 
@@ -64,6 +66,8 @@ pub const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 pub trait LogFacts {
     /// This node's id.
     fn id(&self) -> u64;
+    /// Whether this node leads now.
+    fn is_leader(&self) -> bool;
     /// The current term.
     fn term(&self) -> u64;
     /// The last index of the log, unstable entries included.
@@ -73,6 +77,10 @@ pub trait LogFacts {
 impl<T: raft::Storage> LogFacts for raft::Raft<T> {
     fn id(&self) -> u64 {
         self.id
+    }
+
+    fn is_leader(&self) -> bool {
+        self.state == raft::StateRole::Leader
     }
 
     fn term(&self) -> u64 {
@@ -90,6 +98,9 @@ pub enum Rejection {
     /// A type raft-rs only makes for itself.
     #[error("{0:?} is made only by a node for itself")]
     LocalOnly(MessageType),
+    /// A leadership-transfer request reached a node that does not lead.
+    #[error("MsgTransferLeader reached a node that does not lead")]
+    NotLeader,
     /// A sender of id 0, or this node's own id.
     #[error("{kind:?} from node {from}, which cannot send it")]
     BadSender { kind: MessageType, from: u64 },
@@ -223,6 +234,9 @@ pub fn check(m: &Message, log: &impl LogFacts) -> Result<(), Rejection> {
         }
     };
     match kind {
+        // A follower forwards it to its leader with the term still set,
+        // which raft-rs's send() is fatal on (found by `make fuzz`).
+        MsgTransferLeader if !log.is_leader() => Err(Rejection::NotLeader),
         MsgHeartbeat => beyond("commit", m.commit),
         MsgAppend => check_append(m),
         MsgSnapshot => check_snapshot(m),
@@ -470,6 +484,9 @@ mod tests {
         fn id(&self) -> u64 {
             1
         }
+        fn is_leader(&self) -> bool {
+            false
+        }
         fn term(&self) -> u64 {
             self.0
         }
@@ -529,7 +546,10 @@ mod tests {
     /// Steps `m` into a fresh follower without the check; true if raft-rs
     /// panicked.
     fn panics_unchecked(m: &Message) -> bool {
-        let mut node = follower();
+        panics_unchecked_with(follower(), m)
+    }
+
+    fn panics_unchecked_with(mut node: RawNode<MemStorage>, m: &Message) -> bool {
         let m = m.clone();
         catch_unwind(AssertUnwindSafe(move || {
             let _ = node.step(m);
@@ -792,6 +812,16 @@ mod tests {
             check(&m, &follower().raft),
             Err(Rejection::BadEntryTerm { entry_term: 0, .. })
         ));
+    }
+
+    /// Found by `make fuzz` (fuzz/regressions/raft_step/crash-e3235fed...).
+    #[test]
+    fn a_transfer_request_to_a_follower_is_refused() {
+        let m = msg(MessageType::MsgTransferLeader, 3);
+        let mut node = follower();
+        node.raft.leader_id = 3;
+        assert!(panics_unchecked_with(node, &m));
+        assert_eq!(check(&m, &follower().raft), Err(Rejection::NotLeader));
     }
 
     #[test]
