@@ -55,6 +55,12 @@ impl LogFacts for FakeLog {
     fn last_index(&self) -> u64 {
         10
     }
+    fn committed(&self) -> u64 {
+        8
+    }
+    fn log_term(&self, index: u64) -> Option<u64> {
+        (index <= 10).then_some(5)
+    }
 }
 
 /// The frame decoder and the listener's side of a connection.

@@ -72,6 +72,10 @@ pub trait LogFacts {
     fn term(&self) -> u64;
     /// The last index of the log, unstable entries included.
     fn last_index(&self) -> u64;
+    /// The commit index.
+    fn committed(&self) -> u64;
+    /// The term of the entry at `index`, if the log still holds it.
+    fn log_term(&self, index: u64) -> Option<u64>;
 }
 
 impl<T: raft::Storage> LogFacts for raft::Raft<T> {
@@ -89,6 +93,17 @@ impl<T: raft::Storage> LogFacts for raft::Raft<T> {
 
     fn last_index(&self) -> u64 {
         self.raft_log.last_index()
+    }
+
+    fn committed(&self) -> u64 {
+        self.raft_log.committed
+    }
+
+    fn log_term(&self, index: u64) -> Option<u64> {
+        if index > self.raft_log.last_index() {
+            return None;
+        }
+        self.raft_log.term(index).ok()
     }
 }
 
@@ -239,7 +254,7 @@ pub fn check(m: &Message, log: &impl LogFacts) -> Result<(), Rejection> {
         MsgTransferLeader if !log.is_leader() => Err(Rejection::NotLeader),
         MsgHeartbeat => beyond("commit", m.commit),
         MsgAppend => check_append(m),
-        MsgSnapshot => check_snapshot(m),
+        MsgSnapshot => check_snapshot(m, log),
         MsgReadIndexResp => {
             if m.get_entries().len() != 1 {
                 return Err(Rejection::Empty(kind));
@@ -362,7 +377,7 @@ fn check_append(m: &Message) -> Result<(), Rejection> {
     Ok(())
 }
 
-fn check_snapshot(m: &Message) -> Result<(), Rejection> {
+fn check_snapshot(m: &Message, log: &impl LogFacts) -> Result<(), Rejection> {
     let meta = m.get_snapshot().get_metadata();
     if meta.index == 0 || meta.term == 0 {
         return Err(Rejection::BadSnapshot(format!(
@@ -374,6 +389,20 @@ fn check_snapshot(m: &Message) -> Result<(), Rejection> {
         return Err(Rejection::BadSnapshot(format!(
             "index {} term {} does not fit a message of term {}",
             meta.index, meta.term, m.term
+        )));
+    }
+    // A snapshot at our commit index must agree with the committed entry
+    // there; one of another term would make raft-rs restore a snapshot older
+    // than the storage's own, which the storage refuses (a fatal storage
+    // error; found by `make fuzz`). Below the commit index raft-rs ignores
+    // a snapshot; above it, it replaces uncommitted entries only.
+    let committed = log.committed();
+    if meta.index == committed && log.log_term(committed) != Some(meta.term) {
+        return Err(Rejection::BadSnapshot(format!(
+            "index {} term {} contradicts the committed entry there (term {:?})",
+            meta.index,
+            meta.term,
+            log.log_term(committed)
         )));
     }
     let cs = meta.get_conf_state();
@@ -492,6 +521,12 @@ mod tests {
         }
         fn last_index(&self) -> u64 {
             self.1
+        }
+        fn committed(&self) -> u64 {
+            self.1 - 1
+        }
+        fn log_term(&self, index: u64) -> Option<u64> {
+            (index <= self.1).then_some(self.0)
         }
     }
 
@@ -812,6 +847,42 @@ mod tests {
             check(&m, &follower().raft),
             Err(Rejection::BadEntryTerm { entry_term: 0, .. })
         ));
+    }
+
+    /// Found by `make fuzz` (fuzz/regressions/raft_step/crash-4bc5da72...):
+    /// two snapshots at the same index of different terms.
+    #[test]
+    fn a_snapshot_that_contradicts_the_commit_index_is_refused() {
+        let mut node = follower();
+        let mut first = snapshot(vec![1, 2], vec![]);
+        first.term = 4;
+        first.mut_snapshot().mut_metadata().index = 12;
+        first.mut_snapshot().mut_metadata().term = 4;
+        assert_eq!(check(&first, &node.raft), Ok(()));
+        node.step(first).unwrap();
+        let mut rd = node.ready();
+        node.mut_store()
+            .wl()
+            .apply_snapshot(rd.snapshot().clone())
+            .unwrap();
+        let _ = rd.take_messages();
+        node.advance(rd);
+        let mut second = snapshot(vec![1, 2], vec![]);
+        second.term = 5;
+        second.mut_snapshot().mut_metadata().index = 12;
+        second.mut_snapshot().mut_metadata().term = 5;
+        assert!(matches!(
+            check(&second, &node.raft),
+            Err(Rejection::BadSnapshot(_))
+        ));
+        // Unchecked, raft-rs restores it and the storage refuses it.
+        node.step(second).unwrap();
+        let rd = node.ready();
+        assert!(node
+            .mut_store()
+            .wl()
+            .apply_snapshot(rd.snapshot().clone())
+            .is_err());
     }
 
     /// Found by `make fuzz` (fuzz/regressions/raft_step/crash-e3235fed...).
