@@ -169,8 +169,12 @@ impl ClusterCoordinator {
             peers.clone(),
             metrics.clone(),
         );
-        let meta =
-            manager.create_group(GroupId::meta(), store.clone(), shutdown.clone(), fatal_tx.clone())?;
+        let meta = manager.create_group(
+            GroupId::meta(),
+            store.clone(),
+            shutdown.clone(),
+            fatal_tx.clone(),
+        )?;
         let kv = KvService::new(meta.clone(), store.clone(), config.store.clone());
         let upkeep =
             crate::membership::spawn_upkeep(config.clone(), meta.clone(), store, shutdown.clone());
