@@ -273,7 +273,6 @@ fn sigterm_with_a_sigstopped_peer_exits_0_within_2s() {
 }
 
 #[test]
-#[ignore = "needs the admin server's connection cap with a reserve and its write timeouts, which come with issue 7's src/http"]
 fn sixty_four_stalled_admin_clients_leave_health_answering() {
     let mut c = TestCluster::of("stalled-admin", 1);
     c.start_all();

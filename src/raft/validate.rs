@@ -48,8 +48,10 @@ use raft::prelude::{ConfState, EntryType, Message, MessageType};
 /// Entries one forwarded proposal may carry. raft-rs forwards each
 /// `propose` call as one message of one entry.
 pub const MAX_PROPOSE_ENTRIES: usize = 64;
-/// Bytes (data and context) one forwarded proposal may carry.
-pub const MAX_PROPOSE_BYTES: usize = 2 * 1024 * 1024;
+/// Bytes (data and context) one forwarded proposal may carry: a frame's
+/// worth. The store caps a value at 2 MiB (`store.max_value_bytes`), and a
+/// transaction carries several.
+pub const MAX_PROPOSE_BYTES: usize = crate::transport::wire::MAX_FRAME_BYTES;
 /// The longest message context or read-index context.
 pub const MAX_CONTEXT_BYTES: usize = 64 * 1024;
 /// How far beyond our term a message's term may be. Terms only grow by
