@@ -8,34 +8,26 @@ use clap::Parser;
 fn main() {
     let started = Instant::now();
     quorumd::logging::init();
-    // One log line per panic, with its place, instead of the default
-    // multi-line report. A panic in a task the node cannot run without also
-    // ends the process with exit 1 (see `runtime::supervise`).
+    // A panic anywhere ends the process at once with one sentence and the
+    // exit code of what it stands for (exit 1; a damaged data dir if redb
+    // panicked on it): a node with a dead task must not go on answering
+    // handshakes and `/health`. Release builds do not unwind (Cargo.toml).
     std::panic::set_hook(Box::new(|info| {
         let place = info
             .location()
             .map(|l| format!(" at {}:{}", l.file(), l.line()))
             .unwrap_or_default();
-        log::error!(
-            "panic{place}: {}",
-            quorumd::runtime::panic_message(info.payload())
+        let message = quorumd::runtime::panic_message(info.payload());
+        let error = quorumd::runtime::panic_error(message, &place);
+        eprintln!(
+            "{}quorumd: error: {error}",
+            quorumd::logging::error_prefix()
         );
+        std::process::exit(error.exit_code());
     }));
     let cli = quorumd::cli::Cli::parse();
-    let outcome = std::panic::catch_unwind(|| quorumd::cli::run(cli, started));
-    let prefix = quorumd::logging::error_prefix();
-    match outcome {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            eprintln!("{prefix}quorumd: error: {e}");
-            std::process::exit(e.exit_code());
-        }
-        Err(panic) => {
-            eprintln!(
-                "{prefix}quorumd: error: internal: panicked: {}",
-                quorumd::runtime::panic_message(&*panic)
-            );
-            std::process::exit(1);
-        }
+    if let Err(e) = quorumd::cli::run(cli, started) {
+        eprintln!("{}quorumd: error: {e}", quorumd::logging::error_prefix());
+        std::process::exit(e.exit_code());
     }
 }

@@ -38,10 +38,13 @@ pub fn block_on<T>(future: impl Future<Output = T>) -> T {
     futures_lite::future::block_on(EXECUTOR.run(future))
 }
 
-/// Watches a task the node cannot run without. If it panics, fails, or ends
-/// while `shutdown` is still open, `fatal` receives one error naming `what`
-/// and the cause; the node then exits 1 (a node whose replica or transport
-/// has died must not go on answering handshakes and `/health`).
+/// Watches a task the node cannot run without. If it fails, or ends while
+/// `shutdown` is still open, `fatal` receives one error naming `what` and
+/// the cause; the node then exits 1 (a node whose replica or transport has
+/// died must not go on answering handshakes and `/health`). A panic, in the
+/// binary, never gets here: the panic hook ends the process at once with one
+/// sentence ([`panic_error`]); where no hook does (a library user, a unit
+/// test), a panic is reported like a failure.
 pub fn supervise<T: Outcome>(
     what: impl Into<String>,
     task: Task<T>,
@@ -82,6 +85,37 @@ impl Outcome for std::result::Result<(), Error> {
     }
 }
 
+/// Turns a panic message into the error it stands for.
+pub type PanicContext = Box<dyn Fn(&str) -> Error>;
+
+thread_local! {
+    /// What a panic on this thread means, while a [`with_panic_context`]
+    /// call runs.
+    static PANIC_CONTEXT: std::cell::RefCell<Option<PanicContext>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with `context` telling the panic hook what a panic inside it
+/// means: redb may panic on a file damaged outside of it, and that is a
+/// damaged data dir (exit 1 naming the file), not a bug of ours.
+pub fn with_panic_context<T>(context: PanicContext, f: impl FnOnce() -> T) -> T {
+    let previous = PANIC_CONTEXT.with(|c| c.replace(Some(context)));
+    let out = f();
+    PANIC_CONTEXT.with(|c| *c.borrow_mut() = previous);
+    out
+}
+
+/// The error a panic stands for, for the panic hook: the context set by
+/// [`with_panic_context`] on this thread, else an internal error naming the
+/// place and the message.
+pub fn panic_error(message: &str, place: &str) -> Error {
+    PANIC_CONTEXT
+        .try_with(|c| c.borrow().as_ref().map(|make| make(message)))
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| Error::Internal(format!("panicked{place}: {message}")))
+}
+
 /// The text of a panic payload (`panic!` with a literal or a format).
 pub fn panic_message(payload: &(dyn Any + Send)) -> &str {
     if let Some(s) = payload.downcast_ref::<&str>() {
@@ -105,4 +139,59 @@ pub async fn or_shutdown<T>(
         None
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_means_what_its_context_says_and_is_internal_otherwise() {
+        let plain = panic_error("boom", " at src/x.rs:1");
+        assert_eq!(plain.to_string(), "internal: panicked at src/x.rs:1: boom");
+        assert_eq!(plain.exit_code(), 1);
+        let inside = with_panic_context(
+            Box::new(|msg: &str| Error::Storage {
+                dir: "d".into(),
+                reason: msg.to_string(),
+            }),
+            || panic_error("torn page", ""),
+        );
+        assert_eq!(inside.to_string(), "storage failure in d: torn page");
+        // The context ends with the call.
+        assert!(matches!(panic_error("x", ""), Error::Internal(_)));
+    }
+
+    #[test]
+    fn a_supervised_task_that_fails_or_ends_early_is_reported() {
+        let (shutdown_tx, shutdown) = flume::bounded::<()>(1);
+        let (fatal_tx, fatal) = flume::unbounded();
+        block_on(async {
+            supervise(
+                "the failing task",
+                spawn(async { Err(Error::Internal("disk".into())) }),
+                &shutdown,
+                &fatal_tx,
+            )
+            .await;
+            supervise("the quitter", spawn(async {}), &shutdown, &fatal_tx).await;
+        });
+        let errors: Vec<String> = fatal.try_iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            errors,
+            [
+                "internal: disk",
+                "internal: the quitter stopped unexpectedly"
+            ]
+        );
+        // After shutdown, ending is what a task should do.
+        drop(shutdown_tx);
+        block_on(supervise(
+            "the quitter",
+            spawn(async {}),
+            &shutdown,
+            &fatal_tx,
+        ));
+        assert!(fatal.try_recv().is_err());
+    }
 }

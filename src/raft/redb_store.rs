@@ -766,18 +766,20 @@ fn create_initial(dir: &Path, identity: &StoreIdentity) -> Result<()> {
 
 /// Runs `f`, turning a panic inside redb into [`Error::StorageCorrupt`]:
 /// redb may panic on a file damaged outside of it.
+/// In the binary the panic hook reports it the same way and exits (release
+/// builds do not unwind); elsewhere the panic is caught here.
 fn guarded<T>(file: &Path, f: impl FnOnce() -> T) -> Result<T> {
-    panic::catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
-        let msg = payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".to_string());
-        Error::StorageCorrupt {
-            file: file.to_path_buf(),
+    let damaged = {
+        let file = file.to_path_buf();
+        move |msg: &str| Error::StorageCorrupt {
+            file: file.clone(),
             reason: format!("the storage engine panicked reading it: {msg}"),
         }
-    })
+    };
+    let caught = crate::runtime::with_panic_context(Box::new(damaged.clone()), || {
+        panic::catch_unwind(AssertUnwindSafe(f))
+    });
+    caught.map_err(|payload| damaged(crate::runtime::panic_message(&*payload)))
 }
 
 /// Maps a redb error: damage becomes [`Error::StorageCorrupt`] naming the
