@@ -179,7 +179,22 @@ async fn run_node(config: ClusterConfig, node_id: u64, options: NodeOptions) -> 
     // Register before binding anything, so an early SIGTERM is a clean stop.
     let mut signals = Signals::new([Signal::Term, Signal::Int])
         .map_err(|e| Error::io("cannot install signal handlers", e))?;
-    let node = ClusterCoordinator::new(config, node_id, options).await?;
+    // Starting can wait (a node without state asks the cluster what to do,
+    // bounded by quorum_wait_timeout); a signal meanwhile stops it cleanly.
+    let started = future::or(async { Some(ClusterCoordinator::new(config, node_id, options).await) }, async {
+        match next_signal(&mut signals).await {
+            Event::Signal(s) => {
+                info!("received {s:?} while starting: stopping");
+                None
+            }
+            _ => None,
+        }
+    })
+    .await;
+    let Some(node) = started else {
+        return Ok(());
+    };
+    let node = node?;
     let systemd = crate::notify::Notifier::start(node.metadata_replica()).await;
 
     let event = future::or(next_signal(&mut signals), async {

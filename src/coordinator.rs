@@ -9,9 +9,11 @@
 //!    for a leader (and fall back on Raft's randomized election);
 //! 5. mark bootstrap complete and log one line with leader, term and time.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use futures_lite::future;
@@ -25,12 +27,13 @@ use crate::http::{self, AdminState};
 use crate::kv::KvService;
 use crate::metrics::Metrics;
 use crate::quorum;
-use crate::raft::redb_store::{RedbLogStore, StoreIdentity};
+use crate::membership::{Membership, Start};
+use crate::raft::redb_store::{Creation, DirLock, RedbLogStore, StoreIdentity};
 use crate::raft::{spawn_tick_driver, RaftGroupManager, ReplicaHandle, Router};
 use crate::runtime::{or_shutdown, supervise};
 use crate::tls::PeerTls;
-use crate::transport::wire::GroupId;
-use crate::transport::{self, Identity, RaftSink};
+use crate::transport::wire::{GroupId, RejectCode};
+use crate::transport::{self, Directory, Identity, RaftSink, SharedDirectory};
 
 /// Longest time a leader waits, on shutdown, for a peer to take over.
 pub const HANDOFF_TIMEOUT_MAX: Duration = Duration::from_millis(500);
@@ -93,6 +96,7 @@ pub struct ClusterCoordinator {
     meta: ReplicaHandle,
     bootstrap_complete: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
+    directory: SharedDirectory,
     shutdown: Option<flume::Sender<()>>,
     fatal: flume::Receiver<Error>,
     tasks: Vec<crate::runtime::Task<()>>,
@@ -109,11 +113,42 @@ impl ClusterCoordinator {
         // The data dir is locked and checked before anything listens, so that
         // a second start of the same node names the dir and the process that
         // holds it (rather than a port in use). Opening is blocking I/O, so
-        // it runs off the executor.
-        let store = {
+        // it runs off the executor. A dir without state stays locked and
+        // empty until the cluster says what to do (see below).
+        let opening = {
             let (config, options) = (config.clone(), options.clone());
             blocking::unblock(move || open_store(&config, node_id, &options)).await?
         };
+        // Where an existing store says the membership is (the cluster file
+        // only names the initial members).
+        let initial_directory = match &opening {
+            Opening::Existing(store) => {
+                let (store, config) = (store.clone(), config.clone());
+                blocking::unblock(move || -> Result<Directory> {
+                    let membership = store.read(Membership::read)?;
+                    let cluster_id = store.cluster_id()?;
+                    Ok(crate::membership::directory_of(
+                        &membership,
+                        &config,
+                        node_id,
+                        cluster_id,
+                    ))
+                })
+                .await?
+            }
+            Opening::Fresh { .. } => {
+                let mut dir = crate::membership::directory_of(
+                    &Membership::default(),
+                    &config,
+                    node_id,
+                    None,
+                );
+                dir.has_state = false;
+                dir
+            }
+        };
+        let directory: SharedDirectory = Arc::new(RwLock::new(initial_directory));
+        let directory_handle = directory.clone();
 
         // Certificates are read before anything listens: a missing or wrong
         // file is a config error (exit 2), not a node that cannot talk.
@@ -139,12 +174,7 @@ impl ClusterCoordinator {
         let identity = Identity {
             node_id,
             cluster: config.name.clone(),
-            peers: config
-                .nodes
-                .iter()
-                .filter(|n| n.id != node_id)
-                .map(|n| (n.id, n.addr))
-                .collect(),
+            directory: directory.clone(),
             tls,
         };
         let router = Router::default();
@@ -153,12 +183,67 @@ impl ClusterCoordinator {
         // Every task below is one the node cannot run without: `supervise`
         // turns a panic or an early end into a fatal error (exit 1).
         let essential = |what: &str, task| supervise(what, task, &shutdown, &fatal_tx);
+        // A peer's outbound task ends when the peer leaves the membership, so
+        // it is not supervised as essential; each ends at shutdown, and a
+        // panic in one ends the process anyway (release builds abort).
         let (peers, sender_tasks) =
             transport::spawn_peer_senders(&identity, &sink, &metrics, &shutdown);
-        let mut tasks: Vec<_> = sender_tasks
-            .into_iter()
-            .map(|t| essential("a peer sender", t))
-            .collect();
+        for task in sender_tasks {
+            task.detach();
+        }
+        let mut tasks: Vec<crate::runtime::Task<()>> = Vec::new();
+
+        let (health, health_tasks) = health::spawn(
+            identity.clone(),
+            config.heartbeat_interval,
+            config.peer_timeout,
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        tasks.extend(
+            health_tasks
+                .into_iter()
+                .map(|t| essential("the health monitor", t)),
+        );
+        tasks.push(essential(
+            "the peer listener",
+            transport::spawn_listener(
+                peer_listener,
+                identity.clone(),
+                sink,
+                Arc::new(health.clone()),
+                peers.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            ),
+        ));
+
+        // 2. A node without state asks the cluster before it has any: a new
+        // cluster bootstraps from the file, a formed one is joined (the
+        // leader sends a snapshot), a lost or removed node is refused.
+        let store = match opening {
+            Opening::Existing(store) => store,
+            Opening::Fresh { dir, lock, identity: store_identity } => {
+                let start = crate::membership::discover(&identity, &config).await?;
+                let creation = match &start {
+                    Start::Bootstrap => Creation::Bootstrap,
+                    Start::Join { cluster_id } => Creation::Join {
+                        cluster_id: cluster_id.clone(),
+                    },
+                };
+                let store = blocking::unblock(move || {
+                    RedbLogStore::create(&dir, lock, &store_identity, &creation)
+                })
+                .await?;
+                info!("raft state in {}", store.file().display());
+                let mut dir = directory.write().unwrap_or_else(|e| e.into_inner());
+                dir.has_state = true;
+                if let Start::Join { cluster_id } = start {
+                    dir.cluster_id = Some(cluster_id);
+                }
+                Arc::new(store)
+            }
+        };
 
         // 2. __meta/0, from the store.
         let mut manager = RaftGroupManager::new(
@@ -179,18 +264,6 @@ impl ClusterCoordinator {
         let upkeep =
             crate::membership::spawn_upkeep(config.clone(), meta.clone(), store, shutdown.clone());
 
-        let (health, health_tasks) = health::spawn(
-            identity.clone(),
-            config.heartbeat_interval,
-            config.peer_timeout,
-            metrics.clone(),
-            shutdown.clone(),
-        );
-        tasks.extend(
-            health_tasks
-                .into_iter()
-                .map(|t| essential("the health monitor", t)),
-        );
         // Peer-up events reset the peer's reconnect backoff and let a leader
         // reach the peer at once.
         let (_, events) = health
@@ -201,6 +274,8 @@ impl ClusterCoordinator {
             "the peer-up forwarder",
             crate::runtime::spawn({
                 let (peers, meta, shutdown) = (peers.clone(), meta.clone(), shutdown.clone());
+                let fatal = fatal_tx.clone();
+                let cluster = config.name.clone();
                 async move {
                     loop {
                         let event = or_shutdown(&shutdown, events.recv_async())
@@ -212,6 +287,14 @@ impl ClusterCoordinator {
                                 peers.peer_up(id);
                                 meta.peer_up(id).await;
                             }
+                            Some(HealthEvent::Refused(by, RejectCode::Removed)) => {
+                                let _ = fatal.send(Error::Removed(format!(
+                                    "node {node_id} was removed from cluster '{cluster}' (node \
+                                     {by} refuses it as such); it stops, and this id may not \
+                                     rejoin"
+                                )));
+                                break;
+                            }
                             Some(_) => {}
                         }
                     }
@@ -220,14 +303,14 @@ impl ClusterCoordinator {
         ));
         tasks.push(essential("the membership upkeep", upkeep));
         tasks.push(essential(
-            "the peer listener",
-            transport::spawn_listener(
-                peer_listener,
-                identity,
-                sink,
-                Arc::new(health.clone()),
+            "the membership sync",
+            crate::membership::spawn_directory_sync(
+                config.clone(),
+                node_id,
+                kv.clone(),
+                directory,
                 peers.clone(),
-                metrics.clone(),
+                health.clone(),
                 shutdown.clone(),
             ),
         ));
@@ -265,6 +348,7 @@ impl ClusterCoordinator {
             meta,
             bootstrap_complete,
             metrics,
+            directory: directory_handle,
             shutdown: Some(shutdown_tx),
             fatal,
             tasks,
@@ -274,30 +358,60 @@ impl ClusterCoordinator {
     /// Waits for a quorum, then for a leader of `__meta/0`. Fails with
     /// [`Error::QuorumTimeout`] (exit 3) if no quorum forms in time.
     pub async fn bootstrap(&self) -> Result<BootstrapReport> {
-        let live = quorum::wait_for_quorum(
-            &self.config,
-            self.node_id,
-            &self.health,
-            self.config.quorum_wait_timeout,
-        )
-        .await?;
+        // The voters are Raft's (from the store), not the file's: the
+        // membership may have changed since the file was written.
+        let progress = self
+            .meta
+            .progress()
+            .await
+            .ok_or_else(|| Error::Internal("__meta/0 stopped during bootstrap".into()))?;
+        let live = if progress.voters.contains(&self.node_id) {
+            let directory = self.directory.read().unwrap_or_else(|e| e.into_inner()).clone();
+            let voters: BTreeMap<u64, SocketAddr> = progress
+                .voters
+                .iter()
+                .map(|&id| {
+                    let addr = directory
+                        .addr(id)
+                        .or_else(|| self.config.node(id).map(|n| n.addr))
+                        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+                    (id, addr)
+                })
+                .collect();
+            let live = quorum::wait_for_quorum(
+                &voters,
+                self.node_id,
+                &self.health,
+                self.config.quorum_wait_timeout,
+            )
+            .await?;
+            info!(
+                "quorum reached: nodes {:?} live of {}",
+                {
+                    let mut all = live.clone();
+                    all.push(self.node_id);
+                    all.sort();
+                    all
+                },
+                voters.len()
+            );
+            Some(live)
+        } else {
+            // A learner, or a node joining: no vote to wait for; it is
+            // bootstrapped once it follows a leader.
+            info!("node {} is not a voter yet: waiting for a leader", self.node_id);
+            None
+        };
         self.health.bootstrap_done();
-        info!(
-            "quorum reached: nodes {:?} live of {}",
-            {
-                let mut all = live.clone();
-                all.push(self.node_id);
-                all.sort();
-                all
-            },
-            self.cluster_size()
-        );
         let statuses = self
             .meta
             .subscribe()
             .await
             .ok_or_else(|| Error::Internal("__meta/0 stopped during bootstrap".into()))?;
-        if quorum::campaigns_first(self.node_id, &live) {
+        if live
+            .as_ref()
+            .is_some_and(|live| quorum::campaigns_first(self.node_id, live))
+        {
             self.meta.campaign().await;
         }
         let (leader_id, term) = loop {
@@ -424,11 +538,17 @@ enum Handoff {
     TimedOut,
 }
 
-fn open_store(
-    config: &ClusterConfig,
-    node_id: u64,
-    options: &NodeOptions,
-) -> Result<Arc<RedbLogStore>> {
+/// A data dir, locked: with its store, or fresh (no state yet).
+enum Opening {
+    Existing(Arc<RedbLogStore>),
+    Fresh {
+        dir: PathBuf,
+        lock: DirLock,
+        identity: StoreIdentity,
+    },
+}
+
+fn open_store(config: &ClusterConfig, node_id: u64, options: &NodeOptions) -> Result<Opening> {
     let dir = options
         .data_dir
         .clone()
@@ -438,7 +558,15 @@ fn open_store(
         node_id,
         voters: config.ids(),
     };
-    let store = RedbLogStore::open(&dir, &identity)?;
+    let lock = RedbLogStore::lock(&dir)?;
+    if !RedbLogStore::has_state(&dir)? {
+        return Ok(Opening::Fresh {
+            dir,
+            lock,
+            identity,
+        });
+    }
+    let store = RedbLogStore::open_locked(&dir, lock, &identity)?;
     info!("raft state in {}", store.file().display());
-    Ok(Arc::new(store))
+    Ok(Opening::Existing(Arc::new(store)))
 }

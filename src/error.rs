@@ -90,6 +90,11 @@ pub enum Error {
     #[error("{0}")]
     Removed(String),
 
+    /// This node starts without state, but the cluster knows it held the
+    /// log: its data dir was lost or is not mounted.
+    #[error("{0}")]
+    StateLost(String),
+
     /// A command's request failed: no node answered, a key is missing, a
     /// CAS check failed, or the node refused it.
     #[error("{0}")]
@@ -122,6 +127,7 @@ impl Error {
             | Error::Usage(_)
             | Error::DataDirMismatch { .. }
             | Error::Removed(_)
+            | Error::StateLost(_)
             | Error::Tls { .. } => 2,
             Error::QuorumTimeout { .. } => 3,
             Error::Bind { .. }

@@ -74,13 +74,18 @@ pub fn frames(data: &[u8]) {
         Frame::decode(&bytes[4..]).expect("an encoded frame decodes");
     }
     // A connection's bytes as the listener reads them.
+    let entry = |port: u16| crate::transport::PeerEntry {
+        addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        joined: false,
+    };
     let me = Identity {
         node_id: 1,
         cluster: "fuzz".to_string(),
-        peers: vec![
-            (2, "127.0.0.1:2".parse().expect("addr")),
-            (3, "127.0.0.1:3".parse().expect("addr")),
-        ],
+        directory: std::sync::Arc::new(std::sync::RwLock::new(crate::transport::Directory {
+            peers: [(2, entry(2)), (3, entry(3))].into(),
+            has_state: true,
+            ..Default::default()
+        })),
         tls: None,
     };
     let mut r = data;

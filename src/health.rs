@@ -26,6 +26,7 @@ use log::{debug, info, warn};
 
 use crate::metrics::Metrics;
 use crate::runtime::or_shutdown;
+use crate::transport::wire::RejectCode;
 use crate::transport::{self, Identity, PeerAnswers};
 
 /// Probe interval for a peer that has not answered yet, while bootstrapping.
@@ -64,12 +65,17 @@ pub enum HealthEvent {
     /// The peer answered its first probes, or failed [`PROBES_BEFORE_ABSENT`]
     /// of them. Until then, "not alive" only means "not asked yet".
     Probed(u64),
+    /// The peer refused this node's handshake for a reason this node must
+    /// act on (it was removed, say).
+    Refused(u64, RejectCode),
 }
 
 enum Command {
     Answered(u64, Instant),
+    SetPeers(Vec<(u64, SocketAddr)>),
     LastAnswer(u64, flume::Sender<Option<Instant>>),
     Probed(u64),
+    Refused(u64, RejectCode),
     Peers(flume::Sender<Vec<PeerHealth>>),
     Subscribe {
         events: flume::Sender<HealthEvent>,
@@ -147,6 +153,12 @@ impl HealthHandle {
         Some((snapshot, events_rx))
     }
 
+    /// Makes the set of watched peers `peers` (the membership changed): new
+    /// ones get a prober, gone ones lose theirs and their row.
+    pub fn set_peers(&self, peers: Vec<(u64, SocketAddr)>) {
+        let _ = self.tx.send(Command::SetPeers(peers));
+    }
+
     /// Ends fast probing: from now on every peer is probed each
     /// `heartbeat_interval`.
     pub fn bootstrap_done(&self) {
@@ -154,7 +166,8 @@ impl HealthHandle {
     }
 }
 
-/// Starts the monitor and one prober per peer. Everything stops when
+/// Starts the monitor, which runs one prober per peer of the directory
+/// (and of every later [`HealthHandle::set_peers`]). Everything stops when
 /// `shutdown` closes.
 pub fn spawn(
     me: Identity,
@@ -168,11 +181,53 @@ pub fn spawn(
         tx,
         bootstrapping: Arc::new(AtomicBool::new(true)),
     };
-    let table = me
-        .peers
-        .iter()
-        .map(|&(id, addr)| {
-            (
+    let probers = Probers {
+        me: Arc::new(me),
+        heartbeat_interval,
+        handle: handle.clone(),
+        running: BTreeMap::new(),
+    };
+    let tasks = vec![crate::runtime::spawn(monitor(
+        probers,
+        peer_timeout,
+        metrics,
+        rx,
+        shutdown,
+    ))];
+    (handle, tasks)
+}
+
+/// The monitor's probers: one task per peer, each ended by dropping its
+/// stop sender (when the peer leaves, or when the monitor stops).
+struct Probers {
+    me: Arc<Identity>,
+    heartbeat_interval: Duration,
+    handle: HealthHandle,
+    running: BTreeMap<u64, (SocketAddr, flume::Sender<()>)>,
+}
+
+impl Probers {
+    /// Makes the probed peers `peers`, and the table rows with them.
+    fn set(&mut self, peers: &[(u64, SocketAddr)], table: &mut BTreeMap<u64, PeerHealth>) {
+        self.running
+            .retain(|id, (addr, _)| peers.iter().any(|(p, a)| p == id && a == addr));
+        table.retain(|id, _| self.running.contains_key(id));
+        for &(id, addr) in peers {
+            if self.running.contains_key(&id) {
+                continue;
+            }
+            let (stop, stopped) = flume::bounded(1);
+            crate::runtime::spawn(prober(
+                self.me.clone(),
+                id,
+                addr,
+                self.heartbeat_interval,
+                self.handle.clone(),
+                stopped,
+            ))
+            .detach();
+            self.running.insert(id, (addr, stop));
+            table.insert(
                 id,
                 PeerHealth {
                     node_id: id,
@@ -180,32 +235,13 @@ pub fn spawn(
                     alive: false,
                     last_heartbeat: None,
                 },
-            )
-        })
-        .collect();
-    let mut tasks = vec![crate::runtime::spawn(monitor(
-        table,
-        peer_timeout,
-        metrics,
-        rx,
-        shutdown.clone(),
-    ))];
-    let me = Arc::new(me);
-    for &(id, addr) in &me.peers {
-        tasks.push(crate::runtime::spawn(prober(
-            me.clone(),
-            id,
-            addr,
-            heartbeat_interval,
-            handle.clone(),
-            shutdown.clone(),
-        )));
+            );
+        }
     }
-    (handle, tasks)
 }
 
 async fn monitor(
-    mut table: BTreeMap<u64, PeerHealth>,
+    mut probers: Probers,
     peer_timeout: Duration,
     metrics: Arc<Metrics>,
     rx: flume::Receiver<Command>,
@@ -213,6 +249,9 @@ async fn monitor(
 ) {
     let mut subscribers: Vec<flume::Sender<HealthEvent>> = Vec::new();
     let mut probed: Vec<u64> = Vec::new();
+    let mut table = BTreeMap::new();
+    let initial = probers.me.peers();
+    probers.set(&initial, &mut table);
     // Wakes the monitor when the first live peer would time out. It is re-armed
     // only when that moment moves earlier: answers arrive several times a
     // second and re-arming a timer wakes the reactor thread, while a timer
@@ -280,6 +319,11 @@ async fn monitor(
                 changes.push(HealthEvent::Probed(id));
             }
             Some(Command::Probed(_)) => {}
+            Some(Command::Refused(id, code)) => changes.push(HealthEvent::Refused(id, code)),
+            Some(Command::SetPeers(peers)) => {
+                probers.set(&peers, &mut table);
+                metrics.set_peers_alive(table.values().filter(|p| p.alive).count());
+            }
             Some(Command::LastAnswer(id, reply)) => {
                 let _ = reply.try_send(table.get(&id).and_then(|p| p.last_heartbeat));
             }
@@ -327,6 +371,8 @@ async fn prober(
     health: HealthHandle,
     shutdown: flume::Receiver<()>,
 ) {
+    // `shutdown` here is this prober's own stop channel: it closes when the
+    // peer leaves the membership or the monitor stops.
     let timeout = heartbeat_interval.min(transport::HANDSHAKE_TIMEOUT);
     let mut last_error: Option<String> = None;
     let mut attempts = 0;
@@ -346,12 +392,15 @@ async fn prober(
             let probed = or_shutdown(&shutdown, transport::probe(&me, id, addr, timeout)).await;
             let Some(probed) = probed else { break };
             match probed {
-                Ok(()) => {
+                Ok(_) => {
                     health.answered(id);
                     last_error = None;
                     true
                 }
-                Err(reason) => {
+                Err(transport::DialError { reason, code }) => {
+                    if let Some(code) = code.filter(|c| *c != RejectCode::Refused) {
+                        let _ = health.tx.send(Command::Refused(id, code));
+                    }
                     if last_error.as_deref() != Some(reason.as_str()) {
                         // A wrong node at a peer's address is a misconfiguration an
                         // operator must see; a peer that is not up yet is routine.

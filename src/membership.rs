@@ -272,6 +272,14 @@ pub fn remove(id: u64) -> Change {
     }
 }
 
+/// True if a learner that holds the log up to `matched` has caught up: it
+/// holds the entry that added it (so it received the state before it), and
+/// it is within `tail` entries (`snapshot_entries / 10`) of the leader's
+/// `last` index.
+pub fn caught_up(matched: u64, added_at: u64, last: u64, tail: u64) -> bool {
+    matched >= added_at && matched + tail >= last
+}
+
 /// How often the leader looks again while upkeep has work left (a learner
 /// to promote, a member not yet seen to hold the log).
 pub const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
@@ -389,7 +397,7 @@ async fn upkeep(
     }
     let tail = (config.raft.snapshot_entries / 10).max(1);
     for &id in &progress.learners {
-        let Some((member, _)) = membership.members.get(&id) else {
+        let Some((member, at)) = membership.members.get(&id) else {
             continue;
         };
         if !(config.auto_promote && member.auto_promote) {
@@ -397,7 +405,7 @@ async fn upkeep(
         }
         busy = true;
         let matched = progress.matched.get(&id).copied().unwrap_or(0);
-        if !progress.changing && matched + tail >= progress.last_index {
+        if !progress.changing && caught_up(matched, *at, progress.last_index, tail) {
             log::info!(
                 "node {id} caught up (index {matched} of {}): promoting it to voter",
                 progress.last_index
@@ -406,6 +414,255 @@ async fn upkeep(
         }
     }
     Ok(busy)
+}
+
+/// What a node without state does, once it asked the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// No member holds a cluster id: a new cluster, bootstrapped from the
+    /// cluster file.
+    Bootstrap,
+    /// The cluster formed and admits this node as a member that never held
+    /// the log (a node added by `quorumd member add`, or an initial member
+    /// that never started): it joins and receives a snapshot.
+    Join {
+        /// The cluster id the members answered with.
+        cluster_id: String,
+    },
+}
+
+/// How often a node without state asks the file's members again.
+pub const DISCOVERY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Asks the members of the cluster file what a node without state should do:
+/// bootstrap a new cluster, join a formed one, wait to be added, or refuse
+/// (its state was lost, or it was removed). Bounded by
+/// `quorum_wait_timeout`.
+pub async fn discover(
+    me: &crate::transport::Identity,
+    config: &crate::config::ClusterConfig,
+) -> crate::error::Result<Start> {
+    use crate::transport::wire::RejectCode;
+    let node_id = me.node_id;
+    let peers: Vec<_> = config.nodes.iter().filter(|n| n.id != node_id).collect();
+    let needed = crate::quorum::quorum_size(config.cluster_size());
+    let deadline = std::time::Instant::now() + config.quorum_wait_timeout;
+    let mut told_to_add = false;
+    loop {
+        let mut unformed = Vec::new();
+        let mut not_member = false;
+        for n in &peers {
+            let answer =
+                crate::transport::probe(me, n.id, n.addr, std::time::Duration::from_millis(300))
+                    .await;
+            match answer {
+                Ok(Some(cluster_id)) => {
+                    log::info!(
+                        "node {} answers for cluster id {cluster_id}, which admits this node as \
+                         a new member: joining it",
+                        n.id
+                    );
+                    return Ok(Start::Join { cluster_id });
+                }
+                Ok(None) => unformed.push(n.id),
+                Err(e) => match e.code {
+                    Some(RejectCode::StateLost) => {
+                        return Err(crate::error::Error::StateLost(format!(
+                            "node {node_id} has no state in its data dir, but it is a member of \
+                             cluster '{}' that held the log (node {} says so): its state is lost. \
+                             The cluster runs on the other members. Restore this node's data dir, \
+                             or replace the node: `quorumd member replace --cluster FILE {node_id} \
+                             --id NEW_ID --addr ADDR --admin ADDR`. Starting it empty could elect \
+                             two leaders in one term",
+                            config.name, n.id
+                        )));
+                    }
+                    Some(RejectCode::Removed) => {
+                        return Err(crate::error::Error::Removed(format!(
+                            "node {node_id} was removed from cluster '{}' (node {} says so); its \
+                             id may not rejoin. Add the box back with a new id: `quorumd member \
+                             add --cluster FILE --id NEW_ID --addr ADDR --admin ADDR`",
+                            config.name, n.id
+                        )));
+                    }
+                    Some(RejectCode::NotMember) => not_member = true,
+                    _ => {}
+                },
+            }
+        }
+        if unformed.len() + 1 >= needed && !not_member {
+            return Ok(Start::Bootstrap);
+        }
+        if not_member && !told_to_add {
+            told_to_add = true;
+            let me_in_file = config.node(node_id);
+            log::warn!(
+                "node {node_id} is not a member of cluster '{}' yet; waiting up to {} to be \
+                 added. Run: quorumd member add --cluster FILE --id {node_id} --addr {} \
+                 --admin {}",
+                config.name,
+                humantime::format_duration(config.quorum_wait_timeout),
+                me_in_file.map_or("ADDR".to_string(), |n| n.addr.to_string()),
+                me_in_file.map_or("ADDR".to_string(), |n| n.admin.to_string()),
+            );
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(if not_member {
+                crate::error::Error::QuorumTimeout {
+                    timeout: humantime::format_duration(config.quorum_wait_timeout).to_string(),
+                    reachable: unformed.len() + 1,
+                    needed,
+                    cluster_size: config.cluster_size(),
+                    missing: format!(
+                        "node {node_id} was not added to the formed cluster (run `quorumd \
+                         member add`)"
+                    ),
+                }
+            } else {
+                let missing: Vec<String> = peers
+                    .iter()
+                    .filter(|n| !unformed.contains(&n.id))
+                    .map(|n| format!("{}@{}", n.id, n.addr))
+                    .collect();
+                crate::error::Error::QuorumTimeout {
+                    timeout: humantime::format_duration(config.quorum_wait_timeout).to_string(),
+                    reachable: unformed.len() + 1,
+                    needed,
+                    cluster_size: config.cluster_size(),
+                    missing: missing.join(", "),
+                }
+            });
+        }
+        async_io::Timer::after(DISCOVERY_INTERVAL).await;
+    }
+}
+
+/// The directory the membership gives: the members' records (all but this
+/// node), or before the cluster formed the cluster file's nodes.
+pub fn directory_of(
+    membership: &Membership,
+    config: &crate::config::ClusterConfig,
+    me: u64,
+    cluster_id: Option<String>,
+) -> crate::transport::Directory {
+    use crate::transport::PeerEntry;
+    let peers = if membership.members.is_empty() {
+        config
+            .nodes
+            .iter()
+            .filter(|n| n.id != me)
+            .map(|n| {
+                (
+                    n.id,
+                    PeerEntry {
+                        addr: n.addr,
+                        joined: false,
+                    },
+                )
+            })
+            .collect()
+    } else {
+        membership
+            .members
+            .values()
+            .filter(|(m, _)| m.id != me)
+            .map(|(m, _)| {
+                (
+                    m.id,
+                    PeerEntry {
+                        addr: m.addr,
+                        joined: m.joined,
+                    },
+                )
+            })
+            .collect()
+    };
+    crate::transport::Directory {
+        cluster_id: membership.cluster_id.clone().or(cluster_id),
+        peers,
+        removed: membership.removed.clone(),
+        has_state: true,
+    }
+}
+
+/// Keeps the transport's directory, the peer senders and the health
+/// monitor's probers in step with the replicated member records, so that a
+/// node added later is dialed although older nodes' files do not list it.
+/// Logs once if the cluster file differs from the live membership.
+pub fn spawn_directory_sync(
+    config: std::sync::Arc<crate::config::ClusterConfig>,
+    me: u64,
+    kv: crate::kv::KvService,
+    directory: crate::transport::SharedDirectory,
+    peers: crate::transport::PeerSenders,
+    health: crate::health::HealthHandle,
+    shutdown: flume::Receiver<()>,
+) -> crate::runtime::Task<()> {
+    crate::runtime::spawn(async move {
+        let replica = kv.replica().clone();
+        let mut told_difference = false;
+        loop {
+            let watch = replica.watch(MEMBERS_PREFIX.to_string(), true).await;
+            let watch_removed = replica.watch(REMOVED_PREFIX.to_string(), true).await;
+            let watch_id = replica.watch(CLUSTER_ID_KEY.to_string(), false).await;
+            let (Some(watch), Some(watch_removed), Some(watch_id)) = (watch, watch_removed, watch_id) else {
+                break; // the replica stopped
+            };
+            if let Ok(membership) = kv.membership().await {
+                let known_id = directory
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .cluster_id
+                    .clone();
+                let new = directory_of(&membership, &config, me, known_id);
+                let changed = {
+                    let mut dir = directory.write().unwrap_or_else(|e| e.into_inner());
+                    let changed = *dir != new;
+                    *dir = new.clone();
+                    changed
+                };
+                if changed {
+                    let list: Vec<_> = new.peers.iter().map(|(&id, p)| (id, p.addr)).collect();
+                    for task in peers.set_peers(&list) {
+                        task.detach();
+                    }
+                    health.set_peers(list);
+                }
+                if !told_difference && !membership.members.is_empty() {
+                    let live: Vec<u64> = membership.members.keys().copied().collect();
+                    let file = config.ids();
+                    if live != file {
+                        told_difference = true;
+                        log::info!(
+                            "the live membership of cluster '{}' is {live:?}; the cluster file \
+                             lists {file:?}. The membership in Raft counts; the file only names \
+                             the initial members and where to find them",
+                            config.name
+                        );
+                    }
+                }
+            }
+            let changed = async {
+                futures_lite::future::or(
+                    async {
+                        let _ = watch.recv_async().await;
+                    },
+                    futures_lite::future::or(
+                        async {
+                            let _ = watch_removed.recv_async().await;
+                        },
+                        async {
+                            let _ = watch_id.recv_async().await;
+                        },
+                    ),
+                )
+                .await
+            };
+            if crate::runtime::or_shutdown(&shutdown, changed).await.is_none() {
+                break;
+            }
+        }
+    })
 }
 
 #[cfg(test)]

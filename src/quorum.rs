@@ -4,12 +4,12 @@
 //! (DESIGN.md rule 1). The voter set comes from the cluster file, never from
 //! whoever happened to answer, and the quorum is never relaxed after a timeout.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use futures_lite::future;
 
-use crate::config::ClusterConfig;
 use crate::error::{Error, Result};
 use crate::health::{HealthEvent, HealthHandle};
 
@@ -32,20 +32,24 @@ pub fn campaigns_first(me: u64, live_peers: &[u64]) -> bool {
 /// [`Error::QuorumTimeout`] after `timeout`, naming the peers that never
 /// answered.
 pub async fn wait_for_quorum(
-    config: &ClusterConfig,
+    voters: &BTreeMap<u64, SocketAddr>,
     me: u64,
     health: &HealthHandle,
     timeout: Duration,
 ) -> Result<Vec<u64>> {
-    let needed = quorum_size(config.cluster_size());
+    let needed = quorum_size(voters.len());
     let (now, events) = health
         .subscribe()
         .await
         .ok_or_else(|| Error::Internal("health monitor stopped during bootstrap".into()))?;
-    let mut live: BTreeSet<u64> = now.alive.into_iter().collect();
-    let mut unprobed_lower: BTreeSet<u64> = config
-        .ids()
+    let mut live: BTreeSet<u64> = now
+        .alive
         .into_iter()
+        .filter(|id| voters.contains_key(id))
+        .collect();
+    let mut unprobed_lower: BTreeSet<u64> = voters
+        .keys()
+        .copied()
         .filter(|&id| id < me && !now.probed.contains(&id))
         .collect();
     let deadline = Instant::now() + timeout;
@@ -56,7 +60,7 @@ pub async fn wait_for_quorum(
         })
         .await;
         match event {
-            Some(HealthEvent::Up(id)) => {
+            Some(HealthEvent::Up(id)) if voters.contains_key(&id) => {
                 live.insert(id);
             }
             Some(HealthEvent::Down(id)) => {
@@ -65,19 +69,19 @@ pub async fn wait_for_quorum(
             Some(HealthEvent::Probed(id)) => {
                 unprobed_lower.remove(&id);
             }
+            Some(HealthEvent::Up(_) | HealthEvent::Refused(..)) => {}
             None if live.len() + 1 >= needed => break,
             None => {
-                let missing: Vec<String> = config
-                    .nodes
+                let missing: Vec<String> = voters
                     .iter()
-                    .filter(|n| n.id != me && !live.contains(&n.id))
-                    .map(|n| format!("{}@{}", n.id, n.addr))
+                    .filter(|(&id, _)| id != me && !live.contains(&id))
+                    .map(|(id, addr)| format!("{id}@{addr}"))
                     .collect();
                 return Err(Error::QuorumTimeout {
                     timeout: humantime::format_duration(timeout).to_string(),
                     reachable: live.len() + 1,
                     needed,
-                    cluster_size: config.cluster_size(),
+                    cluster_size: voters.len(),
                     missing: missing.join(", "),
                 });
             }

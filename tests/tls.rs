@@ -90,7 +90,7 @@ fn peers_without_the_right_certificate_are_refused() {
     // A plaintext hello: the node answers in plaintext why it refuses.
     let mut plain = FakePeer::plain(c.addr(target)).expect("connect");
     match plain.hello(&c.spec.name, claimed, target, Purpose::Probe) {
-        Ok(Frame::Reject { reason }) => assert!(reason.contains("requires TLS"), "{reason}"),
+        Ok(Frame::Reject { reason, .. }) => assert!(reason.contains("requires TLS"), "{reason}"),
         other => panic!("plaintext hello to a TLS node: {other:?}"),
     }
 
@@ -131,7 +131,7 @@ fn peers_without_the_right_certificate_are_refused() {
     )
     .expect("connect");
     match impostor.hello(&c.spec.name, claimed, target, Purpose::Probe) {
-        Ok(Frame::Reject { reason }) => {
+        Ok(Frame::Reject { reason, .. }) => {
             assert!(reason.contains(&name(claimed)), "{reason}")
         }
         other => panic!("node {wrong}'s certificate posing as node {claimed}: {other:?}"),

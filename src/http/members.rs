@@ -327,7 +327,8 @@ fn promote(state: &AdminState, req: Request<Incoming>) -> Pending<'_> {
         };
         let tail = (state.config.raft.snapshot_entries / 10).max(1);
         let matched = progress.matched.get(&id).copied().unwrap_or(0);
-        if matched + tail < progress.last_index {
+        let added_at = m.members.get(&id).map_or(0, |(_, at)| *at);
+        if !membership::caught_up(matched, added_at, progress.last_index, tail) {
             return error(
                 StatusCode::CONFLICT,
                 format!(

@@ -76,6 +76,9 @@ const KEY_HARD_STATE: &str = "hard_state";
 const KEY_SNAPSHOT_META: &str = "snapshot_meta";
 const KEY_APPLIED: &str = "applied";
 const KEY_CONF_STATE: &str = "conf_state";
+/// The cluster id a joining node learned from its handshake (empty before);
+/// once the store holds `__quorumd/cluster_id`, that one counts.
+const KEY_CLUSTER_ID: &str = "cluster_id";
 /// The proposal id at the start of an entry's context (node, incarnation,
 /// request: three u64).
 pub const PROPOSAL_ID_BYTES: usize = 24;
@@ -101,7 +104,23 @@ pub struct RedbLogStore {
     file: PathBuf,
     db: Database,
     /// Holds the exclusive lock on `LOCK`; the lock ends when this is dropped.
-    _lock: File,
+    _lock: DirLock,
+}
+
+/// The exclusive lock on a data dir (its `LOCK` file); released on drop.
+#[derive(Debug)]
+pub struct DirLock(#[allow(dead_code)] File);
+
+/// How a data dir without state gets its first state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Creation {
+    /// A new cluster: the static bootstrap snapshot, every node of the
+    /// cluster file a voter.
+    Bootstrap,
+    /// A node joining a cluster that formed already: an empty log and no
+    /// voters; the leader sends a snapshot. The cluster id is known from the
+    /// handshake.
+    Join { cluster_id: String },
 }
 
 impl std::fmt::Debug for RedbLogStore {
@@ -122,16 +141,40 @@ impl RedbLogStore {
     /// or voter set, [`Error::StorageCorrupt`] if `raft.redb` is damaged, and
     /// [`Error::Storage`] for any other failure.
     pub fn open(dir: &Path, identity: &StoreIdentity) -> Result<RedbLogStore> {
-        fs::create_dir_all(dir).map_err(|e| storage_err(dir, "cannot create the data dir", e))?;
-        let lock = lock_dir(dir)?;
-
-        let file = dir.join(DB_FILE);
-        let exists = file
-            .try_exists()
-            .map_err(|e| storage_err(dir, format!("cannot look for {}", file.display()), e))?;
-        if !exists {
-            create_initial(dir, identity)?;
+        let lock = RedbLogStore::lock(dir)?;
+        if !RedbLogStore::has_state(dir)? {
+            return RedbLogStore::create(dir, lock, identity, &Creation::Bootstrap);
         }
+        RedbLogStore::open_locked(dir, lock, identity)
+    }
+
+    /// Takes the data dir's lock (creating the dir), before anything else.
+    pub fn lock(dir: &Path) -> Result<DirLock> {
+        fs::create_dir_all(dir).map_err(|e| storage_err(dir, "cannot create the data dir", e))?;
+        Ok(DirLock(lock_dir(dir)?))
+    }
+
+    /// True if the dir holds a store (a `raft.redb`).
+    pub fn has_state(dir: &Path) -> Result<bool> {
+        let file = dir.join(DB_FILE);
+        file.try_exists()
+            .map_err(|e| storage_err(dir, format!("cannot look for {}", file.display()), e))
+    }
+
+    /// Gives a locked dir without state its first state, then opens it.
+    pub fn create(
+        dir: &Path,
+        lock: DirLock,
+        identity: &StoreIdentity,
+        creation: &Creation,
+    ) -> Result<RedbLogStore> {
+        create_initial(dir, identity, creation)?;
+        RedbLogStore::open_locked(dir, lock, identity)
+    }
+
+    /// Opens the store of a locked dir that has one.
+    pub fn open_locked(dir: &Path, lock: DirLock, identity: &StoreIdentity) -> Result<RedbLogStore> {
+        let file = dir.join(DB_FILE);
 
         let db = guarded(&file, || {
             Database::builder()
@@ -178,15 +221,9 @@ impl RedbLogStore {
                 stored.node_id, want.node_id
             )));
         }
-        let want_voters = sorted(&want.voters);
-        if stored.voters != want_voters {
-            return Err(mismatch(format!(
-                "it was bootstrapped with voters {:?}, but the cluster file lists voters {:?}. \
-                 Use the cluster file this cluster was created with; the voter set cannot be \
-                 changed by editing the file. {WIPE_WARNING}",
-                stored.voters, want_voters
-            )));
-        }
+        // The voter set it was bootstrapped with may differ from the file's:
+        // from the first boot on, the membership lives in Raft (the
+        // coordinator logs a file that differs from it).
         Ok(())
     }
 
@@ -566,6 +603,29 @@ impl RedbLogStore {
         guarded(&self.file, || self.write_batch(batch))?
     }
 
+    /// The cluster id: the store's record, or what a joining node learned.
+    pub fn cluster_id(&self) -> Result<Option<String>> {
+        let from_store = self.read(|t| {
+            Ok(t.get(crate::membership::CLUSTER_ID_KEY)?
+                .value
+                .and_then(|e| e.value)
+                .and_then(|v| String::from_utf8(v).ok()))
+        })?;
+        if from_store.is_some() {
+            return Ok(from_store);
+        }
+        guarded(&self.file, || {
+            let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+            let meta = txn.open_table(META).map_err(|e| self.err("read", e))?;
+            let raw = meta
+                .get(KEY_CLUSTER_ID)
+                .map_err(|e| self.err("read", e))?
+                .map(|v| v.value().to_vec())
+                .unwrap_or_default();
+            Ok((!raw.is_empty()).then(|| String::from_utf8_lossy(&raw).into_owned()))
+        })?
+    }
+
     /// Makes every earlier write durable (the ones written without an fsync
     /// of their own). Called when the replica stops.
     pub fn flush(&self) -> Result<()> {
@@ -638,7 +698,7 @@ const WRONG_DIR_ADVICE: &str = "Point --data-dir at this node's own data dir, \
 /// Said with every identity mismatch: the tempting fix is the unsafe one.
 const WIPE_WARNING: &str = "Do not wipe the data dir to reuse a node id; that is unsafe in \
     Raft: a node that forgets its vote and log can help elect two leaders in one term and lose committed \
-    entries. To replace a lost node, add a new node with a new id instead.";
+    entries. To replace a lost node, give the new box a new id: `quorumd member replace`.";
 
 /// The conditions under which raft-rs loads a stored state without a fatal
 /// panic (`Raft::load_state` and `RaftLog::applied_to`): the commit index lies
@@ -706,7 +766,7 @@ fn lock_dir(dir: &Path) -> Result<File> {
 
 /// First boot: writes identity and bootstrap state durably under a temporary
 /// name, then renames the file into place and syncs the dir.
-fn create_initial(dir: &Path, identity: &StoreIdentity) -> Result<()> {
+fn create_initial(dir: &Path, identity: &StoreIdentity, creation: &Creation) -> Result<()> {
     let init = dir.join(DB_INIT_FILE);
     let file = dir.join(DB_FILE);
     // A leftover from a crash during an earlier first boot: nothing in it was
@@ -723,7 +783,10 @@ fn create_initial(dir: &Path, identity: &StoreIdentity) -> Result<()> {
     .map_err(|e| redb_err(dir, &init, "cannot create", e))?;
     let err = |e: redb::Error| redb_err(dir, &init, "cannot initialise", e);
 
-    let state = RecoveredState::bootstrap(&identity.voters);
+    let (state, cluster_id) = match creation {
+        Creation::Bootstrap => (RecoveredState::bootstrap(&identity.voters), ""),
+        Creation::Join { cluster_id } => (RecoveredState::default(), cluster_id.as_str()),
+    };
     let txn = db.begin_write().map_err(|e| err(e.into()))?;
     {
         let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
@@ -731,7 +794,7 @@ fn create_initial(dir: &Path, identity: &StoreIdentity) -> Result<()> {
             .iter()
             .flat_map(|v| v.to_le_bytes())
             .collect();
-        let rows: [(&str, Vec<u8>); 8] = [
+        let rows: [(&str, Vec<u8>); 9] = [
             (KEY_FORMAT, FORMAT_VERSION.to_le_bytes().to_vec()),
             (KEY_CLUSTER, identity.cluster.as_bytes().to_vec()),
             (KEY_NODE_ID, identity.node_id.to_le_bytes().to_vec()),
@@ -740,6 +803,7 @@ fn create_initial(dir: &Path, identity: &StoreIdentity) -> Result<()> {
             (KEY_SNAPSHOT_META, encode(&state.snapshot_meta)),
             (KEY_APPLIED, state.applied.to_le_bytes().to_vec()),
             (KEY_CONF_STATE, encode(&state.conf_state)),
+            (KEY_CLUSTER_ID, cluster_id.as_bytes().to_vec()),
         ];
         for (key, value) in &rows {
             put(&mut meta, key, value).map_err(|e| err(e.into()))?;
@@ -1277,17 +1341,11 @@ mod tests {
             "{e}"
         );
 
-        let mut other = identity();
-        other.voters = vec![1, 2, 3, 4];
-        let e = reopen_err(tmp.path(), &other);
-        assert!(matches!(e, Error::DataDirMismatch { .. }), "{e}");
-        assert!(e.to_string().contains("[1, 2, 3]"), "{e}");
-        assert!(e.to_string().contains("[1, 2, 3, 4]"), "{e}");
-
-        // The same set in another order is the same cluster.
-        let mut same = identity();
-        same.voters = vec![3, 1, 2];
-        RedbLogStore::open(tmp.path(), &same).unwrap();
+        // Another voter set in the file is no reason to refuse: from the
+        // first boot on, the membership lives in Raft.
+        let mut grown = identity();
+        grown.voters = vec![1, 2, 3, 4];
+        RedbLogStore::open(tmp.path(), &grown).unwrap();
     }
 
     #[test]

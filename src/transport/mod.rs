@@ -28,6 +28,7 @@
 //!
 //! A malformed or oversized frame closes that connection and nothing else.
 
+pub mod directory;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -35,7 +36,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -49,9 +50,10 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::runtime::or_shutdown;
 use crate::tls::PeerTls;
+pub use directory::{Caller, Directory, PeerEntry, SharedDirectory};
 use wire::{
-    read_frame, read_handshake_frame, write_frame, Frame, GroupId, Purpose, SnapshotAssembly,
-    WireError,
+    read_frame, read_handshake_frame, write_frame, Frame, GroupId, Purpose, RejectCode,
+    SnapshotAssembly, WireError,
 };
 
 /// Capacity of each peer's outbound queue, in messages. Raft retransmits what
@@ -117,10 +119,48 @@ pub struct Identity {
     pub node_id: u64,
     /// The cluster name every handshake must carry.
     pub cluster: String,
-    /// Every peer (not us): id and peer address.
-    pub peers: Vec<(u64, SocketAddr)>,
+    /// The peers, cluster id and removed ids, kept current by the
+    /// membership.
+    pub directory: SharedDirectory,
     /// Mutual TLS, when the cluster file has `[tls]`.
     pub tls: Option<PeerTls>,
+}
+
+impl Identity {
+    /// A copy of the directory as it is now.
+    pub fn directory(&self) -> Directory {
+        self.directory
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Every peer and its address, now.
+    pub fn peers(&self) -> Vec<(u64, SocketAddr)> {
+        let dir = self.directory.read().unwrap_or_else(|e| e.into_inner());
+        dir.peers.iter().map(|(&id, p)| (id, p.addr)).collect()
+    }
+}
+
+/// Why a dial or probe failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DialError {
+    /// The peer's refusal code, if it refused our `Hello`.
+    pub code: Option<RejectCode>,
+    /// What happened, for logs.
+    pub reason: String,
+}
+
+impl From<String> for DialError {
+    fn from(reason: String) -> Self {
+        DialError { code: None, reason }
+    }
+}
+
+impl std::fmt::Display for DialError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
 }
 
 /// Opens the peer listener. Done before anything else so that a port in use
@@ -378,7 +418,7 @@ async fn serve_inbound(ctx: &Inbound, tcp: TcpStream, remote: SocketAddr) {
     drop(pending);
     let (mut reader, purpose, from) = match handshake {
         Some(Ok(accepted)) => accepted,
-        Some(Err((kind, reason))) => {
+        Some(Err((kind, _, reason))) => {
             ctx.refusals.refuse(kind, remote, &reason);
             return;
         }
@@ -537,7 +577,7 @@ async fn read_raft_stream(
     }
 }
 
-type Refused = (Refusal, String);
+type Refused = (Refusal, RejectCode, String);
 
 /// The listener's side of the handshake: TLS (if configured), the `Hello`,
 /// the identity checks, and the answer.
@@ -555,24 +595,41 @@ async fn accept_handshake(
             let n = tcp
                 .peek(&mut first)
                 .await
-                .map_err(|e| (Refusal::Handshake, format!("connection failed: {e}")))?;
+                .map_err(|e| {
+                    (
+                        Refusal::Handshake,
+                        RejectCode::Refused,
+                        format!("connection failed: {e}"),
+                    )
+                })?;
             if n == 1 && !wire::is_tls_record(&[first[0], 0x03]) {
                 let reason = "this node requires TLS between peers ([tls] in the cluster file), and the dialer has none";
                 let mut tcp = tcp;
                 let _ = write_frame(
                     &mut tcp,
                     &Frame::Reject {
+                        code: RejectCode::Refused,
                         reason: reason.into(),
                     },
                 )
                 .await;
-                return Err((Refusal::Plaintext, format!("plaintext dialer: {reason}")));
+                return Err((
+                    Refusal::Plaintext,
+                    RejectCode::Refused,
+                    format!("plaintext dialer: {reason}"),
+                ));
             }
             let accepted = tls
                 .acceptor()
                 .accept(tcp)
                 .await
-                .map_err(|e| (Refusal::Tls, format!("TLS handshake failed: {e}")))?;
+                .map_err(|e| {
+                    (
+                        Refusal::Tls,
+                        RejectCode::Refused,
+                        format!("TLS handshake failed: {e}"),
+                    )
+                })?;
             PeerStream::Server(Box::new(accepted))
         }
     };
@@ -582,12 +639,19 @@ async fn accept_handshake(
         Err(WireError::TlsRecord) => {
             return Err((
                 Refusal::Plaintext,
+                RejectCode::Refused,
                 "a TLS dialer reached this node, which has no [tls] section".to_string(),
             ))
         }
-        Err(e) => return Err((Refusal::Handshake, format!("bad handshake: {e}"))),
+        Err(e) => {
+            return Err((
+                Refusal::Handshake,
+                RejectCode::Refused,
+                format!("bad handshake: {e}"),
+            ))
+        }
     };
-    let checked = check_hello(&ctx.me, &hello).map_err(|r| (Refusal::Identity, r));
+    let checked = check_hello(&ctx.me, &hello).map_err(|(code, r)| (Refusal::Identity, code, r));
     let checked = checked.and_then(|(purpose, from)| {
         let (Some(tls), PeerStream::Server(s)) = (&ctx.me.tls, reader.get_ref()) else {
             return Ok((purpose, from));
@@ -597,6 +661,7 @@ async fn accept_handshake(
         } else {
             Err((
                 Refusal::Identity,
+                RejectCode::Refused,
                 format!(
                     "the hello claims node {from}, and the TLS certificate does not name {}",
                     crate::tls::node_name(&ctx.me.cluster, from)
@@ -606,21 +671,27 @@ async fn accept_handshake(
     });
     let (purpose, from) = match checked {
         Ok(ok) => ok,
-        Err((kind, reason)) => {
+        Err((kind, code, reason)) => {
             let reject = Frame::Reject {
+                code,
                 reason: reason.clone(),
             };
             let _ = write_frame(reader.get_mut(), &reject).await;
-            return Err((kind, reason));
+            return Err((kind, code, reason));
         }
     };
     let ack = Frame::Ack {
         node_id: ctx.me.node_id,
         cluster: ctx.me.cluster.clone(),
+        cluster_id: ctx.me.directory().cluster_id.unwrap_or_default(),
     };
-    write_frame(reader.get_mut(), &ack)
-        .await
-        .map_err(|e| (Refusal::Handshake, format!("cannot answer the hello: {e}")))?;
+    write_frame(reader.get_mut(), &ack).await.map_err(|e| {
+        (
+            Refusal::Handshake,
+            RejectCode::Refused,
+            format!("cannot answer the hello: {e}"),
+        )
+    })?;
     Ok((reader, purpose, from))
 }
 
@@ -630,60 +701,70 @@ async fn accept_handshake(
 pub(crate) fn check_hello(
     me: &Identity,
     hello: &Frame,
-) -> std::result::Result<(Purpose, u64), String> {
+) -> std::result::Result<(Purpose, u64), (RejectCode, String)> {
+    let refused = |reason: String| (RejectCode::Refused, reason);
     let Frame::Hello {
         purpose,
         from,
         to,
         cluster,
+        cluster_id,
+        has_state,
     } = hello
     else {
-        return Err(format!(
+        return Err(refused(format!(
             "first frame is a {}, not a hello",
             hello.kind_name()
-        ));
+        )));
     };
     if *cluster != me.cluster {
-        return Err(format!(
+        return Err(refused(format!(
             "node {from} belongs to cluster {cluster:?}, this is cluster {:?}",
             me.cluster
-        ));
+        )));
     }
     if *to != me.node_id {
-        return Err(format!(
+        return Err(refused(format!(
             "node {from} expected node {to} at this address, this is node {}",
             me.node_id
-        ));
+        )));
     }
-    if !me.peers.iter().any(|(id, _)| id == from) {
-        return Err(format!(
-            "node id {from} is not a peer in cluster {:?}",
-            me.cluster
-        ));
-    }
+    let caller = Caller {
+        from: *from,
+        cluster_id: (!cluster_id.is_empty()).then_some(cluster_id.as_str()),
+        has_state: *has_state,
+    };
+    me.directory
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .admit(&me.cluster, caller)?;
     Ok((*purpose, *from))
 }
 
 /// Dials `addr`, sets up TLS if configured, sends a `Hello` and waits for the
-/// `Ack`, all within `wait`. On success the stream is ready for frames.
+/// `Ack`, all within `wait`. On success the stream is ready for frames; the
+/// peer's cluster id comes with it.
 async fn dial(
     me: &Identity,
     to: u64,
     addr: SocketAddr,
     purpose: Purpose,
     wait: Duration,
-) -> std::result::Result<PeerStream, String> {
+) -> std::result::Result<(PeerStream, Option<String>), DialError> {
     let tcp = match within(wait.min(CONNECT_TIMEOUT), TcpStream::connect(addr)).await {
         Some(Ok(s)) => s,
-        Some(Err(e)) => return Err(format!("connect failed: {e}")),
-        None => return Err("connect timed out".to_string()),
+        Some(Err(e)) => return Err(format!("connect failed: {e}").into()),
+        None => return Err("connect timed out".to_string().into()),
     };
     let _ = tcp.set_nodelay(true);
+    let dir = me.directory();
     let hello = Frame::Hello {
         purpose,
         from: me.node_id,
         to,
         cluster: me.cluster.clone(),
+        cluster_id: dir.cluster_id.clone().unwrap_or_default(),
+        has_state: dir.has_state,
     };
     let exchange = async {
         let mut stream = match &me.tls {
@@ -712,40 +793,60 @@ async fn dial(
         Ok::<_, String>((stream, answer))
     };
     let (stream, answer) = match within(wait.min(HANDSHAKE_TIMEOUT), exchange).await {
-        None => return Err("no handshake answer within the timeout".to_string()),
+        None => return Err("no handshake answer within the timeout".to_string().into()),
         Some(result) => result?,
     };
     match answer {
-        Frame::Ack { node_id, cluster } => {
+        Frame::Ack {
+            node_id,
+            cluster,
+            cluster_id,
+        } => {
             if node_id != to || cluster != me.cluster {
-                Err(format!(
+                return Err(format!(
                     "answered as node {node_id} of cluster {cluster:?}, expected node {to} of {:?}",
                     me.cluster
-                ))
-            } else {
-                Ok(stream)
+                )
+                .into());
             }
+            let theirs = (!cluster_id.is_empty()).then_some(cluster_id);
+            if let (Some(t), Some(o)) = (&theirs, &dir.cluster_id) {
+                if t != o {
+                    return Err(DialError {
+                        code: Some(RejectCode::OtherCluster),
+                        reason: format!(
+                            "node {to} answered with cluster id {t:?}, this node's is {o:?}"
+                        ),
+                    });
+                }
+            }
+            Ok((stream, theirs))
         }
-        Frame::Reject { reason } => Err(format!("refused: {reason}")),
+        Frame::Reject { code, reason } => Err(DialError {
+            code: Some(code),
+            reason: format!("refused: {reason}"),
+        }),
         other => Err(format!(
             "unexpected {} frame as handshake answer",
             other.kind_name()
-        )),
+        )
+        .into()),
     }
 }
 
 /// Probes peer `to` at `addr`: a full handshake within `wait`, then hang up.
-/// `Err` carries the reason, for logs.
+/// Returns the peer's cluster id (`None` before its cluster formed); `Err`
+/// says why not, with the peer's refusal code if it refused.
 pub async fn probe(
     me: &Identity,
     to: u64,
     addr: SocketAddr,
     wait: Duration,
-) -> std::result::Result<(), String> {
-    let mut stream = dial(me, to, addr, Purpose::Probe, wait).await?;
+) -> std::result::Result<Option<String>, DialError> {
+    let (mut stream, cluster_id) = dial(me, to, addr, Purpose::Probe, wait).await?;
     // Close politely but never wait on it: the peer may be paused.
     let _ = future::poll_once(stream.close()).await;
-    Ok(())
+    Ok(cluster_id)
 }
 
 /// What a replica hands to the transport.
@@ -757,12 +858,31 @@ pub struct Outbound {
     pub message: Message,
 }
 
-/// The replicas' side of the transport: one bounded queue per peer.
+/// One peer's queue and the task that drains it.
+struct PeerQueue {
+    addr: SocketAddr,
+    queue: flume::Sender<Outbound>,
+    /// Tells the outbound task that the peer is up: retry at once.
+    up: flume::Sender<()>,
+}
+
+/// What it takes to start a peer's outbound task.
+struct LinkFactory {
+    me: Identity,
+    sink: Arc<dyn RaftSink>,
+    metrics: Arc<Metrics>,
+    shutdown: flume::Receiver<()>,
+}
+
+/// The replicas' side of the transport: one bounded queue per peer. Peers
+/// come and go with the membership ([`PeerSenders::set_peers`]); a removed
+/// peer's task ends when its queue closes.
 #[derive(Clone)]
 pub struct PeerSenders {
-    queues: Arc<HashMap<u64, flume::Sender<Outbound>>>,
-    /// Tells a peer's outbound task that the peer is up: retry at once.
-    up: Arc<HashMap<u64, flume::Sender<()>>>,
+    /// Looked up on every message, changed only with the membership. Held
+    /// for a lookup and a `try_send`, never across an await.
+    queues: Arc<RwLock<HashMap<u64, PeerQueue>>>,
+    factory: Arc<LinkFactory>,
     metrics: Arc<Metrics>,
 }
 
@@ -772,8 +892,9 @@ impl PeerSenders {
     /// this, a peer that starts a moment after the leader's first messages
     /// would learn of the leader only from a later heartbeat.
     pub fn peer_up(&self, id: u64) {
-        if let Some(up) = self.up.get(&id) {
-            let _ = up.try_send(());
+        let queues = self.queues.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(q) = queues.get(&id) {
+            let _ = q.up.try_send(());
         }
     }
 
@@ -781,11 +902,12 @@ impl PeerSenders {
     /// (Raft retransmits); the return value says whether it was queued.
     pub fn send(&self, group: &GroupId, message: Message) -> bool {
         let to = message.to;
-        let Some(queue) = self.queues.get(&to) else {
-            warn!("{group}: dropping message to unknown peer {to}");
+        let queues = self.queues.read().unwrap_or_else(|e| e.into_inner());
+        let Some(q) = queues.get(&to) else {
+            debug!("{group}: dropping message to unknown peer {to}");
             return false;
         };
-        match queue.try_send(Outbound {
+        match q.queue.try_send(Outbound {
             group: group.clone(),
             message,
         }) {
@@ -797,42 +919,56 @@ impl PeerSenders {
             }
         }
     }
+
+    /// Makes the set of peers `peers`: starts a task for each new one, and
+    /// closes the queue of each that is gone (its task ends). Returns the
+    /// tasks started.
+    pub fn set_peers(&self, peers: &[(u64, SocketAddr)]) -> Vec<crate::runtime::Task<()>> {
+        let mut queues = self.queues.write().unwrap_or_else(|e| e.into_inner());
+        queues.retain(|id, q| peers.iter().any(|(p, a)| p == id && *a == q.addr));
+        let mut tasks = Vec::new();
+        for &(id, addr) in peers {
+            if queues.contains_key(&id) {
+                continue;
+            }
+            let (queue, rx) = flume::bounded(PEER_QUEUE_CAPACITY);
+            let (up, up_rx) = flume::bounded(1);
+            self.metrics.add_peer(id);
+            let f = &self.factory;
+            let link = PeerLink {
+                me: f.me.clone(),
+                id,
+                addr,
+                sink: f.sink.clone(),
+                metrics: f.metrics.clone(),
+            };
+            tasks.push(crate::runtime::spawn(link.run(rx, up_rx, f.shutdown.clone())));
+            queues.insert(id, PeerQueue { addr, queue, up });
+        }
+        tasks
+    }
 }
 
-/// Starts one outbound task per peer. They end when `shutdown` closes.
+/// Starts one outbound task per peer of the directory. They end when
+/// `shutdown` closes, or when their peer leaves ([`PeerSenders::set_peers`]).
 pub fn spawn_peer_senders(
     me: &Identity,
     sink: &Arc<dyn RaftSink>,
     metrics: &Arc<Metrics>,
     shutdown: &flume::Receiver<()>,
 ) -> (PeerSenders, Vec<crate::runtime::Task<()>>) {
-    let mut queues = HashMap::new();
-    let mut ups = HashMap::new();
-    let mut tasks = Vec::new();
-    for &(id, addr) in &me.peers {
-        let (tx, rx) = flume::bounded(PEER_QUEUE_CAPACITY);
-        queues.insert(id, tx);
-        let (up_tx, up) = flume::bounded(1);
-        ups.insert(id, up_tx);
-        metrics.add_peer(id);
-        let peer = PeerLink {
+    let senders = PeerSenders {
+        queues: Arc::new(RwLock::new(HashMap::new())),
+        factory: Arc::new(LinkFactory {
             me: me.clone(),
-            id,
-            addr,
             sink: sink.clone(),
             metrics: metrics.clone(),
-        };
-        let shutdown = shutdown.clone();
-        tasks.push(crate::runtime::spawn(peer.run(rx, up, shutdown)));
-    }
-    (
-        PeerSenders {
-            queues: Arc::new(queues),
-            up: Arc::new(ups),
-            metrics: metrics.clone(),
-        },
-        tasks,
-    )
+            shutdown: shutdown.clone(),
+        }),
+        metrics: metrics.clone(),
+    };
+    let tasks = senders.set_peers(&me.peers());
+    (senders, tasks)
 }
 
 struct PeerLink {
@@ -960,7 +1096,7 @@ impl PeerLink {
             )
             .await
             {
-                Ok(stream) => {
+                Ok((stream, _)) => {
                     if link.last_error.take().is_some() && link.ever_connected {
                         info!(
                             "raft connection to peer {} ({}) restored",
@@ -973,7 +1109,7 @@ impl PeerLink {
                     link.ever_connected = true;
                     link.conn = Some(stream);
                 }
-                Err(reason) => {
+                Err(DialError { reason, .. }) => {
                     if link.last_error.as_deref() != Some(reason.as_str()) {
                         // A refusal (wrong certificate, plaintext against TLS)
                         // is a misconfiguration an operator must see.
@@ -1058,10 +1194,18 @@ mod tests {
     use super::*;
 
     fn me() -> Identity {
+        let peer = PeerEntry {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            joined: false,
+        };
         Identity {
             node_id: 1,
             cluster: "c".into(),
-            peers: vec![(2, "127.0.0.1:1".parse().unwrap())],
+            directory: Arc::new(RwLock::new(Directory {
+                peers: [(2, peer)].into(),
+                has_state: true,
+                ..Default::default()
+            })),
             tls: None,
         }
     }
@@ -1072,6 +1216,8 @@ mod tests {
             from,
             to,
             cluster: cluster.into(),
+            cluster_id: String::new(),
+            has_state: true,
         }
     }
 
@@ -1085,14 +1231,15 @@ mod tests {
 
     #[test]
     fn hello_of_another_cluster_or_id_is_refused() {
-        let err = check_hello(&me(), &hello("other", 2, 1)).unwrap_err();
+        let err = check_hello(&me(), &hello("other", 2, 1)).unwrap_err().1;
         assert!(err.contains("cluster \"other\""), "{err}");
-        let err = check_hello(&me(), &hello("c", 2, 3)).unwrap_err();
+        let err = check_hello(&me(), &hello("c", 2, 3)).unwrap_err().1;
         assert!(err.contains("expected node 3"), "{err}");
-        let err = check_hello(&me(), &hello("c", 9, 1)).unwrap_err();
-        assert!(err.contains("not a peer"), "{err}");
+        let (code, err) = check_hello(&me(), &hello("c", 9, 1)).unwrap_err();
+        assert!(err.contains("not a member"), "{err}");
+        assert_eq!(code, RejectCode::NotMember);
         // A name that would forge a log line is quoted.
-        let err = check_hello(&me(), &hello("x\nWARN forged", 2, 1)).unwrap_err();
+        let err = check_hello(&me(), &hello("x\nWARN forged", 2, 1)).unwrap_err().1;
         assert!(!err.contains('\n'), "{err}");
     }
 

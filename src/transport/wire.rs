@@ -42,7 +42,7 @@ pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
 /// Magic bytes that open every `Hello`, so that a stray client is refused at once.
 pub const MAGIC: &[u8; 4] = b"QRMD";
 /// The wire version; bumped on incompatible changes (2: `Keepalive`).
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// The limit on a `Hello`, `Ack` or `Reject` payload. A `Hello` is 29 bytes
 /// plus the cluster name (at most [`crate::config::MAX_CLUSTER_NAME_BYTES`]).
 pub const HANDSHAKE_MAX_BYTES: usize = 1024;
@@ -97,6 +97,33 @@ impl std::fmt::Display for GroupId {
     }
 }
 
+/// Why a `Hello` was refused, so that a dialer can act on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectCode {
+    /// Any other reason (the sentence says which).
+    Refused = 0,
+    /// The dialer is not a member of this cluster (yet).
+    NotMember = 1,
+    /// The dialer's id was removed from this cluster.
+    Removed = 2,
+    /// The dialer is a member that held state, and starts without it.
+    StateLost = 3,
+    /// The dialer belongs to another cluster id.
+    OtherCluster = 4,
+}
+
+impl RejectCode {
+    fn from_u8(b: u8) -> RejectCode {
+        match b {
+            1 => RejectCode::NotMember,
+            2 => RejectCode::Removed,
+            3 => RejectCode::StateLost,
+            4 => RejectCode::OtherCluster,
+            _ => RejectCode::Refused,
+        }
+    }
+}
+
 /// One decoded frame.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Frame {
@@ -106,11 +133,21 @@ pub enum Frame {
         from: u64,
         to: u64,
         cluster: String,
+        /// The dialer's cluster id; empty before its cluster formed (or
+        /// before it joined one).
+        cluster_id: String,
+        /// True if the dialer has Raft state (it is not a fresh data dir).
+        has_state: bool,
     },
     /// Accepts a `Hello`.
-    Ack { node_id: u64, cluster: String },
+    Ack {
+        node_id: u64,
+        cluster: String,
+        /// The listener's cluster id; empty before its cluster formed.
+        cluster_id: String,
+    },
     /// Refuses a `Hello`; the connection closes after it.
-    Reject { reason: String },
+    Reject { code: RejectCode, reason: String },
     /// A Raft message for one group.
     Raft { group: GroupId, message: Message },
     /// Opens a snapshot of `total` data bytes; chunks follow.
@@ -155,6 +192,8 @@ impl Frame {
                 from,
                 to,
                 cluster,
+                cluster_id,
+                has_state,
             } => {
                 out.push(KIND_HELLO);
                 out.extend_from_slice(MAGIC);
@@ -163,14 +202,22 @@ impl Frame {
                 out.extend_from_slice(&from.to_be_bytes());
                 out.extend_from_slice(&to.to_be_bytes());
                 put_str(&mut out, cluster);
+                put_str(&mut out, cluster_id);
+                out.push(u8::from(*has_state));
             }
-            Frame::Ack { node_id, cluster } => {
+            Frame::Ack {
+                node_id,
+                cluster,
+                cluster_id,
+            } => {
                 out.push(KIND_ACK);
                 out.extend_from_slice(&node_id.to_be_bytes());
                 put_str(&mut out, cluster);
+                put_str(&mut out, cluster_id);
             }
-            Frame::Reject { reason } => {
+            Frame::Reject { code, reason } => {
                 out.push(KIND_REJECT);
+                out.push(*code as u8);
                 put_str(&mut out, clip(reason, MAX_REASON_BYTES));
             }
             Frame::Raft { group, message } => {
@@ -230,13 +277,21 @@ impl Frame {
                     from: r.u64()?,
                     to: r.u64()?,
                     cluster: r.string()?,
+                    cluster_id: r.string()?,
+                    has_state: match r.u8()? {
+                        0 => false,
+                        1 => true,
+                        b => return Err(WireError::Malformed(format!("bad state flag {b}"))),
+                    },
                 }
             }
             KIND_ACK => Frame::Ack {
                 node_id: r.u64()?,
                 cluster: r.string()?,
+                cluster_id: r.string()?,
             },
             KIND_REJECT => Frame::Reject {
+                code: RejectCode::from_u8(r.u8()?),
                 reason: r.string()?,
             },
             KIND_RAFT => {
@@ -519,14 +574,34 @@ mod tests {
             from: 1,
             to: 2,
             cluster: "c3".into(),
+            cluster_id: "4f2a".into(),
+            has_state: true,
+        });
+        roundtrip(Frame::Hello {
+            purpose: Purpose::Probe,
+            from: 1,
+            to: 2,
+            cluster: "c3".into(),
+            cluster_id: String::new(),
+            has_state: false,
         });
         roundtrip(Frame::Ack {
             node_id: 7,
             cluster: "c3".into(),
+            cluster_id: "4f2a".into(),
         });
-        roundtrip(Frame::Reject {
-            reason: "wrong cluster".into(),
-        });
+        for code in [
+            RejectCode::Refused,
+            RejectCode::NotMember,
+            RejectCode::Removed,
+            RejectCode::StateLost,
+            RejectCode::OtherCluster,
+        ] {
+            roundtrip(Frame::Reject {
+                code,
+                reason: "wrong cluster".into(),
+            });
+        }
         roundtrip(Frame::Keepalive);
         let mut message = Message::default();
         message.set_msg_type(MessageType::MsgHeartbeat);
@@ -629,6 +704,8 @@ mod tests {
             from: 1,
             to: 2,
             cluster: "x".repeat(2000),
+            cluster_id: String::new(),
+            has_state: true,
         }
         .encode();
         let err = futures_lite::future::block_on(read_handshake_frame(&mut &big[..])).unwrap_err();
@@ -653,10 +730,14 @@ mod tests {
     #[test]
     fn a_long_reject_reason_is_clipped_on_a_char_boundary() {
         let reason = "é".repeat(MAX_REASON_BYTES);
-        let bytes = Frame::Reject { reason }.encode();
+        let bytes = Frame::Reject {
+            code: RejectCode::Refused,
+            reason,
+        }
+        .encode();
         assert!(bytes.len() - 4 <= HANDSHAKE_MAX_BYTES);
         match Frame::decode(&bytes[4..]).unwrap() {
-            Frame::Reject { reason } => assert_eq!(reason.len(), MAX_REASON_BYTES),
+            Frame::Reject { reason, .. } => assert_eq!(reason.len(), MAX_REASON_BYTES),
             other => panic!("{other:?}"),
         }
     }

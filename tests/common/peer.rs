@@ -125,6 +125,10 @@ impl FakePeer {
             from,
             to,
             cluster: cluster.to_string(),
+            // Claims to hold state: a member that says it has none is
+            // refused once the cluster formed.
+            cluster_id: String::new(),
+            has_state: true,
         })?;
         self.recv()
     }

@@ -1,0 +1,216 @@
+//! Membership at runtime, on real clusters: grow and shrink, replace a dead
+//! box, refuse a wiped or removed node, keep the membership across restarts,
+//! and hand leadership over before the leader leaves.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{http_body, run_bin, Finished, Spec, TestCluster, WAIT};
+use serde_json::Value;
+
+/// A cluster of nodes 1..=3 whose spec also holds addresses for nodes 4 and
+/// 5; nodes 1-3 run with a file that lists only 1-3.
+fn three_of_five(name: &str) -> TestCluster {
+    let mut c = TestCluster::new(Spec::new(name, 5));
+    c.use_file(&[1, 2, 3], &[1, 2, 3]);
+    c.start(&[1, 2, 3]);
+    c.wait_agreed_leader(&[1, 2, 3]);
+    c
+}
+
+fn member(c: &TestCluster, args: &[&str]) -> Finished {
+    let config = c.config_of(1).to_str().unwrap().to_string();
+    let mut all = vec!["member", args[0], "--cluster", config.as_str()];
+    all.extend_from_slice(&args[1..]);
+    run_bin(&all, Duration::from_secs(60))
+}
+
+fn add_args(c: &TestCluster, id: u64) -> Vec<String> {
+    vec![
+        "--id".into(),
+        id.to_string(),
+        "--addr".into(),
+        c.addr(id).to_string(),
+        "--admin".into(),
+        c.admin(id).to_string(),
+    ]
+}
+
+/// `(id, role)` of every member, as node `via` reports them (empty if it
+/// does not answer yet).
+fn members(c: &TestCluster, via: u64) -> Vec<(u64, String)> {
+    let Ok(r) = http_body(c.admin(via), "GET", "/admin/cluster/members", b"") else {
+        return Vec::new();
+    };
+    let v: Value = r.json().unwrap_or_default();
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| (m["id"].as_u64().unwrap_or(0), m["role"].as_str().unwrap_or("").to_string()))
+        .collect()
+}
+
+fn voters(c: &TestCluster, via: u64) -> Vec<u64> {
+    members(c, via)
+        .into_iter()
+        .filter(|(_, r)| r == "voter")
+        .map(|(id, _)| id)
+        .collect()
+}
+
+fn write_keys(c: &TestCluster, via: u64, n: usize) {
+    for i in 0..n {
+        let r = c.kv_put(via, &format!("m/{i:03}"), format!("v{i}").as_bytes());
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+}
+
+fn assert_keys(c: &TestCluster, id: u64, n: usize) {
+    c.wait_for(&format!("node {id} holds all {n} keys"), || {
+        http_body(c.admin(id), "GET", "/v1/kv/m/?keys&stale", b"").is_ok_and(|r| {
+            r.status == 200
+                && r.json().ok().and_then(|v: Value| v.as_array().map(Vec::len)) == Some(n)
+        })
+    });
+}
+
+#[test]
+fn grow_to_four_then_shrink_back_to_three() {
+    let mut c = three_of_five("m-grow");
+    write_keys(&c, 1, 50);
+    let args = add_args(&c, 4);
+    let mut a: Vec<&str> = vec!["add"];
+    a.extend(args.iter().map(String::as_str));
+    let out = member(&c, &a);
+    assert_eq!(out.code, 0, "{out:?}");
+    // The new node runs with its own entry in its file, and nothing else.
+    c.use_file(&[4], &[1, 2, 3, 4]);
+    c.start_node(4);
+    assert_keys(&c, 4, 50);
+    c.wait_for("node 4 is promoted to voter", || voters(&c, 1).contains(&4));
+    assert_eq!(voters(&c, 4), vec![1, 2, 3, 4]);
+    c.wait_agreed_leader(&[1, 2, 3, 4]);
+
+    let out = member(&c, &["remove", "4"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    c.wait_for("node 4 leaves", || voters(&c, 2) == vec![1, 2, 3]);
+    assert_eq!(c.wait_exit(4, WAIT), 2, "a removed node stops with exit 2");
+    assert!(c.stderr(4).contains("was removed from the cluster"));
+    write_keys(&c, 2, 60);
+    assert_keys(&c, 3, 60);
+}
+
+#[test]
+fn replace_a_dead_node_and_survive_a_leader_crash() {
+    let mut c = three_of_five("m-replace");
+    write_keys(&c, 1, 40);
+    c.signal(3, libc::SIGKILL);
+    c.wait_exit(3, WAIT);
+    std::fs::remove_dir_all(c.data_dir(3)).unwrap();
+
+    c.use_file(&[4], &[1, 2, 3, 4]);
+    c.start_node(4);
+    let args = add_args(&c, 4);
+    let mut a: Vec<&str> = vec!["replace", "3"];
+    a.extend(args.iter().map(String::as_str));
+    let out = member(&c, &a);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("node 4 votes and node 3 is removed"), "{}", out.stdout);
+    assert_eq!(voters(&c, 1), vec![1, 2, 4]);
+    assert_keys(&c, 4, 40);
+
+    let (leader, term) = c.wait_agreed_leader(&[1, 2, 4]);
+    c.signal(leader, libc::SIGKILL);
+    c.wait_exit(leader, WAIT);
+    let rest: Vec<u64> = [1, 2, 4].into_iter().filter(|&i| i != leader).collect();
+    c.wait_agreed_leader_where(&rest, |l, t| l != leader && t > term);
+    write_keys(&c, rest[0], 45);
+    assert_keys(&c, rest[1], 45);
+}
+
+#[test]
+fn a_wiped_member_is_refused_and_the_cluster_keeps_its_leader() {
+    let mut c = three_of_five("m-wiped");
+    write_keys(&c, 1, 5);
+    c.wait_for("node 3 is marked joined", || {
+        let r = c.call(1, "GET", "/admin/cluster/members", b"");
+        let v: Value = r.json().unwrap_or_default();
+        v.as_array()
+            .is_some_and(|a| a.iter().any(|m| m["id"] == 3 && m["joined"] == true))
+    });
+    let (leader, term) = c.wait_agreed_leader(&[1, 2, 3]);
+    let victim = [1, 2, 3].into_iter().find(|&i| i != leader).unwrap();
+    c.signal(victim, libc::SIGKILL);
+    c.wait_exit(victim, WAIT);
+    std::fs::remove_dir_all(c.data_dir(victim)).unwrap();
+    c.start_node(victim);
+    assert_eq!(c.wait_exit(victim, WAIT), 2);
+    let err = c.stderr(victim);
+    assert!(err.contains("state is lost"), "{err}");
+    assert!(err.contains("quorumd member replace"), "{err}");
+    let rest: Vec<u64> = [1, 2, 3].into_iter().filter(|&i| i != victim).collect();
+    assert_eq!(c.agreed_leader(&rest), Some((leader, term)));
+}
+
+#[test]
+fn a_removed_node_that_comes_back_is_refused() {
+    let mut c = three_of_five("m-removed");
+    let (leader, term) = c.wait_agreed_leader(&[1, 2, 3]);
+    let victim = [1, 2, 3].into_iter().find(|&i| i != leader).unwrap();
+    c.signal(victim, libc::SIGTERM);
+    c.wait_exit(victim, WAIT);
+    let out = member(&c, &["remove", &victim.to_string()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    c.start_node(victim);
+    assert_eq!(c.wait_exit(victim, WAIT), 2);
+    assert!(c.stderr(victim).contains("removed"), "{}", c.stderr(victim));
+    let rest: Vec<u64> = [1, 2, 3].into_iter().filter(|&i| i != victim).collect();
+    let (l, t) = c.wait_agreed_leader(&rest);
+    assert_eq!((l, t), (leader, term), "the removed node disturbed the term");
+    // Its id is never used again.
+    let out = member(&c, &["add", "--id", &victim.to_string(), "--addr", "127.0.0.1:1", "--admin", "127.0.0.1:2"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("never reused"), "{}", out.stderr);
+}
+
+#[test]
+fn a_full_restart_keeps_the_new_membership() {
+    let mut c = three_of_five("m-restart");
+    let args = add_args(&c, 4);
+    let mut a: Vec<&str> = vec!["add"];
+    a.extend(args.iter().map(String::as_str));
+    assert_eq!(member(&c, &a).code, 0);
+    c.use_file(&[4], &[1, 2, 3, 4]);
+    c.start_node(4);
+    c.wait_for("node 4 votes", || voters(&c, 1).contains(&4));
+    assert_eq!(member(&c, &["remove", "3"]).code, 0);
+    c.wait_for("node 3 is gone", || voters(&c, 1) == vec![1, 2, 4]);
+    for id in [1, 2, 4] {
+        c.signal(id, libc::SIGTERM);
+    }
+    for id in [1, 2, 4] {
+        assert_eq!(c.wait_exit(id, WAIT), 0);
+    }
+    c.start(&[1, 2, 4]);
+    c.wait_agreed_leader(&[1, 2, 4]);
+    for id in [1, 2, 4] {
+        assert_eq!(voters(&c, id), vec![1, 2, 4], "node {id}");
+    }
+}
+
+#[test]
+fn removing_the_leader_hands_leadership_over_first() {
+    let c = three_of_five("m-leader");
+    let (leader, term) = c.wait_agreed_leader(&[1, 2, 3]);
+    let started = Instant::now();
+    let out = member(&c, &["remove", &leader.to_string()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let rest: Vec<u64> = [1, 2, 3].into_iter().filter(|&i| i != leader).collect();
+    let (new_leader, new_term) = c.wait_agreed_leader_where(&rest, |l, _| l != leader);
+    // A handoff takes one round trip: the term moves by one, with no
+    // election timeout between.
+    assert_eq!(new_term, term + 1, "an election happened instead of a handoff");
+    assert!(rest.contains(&new_leader));
+    assert!(started.elapsed() < WAIT);
+}
