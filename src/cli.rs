@@ -181,15 +181,18 @@ async fn run_node(config: ClusterConfig, node_id: u64, options: NodeOptions) -> 
         .map_err(|e| Error::io("cannot install signal handlers", e))?;
     // Starting can wait (a node without state asks the cluster what to do,
     // bounded by quorum_wait_timeout); a signal meanwhile stops it cleanly.
-    let started = future::or(async { Some(ClusterCoordinator::new(config, node_id, options).await) }, async {
-        match next_signal(&mut signals).await {
-            Event::Signal(s) => {
-                info!("received {s:?} while starting: stopping");
-                None
+    let started = future::or(
+        async { Some(ClusterCoordinator::new(config, node_id, options).await) },
+        async {
+            match next_signal(&mut signals).await {
+                Event::Signal(s) => {
+                    info!("received {s:?} while starting: stopping");
+                    None
+                }
+                _ => None,
             }
-            _ => None,
-        }
-    })
+        },
+    )
     .await;
     let Some(node) = started else {
         return Ok(());

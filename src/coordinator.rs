@@ -23,11 +23,11 @@ use raft::StateRole;
 use crate::config::ClusterConfig;
 use crate::error::{Error, Result};
 use crate::health::{self, HealthEvent, HealthHandle};
-use crate::http::{self, AdminState};
+use crate::http::{self, AdminState, Api, StartingState};
 use crate::kv::KvService;
+use crate::membership::{Membership, Start};
 use crate::metrics::Metrics;
 use crate::quorum;
-use crate::membership::{Membership, Start};
 use crate::raft::redb_store::{Creation, DirLock, RedbLogStore, StoreIdentity};
 use crate::raft::{spawn_tick_driver, RaftGroupManager, ReplicaHandle, Router};
 use crate::runtime::{or_shutdown, supervise};
@@ -137,12 +137,8 @@ impl ClusterCoordinator {
                 .await?
             }
             Opening::Fresh { .. } => {
-                let mut dir = crate::membership::directory_of(
-                    &Membership::default(),
-                    &config,
-                    node_id,
-                    None,
-                );
+                let mut dir =
+                    crate::membership::directory_of(&Membership::default(), &config, node_id, None);
                 dir.has_state = false;
                 dir
             }
@@ -165,7 +161,7 @@ impl ClusterCoordinator {
 
         // 1. Listeners, before __meta/0 exists: a port in use fails at once.
         let peer_listener = transport::bind(me.addr).await?;
-        let admin_listener = http::bind(me.admin).await?;
+        let admin_listener = Arc::new(http::bind(me.admin).await?);
         let peer_addr = peer_listener.local_addr().unwrap_or(me.addr);
         let admin_addr = admin_listener.local_addr().unwrap_or(me.admin);
 
@@ -223,8 +219,29 @@ impl ClusterCoordinator {
         // leader sends a snapshot), a lost or removed node is refused.
         let store = match opening {
             Opening::Existing(store) => store,
-            Opening::Fresh { dir, lock, identity: store_identity } => {
-                let start = crate::membership::discover(&identity, &config).await?;
+            Opening::Fresh {
+                dir,
+                lock,
+                identity: store_identity,
+            } => {
+                // The API answers health and status meanwhile; its
+                // connections end when the node has state.
+                crate::notify::asking().await;
+                let (asking, asked) = flume::bounded::<()>(1);
+                let starting = http::spawn(
+                    admin_listener.clone(),
+                    Api::Starting(StartingState {
+                        config: config.clone(),
+                        node_id,
+                        health: health.clone(),
+                        metrics: metrics.clone(),
+                    }),
+                    asked,
+                );
+                let start = crate::membership::discover(&identity, &config).await;
+                drop(asking);
+                starting.await;
+                let start = start?;
                 let creation = match &start {
                     Start::Bootstrap => Creation::Bootstrap,
                     Start::Join { cluster_id } => Creation::Join {
@@ -323,7 +340,7 @@ impl ClusterCoordinator {
             "the HTTP server",
             http::spawn(
                 admin_listener,
-                AdminState {
+                Api::Serving(AdminState {
                     config: config.clone(),
                     node_id,
                     health: health.clone(),
@@ -331,7 +348,7 @@ impl ClusterCoordinator {
                     kv,
                     bootstrap_complete: bootstrap_complete.clone(),
                     metrics: metrics.clone(),
-                },
+                }),
                 shutdown.clone(),
             ),
         ));
@@ -366,7 +383,11 @@ impl ClusterCoordinator {
             .await
             .ok_or_else(|| Error::Internal("__meta/0 stopped during bootstrap".into()))?;
         let live = if progress.voters.contains(&self.node_id) {
-            let directory = self.directory.read().unwrap_or_else(|e| e.into_inner()).clone();
+            let directory = self
+                .directory
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
             let voters: BTreeMap<u64, SocketAddr> = progress
                 .voters
                 .iter()
@@ -399,7 +420,10 @@ impl ClusterCoordinator {
         } else {
             // A learner, or a node joining: no vote to wait for; it is
             // bootstrapped once it follows a leader.
-            info!("node {} is not a voter yet: waiting for a leader", self.node_id);
+            info!(
+                "node {} is not a voter yet: waiting for a leader",
+                self.node_id
+            );
             None
         };
         self.health.bootstrap_done();

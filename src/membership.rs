@@ -605,7 +605,9 @@ pub fn spawn_directory_sync(
             let watch = replica.watch(MEMBERS_PREFIX.to_string(), true).await;
             let watch_removed = replica.watch(REMOVED_PREFIX.to_string(), true).await;
             let watch_id = replica.watch(CLUSTER_ID_KEY.to_string(), false).await;
-            let (Some(watch), Some(watch_removed), Some(watch_id)) = (watch, watch_removed, watch_id) else {
+            let (Some(watch), Some(watch_removed), Some(watch_id)) =
+                (watch, watch_removed, watch_id)
+            else {
                 break; // the replica stopped
             };
             if let Ok(membership) = kv.membership().await {
@@ -658,7 +660,10 @@ pub fn spawn_directory_sync(
                 )
                 .await
             };
-            if crate::runtime::or_shutdown(&shutdown, changed).await.is_none() {
+            if crate::runtime::or_shutdown(&shutdown, changed)
+                .await
+                .is_none()
+            {
                 break;
             }
         }

@@ -91,6 +91,17 @@ pub fn status_line(role: &str, term: u64, leader: Option<u64>) -> String {
     format!("role={role} term={term} leader={leader}")
 }
 
+/// The `STATUS=` text of a node without state while it asks the cluster.
+pub const ASKING_STATUS: &str = "no state yet: asking the cluster whether to bootstrap or join";
+
+/// Sends `STATUS=` with [`ASKING_STATUS`] (when `NOTIFY_SOCKET` is set): a
+/// node without state has no replica to report on yet.
+pub async fn asking() {
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        send(NotifyState::Status(ASKING_STATUS)).await;
+    }
+}
+
 /// Sends one `STATUS=` line per change of role, term or leader, until the
 /// replica stops.
 async fn publish_status(statuses: flume::Receiver<ReplicaStatus>) {

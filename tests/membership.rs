@@ -47,7 +47,12 @@ fn members(c: &TestCluster, via: u64) -> Vec<(u64, String)> {
     v.as_array()
         .into_iter()
         .flatten()
-        .map(|m| (m["id"].as_u64().unwrap_or(0), m["role"].as_str().unwrap_or("").to_string()))
+        .map(|m| {
+            (
+                m["id"].as_u64().unwrap_or(0),
+                m["role"].as_str().unwrap_or("").to_string(),
+            )
+        })
         .collect()
 }
 
@@ -70,7 +75,10 @@ fn assert_keys(c: &TestCluster, id: u64, n: usize) {
     c.wait_for(&format!("node {id} holds all {n} keys"), || {
         http_body(c.admin(id), "GET", "/v1/kv/m/?keys&stale", b"").is_ok_and(|r| {
             r.status == 200
-                && r.json().ok().and_then(|v: Value| v.as_array().map(Vec::len)) == Some(n)
+                && r.json()
+                    .ok()
+                    .and_then(|v: Value| v.as_array().map(Vec::len))
+                    == Some(n)
         })
     });
 }
@@ -116,7 +124,11 @@ fn replace_a_dead_node_and_survive_a_leader_crash() {
     a.extend(args.iter().map(String::as_str));
     let out = member(&c, &a);
     assert_eq!(out.code, 0, "{out:?}");
-    assert!(out.stdout.contains("node 4 votes and node 3 is removed"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("node 4 votes and node 3 is removed"),
+        "{}",
+        out.stdout
+    );
     assert_eq!(voters(&c, 1), vec![1, 2, 4]);
     assert_keys(&c, 4, 40);
 
@@ -167,9 +179,24 @@ fn a_removed_node_that_comes_back_is_refused() {
     assert!(c.stderr(victim).contains("removed"), "{}", c.stderr(victim));
     let rest: Vec<u64> = [1, 2, 3].into_iter().filter(|&i| i != victim).collect();
     let (l, t) = c.wait_agreed_leader(&rest);
-    assert_eq!((l, t), (leader, term), "the removed node disturbed the term");
+    assert_eq!(
+        (l, t),
+        (leader, term),
+        "the removed node disturbed the term"
+    );
     // Its id is never used again.
-    let out = member(&c, &["add", "--id", &victim.to_string(), "--addr", "127.0.0.1:1", "--admin", "127.0.0.1:2"]);
+    let out = member(
+        &c,
+        &[
+            "add",
+            "--id",
+            &victim.to_string(),
+            "--addr",
+            "127.0.0.1:1",
+            "--admin",
+            "127.0.0.1:2",
+        ],
+    );
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("never reused"), "{}", out.stderr);
 }
@@ -210,7 +237,94 @@ fn removing_the_leader_hands_leadership_over_first() {
     let (new_leader, new_term) = c.wait_agreed_leader_where(&rest, |l, _| l != leader);
     // A handoff takes one round trip: the term moves by one, with no
     // election timeout between.
-    assert_eq!(new_term, term + 1, "an election happened instead of a handoff");
+    assert_eq!(
+        new_term,
+        term + 1,
+        "an election happened instead of a handoff"
+    );
     assert!(rest.contains(&new_leader));
     assert!(started.elapsed() < WAIT);
+}
+
+#[test]
+fn a_change_cut_by_a_leader_crash_is_whole_or_absent() {
+    let mut c = three_of_five("m-cut");
+    write_keys(&c, 1, 20);
+    // Grow to four first, so the fifth node joins a cluster of four.
+    let args = add_args(&c, 4);
+    let mut a: Vec<&str> = vec!["add"];
+    a.extend(args.iter().map(String::as_str));
+    assert_eq!(member(&c, &a).code, 0);
+    c.use_file(&[4], &[1, 2, 3, 4]);
+    c.start_node(4);
+    c.wait_for("node 4 votes", || voters(&c, 1).contains(&4));
+    let (leader, _) = c.wait_agreed_leader(&[1, 2, 3, 4]);
+
+    // Add node 5 and kill the leader while the change is on its way.
+    let follower = [1, 2, 3, 4].into_iter().find(|&i| i != leader).unwrap();
+    let body = format!(
+        r#"{{"id": 5, "addr": "{}", "admin": "{}"}}"#,
+        c.addr(5),
+        c.admin(5)
+    );
+    let admin = c.admin(follower);
+    let adding = std::thread::spawn(move || {
+        http_body(admin, "POST", "/admin/cluster/members", body.as_bytes())
+    });
+    std::thread::sleep(Duration::from_millis(2));
+    c.signal(leader, libc::SIGKILL);
+    c.wait_exit(leader, WAIT);
+    let answer = adding.join().unwrap();
+    let rest: Vec<u64> = [1, 2, 3, 4].into_iter().filter(|&i| i != leader).collect();
+    c.wait_agreed_leader_where(&rest, |l, _| l != leader);
+
+    // Every survivor agrees, and the change is whole or absent.
+    let mut views = Vec::new();
+    c.wait_for("the survivors agree on the membership", || {
+        views = rest.iter().map(|&id| members(&c, id)).collect();
+        views.iter().all(|v| !v.is_empty() && *v == views[0])
+    });
+    let five = views[0].iter().find(|(id, _)| *id == 5).cloned();
+    eprintln!("add answered {answer:?}; node 5 afterwards: {five:?}");
+    match five {
+        None => {
+            // Absent: adding it again works.
+            let mut again = http_body(
+                c.admin(rest[0]),
+                "POST",
+                "/admin/cluster/members",
+                format!(
+                    r#"{{"id": 5, "addr": "{}", "admin": "{}"}}"#,
+                    c.addr(5),
+                    c.admin(5)
+                )
+                .as_bytes(),
+            );
+            for _ in 0..50 {
+                if again.as_ref().is_ok_and(|r| r.status == 200) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                again = http_body(
+                    c.admin(rest[0]),
+                    "POST",
+                    "/admin/cluster/members",
+                    format!(
+                        r#"{{"id": 5, "addr": "{}", "admin": "{}"}}"#,
+                        c.addr(5),
+                        c.admin(5)
+                    )
+                    .as_bytes(),
+                );
+            }
+            assert_eq!(again.unwrap().status, 200);
+        }
+        Some((_, role)) => assert_eq!(role, "learner"),
+    }
+    // Either way node 5 can now join and catch up.
+    c.use_file(&[5], &[1, 2, 3, 4, 5]);
+    c.start_node(5);
+    assert_keys(&c, 5, 20);
+    write_keys(&c, rest[0], 25);
+    assert_keys(&c, rest[1], 25);
 }

@@ -21,6 +21,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
 use crate::http::{method_not_allowed, reply, AdminState};
+use crate::metrics::Metrics;
 use crate::quorum::quorum_size;
 
 /// Serves a cluster route (or 404 for any unknown path).
@@ -49,16 +50,7 @@ pub async fn handle(
     }
     match path {
         "/health" => reply(StatusCode::OK, json!({"status": "ok"})),
-        "/metrics" => {
-            let mut resp = Response::new(Full::new(Bytes::from(state.metrics.encode())));
-            resp.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-            );
-            resp
-        }
+        "/metrics" => metrics(&state.metrics),
         "/admin/cluster/status" => reply(StatusCode::OK, status_json(state).await),
         "/admin/cluster/peers" => reply(StatusCode::OK, peers_json(state).await),
         "/admin/cluster/leader" => {
@@ -139,4 +131,14 @@ async fn peers_json(state: &AdminState) -> Value {
         })
         .collect();
     Value::Array(peers)
+}
+
+/// `/metrics`: the registry in OpenMetrics text.
+pub fn metrics(metrics: &Metrics) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(metrics.encode())));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    resp
 }

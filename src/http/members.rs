@@ -161,7 +161,11 @@ async fn forward(state: &AdminState, leader: u64, req: Request<Incoming>) -> Res
         }
         Err(e) => error(
             StatusCode::BAD_GATEWAY,
-            format!("cannot reach the leader, node {leader} at {admin}: {e}"),
+            format!(
+                "cannot reach the leader, node {leader} at {admin}: {e}; if the request got \
+                 there, the change may or may not have been applied (see GET \
+                 /admin/cluster/members)"
+            ),
         ),
     }
 }
@@ -342,6 +346,23 @@ fn promote(state: &AdminState, req: Request<Incoming>) -> Pending<'_> {
             .meta
             .change_membership(membership::promote(member, replacing))
             .await;
+        if result
+            .as_ref()
+            .is_ok_and(|c| matches!(c.outcome, Outcome::Committed(_)))
+        {
+            // A replacement is a joint-consensus change: answer once the
+            // cluster has left the joint configuration, so that the new
+            // membership is final when the caller hears of it.
+            let deadline = std::time::Instant::now() + state.config.store.request_timeout;
+            while std::time::Instant::now() < deadline {
+                match state.meta.progress().await {
+                    Some(p) if p.changing => {
+                        async_io::Timer::after(std::time::Duration::from_millis(10)).await;
+                    }
+                    _ => break,
+                }
+            }
+        }
         let promoted = Member {
             role: Role::Voter,
             ..member.clone()

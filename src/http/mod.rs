@@ -79,10 +79,34 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
     })
 }
 
-/// Serves the API until `shutdown` closes.
+/// What answers requests: the whole API, or, while a node without state asks
+/// the cluster whether to bootstrap or join, the few routes that make sense
+/// then.
+#[derive(Clone)]
+pub enum Api {
+    /// The node runs: every route.
+    Serving(AdminState),
+    /// The node has no state yet.
+    Starting(StartingState),
+}
+
+/// What the API answers from while the node has no state yet.
+#[derive(Clone)]
+pub struct StartingState {
+    /// The validated cluster file.
+    pub config: Arc<ClusterConfig>,
+    /// This node's id.
+    pub node_id: u64,
+    /// Peer health.
+    pub health: HealthHandle,
+    /// Served on `/metrics`.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Serves the API until `shutdown` closes (every connection ends with it).
 pub fn spawn(
-    listener: TcpListener,
-    state: AdminState,
+    listener: Arc<TcpListener>,
+    api: Api,
     shutdown: flume::Receiver<()>,
 ) -> crate::runtime::Task<()> {
     crate::runtime::spawn(async move {
@@ -103,9 +127,9 @@ pub fn spawn(
                 continue;
             }
             open.fetch_add(1, Ordering::Relaxed);
-            let (state, open, shutdown) = (state.clone(), open.clone(), shutdown.clone());
+            let (api, open, shutdown) = (api.clone(), open.clone(), shutdown.clone());
             crate::runtime::spawn(async move {
-                or_shutdown(&shutdown, serve(stream, state)).await;
+                or_shutdown(&shutdown, serve(stream, api)).await;
                 open.fetch_sub(1, Ordering::Relaxed);
             })
             .detach();
@@ -114,11 +138,17 @@ pub fn spawn(
     })
 }
 
-async fn serve(stream: TcpStream, state: AdminState) {
+async fn serve(stream: TcpStream, api: Api) {
     let _ = stream.set_nodelay(true);
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let state = state.clone();
-        async move { Ok::<_, std::convert::Infallible>(route(&state, req).await) }
+        let api = api.clone();
+        async move {
+            let resp = match &api {
+                Api::Serving(state) => route(state, req).await,
+                Api::Starting(state) => starting(state, &req).await,
+            };
+            Ok::<_, std::convert::Infallible>(resp)
+        }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -151,6 +181,42 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
         }
     }
     cluster::handle(state, &req, &path).await
+}
+
+/// The routes of a node without state: `/health`, `/ready` (503),
+/// `/metrics`, and the status; anything else is 503.
+async fn starting(state: &StartingState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    const WHY: &str = "the node has no state yet: it is asking the cluster whether to bootstrap a \
+                       new cluster or join the formed one";
+    match req.uri().path() {
+        "/health" => reply(StatusCode::OK, json!({"status": "ok"})),
+        "/metrics" => cluster::metrics(&state.metrics),
+        "/admin/cluster/status" => {
+            let n = state.config.cluster_size();
+            reply(
+                StatusCode::OK,
+                json!({
+                    "node_id": state.node_id,
+                    "cluster": state.config.name,
+                    "role": null,
+                    "term": null,
+                    "leader_id": null,
+                    "bootstrap_complete": false,
+                    "cluster_size": n,
+                    "quorum_size": crate::quorum::quorum_size(n),
+                    "live_peers": state.health.live_peers().await,
+                    "commit_index": null,
+                    "applied_index": null,
+                    "snapshot_index": null,
+                }),
+            )
+        }
+        "/ready" => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"ready": false, "error": WHY}),
+        ),
+        _ => reply(StatusCode::SERVICE_UNAVAILABLE, json!({ "error": WHY })),
+    }
 }
 
 /// A JSON answer.

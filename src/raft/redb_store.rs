@@ -173,7 +173,11 @@ impl RedbLogStore {
     }
 
     /// Opens the store of a locked dir that has one.
-    pub fn open_locked(dir: &Path, lock: DirLock, identity: &StoreIdentity) -> Result<RedbLogStore> {
+    pub fn open_locked(
+        dir: &Path,
+        lock: DirLock,
+        identity: &StoreIdentity,
+    ) -> Result<RedbLogStore> {
         let file = dir.join(DB_FILE);
 
         let db = guarded(&file, || {

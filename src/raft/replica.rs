@@ -754,6 +754,7 @@ impl PartitionReplica {
 
     fn on_tick(&mut self) {
         self.finish_handoff();
+        self.leave_joint();
         let now = Instant::now();
         let has_leader = self.node.raft.leader_id != raft::INVALID_ID;
         // Proposals that waited for a leader: try again.
@@ -985,6 +986,35 @@ impl PartitionReplica {
         } else if gave_up || Instant::now() >= *deadline {
             let (_, reply, _) = self.handoff.take().expect("checked");
             let _ = reply.try_send(Err(RequestError::Busy));
+        }
+    }
+
+    /// A leader in a joint configuration whose leave entry is not in the
+    /// log proposes it. raft-rs proposes it only when the leader that
+    /// entered the joint state applies that entry; a new leader elected in
+    /// between would otherwise keep the cluster joint, needing majorities of
+    /// both the old and the new voters, for good.
+    fn leave_joint(&mut self) {
+        let raft = &self.node.raft;
+        if raft.state != StateRole::Leader || raft.has_pending_conf() {
+            return;
+        }
+        let cs = raft.prs().conf().to_conf_state();
+        if !cs.auto_leave || cs.voters_outgoing.is_empty() {
+            return;
+        }
+        info!(
+            "{}: leading a joint configuration: proposing to leave it",
+            self.group
+        );
+        if let Err(e) = self
+            .node
+            .propose_conf_change(Vec::new(), ConfChangeV2::default())
+        {
+            warn!(
+                "{}: cannot propose to leave the joint configuration: {e}",
+                self.group
+            );
         }
     }
 

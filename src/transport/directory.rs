@@ -77,7 +77,10 @@ impl Directory {
                 format!("node id {from} is not a member of cluster {cluster:?}"),
             ));
         };
-        if self.cluster_id.is_some() && caller.cluster_id.is_none() && !caller.has_state && peer.joined
+        if self.cluster_id.is_some()
+            && caller.cluster_id.is_none()
+            && !caller.has_state
+            && peer.joined
         {
             return Err((
                 RejectCode::StateLost,
@@ -134,10 +137,16 @@ mod tests {
         assert_eq!(code(caller(3, None, false)), Ok(()));
         assert_eq!(code(caller(4, None, false)), Err(RejectCode::NotMember));
         assert_eq!(code(caller(9, Some("abc"), true)), Err(RejectCode::Removed));
-        assert_eq!(code(caller(2, Some("xyz"), true)), Err(RejectCode::OtherCluster));
+        assert_eq!(
+            code(caller(2, Some("xyz"), true)),
+            Err(RejectCode::OtherCluster)
+        );
         // Before the cluster formed, the file's peers are let in as before.
         let mut fresh = d.clone();
         fresh.cluster_id = None;
-        assert_eq!(fresh.admit("c3", caller(2, None, false)).map_err(|e| e.0), Ok(()));
+        assert_eq!(
+            fresh.admit("c3", caller(2, None, false)).map_err(|e| e.0),
+            Ok(())
+        );
     }
 }

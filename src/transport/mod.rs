@@ -592,16 +592,13 @@ async fn accept_handshake(
             // is 0; a TLS ClientHello opens with 0x16. Tell the dialer in its
             // own language why it is refused.
             let mut first = [0u8; 1];
-            let n = tcp
-                .peek(&mut first)
-                .await
-                .map_err(|e| {
-                    (
-                        Refusal::Handshake,
-                        RejectCode::Refused,
-                        format!("connection failed: {e}"),
-                    )
-                })?;
+            let n = tcp.peek(&mut first).await.map_err(|e| {
+                (
+                    Refusal::Handshake,
+                    RejectCode::Refused,
+                    format!("connection failed: {e}"),
+                )
+            })?;
             if n == 1 && !wire::is_tls_record(&[first[0], 0x03]) {
                 let reason = "this node requires TLS between peers ([tls] in the cluster file), and the dialer has none";
                 let mut tcp = tcp;
@@ -619,17 +616,13 @@ async fn accept_handshake(
                     format!("plaintext dialer: {reason}"),
                 ));
             }
-            let accepted = tls
-                .acceptor()
-                .accept(tcp)
-                .await
-                .map_err(|e| {
-                    (
-                        Refusal::Tls,
-                        RejectCode::Refused,
-                        format!("TLS handshake failed: {e}"),
-                    )
-                })?;
+            let accepted = tls.acceptor().accept(tcp).await.map_err(|e| {
+                (
+                    Refusal::Tls,
+                    RejectCode::Refused,
+                    format!("TLS handshake failed: {e}"),
+                )
+            })?;
             PeerStream::Server(Box::new(accepted))
         }
     };
@@ -826,11 +819,7 @@ async fn dial(
             code: Some(code),
             reason: format!("refused: {reason}"),
         }),
-        other => Err(format!(
-            "unexpected {} frame as handshake answer",
-            other.kind_name()
-        )
-        .into()),
+        other => Err(format!("unexpected {} frame as handshake answer", other.kind_name()).into()),
     }
 }
 
@@ -942,7 +931,11 @@ impl PeerSenders {
                 sink: f.sink.clone(),
                 metrics: f.metrics.clone(),
             };
-            tasks.push(crate::runtime::spawn(link.run(rx, up_rx, f.shutdown.clone())));
+            tasks.push(crate::runtime::spawn(link.run(
+                rx,
+                up_rx,
+                f.shutdown.clone(),
+            )));
             queues.insert(id, PeerQueue { addr, queue, up });
         }
         tasks
@@ -1239,7 +1232,9 @@ mod tests {
         assert!(err.contains("not a member"), "{err}");
         assert_eq!(code, RejectCode::NotMember);
         // A name that would forge a log line is quoted.
-        let err = check_hello(&me(), &hello("x\nWARN forged", 2, 1)).unwrap_err().1;
+        let err = check_hello(&me(), &hello("x\nWARN forged", 2, 1))
+            .unwrap_err()
+            .1;
         assert!(!err.contains('\n'), "{err}");
     }
 
