@@ -84,6 +84,8 @@ struct Figures {
     gets_per_s: f64,
     rss_mib: Vec<f64>,
     catch_up: Option<Duration>,
+    grow: Option<Duration>,
+    replace: Option<Duration>,
     note: String,
 }
 
@@ -100,6 +102,12 @@ trait Kv: Sync {
     fn start_again(&mut self, node: u64);
     /// (applied, commit) of a node.
     fn progress(&self, node: u64) -> Option<(u64, u64)>;
+    /// Adds a new member as a learner, starts it, and returns the time from
+    /// the add until it votes.
+    fn grow(&mut self) -> Result<Duration, String>;
+    /// Kills member `old` and replaces it by a new one: the time from the
+    /// first command until the new member votes and `old` is gone.
+    fn replace(&mut self, old: u64) -> Result<Duration, String>;
 }
 
 fn run(kv: &mut dyn Kv, keys: u64, seconds: u64) -> Figures {
@@ -197,6 +205,21 @@ fn run(kv: &mut dyn Kv, keys: u64, seconds: u64) -> Figures {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+
+    eprintln!(
+        "{}: adding a learner to the loaded cluster until it votes",
+        kv.name()
+    );
+    match kv.grow() {
+        Ok(d) => f.grow = Some(d),
+        Err(e) => f.note.push_str(&format!("grow failed: {e}; ")),
+    }
+    let old = followers[1];
+    eprintln!("{}: replacing node {old} (killed) by a new one", kv.name());
+    match kv.replace(old) {
+        Ok(d) => f.replace = Some(d),
+        Err(e) => f.note.push_str(&format!("replace failed: {e}; ")),
+    }
     f
 }
 
@@ -241,11 +264,40 @@ struct Quorumd {
 
 impl Quorumd {
     fn start() -> Quorumd {
-        // The shipped timing, and the health settings of clusters/.
-        let mut c = TestCluster::new(Spec::shipped("bench-kv", 3));
-        c.start_all();
+        // The shipped timing, and the health settings of clusters/. Nodes 4
+        // and 5 are the boxes that join later, each with its own entry in
+        // its file.
+        let mut c = TestCluster::new(Spec::shipped("bench-kv", 5));
+        c.use_file(&[1, 2, 3], &[1, 2, 3]);
+        c.start(&[1, 2, 3]);
         c.wait_agreed_leader(&[1, 2, 3]);
         Quorumd { c }
+    }
+
+    /// True once node `id` is a voter, as node 1 or 2 reports it.
+    fn votes(&self, id: u64) -> bool {
+        [1, 2].into_iter().any(|via| {
+            let Ok(r) = common::http_body(self.c.admin(via), "GET", "/admin/cluster/members", b"")
+            else {
+                return false;
+            };
+            let v: Value = r.json().unwrap_or_default();
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .any(|m| m["id"] == id && m["role"] == "voter")
+        })
+    }
+
+    fn wait_votes(&self, id: u64) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while !self.votes(id) {
+            if Instant::now() > deadline {
+                return Err(format!("node {id} did not vote within 300 s"));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
     }
 }
 
@@ -298,6 +350,56 @@ impl Kv for Quorumd {
         let s = self.c.try_status(node)?;
         Some((s["applied_index"].as_u64()?, s["commit_index"].as_u64()?))
     }
+
+    fn grow(&mut self) -> Result<Duration, String> {
+        let body = format!(
+            r#"{{"id": 4, "addr": "{}", "admin": "{}"}}"#,
+            self.c.addr(4),
+            self.c.admin(4)
+        );
+        let started = Instant::now();
+        let r = common::http_body(
+            self.c.admin(1),
+            "POST",
+            "/admin/cluster/members",
+            body.as_bytes(),
+        )
+        .map_err(|e| e.to_string())?;
+        if r.status != 200 {
+            return Err(format!("add answered {}: {}", r.status, r.body));
+        }
+        self.c.use_file(&[4], &[1, 2, 3, 4]);
+        self.c.start_node(4);
+        self.wait_votes(4)?;
+        Ok(started.elapsed())
+    }
+
+    fn replace(&mut self, old: u64) -> Result<Duration, String> {
+        self.c.signal(old, libc::SIGKILL);
+        self.c.wait_exit(old, Duration::from_secs(20));
+        self.c.use_file(&[5], &[1, 2, 3, 4, 5]);
+        let started = Instant::now();
+        self.c.start_node(5);
+        let config = self.c.config_of(1).to_path_buf();
+        let out = Command::new(self.c.bin())
+            .args(["member", "replace", "--cluster"])
+            .arg(&config)
+            .args([
+                old.to_string(),
+                "--id".into(),
+                "5".into(),
+                "--addr".into(),
+                self.c.addr(5).to_string(),
+                "--admin".into(),
+                self.c.admin(5).to_string(),
+            ])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+        Ok(started.elapsed())
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -339,6 +441,16 @@ impl Etcd {
         let cluster: Vec<String> = (0..3)
             .map(|j| format!("n{j}=http://{}", self.peer[j]))
             .collect();
+        self.spawn_with(i, state, &cluster.join(","));
+    }
+
+    /// Starts member `i` with its own `--initial-cluster` list.
+    fn spawn_with(&mut self, i: usize, state: &str, cluster: &str) {
+        while self.children.len() <= i {
+            self.children.push(None);
+            self.client.push(free_addr());
+            self.peer.push(free_addr());
+        }
         let log = std::fs::File::create(self.dir.path().join(format!("etcd-{i}.log"))).unwrap();
         let child = Command::new(&self.bin)
             .arg("--name")
@@ -354,7 +466,7 @@ impl Etcd {
             .arg("--initial-advertise-peer-urls")
             .arg(format!("http://{}", self.peer[i]))
             .arg("--initial-cluster")
-            .arg(cluster.join(","))
+            .arg(cluster)
             .arg("--initial-cluster-state")
             .arg(state)
             .arg("--initial-cluster-token")
@@ -371,6 +483,83 @@ impl Etcd {
         let mut c = KeepAlive::new(self.client[i]);
         let (status, body) = c.call("POST", "/v3/maintenance/status", b"{}").ok()?;
         (status == 200).then(|| serde_json::from_slice(&body).ok())?
+    }
+
+    /// Runs `etcdctl` against the running members; its stdout, or why not.
+    fn ctl(&self, args: &[&str]) -> Result<String, String> {
+        let endpoints: Vec<String> = self
+            .children
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.is_some())
+            .map(|(i, _)| format!("http://{}", self.client[i]))
+            .collect();
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", endpoints.join(",")))
+            .args(args)
+            .output()
+            .map_err(|e| format!("etcdctl: {e}"))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+
+    /// Adds member `i` as a learner, starts it, and promotes it once it is
+    /// in sync (etcd refuses until then).
+    fn add_and_promote(&mut self, i: usize) -> Result<(), String> {
+        while self.children.len() <= i {
+            self.children.push(None);
+            self.client.push(free_addr());
+            self.peer.push(free_addr());
+        }
+        let name = format!("n{i}");
+        let peer_url = format!("--peer-urls=http://{}", self.peer[i]);
+        // etcd refuses a reconfiguration until every member has been
+        // connected for a while ("unhealthy cluster"): ask again.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let added = loop {
+            match self.ctl(&["member", "add", &name, "--learner", &peer_url]) {
+                Ok(out) => break out,
+                Err(e) if e.contains("unhealthy cluster") && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let id = added
+            .split_whitespace()
+            .nth(1)
+            .ok_or_else(|| format!("no member id in {added:?}"))?
+            .to_string();
+        let cluster = added
+            .lines()
+            .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER=\""))
+            .and_then(|l| l.strip_suffix('"'))
+            .ok_or_else(|| format!("no ETCD_INITIAL_CLUSTER in {added:?}"))?
+            .to_string();
+        self.spawn_with(i, "existing", &cluster);
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            match self.ctl(&["member", "promote", &id]) {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    }
+
+    /// The member id (hex) of member `i`, by its name.
+    fn member_id(&self, i: usize) -> Result<String, String> {
+        let list = self.ctl(&["member", "list"])?;
+        let name = format!(", n{i}, ");
+        list.lines()
+            .find(|l| l.contains(&name))
+            .and_then(|l| l.split(',').next())
+            .map(str::to_string)
+            .ok_or_else(|| format!("no member n{i} in {list:?}"))
     }
 
     /// The leader's index (0..3), if the members agree on one.
@@ -449,6 +638,28 @@ impl Kv for Etcd {
         let s = self.status(node as usize)?;
         let num = |k: &str| s[k].as_str().and_then(|v| v.parse::<u64>().ok());
         Some((num("raftAppliedIndex")?, num("raftIndex")?))
+    }
+
+    fn grow(&mut self) -> Result<Duration, String> {
+        let started = Instant::now();
+        self.add_and_promote(3)?;
+        Ok(started.elapsed())
+    }
+
+    fn replace(&mut self, old: u64) -> Result<Duration, String> {
+        let old = old as usize;
+        let old_id = self.member_id(old)?;
+        if let Some(mut child) = self.children[old].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // etcd's documented way to replace a failed member: remove it
+        // first (it refuses to add one while a member is down), then add
+        // the new one.
+        let started = Instant::now();
+        self.ctl(&["member", "remove", &old_id])?;
+        self.add_and_promote(4)?;
+        Ok(started.elapsed())
     }
 }
 
@@ -557,6 +768,24 @@ fn report(q: &Figures, e: Option<&Figures>, keys: u64, seconds: u64) {
                 None => "did not catch up in 300 s".to_string(),
             }),
             None,
+            "",
+        ),
+        (
+            format!("add a learner to {keys} keys until it votes"),
+            Box::new(|f: &Figures| match f.grow {
+                Some(d) => format!("{:.0} ms", d.as_secs_f64() * 1e3),
+                None => "failed".to_string(),
+            }),
+            e.and_then(|e| Some((q.grow?.as_secs_f64(), e.grow?.as_secs_f64()))),
+            "",
+        ),
+        (
+            "replace a dead member until the new one votes".to_string(),
+            Box::new(|f: &Figures| match f.replace {
+                Some(d) => format!("{:.0} ms", d.as_secs_f64() * 1e3),
+                None => "failed".to_string(),
+            }),
+            e.and_then(|e| Some((q.replace?.as_secs_f64(), e.replace?.as_secs_f64()))),
             "",
         ),
     ];

@@ -334,6 +334,11 @@ impl TestCluster {
     }
 
     /// Runs the nodes from `bin` instead of [`BIN`], e.g. a [`BinCopy`].
+    /// The binary this cluster runs.
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
     pub fn with_bin(mut self, bin: &Path) -> TestCluster {
         self.bin = bin.to_path_buf();
         self
