@@ -922,10 +922,11 @@ impl NodeStatus {
 
 type Round = Vec<(u64, Result<NodeStatus, String>)>;
 
-/// One keep-alive connection per node of `ids`, each to the node's admin API.
+/// One keep-alive connection per node of `ids`, each to the node's admin API
+/// (HTTPS with the client certificate on a TLS cluster).
 fn pollers(cluster: &TestCluster, ids: &[u64]) -> Vec<(u64, KeepAlive)> {
     ids.iter()
-        .map(|&id| (id, KeepAlive::within(cluster.admin(id), HTTP_TIMEOUT)))
+        .map(|&id| (id, cluster.keep_alive_within(id, HTTP_TIMEOUT)))
         .collect()
 }
 

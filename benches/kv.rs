@@ -16,6 +16,12 @@
 //!    leader had committed (it is behind the compacted log, so quorumd sends a
 //!    snapshot; etcd catches up from its log or its own snapshot).
 //!
+//! With `QUORUMD_BENCH_TLS=1` quorumd is measured a second time in the same
+//! run, on a cluster with `[tls]` (`Spec::with_tls`): peers over mutual TLS,
+//! and the clients speaking HTTPS to the admin API with the client
+//! certificate (`KeepAlive` over rustls, one TLS session per client, kept
+//! alive like the plaintext ones). Its figures get a column of their own.
+//!
 //! `QUORUMD_BENCH_KEYS` changes the 100,000. Absolute times vary between
 //! machines; the targets are ratios against etcd in the same run. The nodes
 //! are the binary cargo built for the bench (the release profile); etcd is
@@ -54,7 +60,9 @@ fn main() {
     let keys = env_num("QUORUMD_BENCH_KEYS", 100_000);
     let seconds = env_num("QUORUMD_BENCH_SECONDS", 5);
     println!("## Store benchmark: 3 nodes on loopback, {VALUE_BYTES}-byte values, keep-alive HTTP/1.1 clients\n");
-    let q = run(&mut Quorumd::start(), keys, seconds);
+    let tls = std::env::var("QUORUMD_BENCH_TLS").is_ok_and(|v| v.trim() == "1");
+    let q = run(&mut Quorumd::start(false), keys, seconds);
+    let qt = tls.then(|| run(&mut Quorumd::start(true), keys, seconds));
     let e = match which_etcd() {
         Some(etcd) => Some(run(&mut Etcd::start(&etcd), keys, seconds)),
         None => {
@@ -62,7 +70,7 @@ fn main() {
             None
         }
     };
-    report(&q, e.as_ref(), keys, seconds);
+    report(&q, qt.as_ref(), e.as_ref(), keys, seconds);
 }
 
 fn which_etcd() -> Option<String> {
@@ -94,7 +102,8 @@ trait Kv: Sync {
     fn name(&self) -> &'static str;
     /// The client addresses of every node, leader first.
     fn leader_and_followers(&mut self) -> (u64, Vec<u64>);
-    fn addr(&self, node: u64) -> SocketAddr;
+    /// A keep-alive client of a node.
+    fn client(&self, node: u64) -> KeepAlive;
     fn put(&self, c: &mut KeepAlive, key: &str, value: &[u8]) -> Result<(), String>;
     fn get(&self, c: &mut KeepAlive, key: &str, stale: bool) -> Result<(), String>;
     fn pid(&self, node: u64) -> u32;
@@ -113,9 +122,8 @@ trait Kv: Sync {
 fn run(kv: &mut dyn Kv, keys: u64, seconds: u64) -> Figures {
     let mut f = Figures::default();
     let (leader, followers) = kv.leader_and_followers();
-    let addr = kv.addr(leader);
     let value = vec![b'v'; VALUE_BYTES];
-    let mut c = KeepAlive::new(addr);
+    let mut c = kv.client(leader);
     eprintln!("{}: latency, one client on node {leader}", kv.name());
     for i in 0..WARMUP_OPS {
         kv.put(&mut c, &format!("lat/{i}"), &value)
@@ -147,10 +155,10 @@ fn run(kv: &mut dyn Kv, keys: u64, seconds: u64) -> Figures {
     );
     let window = Duration::from_secs(seconds);
     let kv_ref: &dyn Kv = kv;
-    f.puts_per_s = throughput(kv_ref, addr, window, |kv, c, n| {
+    f.puts_per_s = throughput(kv_ref, leader, window, |kv, c, n| {
         kv.put(c, &format!("tp/{}", n % 10_000), &value)
     });
-    f.gets_per_s = throughput(kv_ref, addr, window, |kv, c, n| {
+    f.gets_per_s = throughput(kv_ref, leader, window, |kv, c, n| {
         kv.get(c, &format!("tp/{}", n % 10_000), false)
     });
 
@@ -167,7 +175,7 @@ fn run(kv: &mut dyn Kv, keys: u64, seconds: u64) -> Figures {
     std::thread::scope(|s| {
         for _ in 0..CLIENTS {
             s.spawn(|| {
-                let mut c = KeepAlive::new(addr);
+                let mut c = kv_ref.client(leader);
                 loop {
                     let n = next.fetch_add(1, Ordering::Relaxed);
                     if n >= keys {
@@ -176,7 +184,7 @@ fn run(kv: &mut dyn Kv, keys: u64, seconds: u64) -> Figures {
                     let key = format!("load/{n:08}");
                     while kv_ref.put(&mut c, &key, &load_value).is_err() {
                         std::thread::sleep(Duration::from_millis(10));
-                        c = KeepAlive::new(addr);
+                        c = kv_ref.client(leader);
                     }
                 }
             });
@@ -225,7 +233,7 @@ fn run(kv: &mut dyn Kv, keys: u64, seconds: u64) -> Figures {
 
 fn throughput(
     kv: &dyn Kv,
-    addr: SocketAddr,
+    node: u64,
     window: Duration,
     op: impl Fn(&dyn Kv, &mut KeepAlive, u64) -> Result<(), String> + Sync,
 ) -> f64 {
@@ -236,13 +244,13 @@ fn throughput(
         for t in 0..CLIENTS as u64 {
             let (done, stop, op) = (&done, &stop, &op);
             s.spawn(move || {
-                let mut c = KeepAlive::new(addr);
+                let mut c = kv.client(node);
                 let mut n = t * 1_000_000;
                 while !stop.load(Ordering::Relaxed) {
                     if op(kv, &mut c, n).is_ok() {
                         done.fetch_add(1, Ordering::Relaxed);
                     } else {
-                        c = KeepAlive::new(addr);
+                        c = kv.client(node);
                     }
                     n += 1;
                 }
@@ -263,11 +271,13 @@ struct Quorumd {
 }
 
 impl Quorumd {
-    fn start() -> Quorumd {
+    /// With `tls`, the cluster file has `[tls]` and the clients speak HTTPS.
+    fn start(tls: bool) -> Quorumd {
         // The shipped timing, and the health settings of clusters/. Nodes 4
         // and 5 are the boxes that join later, each with its own entry in
         // its file.
-        let mut c = TestCluster::new(Spec::shipped("bench-kv", 5));
+        let spec = Spec::shipped("bench-kv", 5);
+        let mut c = TestCluster::new(if tls { spec.with_tls() } else { spec });
         c.use_file(&[1, 2, 3], &[1, 2, 3]);
         c.start(&[1, 2, 3]);
         c.wait_agreed_leader(&[1, 2, 3]);
@@ -303,7 +313,11 @@ impl Quorumd {
 
 impl Kv for Quorumd {
     fn name(&self) -> &'static str {
-        "quorumd"
+        if self.c.spec.tls {
+            "quorumd TLS"
+        } else {
+            "quorumd"
+        }
     }
 
     fn leader_and_followers(&mut self) -> (u64, Vec<u64>) {
@@ -314,8 +328,8 @@ impl Kv for Quorumd {
         )
     }
 
-    fn addr(&self, node: u64) -> SocketAddr {
-        self.c.admin(node)
+    fn client(&self, node: u64) -> KeepAlive {
+        self.c.keep_alive(node)
     }
 
     fn put(&self, c: &mut KeepAlive, key: &str, value: &[u8]) -> Result<(), String> {
@@ -598,8 +612,8 @@ impl Kv for Etcd {
         (leader, (0..3).filter(|&i| i != leader).collect())
     }
 
-    fn addr(&self, node: u64) -> SocketAddr {
-        self.client[node as usize]
+    fn client(&self, node: u64) -> KeepAlive {
+        KeepAlive::new(self.client[node as usize])
     }
 
     fn put(&self, c: &mut KeepAlive, key: &str, value: &[u8]) -> Result<(), String> {
@@ -702,7 +716,7 @@ type ReportRow = (
     &'static str,
 );
 
-fn report(q: &Figures, e: Option<&Figures>, keys: u64, seconds: u64) {
+fn report(q: &Figures, qt: Option<&Figures>, e: Option<&Figures>, keys: u64, seconds: u64) {
     let cell = |f: Option<&Figures>, pick: &dyn Fn(&Figures) -> String| {
         f.map(pick).unwrap_or_else(|| "—".to_string())
     };
@@ -789,14 +803,23 @@ fn report(q: &Figures, e: Option<&Figures>, keys: u64, seconds: u64) {
             "",
         ),
     ];
-    println!("| measure | quorumd | etcd 3.4 | quorumd / etcd | target |");
-    println!("|---|---|---|---|---|");
+    // The TLS column only when it was measured.
+    let (tls_head, tls_rule) = match qt {
+        Some(_) => (" quorumd TLS |", "---|"),
+        None => ("", ""),
+    };
+    println!("| measure | quorumd |{tls_head} etcd 3.4 | quorumd / etcd | target |");
+    println!("|---|---|{tls_rule}---|---|---|");
     for (name, show, ratio, target) in &rows {
         let r = ratio
             .map(|(a, b)| format!("{:.2}", a / b))
             .unwrap_or_else(|| "".to_string());
+        let tls = match qt {
+            Some(t) => format!(" {} |", show(t)),
+            None => String::new(),
+        };
         println!(
-            "| {name} | {} | {} | {r} | {target} |",
+            "| {name} | {} |{tls} {} | {r} | {target} |",
             show(q),
             cell(e, show.as_ref())
         );
@@ -823,7 +846,7 @@ fn report(q: &Figures, e: Option<&Figures>, keys: u64, seconds: u64) {
             println!("target {what}: {}", if met { "met" } else { "MISSED" });
         }
     }
-    for (who, f) in [("quorumd", Some(q)), ("etcd", e)] {
+    for (who, f) in [("quorumd", Some(q)), ("quorumd TLS", qt), ("etcd", e)] {
         if let Some(f) = f.filter(|f| !f.note.is_empty()) {
             println!("{who}: {}", f.note);
         }

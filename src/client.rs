@@ -1,18 +1,31 @@
-//! A small HTTP/1.1 client for the command line (`quorumd kv`): hyper's
-//! client on async-std sockets, one request per connection, every step under
-//! a timeout.
+//! A small HTTP/1.1 client for the admin API: hyper's client on async-std
+//! sockets, one request per connection, every step under a timeout. The
+//! command line uses it (`quorumd status`, `kv`, `member`), and so does a
+//! node forwarding a membership change to the leader.
+//!
+//! With `[tls]` in the cluster file it speaks HTTPS only ([`AdminClient`]):
+//! the node's certificate must be signed by the cluster's CA and name the
+//! node asked, `node-<id>.<cluster>` (see [`crate::tls::node_name`]), and
+//! the client presents a certificate of the CA, which the admin API requires
+//! for everything but `/health`, `/ready` and `/metrics`.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_std::net::TcpStream;
+use futures_rustls::TlsConnector;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::header::{HeaderMap, CONTENT_LENGTH, HOST};
 use hyper::{Method, Request};
+use rustls::pki_types::ServerName;
 use smol_hyper::rt::FuturesIo;
 
-/// How long connecting may take.
+use crate::config::ClusterConfig;
+use crate::error::Result;
+
+/// How long connecting may take, TLS handshake included.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One answer.
@@ -36,45 +49,178 @@ impl Response {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).trim().to_string()
     }
+
+    /// The `error` of a JSON body (`{"error": ...}`), else the body as text:
+    /// the sentence to show a user for an answer that is not a success.
+    pub fn error_text(&self) -> String {
+        serde_json::from_slice::<serde_json::Value>(&self.body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or_else(|| self.text())
+    }
 }
 
-/// Sends `method path` with `body` to `addr` and reads the answer; the whole
-/// exchange must finish within `timeout`. `Err` says what failed.
-pub fn request(
-    addr: SocketAddr,
-    method: Method,
-    path: &str,
-    body: Vec<u8>,
-    timeout: Duration,
-) -> Result<Response, String> {
-    crate::runtime::block_on(async {
-        futures_lite::future::or(exchange(addr, method, path, body), async {
-            async_io::Timer::after(timeout).await;
+/// How to reach the nodes' admin APIs: plain HTTP, or HTTPS with the
+/// cluster's CA and a client certificate. Cheap to clone.
+#[derive(Clone)]
+pub enum AdminClient {
+    /// Plain HTTP (the cluster file has no `[tls]`).
+    Plain,
+    /// HTTPS; node `N`'s certificate must name `node-N.<cluster>`.
+    Tls {
+        /// Verifies the node against the CA and presents the client
+        /// certificate, if any.
+        connector: TlsConnector,
+        /// The cluster name, for the node's certificate name.
+        cluster: String,
+    },
+}
+
+impl std::fmt::Debug for AdminClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdminClient::Plain => f.write_str("AdminClient::Plain"),
+            AdminClient::Tls { cluster, .. } => f
+                .debug_struct("AdminClient::Tls")
+                .field("cluster", cluster)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+/// A connection to an admin API, plain or TLS. One type for both, so that
+/// hyper's client is compiled once.
+trait Io: futures_lite::AsyncRead + futures_lite::AsyncWrite + Send + Unpin {}
+impl<T: futures_lite::AsyncRead + futures_lite::AsyncWrite + Send + Unpin> Io for T {}
+
+impl AdminClient {
+    /// The command line's client: with `[tls]`, it presents the file's
+    /// `client_cert` (or no certificate, if the file names none).
+    pub fn for_cli(config: &ClusterConfig) -> Result<AdminClient> {
+        Ok(Self::with(
+            crate::tls::cli_client_config(config)?,
+            &config.name,
+        ))
+    }
+
+    /// Node `node_id`'s client towards other nodes: with `[tls]`, it
+    /// presents the node's own certificate.
+    pub fn for_node(config: &ClusterConfig, node_id: u64) -> Result<AdminClient> {
+        Ok(Self::with(
+            crate::tls::node_client_config(config, node_id)?,
+            &config.name,
+        ))
+    }
+
+    fn with(tls: Option<Arc<rustls::ClientConfig>>, cluster: &str) -> AdminClient {
+        match tls {
+            None => AdminClient::Plain,
+            Some(config) => AdminClient::Tls {
+                connector: TlsConnector::from(config),
+                cluster: cluster.to_string(),
+            },
+        }
+    }
+
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &'static str {
+        match self {
+            AdminClient::Plain => "http",
+            AdminClient::Tls { .. } => "https",
+        }
+    }
+
+    /// Sends `method path` with `body` to node `node` at `addr` and reads the
+    /// answer; the whole exchange must finish within `timeout`. `Err` says
+    /// what failed.
+    pub fn request(
+        &self,
+        node: u64,
+        addr: SocketAddr,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> std::result::Result<Response, String> {
+        crate::runtime::block_on(async {
+            futures_lite::future::or(self.exchange(node, addr, method, path, body), async {
+                async_io::Timer::after(timeout).await;
+                Err(format!(
+                    "no answer within {}",
+                    humantime::format_duration(timeout)
+                ))
+            })
+            .await
+        })
+    }
+
+    /// [`AdminClient::request`] as a future, for callers on the executor.
+    /// Connecting (and the TLS handshake) is bounded by [`CONNECT_TIMEOUT`];
+    /// the rest is the caller's to bound.
+    pub async fn exchange(
+        &self,
+        node: u64,
+        addr: SocketAddr,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> std::result::Result<Response, String> {
+        let stream = futures_lite::future::or(self.connect(node, addr), async {
+            async_io::Timer::after(CONNECT_TIMEOUT).await;
             Err(format!(
-                "no answer within {}",
-                humantime::format_duration(timeout)
+                "connecting timed out after {}",
+                humantime::format_duration(CONNECT_TIMEOUT)
             ))
         })
-        .await
-    })
+        .await?;
+        send(stream, addr, method, path, body)
+            .await
+            .map_err(|e| self.explain(e))
+    }
+
+    async fn connect(
+        &self,
+        node: u64,
+        addr: SocketAddr,
+    ) -> std::result::Result<Box<dyn Io>, String> {
+        let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let _ = tcp.set_nodelay(true);
+        match self {
+            AdminClient::Plain => Ok(Box::new(tcp)),
+            AdminClient::Tls { connector, cluster } => {
+                let name = crate::tls::node_name(cluster, node);
+                let server_name = ServerName::try_from(name.clone())
+                    .map_err(|e| format!("{name} is not a DNS name: {e}"))?;
+                let tls = connector
+                    .connect(server_name, tcp)
+                    .await
+                    .map_err(|e| format!("TLS handshake failed (expecting {name}): {e}"))?;
+                Ok(Box::new(tls))
+            }
+        }
+    }
+
+    /// An error after the handshake. With TLS 1.3 a server that refuses
+    /// the client's certificate says so only after the client's side of the
+    /// handshake is done, so its refusal surfaces as the first read failing.
+    fn explain(&self, e: String) -> String {
+        match (self, e.find("received fatal alert")) {
+            (AdminClient::Tls { .. }, Some(at)) => format!(
+                "the node refused the TLS connection ({}): is the client certificate signed by the cluster's CA?",
+                &e[at..]
+            ),
+            _ => e,
+        }
+    }
 }
 
-/// [`request`] as a future, for callers on the executor.
-pub async fn exchange(
+async fn send(
+    stream: Box<dyn Io>,
     addr: SocketAddr,
     method: Method,
     path: &str,
     body: Vec<u8>,
-) -> Result<Response, String> {
-    let stream = futures_lite::future::or(
-        async { TcpStream::connect(addr).await.map_err(|e| e.to_string()) },
-        async {
-            async_io::Timer::after(CONNECT_TIMEOUT).await;
-            Err("connect timed out".to_string())
-        },
-    )
-    .await?;
-    let _ = stream.set_nodelay(true);
+) -> std::result::Result<Response, String> {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(FuturesIo::new(stream))
         .await
         .map_err(|e| e.to_string())?;
@@ -89,14 +235,14 @@ pub async fn exchange(
         .header(CONTENT_LENGTH, len)
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(error_chain)?;
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let body = resp
         .into_body()
         .collect()
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(error_chain)?
         .to_bytes();
     drop(driver);
     Ok(Response {
@@ -104,4 +250,17 @@ pub async fn exchange(
         headers,
         body,
     })
+}
+
+/// hyper's error and its causes, so that a TLS alert under an I/O error
+/// under hyper's "connection error" is shown.
+fn error_chain(e: hyper::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

@@ -152,6 +152,11 @@ impl ClusterCoordinator {
             let config = config.clone();
             blocking::unblock(move || PeerTls::load(&config, node_id)).await?
         };
+        let https = {
+            let config = config.clone();
+            blocking::unblock(move || http::Https::load(&config, node_id)).await?
+        };
+        let scheme = if https.is_some() { "https" } else { "http" };
         if tls.is_none() {
             warn!(
                 "cluster '{}' has no [tls] section: peers are not authenticated, and anyone who can reach the peer port can join the cluster's Raft traffic",
@@ -235,6 +240,7 @@ impl ClusterCoordinator {
                         node_id,
                         health: health.clone(),
                         metrics: metrics.clone(),
+                        https: https.clone(),
                     }),
                     asked,
                 );
@@ -348,12 +354,13 @@ impl ClusterCoordinator {
                     kv,
                     bootstrap_complete: bootstrap_complete.clone(),
                     metrics: metrics.clone(),
+                    https: https.clone(),
                 }),
                 shutdown.clone(),
             ),
         ));
         info!(
-            "node {node_id} of cluster '{}' listening: peers on {peer_addr}, admin on http://{admin_addr}",
+            "node {node_id} of cluster '{}' listening: peers on {peer_addr}, admin on {scheme}://{admin_addr}",
             config.name
         );
         Ok(ClusterCoordinator {

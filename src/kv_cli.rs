@@ -14,7 +14,7 @@ use hyper::Method;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::Value;
 
-use crate::client::{self, Response};
+use crate::client::{AdminClient, Response};
 use crate::config::{ClusterConfig, NodeConfig};
 use crate::error::{Error, Result};
 
@@ -226,9 +226,17 @@ impl Target {
         timeout: Duration,
     ) -> Result<Response> {
         let (config, nodes) = self.nodes()?;
+        let client = AdminClient::for_cli(&config)?;
         let mut failures = Vec::new();
         for node in &nodes {
-            match client::request(node.admin, method.clone(), path, body.clone(), timeout) {
+            match client.request(
+                node.id,
+                node.admin,
+                method.clone(),
+                path,
+                body.clone(),
+                timeout,
+            ) {
                 Ok(r) => return Ok(r),
                 Err(e) => failures.push(format!("node {} ({}): {e}", node.id, node.admin)),
             }
@@ -269,7 +277,11 @@ fn read_value(value: &str) -> Result<Vec<u8>> {
 
 /// The node's own sentence, for an answer that is not a success.
 fn refused(r: &Response) -> Error {
-    Error::Request(format!("the node answered {}: {}", r.status, r.text()))
+    Error::Request(format!(
+        "the node answered {}: {}",
+        r.status,
+        r.error_text()
+    ))
 }
 
 /// `(key, value)` pairs of a JSON listing.

@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use hyper::Method;
 use serde_json::{json, Value};
 
-use crate::client::{self, Response};
+use crate::client::{AdminClient, Response};
 use crate::config::ClusterConfig;
 use crate::error::{Error, Result};
 
@@ -174,7 +174,7 @@ fn replace(target: &Target, old: u64, new: &NewNode) -> Result<()> {
                  `quorumd member remove {}`, or run the promotion again later)",
                 new.id,
                 humantime::format_duration(CATCH_UP_LIMIT),
-                error_of(&r),
+                r.error_text(),
                 new.id
             )));
         }
@@ -192,9 +192,17 @@ impl Target {
     /// Sends the request to the first node of the file that answers.
     fn ask(&self, method: Method, path: &str, body: Vec<u8>) -> Result<Response> {
         let config = ClusterConfig::load(&self.cluster)?;
+        let client = AdminClient::for_cli(&config)?;
         let mut failures = Vec::new();
         for node in &config.nodes {
-            match client::request(node.admin, method.clone(), path, body.clone(), TIMEOUT) {
+            match client.request(
+                node.id,
+                node.admin,
+                method.clone(),
+                path,
+                body.clone(),
+                TIMEOUT,
+            ) {
                 Ok(r) => return Ok(r),
                 Err(e) => failures.push(format!("node {} ({}): {e}", node.id, node.admin)),
             }
@@ -207,18 +215,11 @@ impl Target {
     }
 }
 
-fn error_of(r: &Response) -> String {
-    serde_json::from_slice::<Value>(&r.body)
-        .ok()
-        .and_then(|v| v["error"].as_str().map(str::to_string))
-        .unwrap_or_else(|| r.text())
-}
-
 fn refused(r: &Response) -> Error {
     Error::Request(format!(
         "the cluster answered {}: {}",
         r.status,
-        error_of(r)
+        r.error_text()
     ))
 }
 

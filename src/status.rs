@@ -9,14 +9,12 @@
 //! and presents the file's `client_cert`, which the admin API requires for
 //! everything but `/health`, `/ready` and `/metrics`.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::ServerName;
+use hyper::Method;
 use serde_json::Value;
 
+use crate::client::AdminClient;
 use crate::config::{ClusterConfig, NodeConfig};
 use crate::error::{Error, Result};
 
@@ -30,34 +28,6 @@ pub struct NodeView {
     pub node: NodeConfig,
     /// Its status JSON, or the error that stopped the query.
     pub status: std::result::Result<Value, String>,
-}
-
-/// How the CLI reaches an admin API: plain HTTP, or HTTPS with the file's
-/// CA and client certificate.
-#[derive(Clone, Debug)]
-pub enum AdminClient {
-    /// Plain HTTP.
-    Plain,
-    /// HTTPS; a node's certificate must name `node-N.<cluster>`.
-    Tls {
-        /// Built by [`crate::tls::cli_client_config`].
-        config: Arc<rustls::ClientConfig>,
-        /// The cluster name, for the node's certificate name.
-        cluster: String,
-    },
-}
-
-impl AdminClient {
-    /// The client the cluster file calls for.
-    pub fn for_cluster(config: &ClusterConfig) -> Result<AdminClient> {
-        Ok(match crate::tls::cli_client_config(config)? {
-            None => AdminClient::Plain,
-            Some(tls) => AdminClient::Tls {
-                config: tls,
-                cluster: config.name.clone(),
-            },
-        })
-    }
 }
 
 /// Queries every node of the file.
@@ -182,7 +152,7 @@ pub fn verdict(views: &[NodeView]) -> std::result::Result<u64, String> {
 
 /// Runs the command: prints the table, then fails if the cluster is unwell.
 pub fn run(config: &ClusterConfig) -> Result<()> {
-    let client = AdminClient::for_cluster(config)?;
+    let client = AdminClient::for_cli(config)?;
     let views = collect(config, &client);
     print!("{}", render(&views));
     match verdict(&views) {
@@ -200,60 +170,24 @@ pub fn run(config: &ClusterConfig) -> Result<()> {
     }
 }
 
-trait Conn: Read + Write {}
-impl<T: Read + Write> Conn for T {}
-
-/// A minimal HTTP/1.1 GET with a timeout, enough for the admin API.
+/// GET `path` of `node`; the JSON of a 200 answer, else what went wrong.
 pub fn get_json(
     client: &AdminClient,
     node: &NodeConfig,
     path: &str,
 ) -> std::result::Result<Value, String> {
-    let addr: SocketAddr = node.admin;
-    let tcp = TcpStream::connect_timeout(&addr, QUERY_TIMEOUT).map_err(|e| e.to_string())?;
-    tcp.set_read_timeout(Some(QUERY_TIMEOUT))
-        .and_then(|_| tcp.set_write_timeout(Some(QUERY_TIMEOUT)))
-        .map_err(|e| e.to_string())?;
-    let mut stream: Box<dyn Conn> = match client {
-        AdminClient::Plain => Box::new(tcp),
-        AdminClient::Tls { config, cluster } => {
-            let name = ServerName::try_from(crate::tls::node_name(cluster, node.id))
-                .map_err(|e| e.to_string())?;
-            let conn = rustls::ClientConnection::new(config.clone(), name)
-                .map_err(|e| format!("TLS: {e}"))?;
-            Box::new(rustls::StreamOwned::new(conn, tcp))
-        }
-    };
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| e.to_string())?;
-    stream.flush().map_err(|e| e.to_string())?;
-    let mut reader = BufReader::new(stream);
-    let mut status_line = String::new();
-    reader
-        .read_line(&mut status_line)
-        .map_err(|e| e.to_string())?;
-    if !status_line.starts_with("HTTP/1.1 200") {
-        return Err(format!("answered {}", status_line.trim()));
+    let r = client.request(
+        node.id,
+        node.admin,
+        Method::GET,
+        path,
+        Vec::new(),
+        QUERY_TIMEOUT,
+    )?;
+    if r.status != 200 {
+        return Err(format!("answered {}: {}", r.status, r.error_text()));
     }
-    let mut line = String::new();
-    loop {
-        line.clear();
-        reader.read_line(&mut line).map_err(|e| e.to_string())?;
-        if line == "\r\n" || line.is_empty() {
-            break;
-        }
-    }
-    let mut body = String::new();
-    match reader.read_to_string(&mut body) {
-        // A TLS server that closes without close_notify: the body is whole
-        // if it parses below.
-        Err(e) if e.kind() != std::io::ErrorKind::UnexpectedEof => return Err(e.to_string()),
-        _ => {}
-    }
-    serde_json::from_str(&body).map_err(|e| format!("bad JSON from {path}: {e}"))
+    serde_json::from_slice(&r.body).map_err(|e| format!("bad JSON from {path}: {e}"))
 }
 
 #[cfg(test)]

@@ -252,21 +252,42 @@ pub fn cli_client_config(config: &ClusterConfig) -> Result<Option<Arc<ClientConf
     let Some(files) = &config.tls else {
         return Ok(None);
     };
+    admin_client_config(files, files.client.clone()).map(Some)
+}
+
+/// A node's TLS towards another node's admin API (a follower forwarding a
+/// membership change to the leader): as [`cli_client_config`], presenting
+/// the node's own certificate, which the admin API accepts like any client
+/// certificate signed by the CA.
+pub fn node_client_config(
+    config: &ClusterConfig,
+    node_id: u64,
+) -> Result<Option<Arc<ClientConfig>>> {
+    let Some(files) = &config.tls else {
+        return Ok(None);
+    };
+    admin_client_config(files, Some((files.cert(node_id), files.key(node_id)))).map(Some)
+}
+
+fn admin_client_config(
+    files: &TlsFiles,
+    identity: Option<(PathBuf, PathBuf)>,
+) -> Result<Arc<ClientConfig>> {
     let roots = load_roots(files)?;
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| tls_error(&files.ca, e))?
         .with_root_certificates(roots);
-    let client = match &files.client {
+    let client = match identity {
         Some((cert, key)) => {
-            let me = load_identity(cert, key)?;
+            let me = load_identity(&cert, &key)?;
             builder
                 .with_client_auth_cert(me.chain, me.key)
-                .map_err(|e| tls_error(cert, e))?
+                .map_err(|e| tls_error(&cert, e))?
         }
         None => builder.with_no_client_auth(),
     };
-    Ok(Some(Arc::new(client)))
+    Ok(Arc::new(client))
 }
 
 /// What `quorumd check` verifies of a `[tls]` table: every file exists and
@@ -583,6 +604,8 @@ mod tests {
         assert!(!tls.names_node(None, 2));
         assert!(admin_server_config(&config, 2).unwrap().is_some());
         assert!(cli_client_config(&config).unwrap().is_some());
+        assert!(node_client_config(&config, 1).unwrap().is_some());
+        assert!(node_client_config(&plain, 1).unwrap().is_none());
 
         #[cfg(unix)]
         {

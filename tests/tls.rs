@@ -1,21 +1,27 @@
 //! Mutual TLS between peers (issue 8): a TLS cluster bootstraps, fails over
 //! and hands off; a plaintext hello, a certificate of another CA and another
 //! node's certificate are refused; plaintext and TLS nodes refuse each other;
-//! `quorumd check` verifies the files; `quorumd status` speaks HTTPS with the
-//! client certificate.
+//! `quorumd check` verifies the files; the admin API speaks HTTPS and answers
+//! 401 to a client without a certificate (but `/health`, `/ready` and
+//! `/metrics`), refuses a certificate of another CA, and frees the slots of
+//! stalled handshakes; `quorumd kv`, `status` and `member` present
+//! `client_cert`, and a follower forwards a membership change to the leader
+//! with its own certificate.
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
-use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
 
 use common::peer::FakePeer;
-use common::{assert_no_panic, run_bin, Spec, TestCluster, CERTS_SUBDIR};
-use quorumd::config::ClusterConfig;
+use common::{
+    assert_no_panic, http, https_within, run_bin, tls_client, wait_until, Https, Response, Spec,
+    TestCluster, CERTS_SUBDIR,
+};
+use quorumd::http::{MAX_ADMIN_CONNECTIONS, TLS_HANDSHAKE_TIMEOUT};
 use quorumd::transport::wire::{Frame, Purpose};
+use serde_json::Value;
 
 const BOUND: Duration = Duration::from_secs(15);
 
@@ -282,82 +288,263 @@ fn check_verifies_every_tls_file_and_run_refuses_a_wrong_one() {
     assert!(f.stderr.contains("ca.pem"), "{}", f.stderr);
 }
 
-/// Serves `/admin/cluster/status` over HTTPS with the admin configuration of
-/// `quorumd::tls` on a 1-node TLS cluster's admin address: 200 to a client
-/// that presented a certificate, 401 otherwise. Returns what it saw.
-fn fake_https_admin(
-    config: &ClusterConfig,
-    listener: TcpListener,
-    requests: usize,
-) -> std::thread::JoinHandle<Vec<bool>> {
-    let tls = quorumd::tls::admin_server_config(config, 1)
-        .expect("admin config")
-        .expect("tls");
-    std::thread::spawn(move || {
-        let mut seen = Vec::new();
-        for _ in 0..requests {
-            let (tcp, _) = listener.accept().expect("accept");
-            tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            let conn = rustls::ServerConnection::new(Arc::clone(&tls)).expect("conn");
-            let mut stream = rustls::StreamOwned::new(conn, tcp);
-            let mut reader = BufReader::new(&mut stream);
-            let mut line = String::new();
-            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
-                line.clear();
-            }
-            drop(reader);
-            let authenticated = quorumd::tls::has_client_cert(&stream.conn);
-            seen.push(authenticated);
-            let (status, body) = if authenticated {
-                (
-                    "200 OK",
-                    r#"{"node_id":1,"role":"leader","term":2,"leader_id":1,"bootstrap_complete":true,"cluster_size":1,"live_peers":[]}"#,
-                )
-            } else {
-                (
-                    "401 Unauthorized",
-                    r#"{"error":"a client certificate is required"}"#,
-                )
-            };
-            let _ = write!(
-                stream,
-                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            stream.conn.send_close_notify();
-            let _ = stream.flush();
-        }
-        seen
-    })
+fn json_error(r: &Response) -> String {
+    let v: Value =
+        serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.body));
+    v["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no \"error\" string in {}", r.body))
+        .to_string()
 }
 
-#[test]
-fn status_speaks_https_and_presents_the_client_certificate() {
-    let c = TestCluster::new(Spec::new("tls-status", 1).with_tls());
-    let file = c.config.to_str().expect("utf-8").to_string();
-    let config = ClusterConfig::load(Path::new(&file)).expect("config");
-    let listener = TcpListener::bind(c.admin(1)).expect("bind admin");
-    let server = fake_https_admin(&config, listener, 2);
-
-    let f = run_bin(&["status", "--cluster", &file], BOUND);
-    assert_eq!(f.code, 0, "{}{}", f.stdout, f.stderr);
-    assert!(
-        f.stdout.contains("every node agrees node 1 leads"),
-        "{}",
-        f.stdout
-    );
-
-    // Without client_cert in the file, the admin API answers 401.
+/// A copy of the cluster file whose `client_cert`/`client_key` lines are
+/// replaced by `client` (paths relative to the cluster file), or left out.
+fn with_client(c: &TestCluster, file: &str, client: Option<(&str, &str)>) -> String {
     let text = std::fs::read_to_string(&c.config).expect("read");
-    let text: String = text
+    let mut text: String = text
         .lines()
         .filter(|l| !l.starts_with("client_"))
         .map(|l| format!("{l}\n"))
         .collect();
-    std::fs::write(&c.config, text).expect("write");
+    if let Some((cert, key)) = client {
+        text.push_str(&format!("client_cert = {cert:?}\nclient_key = {key:?}\n"));
+    }
+    let path = c.dir.path().join(file);
+    std::fs::write(&path, text).expect("write");
+    path.to_str().expect("utf-8").to_string()
+}
+
+#[test]
+fn the_https_admin_api_needs_a_client_certificate_of_the_ca() {
+    let mut c = tls_cluster("tls-admin");
+    c.start_all();
+    // The harness itself speaks HTTPS with the client certificate.
+    let (leader, term) = c.wait_agreed_leader(&[1, 2, 3]);
+    let follower = others(&[1, 2, 3], &[leader])[0];
+    let dir = certs(&c);
+    let ca = dir.join("ca.pem");
+    let anonymous = |id: u64| Https {
+        config: tls_client(&ca, None),
+        server_name: format!("node-{id}.{}", c.spec.name),
+    };
+    let ask = |tls: &Https, id: u64, method: &str, path: &str, body: &[u8]| {
+        https_within(c.admin(id), Some(tls), method, path, body, BOUND)
+    };
+    let log = c.stderr(follower);
+    assert!(
+        log.contains(&format!("admin on https://{}", c.admin(follower))),
+        "{log}"
+    );
+
+    // No client certificate: liveness, readiness and metrics answer; every
+    // other route is 401 with a JSON error that says what is missing.
+    let none = anonymous(follower);
+    for path in ["/health", "/ready", "/metrics"] {
+        let r = ask(&none, follower, "GET", path, b"").expect(path);
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+    }
+    for (method, path, body) in [
+        ("GET", "/admin/cluster/status", &b""[..]),
+        ("GET", "/admin/cluster/peers", b""),
+        ("GET", "/admin/cluster/leader", b""),
+        ("GET", "/admin/cluster/members", b""),
+        ("GET", "/v1/kv/k", b""),
+        ("PUT", "/v1/kv/k", b"stolen"),
+        ("PUT", "/v1/txn", b"[]"),
+        ("GET", "/no/such/route", b""),
+    ] {
+        let r = ask(&none, follower, method, path, body).expect(path);
+        assert_eq!(r.status, 401, "{method} {path}: {}", r.body);
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        let e = json_error(&r);
+        assert!(
+            e.contains(path) && e.contains("client certificate signed by the cluster's CA"),
+            "{e}"
+        );
+    }
+
+    // A client certificate of another CA fails the handshake, even for
+    // /health: the node never answers it.
+    let other = c.dir.path().join("other-ca");
+    let f = run_bin(
+        &[
+            "certs",
+            "--cluster",
+            c.config.to_str().expect("utf-8"),
+            "--out",
+            other.to_str().expect("utf-8"),
+        ],
+        BOUND,
+    );
+    assert_eq!(f.code, 0, "{}", f.stderr);
+    let stranger = Https {
+        config: tls_client(
+            &ca,
+            Some((&other.join("client.pem"), &other.join("client.key"))),
+        ),
+        server_name: format!("node-{follower}.{}", c.spec.name),
+    };
+    let r = ask(&stranger, follower, "GET", "/health", b"");
+    assert!(
+        r.is_err(),
+        "a certificate of another CA was answered: {r:?}"
+    );
+    let r = ask(&stranger, follower, "GET", "/v1/kv/k", b"");
+    assert!(
+        r.is_err(),
+        "a certificate of another CA was answered: {r:?}"
+    );
+    let logged = wait_until(BOUND, || {
+        c.stderr(follower)
+            .contains("admin API: refused a connection from 127.0.0.1")
+    });
+    assert!(
+        logged,
+        "the refusal must be logged:\n{}",
+        c.stderr(follower)
+    );
+
+    // Plain HTTP to the HTTPS port: one plain answer saying so.
+    let r = http(c.admin(follower), "GET", "/health").expect("plain HTTP");
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(json_error(&r).contains("HTTPS only"), "{}", r.body);
+
+    // The CLI with client_cert: kv put/get (through every node), status.
+    let file = c.config.to_str().expect("utf-8").to_string();
+    let node = follower.to_string();
+    let f = run_bin(
+        &[
+            "kv",
+            "put",
+            "--cluster",
+            &file,
+            "--node",
+            &node,
+            "tls/key",
+            "sealed",
+        ],
+        BOUND,
+    );
+    assert_eq!(f.code, 0, "{}{}", f.stdout, f.stderr);
+    let f = run_bin(&["kv", "get", "--cluster", &file, "tls/key"], BOUND);
+    assert_eq!(f.code, 0, "{}{}", f.stdout, f.stderr);
+    assert_eq!(f.stdout, "sealed\n");
     let f = run_bin(&["status", "--cluster", &file], BOUND);
+    assert_eq!(f.code, 0, "{}{}", f.stdout, f.stderr);
+    assert!(
+        f.stdout
+            .contains(&format!("every node agrees node {leader} leads")),
+        "{}",
+        f.stdout
+    );
+
+    // A membership change sent to a follower is forwarded to the leader
+    // over HTTPS, the follower presenting its own node certificate.
+    let (addr4, admin4) = (common::free_addr(), common::free_addr());
+    let body = format!(r#"{{"id":4,"addr":"{addr4}","admin":"{admin4}"}}"#);
+    let r = c.call(follower, "POST", "/admin/cluster/members", body.as_bytes());
+    assert_eq!(r.status, 200, "forwarded add: {}", r.body);
+    let f = run_bin(&["member", "list", "--cluster", &file], BOUND);
+    assert_eq!(f.code, 0, "{}{}", f.stdout, f.stderr);
+    assert!(
+        f.stdout
+            .lines()
+            .any(|l| l.starts_with("4 ") && l.contains("learner")),
+        "{}",
+        f.stdout
+    );
+    let r = c.call(follower, "DELETE", "/admin/cluster/members/4", b"");
+    assert_eq!(r.status, 200, "forwarded remove: {}", r.body);
+    let f = run_bin(&["member", "list", "--cluster", &file], BOUND);
+    assert_eq!(f.code, 0, "{}{}", f.stdout, f.stderr);
+    assert!(
+        !f.stdout.lines().any(|l| l.starts_with("4 ")),
+        "{}",
+        f.stdout
+    );
+
+    // The CLI without client_cert: 401, said in one sentence.
+    let bare = with_client(&c, "no-client.toml", None);
+    let f = run_bin(&["kv", "get", "--cluster", &bare, "tls/key"], BOUND);
+    assert_eq!(f.code, 1, "{}{}", f.stdout, f.stderr);
+    assert!(
+        f.stderr.contains("answered 401") && f.stderr.contains("client certificate"),
+        "{}",
+        f.stderr
+    );
+    let f = run_bin(&["status", "--cluster", &bare], BOUND);
     assert_eq!(f.code, 1, "{}{}", f.stdout, f.stderr);
     assert!(f.stderr.contains("401"), "{}", f.stderr);
 
-    assert_eq!(server.join().expect("server"), vec![true, false]);
+    // The CLI with a client certificate of another CA: refused.
+    let foreign = with_client(
+        &c,
+        "foreign-client.toml",
+        Some(("other-ca/client.pem", "other-ca/client.key")),
+    );
+    let f = run_bin(&["kv", "get", "--cluster", &foreign, "tls/key"], BOUND);
+    assert_eq!(f.code, 1, "{}{}", f.stdout, f.stderr);
+    assert!(
+        f.stderr.contains("no node of cluster") && f.stderr.contains("refused"),
+        "{}",
+        f.stderr
+    );
+    assert!(!f.stdout.contains("sealed"), "{}", f.stdout);
+
+    // Nothing of this disturbed the cluster.
+    assert_eq!(c.wait_agreed_leader(&[1, 2, 3]), (leader, term));
+    for id in [1, 2, 3] {
+        assert_no_panic(&format!("node {id}"), &c.stderr(id));
+    }
+}
+
+#[test]
+fn stalled_tls_handshakes_cannot_hold_the_admin_connection_slots() {
+    let mut c = TestCluster::new(Spec::new("tls-stall", 1).with_tls());
+    c.start_all();
+    c.wait_agreed_leader(&[1]);
+    // Every slot taken by a client that never finishes its handshake: half
+    // send nothing, half the first byte of a ClientHello.
+    let started = Instant::now();
+    let stalled: Vec<TcpStream> = (0..MAX_ADMIN_CONNECTIONS)
+        .map(|i| {
+            let mut s = TcpStream::connect(c.admin(1)).expect("connect");
+            if i % 2 == 1 {
+                s.write_all(&[0x16]).expect("write");
+            }
+            s
+        })
+        .collect();
+    // Meanwhile a new client is turned away...
+    let refused = wait_until(Duration::from_secs(2), || c.get(1, "/health").is_err());
+    assert!(refused, "the stalled clients did not fill the slots");
+    // ... until the handshake timeout frees the slots.
+    let served = wait_until(TLS_HANDSHAKE_TIMEOUT + BOUND, || {
+        c.get(1, "/health").is_ok_and(|r| r.status == 200)
+    });
+    let waited = started.elapsed();
+    assert!(
+        served,
+        "/health never answered again beside stalled TLS clients"
+    );
+    assert!(
+        waited >= TLS_HANDSHAKE_TIMEOUT - Duration::from_millis(500),
+        "served after {waited:?}, before the handshake timeout: the slots were not full"
+    );
+    // The stalled connections were closed by the node.
+    let mut closed = 0;
+    for mut s in stalled {
+        s.set_read_timeout(Some(Duration::from_secs(1)))
+            .expect("timeout");
+        let mut buf = [0u8; 64];
+        if matches!(s.read(&mut buf), Ok(0) | Err(_)) {
+            closed += 1;
+        }
+    }
+    assert_eq!(
+        closed, MAX_ADMIN_CONNECTIONS,
+        "every stalled client must be closed"
+    );
+    assert!(c.is_running(1));
+    assert_no_panic("node 1", &c.stderr(1));
 }

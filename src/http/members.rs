@@ -151,7 +151,8 @@ async fn forward(state: &AdminState, leader: u64, req: Request<Incoming>) -> Res
         Ok(b) => b.to_vec(),
         Err(e) => return error(e.status, e.sentence),
     };
-    match crate::client::exchange(admin, method, &path, body).await {
+    let client = state.peer_client();
+    match client.exchange(leader, admin, method, &path, body).await {
         Ok(r) => {
             let mut resp = Response::new(Full::new(r.body));
             *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -162,9 +163,10 @@ async fn forward(state: &AdminState, leader: u64, req: Request<Incoming>) -> Res
         Err(e) => error(
             StatusCode::BAD_GATEWAY,
             format!(
-                "cannot reach the leader, node {leader} at {admin}: {e}; if the request got \
+                "cannot reach the leader, node {leader} at {}://{admin}: {e}; if the request got \
                  there, the change may or may not have been applied (see GET \
-                 /admin/cluster/members)"
+                 /admin/cluster/members)",
+                client.scheme()
             ),
         ),
     }

@@ -11,6 +11,21 @@
 //! Unknown routes get 404 and other methods 405. The cluster routes answer
 //! errors as JSON `{"error": ...}`; the Consul routes answer a short sentence
 //! as text, as Consul does.
+//!
+//! **HTTPS.** With `[tls]` in the cluster file the API speaks HTTPS only
+//! ([`Https`]): the node's own certificate, and a client certificate asked
+//! for but not required. A client certificate that is sent must be signed by
+//! the cluster's CA, or the handshake fails. `/health`, `/ready` and
+//! `/metrics` answer any client, so probes and Prometheus need no
+//! certificate; every other route answers 401 with a JSON `error` to a
+//! client that sent none. Without `[tls]` the API is plain HTTP, open to
+//! anyone who can reach it.
+//!
+//! **Bounds.** At most [`MAX_ADMIN_CONNECTIONS`] at once; a TLS handshake
+//! must finish within [`TLS_HANDSHAKE_TIMEOUT`], request headers arrive
+//! within [`HEADER_READ_TIMEOUT`], a body within [`BODY_READ_TIMEOUT`], and
+//! a write that makes no progress for [`WRITE_STALL_TIMEOUT`] closes the
+//! connection.
 
 pub mod cluster;
 pub mod kv;
@@ -18,11 +33,12 @@ pub mod members;
 pub mod txn;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_std::net::{TcpListener, TcpStream};
+use futures_rustls::TlsAcceptor;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
@@ -31,6 +47,7 @@ use log::{debug, warn};
 use serde_json::{json, Value};
 use smol_hyper::rt::{FuturesIo, SmolTimer};
 
+use crate::client::AdminClient;
 use crate::config::ClusterConfig;
 use crate::error::{Error, Result};
 use crate::health::HealthHandle;
@@ -50,6 +67,53 @@ pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// A write that makes no progress for this long (a client that does not read
 /// its answer) closes the connection.
 pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// With `[tls]`, a client must complete its TLS handshake within this time,
+/// so a stalled client cannot hold a connection slot.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The routes that answer a client without a certificate on an HTTPS API:
+/// liveness, readiness and Prometheus.
+pub const OPEN_ROUTES: [&str; 3] = ["/health", "/ready", "/metrics"];
+
+/// The admin API's HTTPS, with `[tls]` in the cluster file. Cheap to clone.
+#[derive(Clone)]
+pub struct Https {
+    /// The node's certificate; client certificates asked for, not required
+    /// ([`crate::tls::admin_server_config`]).
+    acceptor: TlsAcceptor,
+    /// This node's client towards other nodes' admin APIs, presenting its
+    /// own certificate.
+    client: AdminClient,
+}
+
+impl Https {
+    /// Loads node `node_id`'s certificate, its key and the CA; `Ok(None)`
+    /// without `[tls]`. Blocking file reads: call it off the executor.
+    pub fn load(config: &ClusterConfig, node_id: u64) -> Result<Option<Https>> {
+        let Some(server) = crate::tls::admin_server_config(config, node_id)? else {
+            return Ok(None);
+        };
+        Ok(Some(Https {
+            acceptor: TlsAcceptor::from(server),
+            client: AdminClient::for_node(config, node_id)?,
+        }))
+    }
+}
+
+impl std::fmt::Debug for Https {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Https").finish_non_exhaustive()
+    }
+}
+
+/// What a connection's client may see.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Access {
+    /// Plain HTTP (no `[tls]`), or HTTPS with a client certificate of the
+    /// CA: every route.
+    Full,
+    /// HTTPS without a client certificate: only [`OPEN_ROUTES`].
+    Anonymous,
+}
 
 /// What the HTTP API reads from. Cheap to clone.
 #[derive(Clone)]
@@ -68,6 +132,19 @@ pub struct AdminState {
     pub bootstrap_complete: Arc<AtomicBool>,
     /// Served on `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// HTTPS, with `[tls]`; plain HTTP when `None`.
+    pub https: Option<Https>,
+}
+
+impl AdminState {
+    /// How this node reaches another node's admin API (to forward a
+    /// membership change to the leader): HTTPS with its own certificate
+    /// when the cluster has `[tls]`.
+    pub fn peer_client(&self) -> AdminClient {
+        self.https
+            .as_ref()
+            .map_or(AdminClient::Plain, |h| h.client.clone())
+    }
 }
 
 /// Opens the admin listener.
@@ -90,6 +167,16 @@ pub enum Api {
     Starting(StartingState),
 }
 
+impl Api {
+    /// HTTPS, with `[tls]`; plain HTTP when `None`.
+    fn https(&self) -> Option<&Https> {
+        match self {
+            Api::Serving(s) => s.https.as_ref(),
+            Api::Starting(s) => s.https.as_ref(),
+        }
+    }
+}
+
 /// What the API answers from while the node has no state yet.
 #[derive(Clone)]
 pub struct StartingState {
@@ -101,6 +188,8 @@ pub struct StartingState {
     pub health: HealthHandle,
     /// Served on `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// HTTPS, with `[tls]`; plain HTTP when `None`.
+    pub https: Option<Https>,
 }
 
 /// Serves the API until `shutdown` closes (every connection ends with it).
@@ -129,7 +218,7 @@ pub fn spawn(
             open.fetch_add(1, Ordering::Relaxed);
             let (api, open, shutdown) = (api.clone(), open.clone(), shutdown.clone());
             crate::runtime::spawn(async move {
-                or_shutdown(&shutdown, serve(stream, api)).await;
+                or_shutdown(&shutdown, connection(stream, api)).await;
                 open.fetch_sub(1, Ordering::Relaxed);
             })
             .detach();
@@ -138,14 +227,147 @@ pub fn spawn(
     })
 }
 
-async fn serve(stream: TcpStream, api: Api) {
+/// A connection to serve, plain or TLS: one type for both, so that hyper's
+/// server is compiled once.
+trait Io: futures_lite::AsyncRead + futures_lite::AsyncWrite + Send + Unpin {}
+impl<T: futures_lite::AsyncRead + futures_lite::AsyncWrite + Send + Unpin> Io for T {}
+
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+async fn connection(stream: TcpStream, api: Api) {
     let _ = stream.set_nodelay(true);
+    let Some(https) = api.https().cloned() else {
+        return serve(Box::new(TimedWrites::new(stream)), api, Access::Full).await;
+    };
+    // `Err(None)`: the client left before sending anything (a port probe),
+    // which is not worth a line at warn.
+    let handshake = async {
+        // A plain HTTP request to the HTTPS port gets one plain answer that
+        // says so, rather than a TLS error the client cannot show.
+        let mut first = [0u8; 1];
+        match stream.peek(&mut first).await {
+            Ok(0) | Err(_) => return Err(None),
+            Ok(_) if first[0] != TLS_HANDSHAKE_RECORD => {
+                refuse_plain_http(&stream).await;
+                return Err(Some("a plain HTTP request to the HTTPS port".to_string()));
+            }
+            Ok(_) => {}
+        }
+        https
+            .acceptor
+            .accept(TimedWrites::new(stream.clone()))
+            .await
+            .map_err(|e| Some(format!("TLS handshake failed: {e}")))
+    };
+    let timed_out = async {
+        async_io::Timer::after(TLS_HANDSHAKE_TIMEOUT).await;
+        Err(Some(format!(
+            "no TLS handshake within {}",
+            humantime::format_duration(TLS_HANDSHAKE_TIMEOUT)
+        )))
+    };
+    match futures_lite::future::or(handshake, timed_out).await {
+        Ok(tls) => {
+            let access = if crate::tls::has_client_cert(tls.get_ref().1) {
+                Access::Full
+            } else {
+                Access::Anonymous
+            };
+            serve(Box::new(tls), api, access).await
+        }
+        Err(None) => debug!("admin API: a client left before its TLS handshake"),
+        Err(Some(e)) => {
+            let peer = stream
+                .peer_addr()
+                .map_or_else(|_| "?".to_string(), |a| a.to_string());
+            REFUSALS.log(&format!("admin API: refused a connection from {peer}: {e}"));
+        }
+    }
+}
+
+/// How often a refused admin connection is logged at warn; the others in
+/// between are counted, and logged at debug.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Refused HTTPS connections (failed or stalled handshakes, plain HTTP on
+/// the HTTPS port), logged at most once per [`REFUSAL_LOG_INTERVAL`], so a
+/// client that retries cannot flood the log.
+static REFUSALS: RefusalLog = RefusalLog {
+    last: Mutex::new(None),
+    suppressed: AtomicU64::new(0),
+};
+
+struct RefusalLog {
+    last: Mutex<Option<Instant>>,
+    suppressed: AtomicU64,
+}
+
+impl RefusalLog {
+    fn log(&self, line: &str) {
+        let now = Instant::now();
+        let due = {
+            // Held for a look and a store, never across an await.
+            let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+            let due = last.is_none_or(|t| now.duration_since(t) >= REFUSAL_LOG_INTERVAL);
+            if due {
+                *last = Some(now);
+            }
+            due
+        };
+        if due {
+            match self.suppressed.swap(0, Ordering::Relaxed) {
+                0 => warn!("{line}"),
+                n => warn!("{line} ({n} more refusals not logged)"),
+            }
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            debug!("{line}");
+        }
+    }
+}
+
+/// Answers a plain HTTP request on the HTTPS port with 400 and closes. The
+/// request is read (up to 16 KiB, within the handshake timeout) after the
+/// answer is sent: closing on unread data would reset the connection, and
+/// the client would lose the answer.
+async fn refuse_plain_http(stream: &TcpStream) {
+    use futures_lite::{AsyncReadExt as _, AsyncWriteExt as _};
+    let body = json!({
+        "error": "this admin API speaks HTTPS only (the cluster file has [tls]): use https:// with the cluster's CA"
+    })
+    .to_string();
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut writer = TimedWrites::new(stream.clone());
+    if writer.write_all(answer.as_bytes()).await.is_err()
+        || stream.shutdown(std::net::Shutdown::Write).is_err()
+    {
+        return;
+    }
+    let (mut reader, mut sink, mut read) = (stream.clone(), [0u8; 1024], 0);
+    while read < 16 * 1024 {
+        match reader.read(&mut sink).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => read += n,
+        }
+    }
+}
+
+async fn serve(stream: Box<dyn Io>, api: Api, access: Access) {
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let api = api.clone();
         async move {
-            let resp = match &api {
-                Api::Serving(state) => route(state, req).await,
-                Api::Starting(state) => starting(state, &req).await,
+            let path = req.uri().path();
+            let resp = if access == Access::Anonymous && !OPEN_ROUTES.contains(&path) {
+                unauthorized(path)
+            } else {
+                match &api {
+                    Api::Serving(state) => route(state, req).await,
+                    Api::Starting(state) => starting(state, &req).await,
+                }
             };
             Ok::<_, std::convert::Infallible>(resp)
         }
@@ -155,7 +377,7 @@ async fn serve(stream: TcpStream, api: Api) {
         .timer(SmolTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
     if let Err(e) = builder
-        .serve_connection(FuturesIo::new(TimedWrites::new(stream)), service)
+        .serve_connection(FuturesIo::new(stream), service)
         .await
     {
         debug!("admin connection ended: {e}");
@@ -217,6 +439,19 @@ async fn starting(state: &StartingState, req: &Request<Incoming>) -> Response<Fu
         ),
         _ => reply(StatusCode::SERVICE_UNAVAILABLE, json!({ "error": WHY })),
     }
+}
+
+/// 401: a route that needs a client certificate, asked without one.
+fn unauthorized(path: &str) -> Response<Full<Bytes>> {
+    reply(
+        StatusCode::UNAUTHORIZED,
+        json!({
+            "error": format!(
+                "{path} needs a client certificate signed by the cluster's CA, and none was presented (only {} answer without one; the CLI presents [tls] client_cert)",
+                OPEN_ROUTES.join(", ")
+            )
+        }),
+    )
 }
 
 /// A JSON answer.

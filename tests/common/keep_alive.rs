@@ -5,11 +5,14 @@
 //!
 //! It connects on first use and again after any failure, and follows
 //! `Connection: close`. Bodies are read by `Content-Length` or chunked
-//! encoding, so it speaks to etcd's gateway as well as to quorumd.
+//! encoding, so it speaks to etcd's gateway as well as to quorumd. With
+//! [`KeepAlive::https`] it speaks HTTPS (a TLS cluster's admin API).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
+
+use super::http::{connect, Conn, Https};
 
 /// How long `connect` may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -22,7 +25,8 @@ pub struct KeepAlive {
     addr: SocketAddr,
     connect_timeout: Duration,
     io_timeout: Duration,
-    conn: Option<BufReader<TcpStream>>,
+    tls: Option<Https>,
+    conn: Option<BufReader<Box<dyn Conn>>>,
 }
 
 impl KeepAlive {
@@ -32,8 +36,16 @@ impl KeepAlive {
             addr,
             connect_timeout: CONNECT_TIMEOUT,
             io_timeout: IO_TIMEOUT,
+            tls: None,
             conn: None,
         }
+    }
+
+    /// Over HTTPS (`None`: plain HTTP).
+    pub fn https(mut self, tls: Option<Https>) -> KeepAlive {
+        self.tls = tls;
+        self.conn = None;
+        self
     }
 
     /// Connect, read and write each within `timeout`.
@@ -59,11 +71,13 @@ impl KeepAlive {
         body: &[u8],
     ) -> Result<(u16, Vec<u8>), String> {
         if self.conn.is_none() {
-            let s = TcpStream::connect_timeout(&self.addr, self.connect_timeout)
-                .map_err(|e| format!("connect {}: {e}", self.addr))?;
-            let _ = s.set_nodelay(true);
-            let _ = s.set_read_timeout(Some(self.io_timeout));
-            let _ = s.set_write_timeout(Some(self.io_timeout));
+            let s = connect(
+                self.addr,
+                self.tls.as_ref(),
+                self.connect_timeout,
+                self.io_timeout,
+            )
+            .map_err(|e| format!("connect {}: {e}", self.addr))?;
             self.conn = Some(BufReader::new(s));
         }
         match self.exchange(method, path, body) {
@@ -164,7 +178,7 @@ impl KeepAlive {
 }
 
 /// Reads one line into `line` (cleared first); end of stream is an error.
-fn read_line(conn: &mut BufReader<TcpStream>, line: &mut String, eof: &str) -> io::Result<()> {
+fn read_line(conn: &mut BufReader<Box<dyn Conn>>, line: &mut String, eof: &str) -> io::Result<()> {
     line.clear();
     if conn.read_line(line)? == 0 {
         return Err(io::Error::new(io::ErrorKind::UnexpectedEof, eof));

@@ -32,9 +32,9 @@ use tempfile::TempDir;
 mod http;
 mod keep_alive;
 pub mod peer;
-pub use http::{http, http_body, http_within, Response};
-// Only the benches use it so far.
+// Each test binary uses a different subset.
 #[allow(unused_imports)]
+pub use http::{http, http_body, http_within, https_within, tls_client, Https, Response};
 pub use keep_alive::KeepAlive;
 
 /// The binary under test, built by cargo for this test run.
@@ -45,6 +45,9 @@ pub const WAIT: Duration = Duration::from_secs(20);
 
 /// HTTP timeout when collecting diagnostics (a node may be paused).
 const DIAG_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Timeout of one admin GET of the harness.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How often `wait_until` re-checks its condition.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(15);
@@ -288,6 +291,9 @@ pub struct TestCluster {
     /// Nodes that run with a cluster file of their own (see
     /// [`TestCluster::use_file`]).
     node_configs: BTreeMap<u64, PathBuf>,
+    /// With TLS: the client configuration the harness talks to the admin
+    /// API with (the CA, and the `client.pem` of `quorumd certs`).
+    admin_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl TestCluster {
@@ -322,6 +328,13 @@ impl TestCluster {
             text.push_str(&tls_table(CERTS_SUBDIR));
             std::fs::write(&config, text).expect("write cluster file");
         }
+        let admin_tls = spec.tls.then(|| {
+            let certs = dir.path().join(CERTS_SUBDIR);
+            tls_client(
+                &certs.join("ca.pem"),
+                Some((&certs.join("client.pem"), &certs.join("client.key"))),
+            )
+        });
         TestCluster {
             spec,
             dir,
@@ -330,6 +343,7 @@ impl TestCluster {
             children: BTreeMap::new(),
             exited: BTreeMap::new(),
             node_configs: BTreeMap::new(),
+            admin_tls,
         }
     }
 
@@ -357,7 +371,11 @@ impl TestCluster {
             .path()
             .join(format!("cluster-{}.toml", name.join("-")));
         let data = self.dir.path().join(DATA_SUBDIR);
-        std::fs::write(&path, spec.to_toml(&data)).expect("write cluster file");
+        let mut text = spec.to_toml(&data);
+        if spec.tls {
+            text.push_str(&tls_table(CERTS_SUBDIR));
+        }
+        std::fs::write(&path, text).expect("write cluster file");
         for &id in ids {
             self.node_configs.insert(id, path.clone());
         }
@@ -538,16 +556,58 @@ impl TestCluster {
         self.exited[&id]
     }
 
+    /// How the harness speaks HTTPS to node `id` (`None` without TLS):
+    /// the CA, the client certificate, and the node's name.
+    pub fn https(&self, id: u64) -> Option<Https> {
+        self.admin_tls.as_ref().map(|config| Https {
+            config: config.clone(),
+            server_name: format!("node-{id}.{}", self.spec.name),
+        })
+    }
+
+    /// `METHOD path` with `body` on node `id`'s admin address, over HTTPS
+    /// with the client certificate on a TLS cluster, each step within
+    /// `timeout`.
+    pub fn request(
+        &self,
+        id: u64,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        timeout: Duration,
+    ) -> std::io::Result<Response> {
+        https_within(
+            self.admin(id),
+            self.https(id).as_ref(),
+            method,
+            path,
+            body,
+            timeout,
+        )
+    }
+
     /// GET `path` on node `id`'s admin address.
     pub fn get(&self, id: u64, path: &str) -> std::io::Result<Response> {
-        http(self.admin(id), "GET", path)
+        self.request(id, "GET", path, b"", HTTP_TIMEOUT)
     }
 
     /// `METHOD path` with `body` on node `id`'s admin address; panics if the
     /// node does not answer at all.
     pub fn call(&self, id: u64, method: &str, path: &str, body: &[u8]) -> Response {
-        http_body(self.admin(id), method, path, body)
+        self.request(id, method, path, body, Duration::from_secs(30))
             .unwrap_or_else(|e| panic!("{method} {path} on node {id}: {e}"))
+    }
+
+    /// A keep-alive connection to node `id`'s admin API (HTTPS on a TLS
+    /// cluster), each step within `timeout`.
+    pub fn keep_alive_within(&self, id: u64, timeout: Duration) -> KeepAlive {
+        KeepAlive::within(self.admin(id), timeout).https(self.https(id))
+    }
+
+    /// A keep-alive connection to node `id`'s admin API (HTTPS on a TLS
+    /// cluster), with `KeepAlive`'s default timeouts.
+    pub fn keep_alive(&self, id: u64) -> KeepAlive {
+        KeepAlive::new(self.admin(id)).https(self.https(id))
     }
 
     /// `PUT /v1/kv/<key>` with `value`; the answer.
@@ -690,7 +750,7 @@ impl TestCluster {
                     let _ = writeln!(out, "exited with code {code}");
                 }
                 None if self.children.contains_key(&id) => {
-                    let quick = |path| http_within(self.admin(id), "GET", path, DIAG_TIMEOUT);
+                    let quick = |path| self.request(id, "GET", path, b"", DIAG_TIMEOUT);
                     let st = quick("/admin/cluster/status")
                         .map(|r| format!("{} {}", r.status, r.body.trim()))
                         .unwrap_or_else(|e| format!("error: {e}"));
