@@ -99,6 +99,8 @@ pub struct ClusterCoordinator {
     directory: SharedDirectory,
     shutdown: Option<flume::Sender<()>>,
     fatal: flume::Receiver<Error>,
+    /// Opens the tick driver (raft's clocks) once a quorum is live.
+    start_ticks: flume::Sender<()>,
     tasks: Vec<crate::runtime::Task<()>>,
 }
 
@@ -172,6 +174,7 @@ impl ClusterCoordinator {
 
         let (shutdown_tx, shutdown) = flume::bounded::<()>(1);
         let (fatal_tx, fatal) = flume::unbounded();
+        let (start_ticks_tx, start_ticks) = flume::bounded(1);
         let identity = Identity {
             node_id,
             cluster: config.name.clone(),
@@ -339,7 +342,12 @@ impl ClusterCoordinator {
         ));
         tasks.push(essential(
             "the tick driver",
-            spawn_tick_driver(router, config.raft.tick_interval, shutdown.clone()),
+            spawn_tick_driver(
+                router,
+                config.raft.tick_interval,
+                start_ticks,
+                shutdown.clone(),
+            ),
         ));
         let bootstrap_complete = Arc::new(AtomicBool::new(false));
         tasks.push(essential(
@@ -375,6 +383,7 @@ impl ClusterCoordinator {
             directory: directory_handle,
             shutdown: Some(shutdown_tx),
             fatal,
+            start_ticks: start_ticks_tx,
             tasks,
         })
     }
@@ -434,6 +443,9 @@ impl ClusterCoordinator {
             None
         };
         self.health.bootstrap_done();
+        // Raft's clocks start now: a voter's election timer counts from the
+        // moment a quorum is live (see spawn_tick_driver).
+        let _ = self.start_ticks.try_send(());
         let statuses = self
             .meta
             .subscribe()

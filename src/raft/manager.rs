@@ -165,14 +165,25 @@ impl RaftGroupManager {
     }
 }
 
-/// Sends a tick to every replica each `interval` until `shutdown` closes.
+/// Sends a tick to every replica each `interval` until `shutdown` closes,
+/// from the moment `start` receives a message (or its sender is gone).
 /// Each wait starts after the previous tick, so a stall never causes a burst.
+///
+/// The coordinator opens `start` once a quorum is live: before that no
+/// election can succeed, and a follower whose election timer ran during a
+/// slow quorum wait would campaign the moment its peers answer, racing the
+/// lowest id's campaign (seen on a loaded machine: node 2 elected in a
+/// 3-node bootstrap that node 1 should have won, after a 330 ms wait).
 pub fn spawn_tick_driver(
     router: Router,
     interval: Duration,
+    start: flume::Receiver<()>,
     shutdown: flume::Receiver<()>,
 ) -> crate::runtime::Task<()> {
     crate::runtime::spawn(async move {
+        if or_shutdown(&shutdown, start.recv_async()).await.is_none() {
+            return;
+        }
         // A random phase: nodes started together would otherwise tick in
         // step, their followers would time out on the same tick after a
         // leader dies, and split the vote (seen as failovers of 600 ms and
