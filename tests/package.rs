@@ -6,7 +6,8 @@
 //!
 //! The package is built here with `make deb` (the static release build, so
 //! the first run on a clean tree takes a couple of minutes; `make test`
-//! builds it before `cargo test`, and then this is a no-op rebuild).
+//! builds it before `cargo test`, and then this is a no-op: the nested `make`
+//! runs without the variables cargo sets for a test).
 
 mod common;
 
@@ -44,11 +45,40 @@ fn dpkg_arch() -> String {
         .to_string()
 }
 
+/// A variable cargo sets for the test binary (not one a user sets to
+/// configure cargo, like `CARGO_HOME` or `CARGO_TARGET_DIR`).
+fn cargo_test_var(name: &str) -> bool {
+    [
+        "CARGO_MANIFEST_",
+        "CARGO_PKG_",
+        "CARGO_CRATE_",
+        "CARGO_BIN_",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_RUSTC_CURRENT_DIR",
+    ]
+    .iter()
+    .any(|p| name.starts_with(p))
+}
+
 /// `make deb`, once per test run; the path it printed.
 fn deb() -> &'static Path {
     static DEB: OnceLock<PathBuf> = OnceLock::new();
     DEB.get_or_init(|| {
-        let out = stdout(Command::new("make").args(["-s", "deb"]).current_dir(ROOT));
+        let mut make = Command::new("make");
+        make.args(["-s", "deb"]).current_dir(ROOT);
+        // Without the variables cargo sets for a test, the nested build is
+        // the no-op `make test` prepared: ring's build script is rerun when
+        // CARGO_MANIFEST_DIR changes, and a rebuilt ring relinks the whole
+        // static release binary (a minute or more on two cores, twice: here
+        // and at the next `make deb`).
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if cargo_test_var(&name) {
+                make.env_remove(name.as_ref());
+            }
+        }
+        let out = stdout(&mut make);
         let path = PathBuf::from(out.lines().last().unwrap_or_default().trim());
         let want = format!("{ROOT}/target/debian/quorumd_{VERSION}_{}.deb", dpkg_arch());
         assert_eq!(path, Path::new(&want), "make deb printed:\n{out}");
