@@ -15,7 +15,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 seconds=${1:-60}
 shift || true
 targets=("$@")
-[[ ${#targets[@]} -gt 0 ]] || targets=(frames cluster_file raft_step)
+[[ ${#targets[@]} -gt 0 ]] || targets=(frames cluster_file raft_step http)
 
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked || exit 2
 cd "$root/fuzz" || exit 2

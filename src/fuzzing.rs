@@ -8,11 +8,7 @@
 //! | [`frames`] | the frame decoder (and an encode round trip), and a connection's bytes as the listener reads them: the 1 KiB handshake frame, the hello checks, then frames, each Raft message through the validator |
 //! | [`cluster_file`] | the cluster-file parser and validator, and what `quorumd check` prints |
 //! | [`raft_step`] | a real raft-rs node (follower, candidate or leader) stepping every message the validator admits, with Ready handled as the replica does |
-//!
-//! The HTTP/KV target (path, query and body parsing of the KV routes) joins
-//! these once the store's routes exist (issue 7): add `pub fn http(data)`
-//! here, a `fuzz/fuzz_targets/http.rs` that calls it, and `http` to
-//! `FUZZ_TARGETS` in the Makefile and `TARGETS` in the replay test.
+//! | [`http`] | the KV routes' request decoding: the URI as hyper parses it, the path routed as the admin API does, the key, the query (`recurse`, `keys`, `index`, `wait`, `cas`, `flags`, consistency, session parameters) and a `/v1/txn` body; every decoded write goes through the Raft entry codec and back |
 
 use std::path::Path;
 
@@ -28,7 +24,7 @@ use crate::transport::wire::{read_frame, read_handshake_frame, Frame};
 use crate::transport::{check_hello, Identity};
 
 /// The names of the targets, as directories under `fuzz/regressions/`.
-pub const TARGETS: &[&str] = &["frames", "cluster_file", "raft_step"];
+pub const TARGETS: &[&str] = &["frames", "cluster_file", "raft_step", "http"];
 
 /// Runs the entry point named `target` on `data`.
 pub fn run(target: &str, data: &[u8]) {
@@ -36,6 +32,7 @@ pub fn run(target: &str, data: &[u8]) {
         "frames" => frames(data),
         "cluster_file" => cluster_file(data),
         "raft_step" => raft_step(data),
+        "http" => http(data),
         other => panic!("no fuzz target {other}"),
     }
 }
@@ -102,6 +99,92 @@ pub fn frames(data: &[u8]) {
             }
         }
     });
+}
+
+/// The KV routes' request decoding. The first byte picks the method, the
+/// bytes up to the first newline are the request target (path and query),
+/// the rest is the body. What decodes must be a request the store accepts:
+/// a valid, unreserved key for a write, and a Raft entry that decodes to
+/// the same command; what does not is a 4xx answer. The body also goes
+/// through the entry decoder as it is (entries arrive from peers).
+pub fn http(data: &[u8]) {
+    use crate::http::{kv, parse_query, txn};
+    use crate::store::{check_key, is_reserved, Command, KvOp};
+    use hyper::Method;
+
+    const MAX_VALUE: u64 = crate::config::DEFAULT_MAX_VALUE_BYTES;
+    let _ = Command::decode(data);
+    let Some((&m, rest)) = data.split_first() else {
+        return;
+    };
+    let method = match m % 6 {
+        0 => Method::GET,
+        1 => Method::HEAD,
+        2 => Method::PUT,
+        3 => Method::DELETE,
+        4 => Method::POST,
+        _ => Method::PATCH,
+    };
+    let (target, body) = match rest.iter().position(|&b| b == b'\n') {
+        Some(i) => (&rest[..i], &rest[i + 1..]),
+        None => (rest, &[][..]),
+    };
+    // hyper answers 400 itself to a target it cannot parse.
+    let Ok(uri) = hyper::Uri::try_from(target) else {
+        return;
+    };
+    let query = uri.query().unwrap_or("");
+    let roundtrip = |ops: Vec<KvOp>| {
+        let cmd = Command {
+            max_store_bytes: 1 << 26,
+            from_client: true,
+            ops,
+        };
+        let back = Command::decode(&cmd.encode()).expect("an encoded command decodes");
+        assert_eq!(back, cmd, "a command survives the entry codec");
+    };
+    let path = uri.path();
+    let raw_key = match path.strip_prefix("/v1/kv/") {
+        Some(key) => Some(key),
+        None => (path == "/v1/kv").then_some(""),
+    };
+    if let Some(raw_key) = raw_key {
+        match kv::decode(&method, raw_key, query) {
+            Err(resp) => assert!(
+                resp.status.is_client_error(),
+                "a refused request is a 4xx, not {}",
+                resp.status
+            ),
+            Ok(kv::KvRequest::Get(_)) => {}
+            Ok(kv::KvRequest::Put { key, flags, cas }) => {
+                assert!(
+                    check_key(&key, false).is_ok() && !is_reserved(&key),
+                    "{key:?}"
+                );
+                roundtrip(vec![kv::put_op(key, body.to_vec(), flags, cas)]);
+            }
+            Ok(kv::KvRequest::Delete(op)) => {
+                assert!(!is_reserved(op.key()), "{op:?}");
+                roundtrip(vec![op]);
+            }
+        }
+    } else if path == "/v1/txn" {
+        let _ = kv::consistency(&parse_query(query));
+        match txn::parse(body, MAX_VALUE) {
+            Err(e) => assert!(e.status.is_client_error(), "{}", e.status),
+            Ok(ops) => {
+                assert!(ops.len() <= crate::store::MAX_TXN_OPS);
+                for op in &ops {
+                    assert!(
+                        check_key(op.key(), op.is_tree()).is_ok(),
+                        "a txn op with a bad key: {op:?}"
+                    );
+                    assert!(!(op.is_write() && is_reserved(op.key())), "{op:?}");
+                }
+                roundtrip(ops);
+            }
+        }
+    }
 }
 
 /// The cluster-file parser and validator.

@@ -43,10 +43,15 @@ fn raft_step_inputs_replay_without_a_panic() {
 }
 
 #[test]
+fn http_inputs_replay_without_a_panic() {
+    replay("http");
+}
+
+#[test]
 fn every_target_is_replayed() {
     assert_eq!(
         quorumd::fuzzing::TARGETS,
-        &["frames", "cluster_file", "raft_step"],
+        &["frames", "cluster_file", "raft_step", "http"],
         "a new fuzz target needs its replay test here"
     );
 }

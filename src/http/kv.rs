@@ -28,7 +28,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
 use crate::http::{
-    kv_error, method_not_allowed, param, query_pairs, read_body, reply, text, AdminState, ApiError,
+    kv_error, method_not_allowed, param, parse_query, read_body, reply, text, AdminState, ApiError,
 };
 use crate::kv::{Consistency, KvService};
 use crate::store::machine::{KvEntry, Listing};
@@ -47,21 +47,80 @@ type Resp = Response<Full<Bytes>>;
 
 /// Serves `/v1/kv/<key>`; `raw_key` is the path after `/v1/kv/`.
 pub async fn handle(state: &AdminState, req: Request<Incoming>, raw_key: &str) -> Resp {
-    let mut resp = match percent_encoding::percent_decode_str(raw_key).decode_utf8() {
-        Err(_) => text(StatusCode::BAD_REQUEST, "the key is not valid UTF-8"),
-        Ok(key) => {
-            let key = key.into_owned();
-            let pairs = query_pairs(&req);
-            match *req.method() {
-                Method::GET | Method::HEAD => get(&state.kv, &key, &pairs).await,
-                Method::PUT => put(&state.kv, req, &key, &pairs).await,
-                Method::DELETE => delete(&state.kv, &key, &pairs).await,
-                ref other => method_not_allowed("/v1/kv", other, "GET, PUT, DELETE", false),
+    let method = req.method();
+    if ![Method::GET, Method::HEAD, Method::PUT, Method::DELETE].contains(method) {
+        let mut resp = method_not_allowed("/v1/kv", method, "GET, PUT, DELETE", false);
+        leader_headers(&mut resp, &state.kv);
+        return resp;
+    }
+    let decoded = decode(method, raw_key, req.uri().query().unwrap_or(""));
+    let mut resp = match decoded {
+        Err(e) => e.response(),
+        Ok(KvRequest::Get(get)) => serve_get(&state.kv, get).await,
+        Ok(KvRequest::Put { key, flags, cas }) => {
+            let limit = state.kv.settings().max_value_bytes;
+            match read_body(req, limit, "the value").await {
+                Ok(value) => write(&state.kv, vec![put_op(key, value.to_vec(), flags, cas)]).await,
+                Err(e) => e.response(),
             }
         }
+        Ok(KvRequest::Delete(op)) => write(&state.kv, vec![op]).await,
     };
     leader_headers(&mut resp, &state.kv);
     resp
+}
+
+/// A `/v1/kv` request, decoded from its method, key and query string
+/// before anything is read or written. A PUT's value (the body) is opaque
+/// bytes, read afterwards.
+#[derive(Debug)]
+pub enum KvRequest {
+    /// A read, possibly blocking.
+    Get(GetRequest),
+    /// A write of the body's bytes.
+    Put {
+        /// The key.
+        key: String,
+        /// Consul's `Flags`.
+        flags: u64,
+        /// `?cas=`: the `ModifyIndex` the key must have (0: absent).
+        cas: Option<u64>,
+    },
+    /// A delete: one key, a tree, or a cas delete.
+    Delete(KvOp),
+}
+
+/// What a GET asks for, and how.
+#[derive(Debug)]
+pub struct GetRequest {
+    query: Query,
+    consistency: Consistency,
+    /// `?index=`: block until the result's index passes it (0: at once).
+    min_index: u64,
+    wait: Duration,
+    raw: bool,
+}
+
+/// Decodes a `/v1/kv` request (`raw_key`: the path after `/v1/kv/`, still
+/// percent-encoded; `query`: the query string). `Err` is the answer to send:
+/// 400 for a bad key, parameter or duration, 403 for a write under the
+/// reserved prefix, 405 for another method. Pure: the fuzz target `http`
+/// drives it with arbitrary paths and queries.
+pub fn decode(method: &Method, raw_key: &str, query: &str) -> Result<KvRequest, ApiError> {
+    let Ok(key) = percent_encoding::percent_decode_str(raw_key).decode_utf8() else {
+        return Err(bad("the key is not valid UTF-8"));
+    };
+    let key = key.into_owned();
+    let pairs = parse_query(query);
+    match *method {
+        Method::GET | Method::HEAD => decode_get(key, &pairs).map(KvRequest::Get),
+        Method::PUT => decode_put(key, &pairs),
+        Method::DELETE => decode_delete(key, &pairs),
+        _ => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("method {method} is not allowed on /v1/kv"),
+        )),
+    }
 }
 
 /// `X-Consul-KnownLeader` and `X-Consul-LastContact`.
@@ -99,8 +158,8 @@ pub fn entry_json(e: &KvEntry) -> Value {
     })
 }
 
-fn bad(sentence: impl Into<String>) -> Resp {
-    text(StatusCode::BAD_REQUEST, sentence)
+fn bad(sentence: impl Into<String>) -> ApiError {
+    ApiError::bad(sentence)
 }
 
 fn u64_param(pairs: &[(String, String)], name: &str) -> Result<Option<u64>, ApiError> {
@@ -127,7 +186,7 @@ pub fn consistency(pairs: &[(String, String)]) -> Result<Consistency, ApiError> 
     })
 }
 
-fn sessions_refused(pairs: &[(String, String)]) -> Option<Resp> {
+fn sessions_refused(pairs: &[(String, String)]) -> Option<ApiError> {
     ["acquire", "release"]
         .into_iter()
         .find(|p| param(pairs, p).is_some())
@@ -153,38 +212,50 @@ enum Found {
     Keys(Vec<String>),
 }
 
-async fn get(kv: &KvService, key: &str, pairs: &[(String, String)]) -> Resp {
+fn decode_get(key: String, pairs: &[(String, String)]) -> Result<GetRequest, ApiError> {
     let recurse = param(pairs, "recurse").is_some();
     let keys = param(pairs, "keys").is_some();
     let raw = param(pairs, "raw").is_some();
-    if let Err(reason) = check_key(key, recurse || keys) {
-        return bad(capitalize(&reason));
+    if let Err(reason) = check_key(&key, recurse || keys) {
+        return Err(bad(capitalize(&reason)));
     }
-    let consistency = match consistency(pairs) {
-        Ok(c) => c,
-        Err(e) => return e.response(),
-    };
-    let min_index = match u64_param(pairs, "index") {
-        Ok(i) => i.unwrap_or(0),
-        Err(e) => return e.response(),
-    };
+    let consistency = consistency(pairs)?;
+    let min_index = u64_param(pairs, "index")?.unwrap_or(0);
     let wait = match param(pairs, "wait") {
         None => DEFAULT_WAIT,
         Some(w) => match parse_go_duration(w) {
             Some(d) => d.min(MAX_WAIT),
-            None => return bad(format!("Invalid wait time: {w:?}")),
+            None => return Err(bad(format!("Invalid wait time: {w:?}"))),
         },
     };
     let query = if keys {
-        Query::Keys(
-            key.to_string(),
-            param(pairs, "separator").map(str::to_string),
-        )
+        Query::Keys(key, param(pairs, "separator").map(str::to_string))
     } else if recurse {
-        Query::Tree(key.to_string())
+        Query::Tree(key)
     } else {
-        Query::One(key.to_string())
+        Query::One(key)
     };
+    Ok(GetRequest {
+        query,
+        consistency,
+        min_index,
+        wait,
+        raw,
+    })
+}
+
+async fn serve_get(kv: &KvService, get: GetRequest) -> Resp {
+    let GetRequest {
+        query,
+        consistency,
+        min_index,
+        wait,
+        raw,
+    } = get;
+    let key = match &query {
+        Query::One(k) | Query::Tree(k) | Query::Keys(k, _) => k.clone(),
+    };
+    let key = key.as_str();
     let prefix = !matches!(query, Query::One(_));
     // Consul adds up to wait/16 of jitter, so that many watchers woken by
     // one write do not all come back at once.
@@ -280,41 +351,33 @@ fn text_empty(status: StatusCode) -> Resp {
 }
 
 /// Refuses a client write under the reserved prefix.
-fn reserved(key: &str) -> Option<Resp> {
+fn reserved(key: &str) -> Option<ApiError> {
     is_reserved(key).then(|| {
-        text(
+        ApiError::new(
             StatusCode::FORBIDDEN,
             format!("Permission denied: keys under {RESERVED_PREFIX} are reserved for the cluster and read-only"),
         )
     })
 }
 
-async fn put(
-    kv: &KvService,
-    req: Request<Incoming>,
-    key: &str,
-    pairs: &[(String, String)],
-) -> Resp {
+fn decode_put(key: String, pairs: &[(String, String)]) -> Result<KvRequest, ApiError> {
     if let Some(resp) = sessions_refused(pairs) {
-        return resp;
+        return Err(resp);
     }
-    if let Err(reason) = check_key(key, false) {
-        return bad(capitalize(&reason));
+    if let Err(reason) = check_key(&key, false) {
+        return Err(bad(capitalize(&reason)));
     }
-    if let Some(resp) = reserved(key) {
-        return resp;
+    if let Some(resp) = reserved(&key) {
+        return Err(resp);
     }
-    let (flags, cas) = match (u64_param(pairs, "flags"), u64_param(pairs, "cas")) {
-        (Ok(f), Ok(c)) => (f.unwrap_or(0), c),
-        (Err(e), _) | (_, Err(e)) => return e.response(),
-    };
-    let limit = kv.settings().max_value_bytes;
-    let value = match read_body(req, limit, "the value").await {
-        Ok(v) => v.to_vec(),
-        Err(e) => return e.response(),
-    };
-    let key = key.to_string();
-    let op = match cas {
+    let flags = u64_param(pairs, "flags")?.unwrap_or(0);
+    let cas = u64_param(pairs, "cas")?;
+    Ok(KvRequest::Put { key, flags, cas })
+}
+
+/// The write a PUT of `value` makes.
+pub fn put_op(key: String, value: Vec<u8>, flags: u64, cas: Option<u64>) -> KvOp {
+    match cas {
         Some(index) => KvOp::Cas {
             key,
             value,
@@ -322,33 +385,27 @@ async fn put(
             index,
         },
         None => KvOp::Set { key, value, flags },
-    };
-    write(kv, vec![op]).await
+    }
 }
 
-async fn delete(kv: &KvService, key: &str, pairs: &[(String, String)]) -> Resp {
+fn decode_delete(key: String, pairs: &[(String, String)]) -> Result<KvRequest, ApiError> {
     if let Some(resp) = sessions_refused(pairs) {
-        return resp;
+        return Err(resp);
     }
     let recurse = param(pairs, "recurse").is_some();
-    if let Err(reason) = check_key(key, recurse) {
-        return bad(capitalize(&reason));
+    if let Err(reason) = check_key(&key, recurse) {
+        return Err(bad(capitalize(&reason)));
     }
-    if let Some(resp) = reserved(key) {
-        return resp;
+    if let Some(resp) = reserved(&key) {
+        return Err(resp);
     }
-    let cas = match u64_param(pairs, "cas") {
-        Ok(c) => c,
-        Err(e) => return e.response(),
-    };
-    let key = key.to_string();
+    let cas = u64_param(pairs, "cas")?;
     // As Consul: `recurse` wins over `cas`.
-    let op = match (recurse, cas) {
+    Ok(KvRequest::Delete(match (recurse, cas) {
         (true, _) => KvOp::DeleteTree { prefix: key },
         (false, Some(index)) => KvOp::DeleteCas { key, index },
         (false, None) => KvOp::Delete { key },
-    };
-    write(kv, vec![op]).await
+    }))
 }
 
 /// Proposes a single-op write and answers `true`/`false` as Consul does.

@@ -602,7 +602,12 @@ pub async fn read_body(
 
 /// Query parameters in order; a flag without a value has an empty one.
 pub fn query_pairs(req: &Request<Incoming>) -> Vec<(String, String)> {
-    form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+    parse_query(req.uri().query().unwrap_or(""))
+}
+
+/// [`query_pairs`] of a query string.
+pub fn parse_query(query: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(query.as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect()
 }

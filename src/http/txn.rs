@@ -107,8 +107,9 @@ fn bad(sentence: String) -> ApiError {
     ApiError::bad(sentence)
 }
 
-/// Reads the JSON body into ops; `Err` is the answer to send.
-fn parse(body: &[u8], max_value_bytes: u64) -> Result<Vec<KvOp>, ApiError> {
+/// Reads the JSON body into ops; `Err` is the answer to send. Pure: the
+/// fuzz target `http` drives it with arbitrary bodies.
+pub fn parse(body: &[u8], max_value_bytes: u64) -> Result<Vec<KvOp>, ApiError> {
     let doc: Value =
         serde_json::from_slice(body).map_err(|e| bad(format!("Failed to parse body: {e}")))?;
     let Value::Array(items) = doc else {
