@@ -372,13 +372,17 @@ impl Kv for Quorumd {
             self.c.admin(4)
         );
         let started = Instant::now();
-        let r = common::http_body(
-            self.c.admin(1),
-            "POST",
-            "/admin/cluster/members",
-            body.as_bytes(),
-        )
-        .map_err(|e| e.to_string())?;
+        // Over HTTPS with the client certificate on a TLS cluster.
+        let r = self
+            .c
+            .request(
+                1,
+                "POST",
+                "/admin/cluster/members",
+                body.as_bytes(),
+                Duration::from_secs(30),
+            )
+            .map_err(|e| e.to_string())?;
         if r.status != 200 {
             return Err(format!("add answered {}: {}", r.status, r.body));
         }
