@@ -37,6 +37,9 @@ use crate::transport::{self, Directory, Identity, RaftSink, SharedDirectory};
 
 /// Longest time a leader waits, on shutdown, for a peer to take over.
 pub const HANDOFF_TIMEOUT_MAX: Duration = Duration::from_millis(500);
+/// How often the first campaigner of a bootstrap asks again while no
+/// leader is known (see `bootstrap`): the quorum waiter's probe interval.
+const CAMPAIGN_RETRY: Duration = Duration::from_millis(10);
 
 /// Options of one node beyond the cluster file.
 #[derive(Debug, Clone)]
@@ -451,19 +454,44 @@ impl ClusterCoordinator {
             .subscribe()
             .await
             .ok_or_else(|| Error::Internal("__meta/0 stopped during bootstrap".into()))?;
-        if live
+        let campaigns = live
             .as_ref()
-            .is_some_and(|live| quorum::campaigns_first(self.node_id, live))
-        {
+            .is_some_and(|live| quorum::campaigns_first(self.node_id, live));
+        if campaigns {
             self.meta.campaign().await;
         }
+        // A peer counts as live once it answers, which a node without state
+        // does while it is still creating its Raft group: a pre-vote that
+        // reaches it then is dropped, and the campaign would wait for a
+        // whole election timeout. So the first campaigner asks again every
+        // CAMPAIGN_RETRY until a leader is known (the replica only restarts
+        // a pre-vote; a real vote in progress is left alone), for at most
+        // one election timeout, after which raft's own timer has taken over.
+        let retry_until =
+            Instant::now()
+                + self.config.raft.tick_interval.saturating_mul(
+                    u32::try_from(self.config.raft.election_ticks).unwrap_or(u32::MAX),
+                );
         let (leader_id, term) = loop {
-            let status = statuses
-                .recv_async()
+            let retry = campaigns && Instant::now() < retry_until;
+            let status = if retry {
+                future::or(async { Some(statuses.recv_async().await) }, async {
+                    async_io::Timer::after(CAMPAIGN_RETRY).await;
+                    None
+                })
                 .await
-                .map_err(|_| Error::Internal("__meta/0 stopped during bootstrap".into()))?;
-            if let Some(leader) = status.leader_id {
-                break (leader, status.term);
+            } else {
+                Some(statuses.recv_async().await)
+            };
+            match status {
+                None => self.meta.campaign().await,
+                Some(status) => {
+                    let status = status
+                        .map_err(|_| Error::Internal("__meta/0 stopped during bootstrap".into()))?;
+                    if let Some(leader) = status.leader_id {
+                        break (leader, status.term);
+                    }
+                }
             }
         };
         self.bootstrap_complete.store(true, Ordering::Relaxed);

@@ -647,7 +647,16 @@ impl PartitionReplica {
                 self.node.mut_store().clear_outgoing();
             }
             ReplicaMsg::Campaign => {
-                if self.node.raft.state != StateRole::Leader {
+                // Only from a pre-vote or from no leader at all: a leader
+                // stays, and a real vote in progress is not restarted (it
+                // would cost a term).
+                let leaderless = self.node.raft.leader_id == raft::INVALID_ID;
+                let campaign = match self.node.raft.state {
+                    StateRole::Leader | StateRole::Candidate => false,
+                    StateRole::PreCandidate => true,
+                    StateRole::Follower => leaderless,
+                };
+                if campaign {
                     if let Err(e) = self.node.campaign() {
                         warn!("{}: campaign failed: {e}", self.group);
                     }
