@@ -586,8 +586,9 @@ fn byte_size(
         Some(other) => Err((
             field,
             format!(
-                "must be a number of bytes or a string such as \"64MiB\", not the {} {other}",
-                other.type_str()
+                "must be a number of bytes or a string such as \"64MiB\", not the {} {}",
+                other.type_str(),
+                show_value(other)
             ),
         )),
     }
@@ -646,8 +647,9 @@ pub fn duration_field(
         Some(toml::Value::String(text)) => parse_duration(text)?,
         Some(other) => {
             return Err(format!(
-                "must be a duration string such as \"500ms\" or \"30s\", not the {} {other}",
-                other.type_str()
+                "must be a duration string such as \"500ms\" or \"30s\", not the {} {}",
+                other.type_str(),
+                show_value(other)
             ))
         }
     };
@@ -734,6 +736,29 @@ fn parse_tls(
 fn parse_addr(text: &str) -> std::result::Result<SocketAddr, String> {
     text.parse::<SocketAddr>()
         .map_err(|_| format!("{text:?} is not an ip:port socket address (e.g. \"127.0.0.1:7101\")"))
+}
+
+/// A TOML value as an error message shows it, as the file would spell it
+/// (toml's own `Display` is a serializer this binary does without).
+fn show_value(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(s) => format!("{s:?}"),
+        toml::Value::Integer(n) => n.to_string(),
+        toml::Value::Float(f) => f.to_string(),
+        toml::Value::Boolean(b) => b.to_string(),
+        toml::Value::Datetime(d) => d.to_string(),
+        toml::Value::Array(items) => {
+            let items: Vec<String> = items.iter().map(show_value).collect();
+            format!("[{}]", items.join(", "))
+        }
+        toml::Value::Table(table) => {
+            let items: Vec<String> = table
+                .iter()
+                .map(|(k, v)| format!("{k} = {}", show_value(v)))
+                .collect();
+            format!("{{ {} }}", items.join(", "))
+        }
+    }
 }
 
 #[cfg(test)]
