@@ -154,6 +154,37 @@ impl AdminClient {
         })
     }
 
+    /// [`AdminClient::request`] to each of `nodes` in turn until one answers
+    /// (any status); `Err` names every node that did not, and why.
+    pub fn first_answer(
+        &self,
+        cluster: &str,
+        nodes: &[crate::config::NodeConfig],
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> std::result::Result<Response, String> {
+        let mut failures = Vec::new();
+        for node in nodes {
+            match self.request(
+                node.id,
+                node.admin,
+                method.clone(),
+                path,
+                body.clone(),
+                timeout,
+            ) {
+                Ok(r) => return Ok(r),
+                Err(e) => failures.push(format!("node {} ({}): {e}", node.id, node.admin)),
+            }
+        }
+        Err(format!(
+            "no node of cluster '{cluster}' answered: {}",
+            failures.join("; ")
+        ))
+    }
+
     /// [`AdminClient::request`] as a future, for callers on the executor.
     /// Connecting (and the TLS handshake) is bounded by [`CONNECT_TIMEOUT`];
     /// the rest is the caller's to bound.

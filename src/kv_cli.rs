@@ -226,26 +226,9 @@ impl Target {
         timeout: Duration,
     ) -> Result<Response> {
         let (config, nodes) = self.nodes()?;
-        let client = AdminClient::for_cli(&config)?;
-        let mut failures = Vec::new();
-        for node in &nodes {
-            match client.request(
-                node.id,
-                node.admin,
-                method.clone(),
-                path,
-                body.clone(),
-                timeout,
-            ) {
-                Ok(r) => return Ok(r),
-                Err(e) => failures.push(format!("node {} ({}): {e}", node.id, node.admin)),
-            }
-        }
-        Err(Error::Request(format!(
-            "no node of cluster '{}' answered: {}",
-            config.name,
-            failures.join("; ")
-        )))
+        AdminClient::for_cli(&config)?
+            .first_answer(&config.name, &nodes, method, path, body, timeout)
+            .map_err(Error::Request)
     }
 }
 

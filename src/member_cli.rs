@@ -192,26 +192,9 @@ impl Target {
     /// Sends the request to the first node of the file that answers.
     fn ask(&self, method: Method, path: &str, body: Vec<u8>) -> Result<Response> {
         let config = ClusterConfig::load(&self.cluster)?;
-        let client = AdminClient::for_cli(&config)?;
-        let mut failures = Vec::new();
-        for node in &config.nodes {
-            match client.request(
-                node.id,
-                node.admin,
-                method.clone(),
-                path,
-                body.clone(),
-                TIMEOUT,
-            ) {
-                Ok(r) => return Ok(r),
-                Err(e) => failures.push(format!("node {} ({}): {e}", node.id, node.admin)),
-            }
-        }
-        Err(Error::Request(format!(
-            "no node of cluster '{}' answered: {}",
-            config.name,
-            failures.join("; ")
-        )))
+        AdminClient::for_cli(&config)?
+            .first_answer(&config.name, &config.nodes, method, path, body, TIMEOUT)
+            .map_err(Error::Request)
     }
 }
 
