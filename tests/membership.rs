@@ -295,23 +295,8 @@ fn a_change_cut_by_a_leader_crash_is_whole_or_absent() {
     match five {
         None => {
             // Absent: adding it again works.
-            let mut again = http_body(
-                c.admin(rest[0]),
-                "POST",
-                "/admin/cluster/members",
-                format!(
-                    r#"{{"id": 5, "addr": "{}", "admin": "{}"}}"#,
-                    c.addr(5),
-                    c.admin(5)
-                )
-                .as_bytes(),
-            );
-            for _ in 0..50 {
-                if again.as_ref().is_ok_and(|r| r.status == 200) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-                again = http_body(
+            let add = || {
+                http_body(
                     c.admin(rest[0]),
                     "POST",
                     "/admin/cluster/members",
@@ -321,7 +306,15 @@ fn a_change_cut_by_a_leader_crash_is_whole_or_absent() {
                         c.admin(5)
                     )
                     .as_bytes(),
-                );
+                )
+            };
+            let mut again = add();
+            for _ in 0..50 {
+                if again.as_ref().is_ok_and(|r| r.status == 200) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                again = add();
             }
             assert_eq!(again.unwrap().status, 200);
         }
