@@ -1049,6 +1049,17 @@ impl PeerLink {
         debug!("outbound task for peer {} stopped", self.id);
     }
 
+    /// The connection failed: drop it and reconnect at once.
+    fn lost(&self, link: &mut Link, e: &impl std::fmt::Display) {
+        info!(
+            "lost raft connection to peer {} ({}): {e}",
+            self.id, self.addr
+        );
+        link.last_error = Some(e.to_string());
+        link.conn = None;
+        link.retry_at = Instant::now();
+    }
+
     async fn keepalive(&self, link: &mut Link) {
         let Some(stream) = link.conn.as_mut() else {
             return;
@@ -1057,13 +1068,7 @@ impl PeerLink {
             return;
         }
         if let Err(e) = write_bounded(stream, &Frame::Keepalive.encode()).await {
-            info!(
-                "lost raft connection to peer {} ({}): {e}",
-                self.id, self.addr
-            );
-            link.last_error = Some(e.to_string());
-            link.conn = None;
-            link.retry_at = Instant::now();
+            self.lost(link, &e);
         }
         link.last_write = Instant::now();
     }
@@ -1153,13 +1158,7 @@ impl PeerLink {
             Err(e) => {
                 // Routine when a peer stops; the health monitor reports
                 // it down if it stays away.
-                info!(
-                    "lost raft connection to peer {} ({}): {e}",
-                    self.id, self.addr
-                );
-                link.last_error = Some(e.to_string());
-                link.conn = None;
-                link.retry_at = Instant::now();
+                self.lost(link, &e);
                 self.fail(&batch);
             }
         }
