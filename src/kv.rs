@@ -43,9 +43,13 @@ pub enum KvError {
     /// timeout. A write may or may not have been applied.
     #[error("timed out waiting for the cluster")]
     TimedOut,
-    /// The node is shutting down.
+    /// The node is shutting down; a write was not applied.
     #[error("the node is shutting down")]
     Stopped,
+    /// The node stopped (shutting down, or removed from the cluster) after
+    /// a write left it. It may or may not have been applied.
+    #[error("the node stopped before the write's outcome was known")]
+    Abandoned,
     /// The store failed; the node stops.
     #[error("storage failure: {0}")]
     Storage(String),
@@ -56,6 +60,7 @@ impl From<RequestError> for KvError {
         match e {
             RequestError::NoLeader => KvError::NoLeader,
             RequestError::TimedOut => KvError::TimedOut,
+            RequestError::Abandoned => KvError::Abandoned,
             RequestError::Stopped | RequestError::NotLeader | RequestError::Busy => {
                 KvError::Stopped
             }

@@ -233,8 +233,12 @@ pub fn add_learner(member: &Member) -> Change {
 /// Makes a learner a voter; with `replacing`, removes that member in the
 /// same joint-consensus change.
 pub fn promote(member: &Member, replacing: Option<u64>) -> Change {
+    // A voter is marked joined in the entry that makes it a voter: from the
+    // moment it can vote, starting it on an empty data dir is refused, with
+    // no window in which the mark has not committed yet.
     let record = Member {
         role: Role::Voter,
+        joined: true,
         ..member.clone()
     };
     let mut changes = vec![single(member.id, ConfChangeType::AddNode)];

@@ -103,6 +103,7 @@ pub async fn status_json(state: &AdminState) -> Value {
         "cluster": state.config.name,
         "role": status.as_ref().map(|s| s.role_name()),
         "term": status.as_ref().map(|s| s.term),
+        "vote": status.as_ref().map(|s| s.vote),
         "leader_id": status.as_ref().and_then(|s| s.leader_id),
         "bootstrap_complete": state.bootstrap_complete.load(Ordering::Relaxed),
         "cluster_size": n,
@@ -110,6 +111,7 @@ pub async fn status_json(state: &AdminState) -> Value {
         "live_peers": live,
         "commit_index": status.as_ref().map(|s| s.commit_index),
         "applied_index": status.as_ref().map(|s| s.applied_index),
+        "applied_hash": status.as_ref().and_then(|s| s.applied_hash).map(|h| format!("{h:016x}")),
         "snapshot_index": status.as_ref().map(|s| s.snapshot_index),
     })
 }

@@ -422,6 +422,7 @@ async fn starting(state: &StartingState, req: &Request<Incoming>) -> Response<Fu
                     "cluster": state.config.name,
                     "role": null,
                     "term": null,
+                    "vote": null,
                     "leader_id": null,
                     "bootstrap_complete": false,
                     "cluster_size": n,
@@ -429,6 +430,7 @@ async fn starting(state: &StartingState, req: &Request<Incoming>) -> Response<Fu
                     "live_peers": state.health.live_peers().await,
                     "commit_index": null,
                     "applied_index": null,
+                    "applied_hash": null,
                     "snapshot_index": null,
                 }),
             )
@@ -507,6 +509,9 @@ pub fn kv_error(e: &KvError, write: bool, timeout: Duration) -> Response<Full<By
         ),
         (KvError::TimedOut, false) => format!("timed out after {t} waiting for the read index"),
         (KvError::Stopped, _) => "the node is shutting down".to_string(),
+        (KvError::Abandoned, _) => "the node stopped (it is shutting down, or was removed) before \
+            the write's outcome was known: it may or may not have been applied"
+            .to_string(),
         (KvError::Storage(reason), _) => format!("storage failure: {reason}"),
     };
     let status = if matches!(e, KvError::Stopped) {

@@ -46,7 +46,7 @@ use raft::prelude::{ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMe
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::error::{Error, Result};
-use crate::raft::storage::{Applied, PersistBatch, RecoveredState};
+use crate::raft::storage::{chain_hash, Applied, PersistBatch, RecoveredState, Written};
 use crate::store::machine::{self, ReadTables, Tables};
 use crate::store::{Command, Outcome};
 
@@ -75,6 +75,9 @@ const KEY_VOTERS: &str = "voters";
 const KEY_HARD_STATE: &str = "hard_state";
 const KEY_SNAPSHOT_META: &str = "snapshot_meta";
 const KEY_APPLIED: &str = "applied";
+/// The running hash of the applied entries (`chain_hash`); absent in a
+/// store written by an older build until it installs a snapshot.
+const KEY_APPLIED_HASH: &str = "applied_hash";
 const KEY_CONF_STATE: &str = "conf_state";
 /// The cluster id a joining node learned from its handshake (empty before);
 /// once the store holds `__quorumd/cluster_id`, that one counts.
@@ -285,6 +288,7 @@ impl RedbLogStore {
             self.decode(KEY_SNAPSHOT_META, &get(KEY_SNAPSHOT_META)?)?;
         let conf_state: ConfState = self.decode(KEY_CONF_STATE, &get(KEY_CONF_STATE)?)?;
         let applied = self.decode_u64(KEY_APPLIED, &get(KEY_APPLIED)?)?;
+        let applied_hash = self.applied_hash(&meta)?;
 
         let table = txn.open_table(ENTRIES).map_err(|e| self.err("read", e))?;
         let mut entries = Vec::new();
@@ -315,10 +319,22 @@ impl RedbLogStore {
             conf_state,
             entries,
             applied,
+            applied_hash,
         })
     }
 
-    fn write_batch(&self, batch: &PersistBatch) -> Result<Vec<Applied>> {
+    /// The stored running hash of the applied entries, if there is one.
+    fn applied_hash(
+        &self,
+        meta: &impl ReadableTable<&'static str, &'static [u8]>,
+    ) -> Result<Option<u64>> {
+        meta.get(KEY_APPLIED_HASH)
+            .map_err(|e| self.err("read", e))?
+            .map(|v| self.decode_u64(KEY_APPLIED_HASH, v.value()))
+            .transpose()
+    }
+
+    fn write_batch(&self, batch: &PersistBatch) -> Result<Written> {
         let mut txn = self.db.begin_write().map_err(|e| self.err("write", e))?;
         let durability = if batch.durable {
             Durability::Immediate
@@ -328,6 +344,7 @@ impl RedbLogStore {
         txn.set_durability(durability)
             .map_err(|e| self.err("write", e))?;
         let mut results = Vec::new();
+        let written;
         {
             let mut meta = txn.open_table(META).map_err(|e| self.err("write", e))?;
             let mut table = txn.open_table(ENTRIES).map_err(|e| self.err("write", e))?;
@@ -342,12 +359,36 @@ impl RedbLogStore {
                 self.decode(KEY_SNAPSHOT_META, &stored(&meta, KEY_SNAPSHOT_META)?)?;
             let stored_applied = self.decode_u64(KEY_APPLIED, &stored(&meta, KEY_APPLIED)?)?;
             let mut applied = stored_applied;
+            let stored_hash = self.applied_hash(&meta)?;
+            let mut hash = stored_hash;
+            let stored_hs: HardState =
+                self.decode(KEY_HARD_STATE, &stored(&meta, KEY_HARD_STATE)?)?;
+            // Term and vote only move forward (checked before anything is
+            // written); a commit-only batch keeps them as stored.
+            let mut hs = stored_hs.clone();
+            if let Some(new) = &batch.hard_state {
+                self.check_promises(&stored_hs, new)?;
+                hs = new.clone();
+            }
+            if let Some(commit) = batch.commit {
+                if commit < hs.commit {
+                    return Err(Error::Storage {
+                        dir: self.dir.clone(),
+                        reason: format!(
+                            "refusing to lower the stored commit index from {} to {commit}",
+                            hs.commit
+                        ),
+                    });
+                }
+                hs.commit = commit;
+            }
 
             if let Some(snapshot) = &batch.snapshot {
                 // The snapshot replaces the whole log and the whole store.
                 let m = snapshot.get_metadata();
-                crate::store::snapshot::install(&mut kv, snapshot.get_data())
+                let header = crate::store::snapshot::install(&mut kv, snapshot.get_data())
                     .map_err(|e| self.err("install a snapshot into", e))?;
+                hash = header.applied_hash;
                 table
                     .retain(|_, _| false)
                     .map_err(|e| self.err("write", e))?;
@@ -423,6 +464,7 @@ impl RedbLogStore {
                     });
                 }
                 applied = entry.index;
+                hash = hash.map(|h| chain_hash(h, entry));
             }
             if let Some(cs) = &batch.conf_state {
                 put(&mut meta, KEY_CONF_STATE, &encode(cs)).map_err(|e| self.err("write", e))?;
@@ -466,30 +508,61 @@ impl RedbLogStore {
                 .map_err(|e| self.err("write", e))?
                 .map(|(k, _)| k.value())
                 .unwrap_or(snapshot_meta.index);
-            let commit = match &batch.hard_state {
-                Some(hs) => hs.commit,
-                None => {
-                    let raw = stored(&meta, KEY_HARD_STATE)?;
-                    self.decode::<HardState>(KEY_HARD_STATE, &raw)?.commit
-                }
-            };
-            check_loadable(snapshot_meta.index, last, commit, applied).map_err(|reason| {
+            check_loadable(snapshot_meta.index, last, hs.commit, applied).map_err(|reason| {
                 Error::Storage {
                     dir: self.dir.clone(),
                     reason: format!("refusing a write that raft could not load back: {reason}"),
                 }
             })?;
 
-            if let Some(hs) = &batch.hard_state {
-                put(&mut meta, KEY_HARD_STATE, &encode(hs)).map_err(|e| self.err("write", e))?;
+            if hs != stored_hs {
+                put(&mut meta, KEY_HARD_STATE, &encode(&hs)).map_err(|e| self.err("write", e))?;
             }
             if applied != stored_applied {
                 put(&mut meta, KEY_APPLIED, &applied.to_le_bytes())
                     .map_err(|e| self.err("write", e))?;
             }
+            if hash != stored_hash {
+                match hash {
+                    Some(h) => put(&mut meta, KEY_APPLIED_HASH, &h.to_le_bytes()),
+                    None => meta.remove(KEY_APPLIED_HASH).map(|_| ()),
+                }
+                .map_err(|e| self.err("write", e))?;
+            }
+            written = Written {
+                applied: results,
+                applied_index: applied,
+                applied_hash: hash,
+            };
         }
         txn.commit().map_err(|e| self.err("commit", e))?;
-        Ok(results)
+        Ok(written)
+    }
+
+    /// Refuses a hard state that breaks a promise already made durable: a
+    /// lower term, or another vote within the same term. Either would let
+    /// this node vote twice in one term after a restart.
+    fn check_promises(&self, stored: &HardState, new: &HardState) -> Result<()> {
+        let broken = if new.term < stored.term {
+            Some(format!(
+                "refusing to lower the stored term from {} to {} (vote {} to {})",
+                stored.term, new.term, stored.vote, new.vote
+            ))
+        } else if new.term == stored.term && stored.vote != 0 && new.vote != stored.vote {
+            Some(format!(
+                "refusing to change the stored vote within term {} from node {} to node {}",
+                stored.term, stored.vote, new.vote
+            ))
+        } else {
+            None
+        };
+        match broken {
+            Some(reason) => Err(Error::Storage {
+                dir: self.dir.clone(),
+                reason,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Upgrades a store written by an older build (format 1: no key-value
@@ -600,9 +673,9 @@ impl RedbLogStore {
     /// snapshot, applies committed entries, compacts. Blocks until it is on
     /// disk when `batch.durable`. An `Err` is fatal: nothing that was not
     /// written may be acknowledged.
-    pub fn persist(&self, batch: &PersistBatch) -> Result<Vec<Applied>> {
+    pub fn persist(&self, batch: &PersistBatch) -> Result<Written> {
         if batch.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Written::default());
         }
         guarded(&self.file, || self.write_batch(batch))?
     }
@@ -678,7 +751,9 @@ impl RedbLogStore {
                 self.decode::<Entry>("entry", raw.value())?.term
             };
             let tables = ReadTables::open(&txn).map_err(|e| self.err("read", e))?;
-            let data = crate::store::snapshot::build(&tables).map_err(|e| self.err("read", e))?;
+            let hash = self.applied_hash(&meta)?;
+            let data =
+                crate::store::snapshot::build(&tables, hash).map_err(|e| self.err("read", e))?;
             let mut snapshot = Snapshot::default();
             snapshot.set_data(data.into());
             let m = snapshot.mut_metadata();
@@ -809,6 +884,9 @@ fn create_initial(dir: &Path, identity: &StoreIdentity, creation: &Creation) -> 
             (KEY_CONF_STATE, encode(&state.conf_state)),
             (KEY_CLUSTER_ID, cluster_id.as_bytes().to_vec()),
         ];
+        if let Some(hash) = state.applied_hash {
+            put(&mut meta, KEY_APPLIED_HASH, &hash.to_le_bytes()).map_err(|e| err(e.into()))?;
+        }
         for (key, value) in &rows {
             put(&mut meta, key, value).map_err(|e| err(e.into()))?;
         }
@@ -1165,15 +1243,23 @@ mod tests {
         ];
         {
             let store = RedbLogStore::open(tmp.path(), &identity()).unwrap();
-            let results = store
+            let written = store
                 .persist(&PersistBatch {
                     entries: entries.clone(),
                     hard_state: Some(hard_state(2, 1, 4)),
-                    apply: entries,
+                    apply: entries.clone(),
                     durable: true,
                     ..Default::default()
                 })
                 .unwrap();
+            let want = entries
+                .iter()
+                .fold(crate::raft::storage::BOOTSTRAP_HASH, chain_hash);
+            assert_eq!(
+                (written.applied_index, written.applied_hash),
+                (4, Some(want))
+            );
+            let results = written.applied;
             // The no-op at 3 has no result; the commands do.
             assert_eq!(
                 results.iter().map(|r| r.index).collect::<Vec<_>>(),
@@ -1505,6 +1591,58 @@ mod tests {
         };
         assert!(store.persist(&batch).is_err());
         assert_eq!(store.recover().unwrap().entries.len(), 3);
+    }
+
+    #[test]
+    fn term_and_vote_never_go_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = RedbLogStore::open(tmp.path(), &identity()).unwrap();
+        append(&store, vec![entry(2, 1), entry(3, 1)]);
+        let write = |hs: HardState| {
+            store.persist(&PersistBatch {
+                hard_state: Some(hs),
+                durable: true,
+                ..Default::default()
+            })
+        };
+        write(hard_state(4, 2, 1)).unwrap();
+        // A lower term, or another vote in the same term, is refused as a
+        // storage error naming both values; nothing is written.
+        let e = write(hard_state(3, 2, 1)).unwrap_err();
+        assert!(matches!(e, Error::Storage { .. }), "{e:?}");
+        assert!(
+            e.to_string().contains("lower the stored term from 4 to 3"),
+            "{e}"
+        );
+        let e = write(hard_state(4, 3, 1)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("change the stored vote within term 4 from node 2 to node 3"),
+            "{e}"
+        );
+        let e = write(hard_state(4, 0, 1)).unwrap_err();
+        assert!(e.to_string().contains("from node 2 to node 0"), "{e}");
+        // The same vote again, a first vote in a term, and a new term are fine.
+        write(hard_state(4, 2, 2)).unwrap();
+        write(hard_state(5, 0, 2)).unwrap();
+        write(hard_state(5, 1, 2)).unwrap();
+        // An apply batch carries a commit index only: term and vote stay.
+        store
+            .persist(&PersistBatch {
+                commit: Some(3),
+                apply: vec![entry(2, 1), entry(3, 1)],
+                ..Default::default()
+            })
+            .unwrap();
+        let hs = store.recover().unwrap().hard_state;
+        assert_eq!((hs.term, hs.vote, hs.commit), (5, 1, 3));
+        let e = store
+            .persist(&PersistBatch {
+                commit: Some(2),
+                ..Default::default()
+            })
+            .unwrap_err();
+        assert!(e.to_string().contains("lower the stored commit"), "{e}");
     }
 
     #[test]

@@ -167,9 +167,14 @@ pub enum RequestError {
     /// write may or may not have been applied.
     #[error("timed out waiting for the cluster")]
     TimedOut,
-    /// The replica stopped (the node is shutting down).
+    /// The replica stopped (the node is shutting down) before the request
+    /// left this node: a write was not applied.
     #[error("the node is shutting down")]
     Stopped,
+    /// The replica stopped (shutting down, or removed) after a write was
+    /// handed to raft: it may or may not have been applied.
+    #[error("the node stopped before the write's outcome was known")]
+    Abandoned,
     /// Only the leader does this, and this node does not lead.
     #[error("this node is not the leader")]
     NotLeader,
@@ -194,12 +199,18 @@ pub struct ReplicaStatus {
     pub role: StateRole,
     /// The current term.
     pub term: u64,
+    /// The node this one voted for in the current term (0: none).
+    pub vote: u64,
     /// The known leader, if any.
     pub leader_id: Option<u64>,
     /// The highest index known committed.
     pub commit_index: u64,
     /// The highest index applied.
     pub applied_index: u64,
+    /// The running hash of the entries applied up to `applied_index`, if
+    /// known: two nodes at one applied index hold the same hash unless
+    /// they applied different logs.
+    pub applied_hash: Option<u64>,
     /// The last index in the log.
     pub last_index: u64,
     /// The peer a leader is handing leadership to, while it does.
@@ -458,7 +469,8 @@ pub struct PartitionReplica {
     proposals: HashMap<u64, Proposal>,
     next_read: u64,
     reads_queued: Vec<ReadWaiter>,
-    /// Read-index requests asked of raft: context -> (tick asked, waiters).
+    /// Read-index requests asked of raft: request number of their context
+    /// -> (tick asked, waiters).
     reads_asked: HashMap<u64, (u64, Vec<ReadWaiter>)>,
     /// Answered read indexes waiting for the applied index to reach them.
     reads_ready: Vec<(u64, Vec<ReadWaiter>)>,
@@ -475,6 +487,8 @@ pub struct PartitionReplica {
     /// The highest index applied to the store (raft learns it a step later,
     /// at `advance_apply`).
     applied: u64,
+    /// The running hash of the entries applied up to `applied`.
+    applied_hash: Option<u64>,
 }
 
 impl PartitionReplica {
@@ -552,6 +566,7 @@ impl PartitionReplica {
                 removed_at: None,
                 handoff: None,
                 applied: recovered.applied,
+                applied_hash: recovered.applied_hash,
             },
             handle,
         ))
@@ -726,6 +741,23 @@ impl PartitionReplica {
             return;
         }
         let (from, kind, term) = (m.from, m.get_msg_type(), m.term);
+        if self.applied == 0
+            && matches!(
+                kind,
+                MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+            )
+        {
+            // A node that joined with an empty data dir has applied nothing
+            // until a leader sends it the state. It may be a voter whose
+            // earlier disk was lost with a vote on it, and its empty log
+            // would let it vote for anyone in any term: it votes only once
+            // a leader has brought it up to date.
+            debug!(
+                "{}: not voting for node {from} at term {term}: this node has no state from a                  leader yet",
+                self.group
+            );
+            return;
+        }
         if let Err(e) = self.node.step(m) {
             debug!("{}: ignored {kind:?} from {from}: {e}", self.group);
             return;
@@ -875,11 +907,20 @@ impl PartitionReplica {
         if self.reads_queued.is_empty() {
             return;
         }
-        let ctx = self.next_read;
+        // The context is unique across nodes and restarts, as a proposal's
+        // is: a late heartbeat ack of another node's read, or of an earlier
+        // run's, must never confirm this one, and raft-rs drops a read
+        // whose context is already pending.
+        let request = self.next_read;
         self.next_read += 1;
+        let ctx = ProposalId {
+            node: self.node.raft.id,
+            incarnation: self.incarnation,
+            request,
+        };
         let waiters = std::mem::take(&mut self.reads_queued);
-        self.node.read_index(ctx.to_be_bytes().to_vec());
-        self.reads_asked.insert(ctx, (self.ticks, waiters));
+        self.node.read_index(ctx.encode());
+        self.reads_asked.insert(request, (self.ticks, waiters));
     }
 
     fn progress(&self) -> Progress {
@@ -1055,9 +1096,11 @@ impl PartitionReplica {
             node_id: raft.id,
             role: raft.state,
             term: raft.term,
+            vote: raft.vote,
             leader_id: (raft.leader_id != raft::INVALID_ID).then_some(raft.leader_id),
             commit_index: raft.raft_log.committed,
-            applied_index: raft.raft_log.applied,
+            applied_index: self.applied,
+            applied_hash: self.applied_hash,
             last_index: raft.raft_log.last_index(),
             transferring_to: raft.lead_transferee,
             snapshot_index: self.node.store().snapshot_index(),
@@ -1123,12 +1166,19 @@ impl PartitionReplica {
         // leader answers their clients before its next fsync, a follower
         // acks new entries before it applies. Snapshot, new entries and the
         // hard state go in one durable write.
+        //
+        // Each batch writes only the fields it owns. The append batch owns
+        // the Ready's hard state (term, vote, commit): promises that only
+        // move forward. An apply batch owns the applied state and at most a
+        // new commit index, never a term or vote: raft's view of the hard
+        // state may predate this Ready's write, and copying it would put an
+        // older term or vote back on disk (a node that forgets its vote can
+        // vote twice in one term). The store refuses a batch that lowers
+        // the term or changes the vote within a term.
         let committed = ready.take_committed_entries();
         let mut apply = PersistBatch::default();
         if !committed.is_empty() {
-            let mut hs = self.node.store().hard_state().clone();
-            hs.commit = ready.hs().map_or(hs.commit, |h| h.commit.max(hs.commit));
-            apply.hard_state = Some(hs);
+            apply.commit = ready.hs().map(|h| h.commit);
             (apply.conf_state, apply.accepted_conf) = self.apply_conf_changes(&committed);
             apply.apply = committed;
         }
@@ -1152,13 +1202,11 @@ impl PartitionReplica {
             self.write(apply).await?;
         }
         for rs in read_states {
-            let ctx = rs
-                .request_ctx
-                .as_slice()
-                .try_into()
-                .map(u64::from_be_bytes)
-                .unwrap_or(0);
-            if let Some((_, waiters)) = self.reads_asked.remove(&ctx) {
+            let Some(ctx) = ProposalId::decode(&rs.request_ctx).filter(|id| self.is_mine(id))
+            else {
+                continue;
+            };
+            if let Some((_, waiters)) = self.reads_asked.remove(&ctx.request) {
                 self.reads_ready.push((rs.index, waiters));
             }
         }
@@ -1174,11 +1222,7 @@ impl PartitionReplica {
             apply: light.take_committed_entries(),
             ..Default::default()
         };
-        if let Some(commit) = light.commit_index() {
-            let mut hs = self.node.store().hard_state().clone();
-            hs.commit = commit;
-            after.hard_state = Some(hs);
-        }
+        after.commit = light.commit_index();
         self.send(light.take_messages());
         (after.conf_state, after.accepted_conf) = self.apply_conf_changes(&after.apply);
         self.write(after).await?;
@@ -1203,14 +1247,15 @@ impl PartitionReplica {
             return Ok(());
         }
         let store = self.store.clone();
-        let (batch, results) = blocking::unblock(move || {
-            let results = store.persist(&batch);
-            (batch, results)
+        let (batch, written) = blocking::unblock(move || {
+            let written = store.persist(&batch);
+            (batch, written)
         })
         .await;
-        let results = results?;
-        if let Some(applied) = applied_to {
-            self.applied = applied;
+        let written = written?;
+        if applied_to.is_some() {
+            self.applied = written.applied_index;
+            self.applied_hash = written.applied_hash;
         }
         {
             let view = self.node.mut_store();
@@ -1219,7 +1264,19 @@ impl PartitionReplica {
             }
             view.append(&batch.entries);
             if let Some(hs) = batch.hard_state {
+                let before = view.hard_state();
+                if hs.vote != 0 && (hs.term, hs.vote) != (before.term, before.vote) {
+                    // Read by the chaos runner's vote check: one line per
+                    // vote made durable.
+                    info!(
+                        "{}: durable vote: term {} for node {}",
+                        self.group, hs.term, hs.vote
+                    );
+                }
                 view.set_hard_state(hs);
+            }
+            if let Some(commit) = batch.commit {
+                view.set_commit(commit);
             }
             if let Some(cs) = batch.conf_state {
                 view.set_conf_state(cs);
@@ -1247,7 +1304,7 @@ impl PartitionReplica {
                 s.get_data().len()
             );
         }
-        self.answer(results);
+        self.answer(written.applied);
         Ok(())
     }
 
@@ -1276,6 +1333,11 @@ impl PartitionReplica {
         Some((to, view.term_of(to)?))
     }
 
+    /// True if this run of this node made the proposal or read.
+    fn is_mine(&self, id: &ProposalId) -> bool {
+        id.node == self.node.raft.id && id.incarnation == self.incarnation
+    }
+
     /// Answers the clients of applied entries and fires watches.
     fn answer(&mut self, results: Vec<Applied>) {
         for applied in results {
@@ -1291,12 +1353,10 @@ impl PartitionReplica {
                     !hit
                 });
             }
-            let Some(id) = ProposalId::decode(&applied.context) else {
+            let Some(id) = ProposalId::decode(&applied.context).filter(|id| self.is_mine(id))
+            else {
                 continue;
             };
-            if id.node != self.node.raft.id || id.incarnation != self.incarnation {
-                continue;
-            }
             if let Some(p) = self.proposals.remove(&id.request) {
                 let _ = p.reply.try_send(Ok(Committed {
                     index: applied.index,
@@ -1328,8 +1388,15 @@ impl PartitionReplica {
         while self.inbox.try_recv().is_ok() {}
     }
 
+    /// Fails every waiting request as the driver stops. A proposal already
+    /// handed to raft may still commit (it may be in a leader's log): its
+    /// client is told the outcome is unknown, never that it failed.
     fn fail_all(&mut self, e: RequestError) {
         for (_, p) in self.proposals.drain() {
+            let e = match (e, &p.unsent) {
+                (RequestError::Stopped, None) => RequestError::Abandoned,
+                (e, _) => e,
+            };
             let _ = p.reply.try_send(Err(e));
         }
         let waiters = self
@@ -1444,9 +1511,7 @@ impl PartitionReplica {
                     warn!("{}: membership change refused: {e}", self.group);
                     if let Some(p) =
                         ProposalId::decode(&entry.context[..entry.context.len().min(24)])
-                            .filter(|id| {
-                                id.node == self.node.raft.id && id.incarnation == self.incarnation
-                            })
+                            .filter(|id| self.is_mine(id))
                             .and_then(|id| self.proposals.remove(&id.request))
                     {
                         let _ = p.reply.try_send(Ok(Committed {

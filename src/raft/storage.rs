@@ -31,8 +31,16 @@ pub struct PersistBatch {
     /// Entries to append. If the first index is at or below the stored last
     /// index, the stored tail from that index on is replaced (conflict).
     pub entries: Vec<Entry>,
-    /// The new hard state (term, vote, commit), if it changed.
+    /// The new hard state (term, vote, commit) of a Ready, if it changed.
+    /// Only the batch that persists a Ready's own hard state carries one:
+    /// term and vote are promises that may only move forward, and the store
+    /// refuses a batch that would lower the term or change the vote within
+    /// a term.
     pub hard_state: Option<HardState>,
+    /// A new commit index alone, for a batch that applies entries: it never
+    /// carries a term or vote (a copy of an older view would put an older
+    /// promise back).
+    pub commit: Option<u64>,
     /// Committed entries to apply, in order, right after the applied index.
     pub apply: Vec<Entry>,
     /// The conf state after the membership changes among `apply`.
@@ -55,6 +63,7 @@ impl PersistBatch {
         self.snapshot.is_none()
             && self.entries.is_empty()
             && self.hard_state.is_none()
+            && self.commit.is_none()
             && self.apply.is_empty()
             && self.conf_state.is_none()
             && self.compact.is_none()
@@ -74,6 +83,46 @@ pub struct Applied {
     pub touched: Vec<Touched>,
 }
 
+/// What one written batch came to.
+#[derive(Debug, Clone, Default)]
+pub struct Written {
+    /// The results of the commands applied, in order.
+    pub applied: Vec<Applied>,
+    /// The applied index after the batch.
+    pub applied_index: u64,
+    /// The running hash of every entry applied up to `applied_index`
+    /// ([`chain_hash`]); `None` where it is not known (a store written by
+    /// an older build, until it installs a snapshot).
+    pub applied_hash: Option<u64>,
+}
+
+/// The running hash at the bootstrap index, before any entry is applied.
+pub const BOOTSTRAP_HASH: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// Extends the running hash of applied entries by `entry` (FNV-1a, 64 bits,
+/// over its index, term, type, context and data). Every node that applied
+/// the same entries holds the same hash, whether it replayed the log or
+/// installed a snapshot (which carries it), so comparing the hashes of two
+/// nodes at one applied index checks that they applied the same log.
+pub fn chain_hash(prev: u64, entry: &Entry) -> u64 {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h = prev;
+    let mut feed = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(PRIME);
+        }
+    };
+    feed(&entry.index.to_le_bytes());
+    feed(&entry.term.to_le_bytes());
+    feed(&[entry.get_entry_type() as u8]);
+    feed(&(entry.context.len() as u64).to_le_bytes());
+    feed(&entry.context);
+    feed(&(entry.data.len() as u64).to_le_bytes());
+    feed(&entry.data);
+    h
+}
+
 /// Everything a store recovered on open.
 #[derive(Debug, Clone, Default)]
 pub struct RecoveredState {
@@ -87,6 +136,8 @@ pub struct RecoveredState {
     pub entries: Vec<Entry>,
     /// The highest applied index.
     pub applied: u64,
+    /// The running hash of the applied entries, if known.
+    pub applied_hash: Option<u64>,
 }
 
 impl RecoveredState {
@@ -111,6 +162,7 @@ impl RecoveredState {
             conf_state,
             entries: Vec::new(),
             applied: BOOTSTRAP_INDEX,
+            applied_hash: Some(BOOTSTRAP_HASH),
         }
     }
 }

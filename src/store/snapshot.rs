@@ -4,6 +4,8 @@
 //! ```text
 //! "QSNP" version:u8
 //! index:u64 bytes:u64 floor:u64                       the store's counters
+//! hashed:u8 hash:u64                                  the running hash of the
+//!                                                     applied entries (version 2)
 //! rows:u64      { key_len:u32 key record_len:u32 record }   live keys, sorted
 //! tombs:u64     { key_len:u32 key index:u64 }             tombstones
 //! crc32:u32                                           of everything before
@@ -16,10 +18,23 @@
 use crate::store::machine::{ReadTables, Record, Result, StoreState, Tables};
 
 const MAGIC: &[u8; 4] = b"QSNP";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+/// The version before the applied hash; still read.
+const VERSION_1: u8 = 1;
 
-/// Builds the snapshot of the store as `tables` sees it.
-pub fn build(tables: &ReadTables) -> Result<Vec<u8>> {
+/// What a snapshot's header says, besides its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// The store's counters.
+    pub state: StoreState,
+    /// The running hash of the entries applied up to the snapshot's index,
+    /// if the sender knew it.
+    pub applied_hash: Option<u64>,
+}
+
+/// Builds the snapshot of the store as `tables` sees it, with the running
+/// hash of the entries applied up to it.
+pub fn build(tables: &ReadTables, applied_hash: Option<u64>) -> Result<Vec<u8>> {
     let state = tables.state();
     let rows = tables.rows()?;
     let tombstones = tables.tombstones()?;
@@ -32,9 +47,12 @@ pub fn build(tables: &ReadTables) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(size);
     out.extend_from_slice(MAGIC);
     out.push(VERSION);
-    for n in [state.index, state.bytes, state.floor, rows.len() as u64] {
+    for n in [state.index, state.bytes, state.floor] {
         out.extend_from_slice(&n.to_le_bytes());
     }
+    out.push(u8::from(applied_hash.is_some()));
+    out.extend_from_slice(&applied_hash.unwrap_or(0).to_le_bytes());
+    out.extend_from_slice(&(rows.len() as u64).to_le_bytes());
     for (key, record) in &rows {
         let record = record.encode();
         put_bytes(&mut out, key.as_bytes());
@@ -55,7 +73,10 @@ pub fn build(tables: &ReadTables) -> Result<Vec<u8>> {
 pub(crate) fn empty() -> Vec<u8> {
     let mut out = MAGIC.to_vec();
     out.push(VERSION);
-    out.extend_from_slice(&[0; 40]);
+    out.extend_from_slice(&[0; 24]);
+    out.push(1);
+    out.extend_from_slice(&crate::raft::storage::BOOTSTRAP_HASH.to_le_bytes());
+    out.extend_from_slice(&[0; 16]);
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
@@ -67,14 +88,15 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
 }
 
 /// Checks a snapshot without installing it.
-pub fn validate(data: &[u8]) -> std::result::Result<StoreState, String> {
+pub fn validate(data: &[u8]) -> std::result::Result<Header, String> {
     walk(data, |_, _| Ok(()), |_, _| Ok(()))
 }
 
 /// Replaces the store with the snapshot. The caller checked it with
-/// [`validate`]; a bad snapshot here is reported as damage.
-pub fn install(tables: &mut Tables, data: &[u8]) -> Result<()> {
-    let state = validate(data).map_err(|e| redb::Error::Corrupted(format!("snapshot: {e}")))?;
+/// [`validate`]; a bad snapshot here is reported as damage. Returns its
+/// header.
+pub fn install(tables: &mut Tables, data: &[u8]) -> Result<Header> {
+    let header = validate(data).map_err(|e| redb::Error::Corrupted(format!("snapshot: {e}")))?;
     let mut rows = Vec::new();
     let mut tombstones = Vec::new();
     walk(
@@ -89,16 +111,17 @@ pub fn install(tables: &mut Tables, data: &[u8]) -> Result<()> {
         },
     )
     .map_err(|e| redb::Error::Corrupted(format!("snapshot: {e}")))?;
-    tables.replace(state, rows.into_iter(), tombstones.into_iter())
+    tables.replace(header.state, rows.into_iter(), tombstones.into_iter())?;
+    Ok(header)
 }
 
 /// Reads the snapshot, calling `row` for each live key and `tomb` for each
-/// tombstone. Returns the counters.
+/// tombstone. Returns the header.
 fn walk<'a>(
     data: &'a [u8],
     mut row: impl FnMut(&'a str, Record) -> std::result::Result<(), String>,
     mut tomb: impl FnMut(&'a str, u64) -> std::result::Result<(), String>,
-) -> std::result::Result<StoreState, String> {
+) -> std::result::Result<Header, String> {
     if data.len() < MAGIC.len() + 1 + 4 {
         return Err(format!("{} bytes is too short for a snapshot", data.len()));
     }
@@ -112,13 +135,26 @@ fn walk<'a>(
         return Err("not a quorumd snapshot".to_string());
     }
     let version = r.take(1)?[0];
-    if version != VERSION {
-        return Err(format!("snapshot version {version} is not {VERSION}"));
+    if version != VERSION && version != VERSION_1 {
+        return Err(format!(
+            "snapshot version {version} is not one this build reads ({VERSION_1} or {VERSION})"
+        ));
     }
     let state = StoreState {
         index: r.u64()?,
         bytes: r.u64()?,
         floor: r.u64()?,
+    };
+    let applied_hash = if version == VERSION_1 {
+        None
+    } else {
+        let hashed = r.take(1)?[0];
+        let hash = r.u64()?;
+        match hashed {
+            0 => None,
+            1 => Some(hash),
+            other => return Err(format!("bad applied-hash flag {other}")),
+        }
     };
     let mut bytes = 0u64;
     let mut last: Option<&str> = None;
@@ -147,7 +183,10 @@ fn walk<'a>(
     if !r.buf.is_empty() {
         return Err(format!("{} bytes after the end", r.buf.len()));
     }
-    Ok(state)
+    Ok(Header {
+        state,
+        applied_hash,
+    })
 }
 
 struct Cursor<'a> {
@@ -212,7 +251,11 @@ mod tests {
     }
 
     fn snapshot_of(db: &Database) -> Vec<u8> {
-        build(&ReadTables::open(&db.begin_read().unwrap()).unwrap()).unwrap()
+        build(
+            &ReadTables::open(&db.begin_read().unwrap()).unwrap(),
+            Some(42),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -237,8 +280,9 @@ mod tests {
             }],
         );
         let data = snapshot_of(&src);
-        let state = validate(&data).unwrap();
-        assert_eq!(state.index, 60);
+        let header = validate(&data).unwrap();
+        assert_eq!(header.state.index, 60);
+        assert_eq!(header.applied_hash, Some(42), "the applied hash travels");
 
         let dst = db();
         apply(
@@ -251,7 +295,8 @@ mod tests {
             }],
         );
         let txn = dst.begin_write().unwrap();
-        install(&mut Tables::open(&txn).unwrap(), &data).unwrap();
+        let installed = install(&mut Tables::open(&txn).unwrap(), &data).unwrap();
+        assert_eq!(installed, header);
         txn.commit().unwrap();
 
         let a = ReadTables::open(&src.begin_read().unwrap()).unwrap();
@@ -283,5 +328,29 @@ mod tests {
             assert!(validate(&bad).is_err(), "flipped byte {at}");
         }
         assert!(validate(b"").unwrap_err().contains("too short"));
+    }
+
+    #[test]
+    fn a_version_1_snapshot_is_read_without_a_hash() {
+        let src = db();
+        apply(
+            &src,
+            2,
+            vec![KvOp::Set {
+                key: "a".into(),
+                value: b"1".to_vec(),
+                flags: 0,
+            }],
+        );
+        let v2 = snapshot_of(&src);
+        // Version 1 had no hash fields: drop them and sign it again.
+        let mut v1 = v2[..v2.len() - 4].to_vec();
+        v1[4] = VERSION_1;
+        v1.drain(29..38);
+        let crc = crc32fast::hash(&v1);
+        v1.extend_from_slice(&crc.to_le_bytes());
+        let header = validate(&v1).unwrap();
+        assert_eq!(header.applied_hash, None);
+        assert_eq!(header.state, validate(&v2).unwrap().state);
     }
 }
