@@ -16,6 +16,7 @@
 //!   nothing is acknowledged before it is durable;
 //! - one tick source drives every group.
 
+pub mod log;
 pub mod log_view;
 pub mod manager;
 pub mod redb_store;
