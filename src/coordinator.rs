@@ -28,9 +28,10 @@ use crate::kv::KvService;
 use crate::membership::{Membership, Start};
 use crate::metrics::Metrics;
 use crate::quorum;
-use crate::raft::redb_store::{Creation, DirLock, RedbLogStore, StoreIdentity};
+use crate::raft::storage::{self as node_storage, Creation, DirLock, NodeStorage};
 use crate::raft::{spawn_tick_driver, RaftGroupManager, ReplicaHandle, Router};
 use crate::runtime::{or_shutdown, supervise};
+use crate::store::disk::StoreIdentity;
 use crate::tls::PeerTls;
 use crate::transport::wire::{GroupId, RejectCode};
 use crate::transport::{self, Directory, Identity, RaftSink, SharedDirectory};
@@ -127,11 +128,11 @@ impl ClusterCoordinator {
         // Where an existing store says the membership is (the cluster file
         // only names the initial members).
         let initial_directory = match &opening {
-            Opening::Existing(store) => {
-                let (store, config) = (store.clone(), config.clone());
+            Opening::Existing(storage) => {
+                let (store, config) = (storage.state.clone(), config.clone());
                 blocking::unblock(move || -> Result<Directory> {
                     let membership = store.read(Membership::read)?;
-                    let cluster_id = store.cluster_id()?;
+                    let cluster_id = crate::membership::cluster_id(&store)?;
                     Ok(crate::membership::directory_of(
                         &membership,
                         &config,
@@ -228,8 +229,8 @@ impl ClusterCoordinator {
         // 2. A node without state asks the cluster before it has any: a new
         // cluster bootstraps from the file, a formed one is joined (the
         // leader sends a snapshot), a lost or removed node is refused.
-        let store = match opening {
-            Opening::Existing(store) => store,
+        let storage = match opening {
+            Opening::Existing(storage) => *storage,
             Opening::Fresh {
                 dir,
                 lock,
@@ -260,19 +261,20 @@ impl ClusterCoordinator {
                         cluster_id: cluster_id.clone(),
                     },
                 };
-                let store = blocking::unblock(move || {
-                    RedbLogStore::create(&dir, lock, &store_identity, &creation)
+                let storage = blocking::unblock(move || {
+                    NodeStorage::create(&dir, lock, &store_identity, &creation)
                 })
                 .await?;
-                info!("raft state in {}", store.file().display());
+                info!("raft state in {}", storage.state.file().display());
                 let mut dir = directory.write().unwrap_or_else(|e| e.into_inner());
                 dir.has_state = true;
                 if let Start::Join { cluster_id } = start {
                     dir.cluster_id = Some(cluster_id);
                 }
-                Arc::new(store)
+                storage
             }
         };
+        let store = storage.state.clone();
 
         // 2. __meta/0, from the store.
         let mut manager = RaftGroupManager::new(
@@ -283,12 +285,8 @@ impl ClusterCoordinator {
             peers.clone(),
             metrics.clone(),
         );
-        let meta = manager.create_group(
-            GroupId::meta(),
-            store.clone(),
-            shutdown.clone(),
-            fatal_tx.clone(),
-        )?;
+        let meta =
+            manager.create_group(GroupId::meta(), storage, shutdown.clone(), fatal_tx.clone())?;
         let kv = KvService::new(meta.clone(), store.clone(), config.store.clone());
         let upkeep =
             crate::membership::spawn_upkeep(config.clone(), meta.clone(), store, shutdown.clone());
@@ -611,7 +609,7 @@ enum Handoff {
 
 /// A data dir, locked: with its store, or fresh (no state yet).
 enum Opening {
-    Existing(Arc<RedbLogStore>),
+    Existing(Box<NodeStorage>),
     Fresh {
         dir: PathBuf,
         lock: DirLock,
@@ -629,15 +627,15 @@ fn open_store(config: &ClusterConfig, node_id: u64, options: &NodeOptions) -> Re
         node_id,
         voters: config.ids(),
     };
-    let lock = RedbLogStore::lock(&dir)?;
-    if !RedbLogStore::has_state(&dir)? {
+    let lock = node_storage::lock(&dir)?;
+    if !node_storage::has_state(&dir)? {
         return Ok(Opening::Fresh {
             dir,
             lock,
             identity,
         });
     }
-    let store = RedbLogStore::open_locked(&dir, lock, &identity)?;
-    info!("raft state in {}", store.file().display());
-    Ok(Opening::Existing(Arc::new(store)))
+    let storage = NodeStorage::open_locked(&dir, lock, &identity)?;
+    info!("raft state in {}", storage.state.file().display());
+    Ok(Opening::Existing(Box::new(storage)))
 }

@@ -14,9 +14,9 @@
 use std::sync::Arc;
 
 use crate::config::StoreSettings;
-use crate::raft::redb_store::RedbLogStore;
 use crate::raft::replica::Gauge;
 use crate::raft::{Committed, ReplicaHandle, RequestError};
+use crate::store::disk::StateStore;
 use crate::store::machine::{self, ReadTables};
 use crate::store::{Command, KvOp};
 
@@ -72,13 +72,13 @@ impl From<RequestError> for KvError {
 #[derive(Clone)]
 pub struct KvService {
     replica: ReplicaHandle,
-    store: Arc<RedbLogStore>,
+    store: Arc<StateStore>,
     settings: StoreSettings,
 }
 
 impl KvService {
     /// The service of the `__meta/0` replica and its store.
-    pub fn new(replica: ReplicaHandle, store: Arc<RedbLogStore>, settings: StoreSettings) -> Self {
+    pub fn new(replica: ReplicaHandle, store: Arc<StateStore>, settings: StoreSettings) -> Self {
         KvService {
             replica,
             store,

@@ -126,6 +126,21 @@ impl Membership {
     }
 }
 
+/// The cluster id: the store's record, or what a joining node learned from
+/// its handshake.
+pub fn cluster_id(store: &crate::store::disk::StateStore) -> crate::error::Result<Option<String>> {
+    let from_store = store.read(|t| {
+        Ok(t.get(CLUSTER_ID_KEY)?
+            .value
+            .and_then(|e| e.value)
+            .and_then(|v| String::from_utf8(v).ok()))
+    })?;
+    if from_store.is_some() {
+        return Ok(from_store);
+    }
+    store.learned_cluster_id()
+}
+
 /// The key of a member's record.
 pub fn member_key(id: u64) -> String {
     format!("{MEMBERS_PREFIX}{id}")
@@ -301,7 +316,7 @@ pub const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_milli
 pub fn spawn_upkeep(
     config: std::sync::Arc<crate::config::ClusterConfig>,
     replica: crate::raft::ReplicaHandle,
-    store: std::sync::Arc<crate::raft::redb_store::RedbLogStore>,
+    store: std::sync::Arc<crate::store::disk::StateStore>,
     shutdown: flume::Receiver<()>,
 ) -> crate::runtime::Task<()> {
     crate::runtime::spawn(async move {
@@ -353,7 +368,7 @@ pub fn spawn_upkeep(
 async fn upkeep(
     config: &crate::config::ClusterConfig,
     replica: &crate::raft::ReplicaHandle,
-    store: &std::sync::Arc<crate::raft::redb_store::RedbLogStore>,
+    store: &std::sync::Arc<crate::store::disk::StateStore>,
 ) -> Result<bool, String> {
     let Some(progress) = replica.progress().await else {
         return Ok(false);
@@ -625,7 +640,10 @@ pub fn spawn_directory_sync(
             let (Some(watch), Some(watch_removed), Some(watch_id)) =
                 (watch, watch_removed, watch_id)
             else {
-                break; // the replica stopped
+                // The replica stopped: its own outcome (shutdown, removal, a
+                // storage failure) is what the node reports, not this task's.
+                crate::runtime::or_shutdown(&shutdown, futures_lite::future::pending::<()>()).await;
+                break;
             };
             if let Ok(membership) = kv.membership().await {
                 let known_id = directory

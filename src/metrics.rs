@@ -59,6 +59,78 @@ pub struct Metrics {
     compactions: Counter,
     log_entries: Gauge,
     applied_index: Gauge,
+    disk: DiskMetrics,
+}
+
+/// The write path's stages, named as an operator of etcd expects them.
+#[derive(Debug)]
+struct DiskMetrics {
+    wal_fsync_seconds: Histogram,
+    wal_writes_per_fsync: Histogram,
+    apply_seconds: Histogram,
+    checkpoint_seconds: Histogram,
+    checkpoints: Counter,
+    proposal_seconds: Histogram,
+    proposals_applied: Counter,
+    proposals_failed: Counter,
+}
+
+impl DiskMetrics {
+    fn register(registry: &mut Registry) -> DiskMetrics {
+        // 10 µs .. ~10 s, doubling.
+        let seconds = || Histogram::new(exponential_buckets(0.00001, 2.0, 21));
+        let d = DiskMetrics {
+            wal_fsync_seconds: seconds(),
+            wal_writes_per_fsync: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            apply_seconds: seconds(),
+            checkpoint_seconds: seconds(),
+            checkpoints: Counter::default(),
+            proposal_seconds: seconds(),
+            proposals_applied: Counter::default(),
+            proposals_failed: Counter::default(),
+        };
+        registry.register(
+            "disk_wal_fsync_duration_seconds",
+            "Time of one fdatasync of the Raft log (one per batch of Readies)",
+            d.wal_fsync_seconds.clone(),
+        );
+        registry.register(
+            "disk_wal_writes_per_fsync",
+            "Ready writes one fdatasync of the Raft log made durable",
+            d.wal_writes_per_fsync.clone(),
+        );
+        registry.register(
+            "disk_apply_duration_seconds",
+            "Time to apply one batch of committed entries to the state machine (no fsync)",
+            d.apply_seconds.clone(),
+        );
+        registry.register(
+            "disk_checkpoint_duration_seconds",
+            "Time of one checkpoint of the state machine (its one fsync)",
+            d.checkpoint_seconds.clone(),
+        );
+        registry.register(
+            "disk_checkpoints",
+            "Checkpoints of the state machine",
+            d.checkpoints.clone(),
+        );
+        registry.register(
+            "proposal_duration_seconds",
+            "Time from a write's proposal on this node until it is applied here",
+            d.proposal_seconds.clone(),
+        );
+        registry.register(
+            "proposals_applied",
+            "Writes proposed on this node and applied",
+            d.proposals_applied.clone(),
+        );
+        registry.register(
+            "proposals_failed",
+            "Writes proposed on this node that failed or whose outcome is unknown (no leader, timeout, node stopping)",
+            d.proposals_failed.clone(),
+        );
+        d
+    }
 }
 
 impl Default for Metrics {
@@ -154,7 +226,9 @@ impl Metrics {
             "Highest index applied to the store",
             applied_index.clone(),
         );
+        let disk = DiskMetrics::register(&mut registry);
         Metrics {
+            disk,
             snapshots_installed,
             snapshots_built,
             compactions,
@@ -233,6 +307,38 @@ impl Metrics {
     /// Records the time one Ready took.
     pub fn observe_ready(&self, d: Duration) {
         self.ready_seconds.observe(d.as_secs_f64());
+    }
+
+    /// One fdatasync of the Raft log, covering `writes` Ready writes.
+    pub fn observe_wal_fsync(&self, d: Duration, writes: usize) {
+        self.disk.wal_fsync_seconds.observe(d.as_secs_f64());
+        self.disk.wal_writes_per_fsync.observe(writes as f64);
+    }
+
+    /// One apply batch.
+    pub fn observe_apply(&self, d: Duration) {
+        self.disk.apply_seconds.observe(d.as_secs_f64());
+    }
+
+    /// One checkpoint of the state machine.
+    pub fn observe_checkpoint(&self, d: Duration) {
+        self.disk.checkpoint_seconds.observe(d.as_secs_f64());
+    }
+
+    /// A checkpoint finished.
+    pub fn checkpointed(&self) {
+        self.disk.checkpoints.inc();
+    }
+
+    /// A proposal of this node was applied, `d` after it was proposed.
+    pub fn proposal_applied(&self, d: Duration) {
+        self.disk.proposal_seconds.observe(d.as_secs_f64());
+        self.disk.proposals_applied.inc();
+    }
+
+    /// A proposal of this node failed or ended unknown.
+    pub fn proposal_failed(&self) {
+        self.disk.proposals_failed.inc();
     }
 
     /// A snapshot from the leader was installed.

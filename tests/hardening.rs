@@ -157,14 +157,20 @@ fn a_replica_whose_storage_fails_exits_the_process() {
     };
     c.wait_agreed_leader(&[1, 2, 3]);
 
-    // Fill node 3's file system, then force a durable write on it: kill -9
-    // the leader, so that node 3 records a new term (and a vote).
+    // Fill node 3's file system, then write more than its log's segment
+    // holds (segments are zero-filled when made, so appends into one never
+    // need space): the next segment cannot be made.
     let mut filler = std::fs::File::create(view.join("filler")).expect("create filler");
     let block = vec![0u8; 64 * 1024];
     while filler.write_all(&block).is_ok() {}
     drop(filler);
-    c.signal(leader, libc::SIGKILL);
-    c.wait_exit(leader, BOUND);
+    let value = vec![b'x'; 400 * 1024];
+    for i in 0..4 {
+        if !c.is_running(3) {
+            break;
+        }
+        c.kv_put(leader, &format!("big/{i}"), &value);
+    }
 
     let code = c.wait_exit(3, BOUND);
     let err = c.stderr(3);

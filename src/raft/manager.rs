@@ -14,8 +14,8 @@ use log::debug;
 use crate::config::{RaftTiming, StoreSettings};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::raft::redb_store::RedbLogStore;
 use crate::raft::replica::{PartitionReplica, ReplicaHandle, ReplicaMsg};
+use crate::raft::storage::NodeStorage;
 use crate::runtime::or_shutdown;
 use crate::transport::wire::GroupId;
 use crate::transport::{PeerSenders, RaftSink};
@@ -147,7 +147,7 @@ impl RaftGroupManager {
     pub fn create_group(
         &mut self,
         group: GroupId,
-        store: Arc<RedbLogStore>,
+        storage: NodeStorage,
         shutdown: flume::Receiver<()>,
         fatal: flume::Sender<Error>,
     ) -> Result<ReplicaHandle> {
@@ -159,7 +159,7 @@ impl RaftGroupManager {
             group.clone(),
             &self.timing,
             &self.settings,
-            store,
+            storage,
             self.peers.clone(),
             self.metrics.clone(),
         )?;

@@ -46,10 +46,12 @@ use slog::Drain as _;
 use crate::config::{RaftTiming, StoreSettings};
 use crate::error::Result;
 use crate::metrics::Metrics;
+use crate::raft::log::writer::{self, LogWriter};
+use crate::raft::log::LogWrite;
 use crate::raft::log_view::LogView;
-use crate::raft::redb_store::RedbLogStore;
-use crate::raft::storage::{Applied, PersistBatch};
+use crate::raft::storage::{Applied, NodeStorage, Written};
 use crate::runtime::or_shutdown;
+use crate::store::disk::{ApplyBatch, StateStore};
 use crate::store::{Outcome, Touched};
 use crate::transport::wire::GroupId;
 use crate::transport::PeerSenders;
@@ -67,6 +69,15 @@ pub const MAX_INFLIGHT_MSGS: usize = 256;
 pub const MAX_UNCOMMITTED_BYTES: u64 = 32 * 1024 * 1024;
 /// Committed entries handed to one Ready, in bytes.
 pub const MAX_APPLY_BYTES_PER_READY: u64 = 16 * 1024 * 1024;
+/// An apply batch with more entry data than this runs off the executor.
+pub const INLINE_APPLY_BYTES: usize = 256 * 1024;
+/// The state machine is checkpointed (made durable) at least this often
+/// while it changes. The log keeps every entry since the last checkpoint,
+/// so this bounds what a restart replays, and it is how often a page of the
+/// store is rewritten on disk, however many puts changed it.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
+/// ... or once this many bytes of entries were applied since the last one.
+pub const CHECKPOINT_BYTES: u64 = 8 * 1024 * 1024;
 /// Ticks a read-index request may wait for its answer before it is asked
 /// again (a leader drops it until it has committed an entry of its term).
 pub const READ_INDEX_RETRY_TICKS: u64 = 2;
@@ -127,6 +138,16 @@ pub enum ReplicaMsg {
     },
     /// Reply with the leader's view of replication, for membership upkeep.
     Progress(flume::Sender<Progress>),
+    /// From the log writer: the writes of every Ready up to this number are
+    /// durable.
+    Persisted(u64),
+    /// From the log writer: a write failed. Fatal.
+    LogFailed(crate::error::Error),
+    /// An apply batch run off the executor finished.
+    Applied(Result<Written>),
+    /// A checkpoint of the state machine finished: the applied index it made
+    /// durable.
+    Checkpointed(Result<u64>),
 }
 
 /// The leader's view of replication.
@@ -398,6 +419,38 @@ impl ReplicaHandle {
     }
 }
 
+/// Keeps one append acknowledgement per peer and term, the highest: raft
+/// reads an ack as "I hold everything up to this index", so the others say
+/// nothing more, and a follower that took several appends in one Ready
+/// sends one ack, not one per append.
+fn coalesce_acks(messages: Vec<Message>) -> Vec<Message> {
+    let is_ack = |m: &Message| m.get_msg_type() == MessageType::MsgAppendResponse && !m.reject;
+    if messages.iter().filter(|m| is_ack(m)).count() < 2 {
+        return messages;
+    }
+    let mut best: HashMap<(u64, u64), u64> = HashMap::new();
+    for m in messages.iter().filter(|m| is_ack(m)) {
+        let top = best.entry((m.to, m.term)).or_insert(m.index);
+        *top = (*top).max(m.index);
+    }
+    messages
+        .into_iter()
+        .filter(|m| {
+            if !is_ack(m) {
+                return true;
+            }
+            // Keep the first ack that carries the highest index.
+            match best.get(&(m.to, m.term)) {
+                Some(&top) if top == m.index => {
+                    best.remove(&(m.to, m.term));
+                    true
+                }
+                _ => false,
+            }
+        })
+        .collect()
+}
+
 /// Identifies a proposal in its entry's context, so that the node that
 /// proposed it can answer its client once it is applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -431,6 +484,7 @@ impl ProposalId {
 
 struct Proposal {
     reply: flume::Sender<WriteResult>,
+    started: Instant,
     deadline: Instant,
     /// The entry data, while it waits for a leader; `None` once handed to
     /// raft.
@@ -452,7 +506,8 @@ struct Watcher {
 pub struct PartitionReplica {
     group: GroupId,
     node: RawNode<LogView>,
-    store: Arc<RedbLogStore>,
+    store: Arc<StateStore>,
+    log: LogWriter,
     peers: PeerSenders,
     inbox: flume::Receiver<ReplicaMsg>,
     /// Our own inbox, for work finished off the executor.
@@ -489,20 +544,41 @@ pub struct PartitionReplica {
     applied: u64,
     /// The running hash of the entries applied up to `applied`.
     applied_hash: Option<u64>,
+    /// Messages that wait for their Ready's log write (votes, append acks),
+    /// by Ready number, oldest first.
+    unpersisted: std::collections::VecDeque<(u64, Vec<Message>)>,
+    /// Apply batches not yet applied: they wait while a checkpoint or a
+    /// large batch runs off the executor, so that batches apply in order.
+    pending_apply: std::collections::VecDeque<ApplyBatch>,
+    /// A checkpoint or a large apply batch runs off the executor.
+    store_busy: bool,
+    /// The applied index the last checkpoint made durable: the log keeps
+    /// every entry after it.
+    checkpointed: u64,
+    /// When the last checkpoint started.
+    last_checkpoint: Instant,
+    /// Entry bytes applied since the last checkpoint.
+    applied_bytes: u64,
 }
 
 impl PartitionReplica {
-    /// Recovers the group's state from `store` and builds its `RawNode`.
+    /// Builds the group's `RawNode` from the node's recovered storage, and
+    /// starts the log writer thread.
     pub fn new(
         node_id: u64,
         group: GroupId,
         timing: &RaftTiming,
         settings: &StoreSettings,
-        store: Arc<RedbLogStore>,
+        storage: NodeStorage,
         peers: PeerSenders,
         metrics: Arc<Metrics>,
     ) -> Result<(PartitionReplica, ReplicaHandle)> {
-        let recovered = store.recover()?;
+        let NodeStorage {
+            state: store,
+            log,
+            recovered,
+            lock,
+        } = storage;
         let view = LogView::new(&recovered);
         let config = raft::Config {
             id: node_id,
@@ -511,6 +587,7 @@ impl PartitionReplica {
             applied: recovered.applied,
             pre_vote: true,
             check_quorum: true,
+            batch_append: true,
             max_size_per_msg: MAX_SIZE_PER_MSG,
             max_inflight_msgs: MAX_INFLIGHT_MSGS,
             max_uncommitted_size: MAX_UNCOMMITTED_BYTES,
@@ -529,6 +606,20 @@ impl PartitionReplica {
             tx: tx.clone(),
             gauge: gauge.clone(),
         };
+        // The writer holds the data dir's lock for as long as it owns the
+        // log: the dir stays locked until the last write is synced.
+        let report = {
+            let tx = tx.clone();
+            move |event| {
+                let _keep_locked = &lock;
+                let msg = match event {
+                    writer::Event::Persisted(n) => ReplicaMsg::Persisted(n),
+                    writer::Event::Failed(e) => ReplicaMsg::LogFailed(e),
+                };
+                tx.send(msg).is_ok()
+            }
+        };
+        let log = LogWriter::spawn(log, report, metrics.clone())?;
         info!(
             "{group}: replica recovered: term={} vote={} commit={} applied={} log=[{}, {}] voters={:?}",
             recovered.hard_state.term,
@@ -544,6 +635,7 @@ impl PartitionReplica {
                 group,
                 node,
                 store,
+                log,
                 peers,
                 inbox,
                 own: tx,
@@ -567,6 +659,12 @@ impl PartitionReplica {
                 handoff: None,
                 applied: recovered.applied,
                 applied_hash: recovered.applied_hash,
+                unpersisted: Default::default(),
+                pending_apply: Default::default(),
+                store_busy: false,
+                checkpointed: recovered.applied,
+                last_checkpoint: Instant::now(),
+                applied_bytes: 0,
             },
             handle,
         ))
@@ -574,37 +672,49 @@ impl PartitionReplica {
 
     /// Runs until `shutdown` closes (`Ok`) or storage fails (`Err`, fatal).
     pub async fn run(mut self, shutdown: flume::Receiver<()>) -> Result<()> {
+        let outcome = self.drive(&shutdown).await;
+        self.fail_all(RequestError::Stopped);
+        self.drain_inbox();
+        let group = self.group.clone();
+        if let Err(e) = &outcome {
+            if !matches!(e, crate::error::Error::Removed(_)) {
+                error!("{group}: stopping replica: {e}");
+            }
+        }
+        // Let the log writer sync what it holds, and (unless the storage
+        // failed) make what was applied durable: a restart then replays
+        // little.
+        let healthy = matches!(&outcome, Ok(()) | Err(crate::error::Error::Removed(_)));
+        self.close(healthy).await;
+        if outcome.is_ok() {
+            debug!("{group}: replica stopped");
+        }
+        outcome
+    }
+
+    async fn drive(&mut self, shutdown: &flume::Receiver<()>) -> Result<()> {
         loop {
-            let first = or_shutdown(&shutdown, self.inbox.recv_async())
+            let first = or_shutdown(shutdown, self.inbox.recv_async())
                 .await
                 .and_then(std::result::Result::ok);
-            let Some(first) = first else { break };
-            self.handle(first);
+            let Some(first) = first else {
+                return Ok(());
+            };
+            self.handle(first)?;
             for _ in 1..MAX_INBOX_BATCH {
                 match self.inbox.try_recv() {
-                    Ok(msg) => self.handle(msg),
+                    Ok(msg) => self.handle(msg)?,
                     Err(_) => break,
                 }
             }
             self.ask_read_index();
             let started = Instant::now();
             let had_ready = self.node.has_ready();
-            let handled = self.on_ready().await;
+            self.on_ready().await?;
             if had_ready {
                 self.metrics.observe_ready(started.elapsed());
             }
-            if let Err(e) = handled {
-                error!("{}: stopping replica: {e}", self.group);
-                self.fail_all(RequestError::Stopped);
-                self.drain_inbox();
-                return Err(e);
-            }
             if let Some(index) = self.removed_at {
-                self.fail_all(RequestError::Stopped);
-                let store = self.store.clone();
-                let flushed = blocking::unblock(move || store.flush()).await;
-                self.drain_inbox();
-                flushed?;
                 let me = self.node.raft.id;
                 return Err(crate::error::Error::Removed(format!(
                     "node {me} was removed from the cluster by the membership change at index \
@@ -614,16 +724,48 @@ impl PartitionReplica {
             self.publish();
             self.maybe_build_snapshot();
         }
-        self.fail_all(RequestError::Stopped);
-        let store = self.store.clone();
-        let flushed = blocking::unblock(move || store.flush()).await;
-        self.drain_inbox();
-        flushed?;
-        debug!("{}: replica stopped", self.group);
-        Ok(())
     }
 
-    fn handle(&mut self, msg: ReplicaMsg) {
+    /// Stops the log writer (it syncs what it holds) and checkpoints the
+    /// state machine.
+    async fn close(self, checkpoint: bool) {
+        let PartitionReplica {
+            log, store, inbox, ..
+        } = self;
+        let group = self.group;
+        let mut done = crate::runtime::spawn(blocking::unblock(move || {
+            log.close();
+            // A batch still running off the executor finishes first (redb
+            // has one writer); then one checkpoint.
+            if !checkpoint {
+                return;
+            }
+            if let Err(e) = store.checkpoint() {
+                warn!("{group}: cannot checkpoint the state machine while stopping: {e}");
+            }
+        }));
+        // The writer reports into the inbox: keep emptying it, so that it
+        // never waits for room while it finishes. (The inbox stays open until
+        // the driver returns: tasks that watch the replica see it stop then.)
+        loop {
+            let drained = futures_lite::future::or(
+                async {
+                    (&mut done).await;
+                    true
+                },
+                async {
+                    let _ = inbox.recv_async().await;
+                    false
+                },
+            )
+            .await;
+            if drained {
+                break;
+            }
+        }
+    }
+
+    fn handle(&mut self, msg: ReplicaMsg) -> Result<()> {
         match msg {
             ReplicaMsg::Tick => {
                 self.ticks += 1;
@@ -733,7 +875,28 @@ impl PartitionReplica {
                     Err(e) => warn!("{}: cannot build a snapshot: {e}", self.group),
                 }
             }
+            ReplicaMsg::Persisted(number) => {
+                self.node.on_persist_ready(number);
+                while self.unpersisted.front().is_some_and(|(n, _)| *n <= number) {
+                    let (_, messages) = self.unpersisted.pop_front().expect("checked");
+                    self.send(messages);
+                }
+            }
+            ReplicaMsg::LogFailed(e) => return Err(e),
+            ReplicaMsg::Applied(written) => {
+                self.store_busy = false;
+                self.applied_to(written?);
+                self.drain_applies()?;
+            }
+            ReplicaMsg::Checkpointed(done) => {
+                self.store_busy = false;
+                self.checkpointed = done?;
+                self.metrics.checkpointed();
+                self.maybe_compact();
+                self.drain_applies()?;
+            }
         }
+        Ok(())
     }
 
     fn step(&mut self, m: Message) {
@@ -794,6 +957,7 @@ impl PartitionReplica {
     }
 
     fn on_tick(&mut self) {
+        self.maybe_checkpoint();
         self.finish_handoff();
         self.leave_joint();
         let now = Instant::now();
@@ -803,6 +967,7 @@ impl PartitionReplica {
             self.retry_unsent();
         }
         // Deadlines.
+        let metrics = &self.metrics;
         self.proposals.retain(|_, p| {
             if p.reply.is_disconnected() {
                 return false;
@@ -816,6 +981,7 @@ impl PartitionReplica {
                 RequestError::TimedOut
             };
             let _ = p.reply.try_send(Err(e));
+            metrics.proposal_failed();
             false
         });
         let read_err = if has_leader {
@@ -860,6 +1026,7 @@ impl PartitionReplica {
         self.next_request += 1;
         let mut proposal = Proposal {
             reply,
+            started: Instant::now(),
             deadline: Instant::now() + self.request_timeout,
             unsent: Some(data),
         };
@@ -1009,6 +1176,7 @@ impl PartitionReplica {
                     request,
                     Proposal {
                         reply,
+                        started: Instant::now(),
                         deadline: Instant::now() + self.request_timeout,
                         unsent: None,
                     },
@@ -1152,55 +1320,167 @@ impl PartitionReplica {
         self.subscribers.retain(|s| s.send(status.clone()).is_ok());
     }
 
+    /// Handles one Ready, in raft-rs's order, with the log written
+    /// asynchronously:
+    ///
+    /// 1. send `messages` (a leader's appends go out before its own write);
+    /// 2. a snapshot is installed in the state machine, durably, before
+    ///    anything else (see [`PartitionReplica::install_snapshot`]);
+    /// 3. the new entries and hard state go to the log writer, and raft
+    ///    reads them from the view at once (`advance_append_async`); the
+    ///    messages that must wait for the write (votes, append acks) wait in
+    ///    `unpersisted` until the writer reports the Ready durable
+    ///    ([`ReplicaMsg::Persisted`], then `on_persist_ready`);
+    /// 4. committed entries are applied to the state machine (raft only
+    ///    hands over entries that are committed and durable here), then
+    ///    `advance_apply_to`.
     async fn on_ready(&mut self) -> Result<()> {
         if !self.node.has_ready() {
             return Ok(());
         }
         let mut ready = self.node.ready();
-
-        // 1. Messages that may go out before persisting (a leader's appends).
         self.send(ready.take_messages());
-
-        // 2. + 3. + 4. Committed entries are applied in a write of their
-        // own, without an fsync (they are durable in the log already): a
-        // leader answers their clients before its next fsync, a follower
-        // acks new entries before it applies. Snapshot, new entries and the
-        // hard state go in one durable write.
-        //
-        // Each batch writes only the fields it owns. The append batch owns
-        // the Ready's hard state (term, vote, commit): promises that only
-        // move forward. An apply batch owns the applied state and at most a
-        // new commit index, never a term or vote: raft's view of the hard
-        // state may predate this Ready's write, and copying it would put an
-        // older term or vote back on disk (a node that forgets its vote can
-        // vote twice in one term). The store refuses a batch that lowers
-        // the term or changes the vote within a term.
-        let committed = ready.take_committed_entries();
-        let mut apply = PersistBatch::default();
-        if !committed.is_empty() {
-            apply.commit = ready.hs().map(|h| h.commit);
-            (apply.conf_state, apply.accepted_conf) = self.apply_conf_changes(&committed);
-            apply.apply = committed;
-        }
-        let mut append = PersistBatch::default();
         if !ready.snapshot().is_empty() {
-            append.snapshot = Some(ready.snapshot().clone());
+            return self.install_snapshot(ready).await;
         }
-        append.entries = ready.take_entries();
-        append.hard_state = ready.hs().cloned();
-        append.durable =
-            ready.must_sync() || append.snapshot.is_some() || !append.entries.is_empty();
-        let read_states = ready.take_read_states();
-        let leader = self.node.raft.state == StateRole::Leader;
-        if leader {
-            self.write(apply).await?;
-            self.write(append).await?;
+
+        // Each write carries only what it owns. The log's write carries this
+        // Ready's hard state (term, vote, commit): promises that only move
+        // forward, and the log refuses one that would not. An apply batch
+        // carries the applied state, never a term or vote.
+        let entries = ready.take_entries();
+        let hard_state = ready.hs().cloned();
+        let sync = ready.must_sync() || !entries.is_empty();
+        let number = ready.number();
+        {
+            let view = self.node.mut_store();
+            view.append(&entries);
+            if let Some(hs) = &hard_state {
+                let before = view.hard_state();
+                if hs.vote != 0 && (hs.term, hs.vote) != (before.term, before.vote) {
+                    // Read by the chaos runner's vote check: one line per vote.
+                    info!(
+                        "{}: durable vote: term {} for node {}",
+                        self.group, hs.term, hs.vote
+                    );
+                }
+                view.set_hard_state(hs.clone());
+            }
+        }
+        let persisted = coalesce_acks(ready.take_persisted_messages());
+        if entries.is_empty() && hard_state.is_none() && self.unpersisted.is_empty() {
+            // Nothing to wait for: no write of this Ready, none before it.
+            self.send(persisted);
+            let committed = ready.take_committed_entries();
+            let read_states = ready.take_read_states();
+            self.node.advance_append_async(ready);
+            self.node.on_persist_ready(number);
+            self.read_states(read_states);
+            self.apply(committed)?;
         } else {
-            self.write(append).await?;
-            // 5. Messages that must wait for the write (votes, append acks).
-            self.send(ready.take_persisted_messages());
-            self.write(apply).await?;
+            if entries.is_empty() && hard_state.is_none() {
+                // Still in order behind the writes in flight.
+                self.log.write(number, LogWrite::default());
+            } else {
+                self.log.write(
+                    number,
+                    LogWrite {
+                        entries,
+                        hard_state,
+                        sync,
+                        snapshot: None,
+                    },
+                );
+            }
+            self.unpersisted.push_back((number, persisted));
+            let committed = ready.take_committed_entries();
+            let read_states = ready.take_read_states();
+            self.node.advance_append_async(ready);
+            self.read_states(read_states);
+            self.apply(committed)?;
         }
+        self.release_reads();
+        Ok(())
+    }
+
+    /// A Ready that carries a snapshot from the leader. It is rare, so it
+    /// waits for each step: the state machine installs the snapshot durably,
+    /// then the log restarts after it, durably too (in that order: a log
+    /// that started after the snapshot while the state machine lacked it
+    /// would miss entries; the reverse is repaired on open). Only then does
+    /// raft hear the Ready was persisted.
+    async fn install_snapshot(&mut self, mut ready: raft::Ready) -> Result<()> {
+        let snapshot = ready.snapshot().clone();
+        let meta = snapshot.get_metadata().clone();
+        // Batches waiting to apply hold entries the snapshot covers.
+        while self.store_busy {
+            match self.inbox.recv_async().await {
+                Ok(msg) => self.handle(msg)?,
+                Err(_) => break,
+            }
+        }
+        self.pending_apply.clear();
+        let store = self.store.clone();
+        let batch = ApplyBatch {
+            snapshot: Some(snapshot),
+            ..Default::default()
+        };
+        let written = blocking::unblock(move || store.apply(&batch)).await?;
+        let entries = ready.take_entries();
+        let hard_state = ready.hs().cloned();
+        self.log
+            .write_now(LogWrite {
+                snapshot: Some((meta.index, meta.term)),
+                entries: entries.clone(),
+                hard_state: hard_state.clone(),
+                sync: true,
+            })
+            .await?;
+        self.checkpointed = meta.index;
+        {
+            let view = self.node.mut_store();
+            view.apply_snapshot(&meta);
+            view.append(&entries);
+            if let Some(hs) = hard_state {
+                view.set_hard_state(hs);
+            }
+        }
+        self.metrics.snapshot_installed();
+        info!(
+            "{}: installed a snapshot at index {} (term {})",
+            self.group, meta.index, meta.term
+        );
+        // Installed: tombstones may be gone, so every blocking query
+        // re-reads.
+        for w in self.watchers.drain(..) {
+            let _ = w.fired.try_send(());
+        }
+        // Every write before this one is durable too (the writer keeps
+        // order): what waited for them can go.
+        for (_, messages) in std::mem::take(&mut self.unpersisted) {
+            self.send(messages);
+        }
+        self.applied = written.applied_index;
+        self.applied_hash = written.applied_hash;
+        self.send(ready.take_persisted_messages());
+        let read_states = ready.take_read_states();
+        let committed: Vec<Entry> = ready
+            .take_committed_entries()
+            .into_iter()
+            .filter(|e| e.index > meta.index)
+            .collect();
+        // Everything this Ready asked for is durable: the sync API says so.
+        let mut light = self.node.advance_append(ready);
+        self.node.advance_apply_to(self.applied);
+        self.read_states(read_states);
+        self.send(light.take_messages());
+        self.apply(committed)?;
+        self.apply(light.take_committed_entries())?;
+        self.release_reads();
+        Ok(())
+    }
+
+    fn read_states(&mut self, read_states: Vec<raft::ReadState>) {
         for rs in read_states {
             let Some(ctx) = ProposalId::decode(&rs.request_ctx).filter(|id| self.is_mine(id))
             else {
@@ -1210,102 +1490,128 @@ impl PartitionReplica {
                 self.reads_ready.push((rs.index, waiters));
             }
         }
-        self.release_reads();
+    }
 
-        // 5. (A leader has none: it sent its messages before the write.)
-        self.send(ready.take_persisted_messages());
-
-        // 6. Advance, then the light ready: its commit index and entries
-        // need no fsync (they are redone from the log after a crash).
-        let mut light = self.node.advance(ready);
-        let mut after = PersistBatch {
-            apply: light.take_committed_entries(),
+    /// Queues committed entries for the state machine and applies what can
+    /// be applied now.
+    fn apply(&mut self, committed: Vec<Entry>) -> Result<()> {
+        if committed.is_empty() {
+            return Ok(());
+        }
+        // raft-rs applies a membership change when the application applies
+        // its entry; the conf state goes into the same batch.
+        let (conf_state, accepted_conf) = self.apply_conf_changes(&committed);
+        self.pending_apply.push_back(ApplyBatch {
+            apply: committed,
+            conf_state,
+            accepted_conf,
             ..Default::default()
-        };
-        after.commit = light.commit_index();
-        self.send(light.take_messages());
-        (after.conf_state, after.accepted_conf) = self.apply_conf_changes(&after.apply);
-        self.write(after).await?;
-        self.release_reads();
+        });
+        self.drain_applies()
+    }
 
-        // 7.
-        self.node.advance_apply();
+    /// Applies waiting batches in order. A small batch is applied right
+    /// here: without an fsync it costs microseconds, less than handing it to
+    /// another thread. A large one runs off the executor, and so does a
+    /// checkpoint; meanwhile later batches wait, in order.
+    fn drain_applies(&mut self) -> Result<()> {
+        while !self.store_busy {
+            let Some(batch) = self.pending_apply.pop_front() else {
+                break;
+            };
+            self.applied_bytes += batch.data_bytes() as u64;
+            if batch.data_bytes() > INLINE_APPLY_BYTES {
+                self.store_busy = true;
+                let (store, own) = (self.store.clone(), self.own.clone());
+                crate::runtime::spawn(async move {
+                    let written = blocking::unblock(move || store.apply(&batch)).await;
+                    let _ = own.send_async(ReplicaMsg::Applied(written)).await;
+                })
+                .detach();
+                break;
+            }
+            let started = Instant::now();
+            let written = self.store.apply(&batch)?;
+            self.metrics.observe_apply(started.elapsed());
+            self.applied_to(written);
+        }
+        if !self.store_busy {
+            self.maybe_checkpoint();
+        }
         Ok(())
     }
 
-    /// Writes one batch, then shows it to raft's view and answers clients.
-    async fn write(&mut self, mut batch: PersistBatch) -> Result<()> {
-        let applied_to = batch
-            .apply
-            .last()
-            .map(|e| e.index)
-            .or_else(|| batch.snapshot.as_ref().map(|s| s.get_metadata().index));
-        if let Some(applied) = applied_to {
-            batch.compact = self.compaction(applied);
-        }
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let store = self.store.clone();
-        let (batch, written) = blocking::unblock(move || {
-            let written = store.persist(&batch);
-            (batch, written)
-        })
-        .await;
-        let written = written?;
-        if applied_to.is_some() {
+    /// A batch was applied: answers its clients, fires watches, and tells
+    /// raft.
+    fn applied_to(&mut self, written: Written) {
+        if written.applied_index > self.applied {
             self.applied = written.applied_index;
             self.applied_hash = written.applied_hash;
-        }
-        {
-            let view = self.node.mut_store();
-            if let Some(snapshot) = &batch.snapshot {
-                view.apply_snapshot(snapshot.get_metadata());
-            }
-            view.append(&batch.entries);
-            if let Some(hs) = batch.hard_state {
-                let before = view.hard_state();
-                if hs.vote != 0 && (hs.term, hs.vote) != (before.term, before.vote) {
-                    // Read by the chaos runner's vote check: one line per
-                    // vote made durable.
-                    info!(
-                        "{}: durable vote: term {} for node {}",
-                        self.group, hs.term, hs.vote
-                    );
-                }
-                view.set_hard_state(hs);
-            }
-            if let Some(commit) = batch.commit {
-                view.set_commit(commit);
-            }
-            if let Some(cs) = batch.conf_state {
-                view.set_conf_state(cs);
-            }
-            if let Some((index, _)) = batch.compact {
-                view.compact(index);
-                debug!("{}: log compacted up to {index}", self.group);
-                self.metrics.compacted();
-            }
-            self.metrics.set_log(view.held().0, self.applied);
-        }
-        if batch.snapshot.is_some() || batch.compact.is_some() {
-            // Installed or compacted: tombstones may be gone, so every
-            // blocking query re-reads.
-            for w in self.watchers.drain(..) {
-                let _ = w.fired.try_send(());
-            }
-        }
-        if let Some(s) = &batch.snapshot {
-            self.metrics.snapshot_installed();
-            info!(
-                "{}: installed a snapshot at index {} ({} bytes)",
-                self.group,
-                s.get_metadata().index,
-                s.get_data().len()
-            );
+            self.node.advance_apply_to(self.applied);
         }
         self.answer(written.applied);
-        Ok(())
+        self.maybe_compact();
+        self.release_reads();
+        let view = self.node.store();
+        self.metrics.set_log(view.held().0, self.applied);
+    }
+
+    /// Checkpoints the state machine off the executor when it is time: every
+    /// [`CHECKPOINT_INTERVAL`], or once [`CHECKPOINT_BYTES`] were applied,
+    /// or when compaction waits for it.
+    fn maybe_checkpoint(&mut self) {
+        if self.store_busy || self.applied <= self.checkpointed {
+            return;
+        }
+        let due = self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL
+            || self.applied_bytes >= CHECKPOINT_BYTES
+            || self.compaction_waits();
+        if !due {
+            return;
+        }
+        self.store_busy = true;
+        self.last_checkpoint = Instant::now();
+        self.applied_bytes = 0;
+        let (store, own, metrics) = (self.store.clone(), self.own.clone(), self.metrics.clone());
+        crate::runtime::spawn(async move {
+            let done = blocking::unblock(move || {
+                let started = Instant::now();
+                let done = store.checkpoint();
+                metrics.observe_checkpoint(started.elapsed());
+                done
+            })
+            .await;
+            let _ = own.send_async(ReplicaMsg::Checkpointed(done)).await;
+        })
+        .detach();
+    }
+
+    /// True if the log is due for compaction but the checkpoint is too old
+    /// to allow it.
+    fn compaction_waits(&self) -> bool {
+        self.compaction(self.applied)
+            .is_some_and(|(index, _)| index > self.checkpointed)
+    }
+
+    /// Compacts the log in memory and lets the writer delete old segments,
+    /// up to what the last checkpoint made durable.
+    fn maybe_compact(&mut self) {
+        let Some((index, _)) = self.compaction(self.applied.min(self.checkpointed)) else {
+            return;
+        };
+        let view = self.node.mut_store();
+        view.compact(index);
+        debug!("{}: log compacted up to {index}", self.group);
+        self.metrics.compacted();
+        self.log.release(index);
+        self.pending_apply.push_back(ApplyBatch {
+            reap: Some(index),
+            ..Default::default()
+        });
+        // Tombstones may be gone: every blocking query re-reads.
+        for w in self.watchers.drain(..) {
+            let _ = w.fired.try_send(());
+        }
     }
 
     /// Where to compact after applying up to `applied`, if it is time.
@@ -1358,6 +1664,7 @@ impl PartitionReplica {
                 continue;
             };
             if let Some(p) = self.proposals.remove(&id.request) {
+                self.metrics.proposal_applied(p.started.elapsed());
                 let _ = p.reply.try_send(Ok(Committed {
                     index: applied.index,
                     outcome: applied.outcome,
@@ -1397,6 +1704,7 @@ impl PartitionReplica {
                 (RequestError::Stopped, None) => RequestError::Abandoned,
                 (e, _) => e,
             };
+            self.metrics.proposal_failed();
             let _ = p.reply.try_send(Err(e));
         }
         let waiters = self

@@ -1,17 +1,39 @@
-//! What a replica hands its durable store, and what the store gives back.
+//! A node's durable state, and what a replica hands it.
 //!
-//! raft-rs reads its log through [`raft::Storage`], served by the in-memory
-//! [`LogView`](crate::raft::log_view::LogView). Every Ready is made durable
-//! first, as one [`PersistBatch`] written by the redb store in one
-//! transaction; only then does the replica update the view, answer clients
-//! and send the messages that depend on the write (DESIGN.md rules 4 and 5).
+//! Two files hold it, in the node's data dir:
+//! - `wal/`: the Raft log and hard state ([`RaftLog`]), one durable write
+//!   per Ready;
+//! - `raft.redb`: the state machine and its applied state
+//!   ([`StateStore`]), applied without an fsync and checkpointed from time to
+//!   time.
 //!
-//! On start, the store returns a [`RecoveredState`] and the view is built
-//! from it.
+//! and `LOCK`, held with an exclusive file lock for as long as the node runs
+//! and holding its pid, so that a second process on the same dir is refused
+//! with a sentence naming it. The lock is taken before anything else.
+//!
+//! [`NodeStorage::open`] reads both and makes them agree before raft-rs sees
+//! them ([`RecoveredState`]): the log keeps every entry after the state
+//! machine's last checkpoint, so entries applied but not checkpointed are
+//! applied again, in order, from the log. A state machine ahead of the log
+//! (a snapshot installed just before a crash) restarts the log after it.
+//! What raft-rs could not load (a commit outside the log, an applied index
+//! past it) is refused, naming the file, instead of left to panic.
 
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use log::{info, warn};
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 
+use crate::error::{Error, Result};
+use crate::raft::log::{LogWrite, RaftLog};
+use crate::store::disk::{storage_err, AppliedState, ApplyBatch, StateStore, StoreIdentity};
 use crate::store::{Outcome, Touched};
+
+/// Name of the lock file inside the node's data dir.
+pub const LOCK_FILE: &str = "LOCK";
 
 /// The index of the static bootstrap snapshot that every node starts from.
 ///
@@ -22,7 +44,9 @@ pub const BOOTSTRAP_INDEX: u64 = 1;
 /// The term of the static bootstrap snapshot.
 pub const BOOTSTRAP_TERM: u64 = 1;
 
-/// What one Ready asks to be made durable. It is written in one transaction.
+/// What one Ready asks to be made durable, for [`NodeStorage::persist`]:
+/// the log's part and the state machine's part, written in that order (a
+/// snapshot first, then the log).
 #[derive(Debug, Default, Clone)]
 pub struct PersistBatch {
     /// A snapshot received from the leader; it replaces the log and the
@@ -32,42 +56,18 @@ pub struct PersistBatch {
     /// index, the stored tail from that index on is replaced (conflict).
     pub entries: Vec<Entry>,
     /// The new hard state (term, vote, commit) of a Ready, if it changed.
-    /// Only the batch that persists a Ready's own hard state carries one:
-    /// term and vote are promises that may only move forward, and the store
-    /// refuses a batch that would lower the term or change the vote within
+    /// Term and vote are promises that may only move forward: the log
+    /// refuses a write that would lower the term or change the vote within
     /// a term.
     pub hard_state: Option<HardState>,
-    /// A new commit index alone, for a batch that applies entries: it never
-    /// carries a term or vote (a copy of an older view would put an older
-    /// promise back).
-    pub commit: Option<u64>,
     /// Committed entries to apply, in order, right after the applied index.
     pub apply: Vec<Entry>,
     /// The conf state after the membership changes among `apply`.
     pub conf_state: Option<ConfState>,
-    /// The membership changes among `apply` that raft accepted: their
-    /// context's records are applied to the store with them.
+    /// The membership changes among `apply` that raft accepted.
     pub accepted_conf: Vec<u64>,
-    /// Compact the log up to this `(index, term)`: drop the entries up to it
-    /// and reap the store's tombstones up to it.
-    pub compact: Option<(u64, u64)>,
-    /// Wait for the disk (fsync). Needed for a snapshot, entries, and a new
-    /// term or vote. Applying and a new commit index can wait: after a crash
-    /// they are redone from the durable log.
+    /// Make the log's part durable before returning.
     pub durable: bool,
-}
-
-impl PersistBatch {
-    /// True if there is nothing to write.
-    pub fn is_empty(&self) -> bool {
-        self.snapshot.is_none()
-            && self.entries.is_empty()
-            && self.hard_state.is_none()
-            && self.commit.is_none()
-            && self.apply.is_empty()
-            && self.conf_state.is_none()
-            && self.compact.is_none()
-    }
 }
 
 /// The result of applying one normal entry that carried a command.
@@ -166,6 +166,328 @@ impl RecoveredState {
         }
     }
 }
+
+/// The exclusive lock on a data dir (its `LOCK` file); released on drop.
+#[derive(Debug)]
+pub struct DirLock(#[allow(dead_code)] File);
+
+/// Takes the data dir's lock (creating the dir), before anything else.
+pub fn lock(dir: &Path) -> Result<DirLock> {
+    fs::create_dir_all(dir).map_err(|e| storage_err(dir, "cannot create the data dir", e))?;
+    Ok(DirLock(lock_dir(dir)?))
+}
+
+/// True if the dir holds a node's state (a `raft.redb`).
+pub fn has_state(dir: &Path) -> Result<bool> {
+    StateStore::exists(dir)
+}
+
+/// How a data dir without state gets its first state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Creation {
+    /// A new cluster: the static bootstrap snapshot, every node of the
+    /// cluster file a voter.
+    Bootstrap,
+    /// A node joining a cluster that formed already: an empty log and no
+    /// voters; the leader sends a snapshot. The cluster id is known from the
+    /// handshake.
+    Join { cluster_id: String },
+}
+
+/// A node's durable state, opened: the state machine (shared with the
+/// readers), the log (owned by the replica's log writer), and what they held
+/// together, reconciled.
+pub struct NodeStorage {
+    /// The state machine.
+    pub state: Arc<StateStore>,
+    /// The Raft log.
+    pub log: RaftLog,
+    /// What raft-rs starts from.
+    pub recovered: RecoveredState,
+    /// Holds the data dir's lock.
+    pub lock: DirLock,
+}
+
+impl std::fmt::Debug for NodeStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeStorage")
+            .field("file", &self.state.file())
+            .finish_non_exhaustive()
+    }
+}
+
+fn wal_dir(dir: &Path) -> PathBuf {
+    dir.join(crate::raft::log::DIR)
+}
+
+impl NodeStorage {
+    /// Opens the state in `dir` (on first boot, creates the bootstrap
+    /// state). For tests and tools; a node opens through
+    /// [`NodeStorage::open_locked`] or [`NodeStorage::create`].
+    pub fn open(dir: &Path, identity: &StoreIdentity) -> Result<NodeStorage> {
+        let lock = lock(dir)?;
+        if !has_state(dir)? {
+            return NodeStorage::create(dir, lock, identity, &Creation::Bootstrap);
+        }
+        NodeStorage::open_locked(dir, lock, identity)
+    }
+
+    /// Gives a locked dir without state its first state, then opens it.
+    /// The log is made first and the state machine's file renamed into
+    /// place last, so a dir holds state only once both are whole.
+    pub fn create(
+        dir: &Path,
+        lock: DirLock,
+        identity: &StoreIdentity,
+        creation: &Creation,
+    ) -> Result<NodeStorage> {
+        let (state, cluster_id) = match creation {
+            Creation::Bootstrap => (RecoveredState::bootstrap(&identity.voters), ""),
+            Creation::Join { cluster_id } => (RecoveredState::default(), cluster_id.as_str()),
+        };
+        let wal = wal_dir(dir);
+        // A leftover of a first boot that crashed before its state file was
+        // in place: nothing in it was ever acknowledged.
+        if wal.exists() {
+            fs::remove_dir_all(&wal)
+                .map_err(|e| storage_err(dir, format!("cannot remove {}", wal.display()), e))?;
+        }
+        let start = (state.snapshot_meta.index, state.snapshot_meta.term);
+        drop(RaftLog::create(&wal, start, &state.hard_state)?);
+        let applied = AppliedState {
+            index: state.applied,
+            term: state.snapshot_meta.term,
+            hash: state.applied_hash,
+            conf_state: state.conf_state.clone(),
+        };
+        StateStore::create(dir, identity, &applied, cluster_id)?;
+        NodeStorage::open_locked(dir, lock, identity)
+    }
+
+    /// Opens the state of a locked dir that has one, and reconciles the
+    /// log with the state machine.
+    pub fn open_locked(dir: &Path, lock: DirLock, identity: &StoreIdentity) -> Result<NodeStorage> {
+        let (state, legacy) = StateStore::open(dir, identity)?;
+        let wal = wal_dir(dir);
+        if let Some(legacy) = legacy {
+            // Format 2 kept the log in raft.redb: move it out. A log left by
+            // an upgrade that did not finish is made again from the same
+            // records.
+            if wal.exists() {
+                fs::remove_dir_all(&wal)
+                    .map_err(|e| storage_err(dir, format!("cannot remove {}", wal.display()), e))?;
+            }
+            let mut log = RaftLog::create(&wal, legacy.start, &legacy.hard_state)?;
+            log.write(&LogWrite {
+                entries: legacy.entries.clone(),
+                sync: true,
+                ..Default::default()
+            })?;
+            drop(log);
+            state.finish_upgrade(&legacy)?;
+        }
+        if !RaftLog::exists(&wal) {
+            return Err(Error::StorageCorrupt {
+                file: wal,
+                reason: format!(
+                    "the Raft log is missing beside {}: the data dir is incomplete",
+                    state.file().display()
+                ),
+            });
+        }
+        let (mut log, replayed) = RaftLog::open(&wal)?;
+        let applied = state.applied_state()?;
+        let recovered = reconcile(&wal, &mut log, replayed, &applied)?;
+        Ok(NodeStorage {
+            state: Arc::new(state),
+            log,
+            recovered,
+            lock,
+        })
+    }
+
+    /// Writes one batch: a snapshot into the state machine (durably), then
+    /// the log's part, then the entries to apply. For tests and tools; the
+    /// replica drives the two halves itself.
+    pub fn persist(&mut self, batch: &PersistBatch) -> Result<Written> {
+        if let Some(snapshot) = &batch.snapshot {
+            self.state.apply(&ApplyBatch {
+                snapshot: Some(snapshot.clone()),
+                ..Default::default()
+            })?;
+        }
+        let m = batch.snapshot.as_ref().map(|s| s.get_metadata());
+        self.log.write(&LogWrite {
+            snapshot: m.map(|m| (m.index, m.term)),
+            entries: batch.entries.clone(),
+            hard_state: batch.hard_state.clone(),
+            sync: batch.durable || batch.snapshot.is_some(),
+        })?;
+        let written = self.state.apply(&ApplyBatch {
+            apply: batch.apply.clone(),
+            conf_state: batch.conf_state.clone(),
+            accepted_conf: batch.accepted_conf.clone(),
+            ..Default::default()
+        })?;
+        if batch.apply.is_empty() && batch.snapshot.is_some() {
+            let a = self.state.applied_state()?;
+            return Ok(Written {
+                applied: Vec::new(),
+                applied_index: a.index,
+                applied_hash: a.hash,
+            });
+        }
+        Ok(written)
+    }
+}
+
+/// Makes the replayed log and the state machine agree (see the module
+/// documentation).
+fn reconcile(
+    wal: &Path,
+    log: &mut RaftLog,
+    replayed: crate::raft::log::Recovered,
+    applied: &AppliedState,
+) -> Result<RecoveredState> {
+    let corrupt = |reason: String| Error::StorageCorrupt {
+        file: wal.to_path_buf(),
+        reason,
+    };
+    let mut start = replayed.start;
+    let mut entries = replayed.entries;
+    let mut hard_state = replayed.hard_state;
+    if start.0 > applied.index {
+        return Err(corrupt(format!(
+            "the log starts after entry {}, but the state machine has applied only up to {}: \
+             entries {} to {} are missing",
+            start.0,
+            applied.index,
+            applied.index + 1,
+            start.0
+        )));
+    }
+    let last = entries.last().map_or(start, |e| (e.index, e.term));
+    let term_at_applied = if applied.index == start.0 {
+        Some(start.1)
+    } else {
+        entries
+            .get((applied.index - start.0 - 1) as usize)
+            .map(|e| e.term)
+    };
+    if term_at_applied != Some(applied.term) {
+        // The state machine is ahead of the log, or the log's entry there
+        // is of another term: a snapshot was installed and the node stopped
+        // before the log restarted after it. The log's tail is superseded.
+        warn!(
+            "the state machine is at entry {} (term {}), the log ends at {:?}: restarting the log \
+             after the state machine's snapshot",
+            applied.index, applied.term, last
+        );
+        start = (applied.index, applied.term);
+        entries.clear();
+        if hard_state.term < applied.term {
+            hard_state.term = applied.term;
+            hard_state.vote = 0;
+        }
+        hard_state.commit = hard_state.commit.max(applied.index);
+        log.write(&LogWrite {
+            snapshot: Some(start),
+            hard_state: Some(hard_state.clone()),
+            sync: true,
+            ..Default::default()
+        })?;
+    }
+    // Applied entries were committed: the commit index is at least that.
+    hard_state.commit = hard_state.commit.max(applied.index);
+    let last = entries.last().map_or(start.0, |e| e.index);
+    check_loadable(start.0, last, hard_state.commit, applied.index).map_err(corrupt)?;
+    let mut snapshot_meta = SnapshotMetadata {
+        index: start.0,
+        term: start.1,
+        ..Default::default()
+    };
+    snapshot_meta.set_conf_state(applied.conf_state.clone());
+    info!(
+        "recovered: applied {} (term {}), log ({}, {last}], term {} vote {} commit {}",
+        applied.index, applied.term, start.0, hard_state.term, hard_state.vote, hard_state.commit
+    );
+    Ok(RecoveredState {
+        hard_state,
+        snapshot_meta,
+        conf_state: applied.conf_state.clone(),
+        entries,
+        applied: applied.index,
+        applied_hash: applied.hash,
+    })
+}
+
+/// The conditions under which raft-rs loads a stored state without a fatal
+/// panic (`Raft::load_state` and `RaftLog::applied_to`): the commit index lies
+/// in the stored log, and the applied index between the snapshot and it.
+pub fn check_loadable(
+    snapshot: u64,
+    last: u64,
+    commit: u64,
+    applied: u64,
+) -> std::result::Result<(), String> {
+    if commit < snapshot || commit > last {
+        return Err(format!(
+            "the commit index {commit} is outside the stored log [{snapshot}, {last}]"
+        ));
+    }
+    if applied < snapshot || applied > commit {
+        return Err(format!(
+            "the applied index {applied} is outside [{snapshot}, commit {commit}]"
+        ));
+    }
+    Ok(())
+}
+
+/// Takes the exclusive lock on `<dir>/LOCK` and writes our pid into it.
+fn lock_dir(dir: &Path) -> Result<File> {
+    let path = dir.join(LOCK_FILE);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| storage_err(dir, format!("cannot open {}", path.display()), e))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let holder = match file.read_to_string(&mut text) {
+                Ok(_) => match text.trim().parse::<u32>() {
+                    Ok(pid) => format!(" (pid {pid})"),
+                    Err(_) => String::new(),
+                },
+                Err(_) => String::new(),
+            };
+            return Err(Error::DataDirLocked {
+                dir: dir.to_path_buf(),
+                holder,
+            });
+        }
+        Err(TryLockError::Error(e)) => {
+            return Err(storage_err(
+                dir,
+                format!("cannot lock {}", path.display()),
+                e,
+            ));
+        }
+    }
+    let pid = format!("{}\n", std::process::id());
+    file.set_len(0)
+        .and_then(|()| file.seek(SeekFrom::Start(0)))
+        .and_then(|_| file.write_all(pid.as_bytes()))
+        .map_err(|e| storage_err(dir, format!("cannot write {}", path.display()), e))?;
+    Ok(file)
+}
+
+#[cfg(test)]
+#[path = "storage_tests.rs"]
+mod node_tests;
 
 #[cfg(test)]
 mod tests {

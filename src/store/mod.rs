@@ -25,6 +25,7 @@
 //!   once.
 
 pub mod command;
+pub mod disk;
 pub mod machine;
 pub mod snapshot;
 

@@ -35,6 +35,7 @@
 //!   applied and checkpointed by the state machine ([`RaftLog::release`]).
 
 pub mod record;
+pub mod writer;
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -471,7 +472,9 @@ impl RaftLog {
         let seq = self.active.segment.seq + 1;
         // The opening records take well under 512 bytes.
         let need = payload + 512 + SYNCED_RECORD_BYTES;
-        let capacity = self.segment_bytes.max(need.div_ceil(PAGE_BYTES as u64) * PAGE_BYTES as u64);
+        let capacity = self
+            .segment_bytes
+            .max(need.div_ceil(PAGE_BYTES as u64) * PAGE_BYTES as u64);
         let next = make_segment(&self.dir, seq, self.last, &self.hard_state, capacity)?;
         sync_dir(&self.dir)?;
         let done = std::mem::replace(&mut self.active, next);
@@ -616,62 +619,65 @@ impl Replay {
         let mut n = 0usize;
         let end = loop {
             let found = record::read_at(&bytes, at);
-            let record = match found {
-                Found::Record(r, next) => {
-                    let r_at = at;
-                    at = next;
-                    (r, r_at)
-                }
-                Found::End | Found::Bad(_) => {
-                    let why = match found {
-                        Found::Bad(why) => why,
-                        _ => String::new(),
-                    };
-                    if n < 3 {
-                        // Header, base and hard state were synced before
-                        // the segment got its name.
-                        return Err(damaged(
-                            path,
-                            at as u64,
-                            &format!("the segment's opening records are missing ({why})"),
-                        ));
+            let record =
+                match found {
+                    Found::Record(r, next) => {
+                        let r_at = at;
+                        at = next;
+                        (r, r_at)
                     }
-                    let trailing = bytes[at..].iter().any(|b| *b != 0);
-                    if !trailing {
-                        break at;
-                    }
-                    if let Some(confirmed) = synced_after(&bytes, at) {
-                        return Err(damaged(
-                            path,
-                            at as u64,
-                            &format!(
+                    Found::End | Found::Bad(_) => {
+                        let why = match found {
+                            Found::Bad(why) => why,
+                            _ => String::new(),
+                        };
+                        if n < 3 {
+                            // Header, base and hard state were synced before
+                            // the segment got its name.
+                            return Err(damaged(
+                                path,
+                                at as u64,
+                                &format!("the segment's opening records are missing ({why})"),
+                            ));
+                        }
+                        let trailing = bytes[at..].iter().any(|b| *b != 0);
+                        if !trailing {
+                            break at;
+                        }
+                        if let Some(confirmed) = synced_after(&bytes, at) {
+                            return Err(damaged(
+                                path,
+                                at as u64,
+                                &format!(
                                 "{}; data up to offset {confirmed} after it was made durable, so \
                                  this is not a write cut short by a crash",
                                 if why.is_empty() { "a record is missing" } else { &why }
                             ),
-                        ));
-                    }
-                    if !last {
-                        return Err(damaged(
-                            path,
-                            at as u64,
-                            &format!("unreadable data in a segment that was complete ({why})"),
-                        ));
-                    }
-                    warn!(
+                            ));
+                        }
+                        if !last {
+                            return Err(damaged(
+                                path,
+                                at as u64,
+                                &format!("unreadable data in a segment that was complete ({why})"),
+                            ));
+                        }
+                        warn!(
                         "{}: discarding an incomplete write at offset {at} ({} bytes): it was cut \
                          short by a crash before it was durable, and was never acknowledged",
                         path.display(),
                         bytes[at..].iter().rposition(|b| *b != 0).map_or(0, |p| p + 1)
                     );
-                    bytes[at..].fill(0);
-                    file.write_all_at(&bytes[at..], at as u64)
-                        .and_then(|()| file.sync_data())
-                        .map_err(|e| io_err(dir, format!("cannot repair {}", path.display()), e))?;
-                    drop_cached_pages(&file);
-                    break at;
-                }
-            };
+                        bytes[at..].fill(0);
+                        file.write_all_at(&bytes[at..], at as u64)
+                            .and_then(|()| file.sync_data())
+                            .map_err(|e| {
+                                io_err(dir, format!("cannot repair {}", path.display()), e)
+                            })?;
+                        drop_cached_pages(&file);
+                        break at;
+                    }
+                };
             let (record, r_at) = record;
             let bad = |why: String| damaged(path, r_at as u64, &why);
             match (n, record) {
@@ -845,7 +851,10 @@ pub mod faults {
         pub fn crash(&self, how: Crash) {
             let mut undos = self.0.lock().unwrap();
             let restore = |u: &Undo, keep: &dyn Fn(usize) -> bool| {
-                let f = std::fs::OpenOptions::new().write(true).open(&u.path).unwrap();
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&u.path)
+                    .unwrap();
                 for (i, sector) in u.before.chunks(512).enumerate() {
                     if !keep(i) {
                         f.write_all_at(sector, u.offset + (i * 512) as u64).unwrap();

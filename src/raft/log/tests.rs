@@ -5,7 +5,9 @@ fn entry(index: u64, term: u64) -> Entry {
     Entry {
         index,
         term,
-        data: format!("value of entry {index} at term {term}").into_bytes().into(),
+        data: format!("value of entry {index} at term {term}")
+            .into_bytes()
+            .into(),
         ..Default::default()
     }
 }
@@ -22,7 +24,11 @@ fn hs(term: u64, vote: u64, commit: u64) -> HardState {
 fn append(log: &mut RaftLog, from: u64, to: u64, term: u64) {
     log.write(&LogWrite {
         entries: (from..=to).map(|i| entry(i, term)).collect(),
-        hard_state: Some(hs(term, 1, from.saturating_sub(1).max(log.hard_state().commit))),
+        hard_state: Some(hs(
+            term,
+            1,
+            from.saturating_sub(1).max(log.hard_state().commit),
+        )),
         sync: true,
         ..Default::default()
     })
@@ -157,7 +163,10 @@ fn a_conflict_reaching_into_an_older_segment_keeps_that_segment() {
     drop(log);
     let (_, r) = reopen(tmp.path()).unwrap();
     assert!(r.start.0 < base - 2, "{:?} vs {base}", r.start);
-    assert_eq!(r.entries.last().map(|e| (e.index, e.term)), Some((base + 1, 3)));
+    assert_eq!(
+        r.entries.last().map(|e| (e.index, e.term)),
+        Some((base + 1, 3))
+    );
 }
 
 /// The heart of the log's promise: whatever a crash does to writes that
