@@ -653,3 +653,27 @@ fn a_crash_loses_nothing_that_was_persisted_and_replays_the_applies() {
     assert_eq!(r.applied, 1);
     assert_eq!(s.state.read(|t| t.keys("", None)).unwrap().value.len(), 0);
 }
+
+/// Not a check: prints what one small apply costs (`cargo test --release
+/// --lib apply_speed -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn apply_speed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = open(tmp.path());
+    let n = 5000u64;
+    let started = std::time::Instant::now();
+    for i in 2..n + 2 {
+        let e = command_entry(
+            i,
+            vec![set(&format!("bench/k{}", i % 1000), &"v".repeat(64))],
+        );
+        s.state
+            .apply(&ApplyBatch {
+                apply: vec![e],
+                ..Default::default()
+            })
+            .unwrap();
+    }
+    println!("apply: {:?} per entry", started.elapsed() / n as u32);
+}

@@ -60,12 +60,14 @@ const KEY_FORMAT: &str = "format_version";
 const KEY_CLUSTER: &str = "cluster";
 const KEY_NODE_ID: &str = "node_id";
 const KEY_VOTERS: &str = "voters";
-const KEY_APPLIED: &str = "applied";
-/// The term of the entry (or snapshot) at the applied index.
-const KEY_APPLIED_TERM: &str = "applied_term";
-/// The running hash of the applied entries (`chain_hash`); absent in a
-/// store written by an older build until it installs a snapshot.
-const KEY_APPLIED_HASH: &str = "applied_hash";
+/// Where the state machine stands: the applied index, its term and the
+/// running hash of the applied entries (`chain_hash`), which a store
+/// written by an older build lacks until it installs a snapshot. One record,
+/// so that an apply writes one row beside its keys.
+const KEY_APPLIED_STATE: &str = "applied_state";
+/// Format 2: the applied index alone, and the hash beside it.
+const LEGACY_APPLIED: &str = "applied";
+const LEGACY_APPLIED_HASH: &str = "applied_hash";
 const KEY_CONF_STATE: &str = "conf_state";
 /// The cluster id a joining node learned from its handshake (empty before);
 /// once the store holds the cluster's own record, that one counts.
@@ -155,6 +157,10 @@ pub struct StateStore {
     dir: PathBuf,
     file: PathBuf,
     db: Database,
+    /// The applied state as the last apply committed it: applies run one at
+    /// a time (redb has one writer), and reading it back from the file each
+    /// time costs more than the rest of a small apply.
+    applied: std::sync::Mutex<Option<AppliedState>>,
 }
 
 impl std::fmt::Debug for StateStore {
@@ -203,21 +209,17 @@ impl StateStore {
                 .iter()
                 .flat_map(|v| v.to_le_bytes())
                 .collect();
-            let rows: [(&str, Vec<u8>); 8] = [
+            let rows: [(&str, Vec<u8>); 7] = [
                 (KEY_FORMAT, FORMAT_VERSION.to_le_bytes().to_vec()),
                 (KEY_CLUSTER, identity.cluster.as_bytes().to_vec()),
                 (KEY_NODE_ID, identity.node_id.to_le_bytes().to_vec()),
                 (KEY_VOTERS, voters),
-                (KEY_APPLIED, applied.index.to_le_bytes().to_vec()),
-                (KEY_APPLIED_TERM, applied.term.to_le_bytes().to_vec()),
+                (KEY_APPLIED_STATE, encode_applied(applied)),
                 (KEY_CONF_STATE, encode(&applied.conf_state)),
                 (KEY_CLUSTER_ID, cluster_id.as_bytes().to_vec()),
             ];
             for (key, value) in &rows {
                 put(&mut meta, key, value).map_err(|e| err(e.into()))?;
-            }
-            if let Some(hash) = applied.hash {
-                put(&mut meta, KEY_APPLIED_HASH, &hash.to_le_bytes()).map_err(|e| err(e.into()))?;
             }
         }
         machine::create_tables(&txn).map_err(err)?;
@@ -260,6 +262,7 @@ impl StateStore {
             dir: dir.to_path_buf(),
             file,
             db,
+            applied: std::sync::Mutex::new(None),
         };
         guarded(&store.file, || store.upgrade_from_1())??;
         store.check_identity(identity)?;
@@ -343,16 +346,6 @@ impl StateStore {
             .ok_or_else(|| self.corrupt(format!("the \"{key}\" record is missing")))
     }
 
-    fn applied_hash(
-        &self,
-        meta: &impl ReadableTable<&'static str, &'static [u8]>,
-    ) -> Result<Option<u64>> {
-        meta.get(KEY_APPLIED_HASH)
-            .map_err(|e| self.err("read", e))?
-            .map(|v| self.decode_u64(KEY_APPLIED_HASH, v.value()))
-            .transpose()
-    }
-
     /// Where the state machine stands, as made durable or applied since.
     pub fn applied_state(&self) -> Result<AppliedState> {
         guarded(&self.file, || {
@@ -366,10 +359,16 @@ impl StateStore {
         &self,
         meta: &impl ReadableTable<&'static str, &'static [u8]>,
     ) -> Result<AppliedState> {
+        let raw = self.get(meta, KEY_APPLIED_STATE)?;
+        let (index, term, hash) = decode_applied(&raw).ok_or_else(|| {
+            self.corrupt(format!(
+                "the \"{KEY_APPLIED_STATE}\" record has a bad length"
+            ))
+        })?;
         Ok(AppliedState {
-            index: self.decode_u64(KEY_APPLIED, &self.get(meta, KEY_APPLIED)?)?,
-            term: self.decode_u64(KEY_APPLIED_TERM, &self.get(meta, KEY_APPLIED_TERM)?)?,
-            hash: self.applied_hash(meta)?,
+            index,
+            term,
+            hash,
             conf_state: self.decode(KEY_CONF_STATE, &self.get(meta, KEY_CONF_STATE)?)?,
         })
     }
@@ -397,7 +396,15 @@ impl StateStore {
         {
             let mut meta = txn.open_table(META).map_err(|e| self.err("write", e))?;
             let mut kv = Tables::open(&txn).map_err(|e| self.err("write", e))?;
-            let stored = self.read_applied(&meta)?;
+            let cached = self
+                .applied
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let stored = match cached {
+                Some(a) => a,
+                None => self.read_applied(&meta)?,
+            };
             let mut applied = stored.clone();
 
             if let Some(snapshot) = &batch.snapshot {
@@ -479,29 +486,26 @@ impl StateStore {
             }
 
             let w = |e| self.err("write", e);
-            if applied.index != stored.index {
-                put(&mut meta, KEY_APPLIED, &applied.index.to_le_bytes()).map_err(w)?;
-            }
-            if applied.term != stored.term {
-                put(&mut meta, KEY_APPLIED_TERM, &applied.term.to_le_bytes()).map_err(w)?;
+            if (applied.index, applied.term, applied.hash)
+                != (stored.index, stored.term, stored.hash)
+            {
+                put(&mut meta, KEY_APPLIED_STATE, &encode_applied(&applied)).map_err(w)?;
             }
             if applied.conf_state != stored.conf_state {
                 put(&mut meta, KEY_CONF_STATE, &encode(&applied.conf_state)).map_err(w)?;
             }
-            if applied.hash != stored.hash {
-                match applied.hash {
-                    Some(h) => put(&mut meta, KEY_APPLIED_HASH, &h.to_le_bytes()),
-                    None => meta.remove(KEY_APPLIED_HASH).map(|_| ()),
-                }
-                .map_err(w)?;
-            }
-            written = Written {
-                applied: results,
-                applied_index: applied.index,
-                applied_hash: applied.hash,
-            };
+            written = (
+                Written {
+                    applied: results,
+                    applied_index: applied.index,
+                    applied_hash: applied.hash,
+                },
+                applied,
+            );
         }
         txn.commit().map_err(|e| self.err("commit", e))?;
+        let (written, applied) = written;
+        *self.applied.lock().unwrap_or_else(|e| e.into_inner()) = Some(applied);
         Ok(written)
     }
 
@@ -514,7 +518,7 @@ impl StateStore {
                 .map_err(|e| self.err("write", e))?;
             let applied = {
                 let meta = txn.open_table(META).map_err(|e| self.err("write", e))?;
-                self.decode_u64(KEY_APPLIED, &self.get(&meta, KEY_APPLIED)?)?
+                self.read_applied(&meta)?.index
             };
             txn.commit().map_err(|e| self.err("commit", e))?;
             Ok(applied)
@@ -607,7 +611,12 @@ impl StateStore {
                 .map_err(|e| self.err("write", e))?;
             {
                 let mut meta = txn.open_table(META).map_err(|e| self.err("write", e))?;
-                let applied = self.decode_u64(KEY_APPLIED, &self.get(&meta, KEY_APPLIED)?)?;
+                let applied = self.decode_u64(LEGACY_APPLIED, &self.get(&meta, LEGACY_APPLIED)?)?;
+                let hash = meta
+                    .get(LEGACY_APPLIED_HASH)
+                    .map_err(|e| self.err("read", e))?
+                    .map(|v| self.decode_u64(LEGACY_APPLIED_HASH, v.value()))
+                    .transpose()?;
                 let term = if applied == legacy.start.0 {
                     legacy.start.1
                 } else {
@@ -621,7 +630,15 @@ impl StateStore {
                         })?
                 };
                 let w = |e| self.err("write", e);
-                put(&mut meta, KEY_APPLIED_TERM, &term.to_le_bytes()).map_err(w)?;
+                let state = AppliedState {
+                    index: applied,
+                    term,
+                    hash,
+                    conf_state: ConfState::default(),
+                };
+                put(&mut meta, KEY_APPLIED_STATE, &encode_applied(&state)).map_err(w)?;
+                meta.remove(LEGACY_APPLIED).map_err(w)?;
+                meta.remove(LEGACY_APPLIED_HASH).map_err(w)?;
                 put(&mut meta, KEY_FORMAT, &FORMAT_VERSION.to_le_bytes()).map_err(w)?;
                 meta.remove(LEGACY_HARD_STATE).map_err(w)?;
                 meta.remove(LEGACY_SNAPSHOT_META).map_err(w)?;
@@ -795,6 +812,24 @@ fn encode(m: &impl Message) -> Vec<u8> {
         .expect("raft protobuf messages always encode")
 }
 
+/// The applied-state record: index, term, then a flag and the hash.
+fn encode_applied(a: &AppliedState) -> Vec<u8> {
+    let mut out = Vec::with_capacity(25);
+    out.extend_from_slice(&a.index.to_le_bytes());
+    out.extend_from_slice(&a.term.to_le_bytes());
+    out.push(u8::from(a.hash.is_some()));
+    out.extend_from_slice(&a.hash.unwrap_or(0).to_le_bytes());
+    out
+}
+
+fn decode_applied(raw: &[u8]) -> Option<(u64, u64, Option<u64>)> {
+    if raw.len() != 25 || raw[16] > 1 {
+        return None;
+    }
+    let n = |i: usize| u64::from_le_bytes(raw[i..i + 8].try_into().expect("8"));
+    Some((n(0), n(8), (raw[16] == 1).then(|| n(17))))
+}
+
 fn sorted(ids: &[u64]) -> Vec<u64> {
     let mut ids = ids.to_vec();
     ids.sort_unstable();
@@ -833,7 +868,7 @@ pub(crate) fn write_format_2(
             (KEY_VOTERS, voters),
             (LEGACY_HARD_STATE, encode(&log.hard_state)),
             (LEGACY_SNAPSHOT_META, encode(&snap)),
-            (KEY_APPLIED, applied.to_le_bytes().to_vec()),
+            (LEGACY_APPLIED, applied.to_le_bytes().to_vec()),
             (KEY_CONF_STATE, encode(conf_state)),
             (KEY_CLUSTER_ID, Vec::new()),
         ];
