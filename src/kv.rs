@@ -50,6 +50,10 @@ pub enum KvError {
     /// a write left it. It may or may not have been applied.
     #[error("the node stopped before the write's outcome was known")]
     Abandoned,
+    /// The leader the write went to lost its leadership before the write
+    /// was seen to commit. It may or may not have been applied.
+    #[error("the leader lost its leadership before the write's outcome was known")]
+    LeaderLost,
     /// The store failed; the node stops.
     #[error("storage failure: {0}")]
     Storage(String),
@@ -61,6 +65,7 @@ impl From<RequestError> for KvError {
             RequestError::NoLeader => KvError::NoLeader,
             RequestError::TimedOut => KvError::TimedOut,
             RequestError::Abandoned => KvError::Abandoned,
+            RequestError::LeaderLost => KvError::LeaderLost,
             RequestError::Stopped | RequestError::NotLeader | RequestError::Busy => {
                 KvError::Stopped
             }

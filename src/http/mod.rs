@@ -509,6 +509,9 @@ pub fn kv_error(e: &KvError, write: bool, timeout: Duration) -> Response<Full<By
         ),
         (KvError::TimedOut, false) => format!("timed out after {t} waiting for the read index"),
         (KvError::Stopped, _) => "the node is shutting down".to_string(),
+        (KvError::LeaderLost, _) => "the leader this write went to lost its leadership before \
+            the write's outcome was known: it may or may not have been applied"
+            .to_string(),
         (KvError::Abandoned, _) => "the node stopped (it is shutting down, or was removed) before \
             the write's outcome was known: it may or may not have been applied"
             .to_string(),

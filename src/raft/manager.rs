@@ -100,7 +100,7 @@ impl RaftSink for Router {
     }
 
     fn peer_closed(&self, peer: u64) {
-        self.broadcast(|| ReplicaMsg::Unreachable(peer));
+        self.broadcast(|| ReplicaMsg::PeerClosed(peer));
     }
 
     fn snapshot_sent(&self, group: &GroupId, peer: u64, delivered: bool) {

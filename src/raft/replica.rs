@@ -69,6 +69,13 @@ pub const MAX_INFLIGHT_MSGS: usize = 256;
 pub const MAX_UNCOMMITTED_BYTES: u64 = 32 * 1024 * 1024;
 /// Committed entries handed to one Ready, in bytes.
 pub const MAX_APPLY_BYTES_PER_READY: u64 = 16 * 1024 * 1024;
+/// How long a follower waits for the kernel's answer when it asks whether
+/// a leader whose stream closed still listens.
+pub const LEADER_PROBE_TIMEOUT: Duration = Duration::from_millis(100);
+/// When a dead leader's voters campaign at once, the second in id order
+/// waits this long before it does, the third twice as long, and so on: long
+/// enough for the first's election to finish on a loaded box.
+pub const FAST_ELECTION_STAGGER: Duration = Duration::from_millis(30);
 /// An apply batch with more entry data than this runs off the executor.
 pub const INLINE_APPLY_BYTES: usize = 256 * 1024;
 /// The state machine is checkpointed (made durable) at least this often
@@ -91,6 +98,14 @@ pub enum ReplicaMsg {
     Raft(Box<Message>),
     /// A send to this peer failed.
     Unreachable(u64),
+    /// This peer closed its stream to us: it stops, restarts, or died.
+    PeerClosed(u64),
+    /// The leader of `term`, `peer`, is gone: its stream closed and its port
+    /// refuses connections (no process listens there).
+    LeaderGone { peer: u64, term: u64 },
+    /// Time for this node's turn to campaign after the leader of `term`
+    /// went away (see [`ReplicaMsg::LeaderGone`]).
+    FastCampaign { peer: u64, term: u64 },
     /// A snapshot send to `peer` finished or failed.
     SnapshotStatus { peer: u64, delivered: bool },
     /// Start an election now (the bootstrap shortcut).
@@ -196,6 +211,11 @@ pub enum RequestError {
     /// handed to raft: it may or may not have been applied.
     #[error("the node stopped before the write's outcome was known")]
     Abandoned,
+    /// The leader a write was handed to lost its leadership, and the new
+    /// leader's first entries applied without it: it was most likely lost,
+    /// but a delayed copy may still commit.
+    #[error("the leader lost its leadership before the write's outcome was known")]
+    LeaderLost,
     /// Only the leader does this, and this node does not lead.
     #[error("this node is not the leader")]
     NotLeader,
@@ -489,6 +509,9 @@ struct Proposal {
     /// The entry data, while it waits for a leader; `None` once handed to
     /// raft.
     unsent: Option<Vec<u8>>,
+    /// The leader it was handed to (this node, or the one raft forwarded
+    /// it to).
+    handed_to: u64,
 }
 
 struct ReadWaiter {
@@ -780,18 +803,13 @@ impl PartitionReplica {
                 }
             }
             ReplicaMsg::SnapshotChecked(m) => self.step(*m),
-            ReplicaMsg::Unreachable(peer) => {
-                if self.node.raft.lead_transferee == Some(peer) {
-                    // The peer went away (it may be stopping too): keep
-                    // leading rather than wait out the transfer timeout.
-                    info!(
-                        "{}: leadership transfer to node {peer} aborted: unreachable",
-                        self.group
-                    );
-                    self.node.raft.abort_leader_transfer();
-                }
-                self.node.report_unreachable(peer);
+            ReplicaMsg::PeerClosed(peer) => {
+                self.unreachable(peer);
+                self.check_leader_gone(peer);
             }
+            ReplicaMsg::LeaderGone { peer, term } => self.leader_gone(peer, term),
+            ReplicaMsg::FastCampaign { peer, term } => self.fast_campaign(peer, term),
+            ReplicaMsg::Unreachable(peer) => self.unreachable(peer),
             ReplicaMsg::SnapshotStatus { peer, delivered } => {
                 let status = if delivered {
                     SnapshotStatus::Finish
@@ -897,6 +915,125 @@ impl PartitionReplica {
             }
         }
         Ok(())
+    }
+
+    fn unreachable(&mut self, peer: u64) {
+        if self.node.raft.lead_transferee == Some(peer) {
+            // The peer went away (it may be stopping too): keep leading
+            // rather than wait out the transfer timeout.
+            info!(
+                "{}: leadership transfer to node {peer} aborted: unreachable",
+                self.group
+            );
+            self.node.raft.abort_leader_transfer();
+        }
+        self.node.report_unreachable(peer);
+    }
+
+    /// The leader's stream closed: asks the kernel whether the leader's
+    /// process is still there (see [`ReplicaMsg::LeaderGone`]). Off the
+    /// driver: a connect never waits inside it.
+    fn check_leader_gone(&mut self, peer: u64) {
+        let raft = &self.node.raft;
+        if raft.state != StateRole::Follower || raft.leader_id != peer {
+            return;
+        }
+        let Some(addr) = self.peers.addr(peer) else {
+            return;
+        };
+        let (term, own) = (raft.term, self.own.clone());
+        crate::runtime::spawn(async move {
+            if crate::transport::refuses(addr, LEADER_PROBE_TIMEOUT).await {
+                let _ = own.send_async(ReplicaMsg::LeaderGone { peer, term }).await;
+            }
+        })
+        .detach();
+    }
+
+    /// The leader's process is gone, on the kernel's word: its connections
+    /// reset and its port refuses new ones. Waiting out an election timeout
+    /// would only add time, so the voters campaign at once, one after the
+    /// other by id ([`FAST_ELECTION_STAGGER`] apart), so that two do not split
+    /// the vote. A leader that is alive (a reset connection, its listener
+    /// up) is never contested this way: its port would not refuse.
+    fn leader_gone(&mut self, peer: u64, term: u64) {
+        let raft = &self.node.raft;
+        if raft.state != StateRole::Follower || raft.leader_id != peer || raft.term != term {
+            return;
+        }
+        let me = raft.id;
+        let mut voters: Vec<u64> = raft
+            .prs()
+            .conf()
+            .voters()
+            .ids()
+            .iter()
+            .filter(|&id| id != peer)
+            .collect();
+        voters.sort_unstable();
+        let Some(rank) = voters.iter().position(|&id| id == me) else {
+            return;
+        };
+        info!(
+            "{}: leader {peer} of term {term} is gone (its connection closed and its port refuses \
+             connections): electing a new one now",
+            self.group
+        );
+        if rank == 0 {
+            self.fast_campaign(peer, term);
+            return;
+        }
+        // The others wait their turn, then stand only through a pre-vote:
+        // it never disturbs an election the first one started.
+        let own = self.own.clone();
+        let wait = FAST_ELECTION_STAGGER * rank as u32;
+        crate::runtime::spawn(async move {
+            async_io::Timer::after(wait).await;
+            let _ = own
+                .send_async(ReplicaMsg::FastCampaign { peer, term })
+                .await;
+        })
+        .detach();
+    }
+
+    /// The first voter in id order campaigns as a leader transfer would (no
+    /// pre-vote, and the voters that still count the dead leader's lease vote
+    /// anyway), the others, later, through a pre-vote; each only if no new
+    /// leader or election appeared meanwhile.
+    fn fast_campaign(&mut self, peer: u64, term: u64) {
+        let raft = &self.node.raft;
+        let leaderless = raft.leader_id == peer || raft.leader_id == raft::INVALID_ID;
+        if raft.state != StateRole::Follower || raft.term != term || !leaderless {
+            return;
+        }
+        let first = {
+            let mut voters: Vec<u64> = raft
+                .prs()
+                .conf()
+                .voters()
+                .ids()
+                .iter()
+                .filter(|&id| id != peer)
+                .collect();
+            voters.sort_unstable();
+            voters.first() == Some(&raft.id)
+        };
+        if !first {
+            if let Err(e) = self.node.campaign() {
+                debug!("{}: pre-vote not started: {e}", self.group);
+            }
+            return;
+        }
+        // The dead leader's MsgTimeoutNow, as it would have sent it had it
+        // handed over: raft-rs checks that this node may campaign.
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgTimeoutNow);
+        m.from = peer;
+        m.to = raft.id;
+        m.term = term;
+        if let Err(e) = self.node.step(m) {
+            debug!("{}: fast campaign not started: {e}", self.group);
+        }
     }
 
     fn step(&mut self, m: Message) {
@@ -1029,6 +1166,7 @@ impl PartitionReplica {
             started: Instant::now(),
             deadline: Instant::now() + self.request_timeout,
             unsent: Some(data),
+            handed_to: 0,
         };
         self.try_propose(request, &mut proposal);
         self.proposals.insert(request, proposal);
@@ -1043,8 +1181,9 @@ impl PartitionReplica {
             incarnation: self.incarnation,
             request,
         };
+        let leader = self.node.raft.leader_id;
         match self.node.propose(id.encode(), data.clone()) {
-            Ok(()) => {}
+            Ok(()) => p.handed_to = leader,
             Err(raft::Error::ProposalDropped) => p.unsent = Some(data),
             Err(e) => {
                 warn!("{}: proposal refused: {e}", self.group);
@@ -1179,6 +1318,9 @@ impl PartitionReplica {
                         started: Instant::now(),
                         deadline: Instant::now() + self.request_timeout,
                         unsent: None,
+                        // The leader: this node, or after a handoff the new
+                        // one raft forwards the change to.
+                        handed_to: self.node.raft.leader_id,
                     },
                 );
             }
@@ -1550,10 +1692,34 @@ impl PartitionReplica {
             self.node.advance_apply_to(self.applied);
         }
         self.answer(written.applied);
+        self.orphans();
         self.maybe_compact();
         self.release_reads();
         let view = self.node.store();
         self.metrics.set_log(view.held().0, self.applied);
+    }
+
+    /// Writes handed to a leader that is no longer the leader, once this
+    /// node applied an entry of the new leader's term: any entry of the old
+    /// leader that survived was committed before that one, and so applied
+    /// already. They are answered now, as of unknown outcome, instead of at
+    /// their deadline (a dead leader's clients learn it in tens of
+    /// milliseconds, not seconds).
+    fn orphans(&mut self) {
+        let raft = &self.node.raft;
+        let (leader, term) = (raft.leader_id, raft.term);
+        if leader == raft::INVALID_ID || self.node.store().term_of(self.applied) != Some(term) {
+            return;
+        }
+        let metrics = &self.metrics;
+        self.proposals.retain(|_, p| {
+            if p.unsent.is_some() || p.handed_to == leader || p.handed_to == raft::INVALID_ID {
+                return true;
+            }
+            metrics.proposal_failed();
+            let _ = p.reply.try_send(Err(RequestError::LeaderLost));
+            false
+        });
     }
 
     /// Checkpoints the state machine off the executor when it is time: every

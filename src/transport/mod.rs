@@ -838,6 +838,17 @@ pub async fn probe(
     Ok(cluster_id)
 }
 
+/// True if a TCP connect to `addr` is refused within `within`: the kernel
+/// of a live host says that no process listens there. A connect that works,
+/// times out or fails otherwise says nothing of the kind (the peer may be
+/// alive, paused or cut off), and gives `false`.
+pub async fn refuses(addr: SocketAddr, limit: Duration) -> bool {
+    match within(limit, TcpStream::connect(addr)).await {
+        Some(Err(e)) => e.kind() == io::ErrorKind::ConnectionRefused,
+        _ => false,
+    }
+}
+
 /// What a replica hands to the transport.
 #[derive(Debug)]
 pub struct Outbound {
@@ -885,6 +896,12 @@ impl PeerSenders {
         if let Some(q) = queues.get(&id) {
             let _ = q.up.try_send(());
         }
+    }
+
+    /// The peer address of `id`, if it is a peer.
+    pub fn addr(&self, id: u64) -> Option<SocketAddr> {
+        let queues = self.queues.read().unwrap_or_else(|e| e.into_inner());
+        queues.get(&id).map(|q| q.addr)
     }
 
     /// Queues `message` for its peer without waiting. A full queue drops it
@@ -989,6 +1006,9 @@ enum Next {
     Batch(Outbound),
     Keepalive,
     Closed,
+    /// The peer closed our outbound stream (it never sends on it, so
+    /// anything readable is its end): it stopped or restarted.
+    Hangup,
 }
 
 impl PeerLink {
@@ -1019,10 +1039,26 @@ impl PeerLink {
                             Err(_) => Next::Closed,
                         }
                     },
-                    async {
-                        keepalive.next().await;
-                        Next::Keepalive
-                    },
+                    future::or(
+                        async {
+                            keepalive.next().await;
+                            Next::Keepalive
+                        },
+                        async {
+                            // A write to a stream whose peer died is taken
+                            // by our kernel and lost: the first message to a
+                            // restarted peer (a vote, an ack) would vanish.
+                            // Watching for its end drops it at once instead.
+                            match link.conn.as_mut() {
+                                Some(conn) => {
+                                    let mut byte = [0u8; 1];
+                                    let _ = futures_lite::AsyncReadExt::read(conn, &mut byte).await;
+                                    Next::Hangup
+                                }
+                                None => future::pending().await,
+                            }
+                        },
+                    ),
                 ),
             )
             .await;
@@ -1030,6 +1066,15 @@ impl PeerLink {
             // moment shutdown closes: a paused peer never holds up SIGTERM.
             let done = match next {
                 None | Some(Next::Closed) => break,
+                Some(Next::Hangup) => {
+                    debug!(
+                        "peer {} ({}) closed the raft connection; reconnecting on the next message",
+                        self.id, self.addr
+                    );
+                    link.conn = None;
+                    link.retry_at = Instant::now();
+                    Some(())
+                }
                 Some(Next::Keepalive) => or_shutdown(&shutdown, self.keepalive(&mut link)).await,
                 Some(Next::Batch(first)) => {
                     let mut batch = vec![first];
