@@ -482,6 +482,116 @@ fn whole_cluster_kill_9_loses_no_committed_index() {
     wait_commits_pass(&c, &before);
 }
 
+/// Writes unique keys through every node, in a loop, until `stop`; records
+/// each write the cluster acknowledged (200 `true`).
+fn write_load(
+    admins: Vec<SocketAddr>,
+    writer: usize,
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<String>>>,
+) {
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let key = format!("crash/w{writer}-{n}");
+        let admin = admins[(n as usize + writer) % admins.len()];
+        let Ok(r) = common::https_within(
+            admin,
+            None,
+            "PUT",
+            &format!("/v1/kv/{key}"),
+            key.as_bytes(),
+            Duration::from_secs(3),
+        ) else {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        };
+        if r.status == 200 && r.body.trim() == "true" {
+            acked.lock().unwrap_or_else(|e| e.into_inner()).push(key);
+        }
+    }
+}
+
+/// `kill -9` of the leader, then of a follower, in turn, while three clients
+/// write through every node: every write the cluster acknowledged is on every
+/// node afterwards, and the nodes applied the same log (equal applied hash
+/// at equal applied index).
+#[test]
+fn kill_9_loops_under_write_load_lose_no_acknowledged_write() {
+    const ROUNDS: usize = 6;
+    let (mut c, _, _) = formed_cluster(Spec::new("dur-killload", 3));
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let admins: Vec<SocketAddr> = IDS.iter().map(|&id| c.admin(id)).collect();
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            let (admins, stop, acked) = (admins.clone(), stop.clone(), acked.clone());
+            std::thread::spawn(move || write_load(admins, w, stop, acked))
+        })
+        .collect();
+    let stop_writers = StopOnDrop(stop);
+    let count = || acked.lock().unwrap_or_else(|e| e.into_inner()).len();
+    for round in 0..ROUNDS {
+        let before = count();
+        c.wait_for("writes are acknowledged", || count() >= before + 20);
+        let (leader, _) = c.wait_agreed_leader(&IDS);
+        let victim = if round % 2 == 0 {
+            leader
+        } else {
+            others(&IDS, leader)[round % 2]
+        };
+        kill_9(&mut c, victim);
+        std::thread::sleep(Duration::from_millis(100));
+        restart(&mut c, victim);
+    }
+    let before = count();
+    c.wait_for("writes are acknowledged after the last restart", || {
+        count() >= before + 20
+    });
+    drop(stop_writers);
+    for w in writers {
+        w.join().expect("writer thread");
+    }
+    c.wait_agreed_leader(&IDS);
+    let mut applied = BTreeMap::new();
+    c.wait_for("every node applied the same log", || {
+        applied.clear();
+        for id in IDS {
+            let Some(s) = c.try_status(id) else {
+                return false;
+            };
+            applied.insert(id, (s["applied_index"].clone(), s["applied_hash"].clone()));
+        }
+        let first = applied.values().next().cloned();
+        applied.values().all(|v| Some(v) == first.as_ref())
+    });
+    let acked = acked.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    assert!(
+        acked.len() > ROUNDS * 20,
+        "{} writes acknowledged",
+        acked.len()
+    );
+    for id in IDS {
+        let listed = c.call(id, "GET", "/v1/kv/crash/?keys&stale", b"");
+        assert_eq!(listed.status, 200, "{}", listed.body);
+        let keys: Vec<String> = serde_json::from_str(&listed.body).expect("a key list");
+        let missing: Vec<&String> = acked.iter().filter(|k| !keys.contains(k)).collect();
+        assert!(
+            missing.is_empty(),
+            "node {id} lacks {} of {} acknowledged writes: {:?}",
+            missing.len(),
+            acked.len(),
+            &missing[..missing.len().min(10)]
+        );
+        assert_no_panic(&format!("node {id}"), &c.stderr(id));
+    }
+    eprintln!(
+        "kill -9 loop: {} acknowledged writes survived {ROUNDS} kills on every node; applied {:?}",
+        acked.len(),
+        applied
+    );
+}
+
 /// Waits until every node's commit index is above its value in `before`.
 fn wait_commits_pass(c: &TestCluster, before: &BTreeMap<u64, u64>) {
     c.wait_for(
