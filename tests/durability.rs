@@ -98,6 +98,7 @@ fn log_field(line: &str, key: &str) -> Option<u64> {
 #[derive(Debug, Clone, Copy)]
 struct Recovered {
     term: u64,
+    vote: u64,
     commit: u64,
     /// The last index of the recovered log.
     last: u64,
@@ -109,6 +110,7 @@ fn recovered_line(log: &str) -> Option<Recovered> {
     let log_range = &rest[rest.find("log=[")?..];
     Some(Recovered {
         term: log_field(rest, "term=")?,
+        vote: log_field(rest, "vote=")?,
         commit: log_field(rest, "commit=")?,
         last: log_field(log_range, ", ")?,
     })
@@ -590,6 +592,77 @@ fn kill_9_loops_under_write_load_lose_no_acknowledged_write() {
         acked.len(),
         applied
     );
+}
+
+/// The sequence that made a follower forget its term and vote: 3 nodes,
+/// writes flowing; SIGSTOP of a follower F; 100 ms later SIGTERM of the
+/// leader (it hands off to the third node, in an election F misses); 150 to
+/// 250 ms later SIGCONT of F, so that one Ready brings F a new term and
+/// committed entries to apply; 300 ms later F's term and vote, then a clean
+/// restart of F. The term F recovers is never older than the one it
+/// reported, nor its vote in that term another. `QUORUMD_HANDOFF_ROUNDS`
+/// sets the rounds (default 5); `QUORUMD_HANDOFF_BIN` runs another build
+/// (an older one, to see the test fail).
+#[test]
+fn a_paused_follower_restarted_after_a_handoff_keeps_its_term_and_vote() {
+    let rounds: usize = std::env::var("QUORUMD_HANDOFF_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(5);
+    let mut c = TestCluster::new(Spec::new("dur-handoff", 3));
+    if let Some(bin) = std::env::var_os("QUORUMD_HANDOFF_BIN") {
+        c = c.with_bin(Path::new(&bin));
+    }
+    c.start_all();
+    c.wait_agreed_leader(&IDS);
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let admins: Vec<SocketAddr> = IDS.iter().map(|&id| c.admin(id)).collect();
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            let (admins, stop, acked) = (admins.clone(), stop.clone(), acked.clone());
+            std::thread::spawn(move || write_load(admins, w, stop, acked))
+        })
+        .collect();
+    let stop_writers = StopOnDrop(stop);
+    for round in 0..rounds {
+        let (leader, _) = c.wait_agreed_leader(&IDS);
+        let f = others(&IDS, leader)[round % 2];
+        c.signal(f, libc::SIGSTOP);
+        std::thread::sleep(Duration::from_millis(100));
+        c.signal(leader, libc::SIGTERM);
+        std::thread::sleep(Duration::from_millis(150 + 25 * (round as u64 % 5)));
+        c.signal(f, libc::SIGCONT);
+        std::thread::sleep(Duration::from_millis(300));
+        let before = c.status(f);
+        let (term, vote) = (field(&before, "term"), before["vote"].as_u64().unwrap_or(0));
+        c.signal(f, libc::SIGTERM);
+        assert_eq!(c.wait_exit(f, EXIT_BOUND), 0, "node {f} exits cleanly");
+        assert_eq!(
+            c.wait_exit(leader, EXIT_BOUND),
+            0,
+            "leader {leader} exits cleanly"
+        );
+        let from = restart(&mut c, f);
+        let got = wait_recovered(&c, f, from);
+        assert!(
+            got.term > term || (got.term == term && (vote == 0 || got.vote == vote)),
+            "round {round}: node {f} reported term {term} (vote {vote}) before its clean \
+             restart, and recovered term {} vote {}\n{}",
+            got.term,
+            got.vote,
+            c.stderr_since(f, from)
+        );
+        restart(&mut c, leader);
+    }
+    c.wait_agreed_leader(&IDS);
+    drop(stop_writers);
+    for w in writers {
+        w.join().expect("writer thread");
+    }
+    for id in IDS {
+        assert_no_panic(&format!("node {id}"), &c.stderr(id));
+    }
 }
 
 /// Waits until every node's commit index is above its value in `before`.

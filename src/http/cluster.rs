@@ -100,6 +100,7 @@ pub async fn status_json(state: &AdminState) -> Value {
     let n = state.config.cluster_size();
     json!({
         "node_id": state.node_id,
+        "pid": std::process::id(),
         "cluster": state.config.name,
         "role": status.as_ref().map(|s| s.role_name()),
         "term": status.as_ref().map(|s| s.term),

@@ -419,6 +419,7 @@ async fn starting(state: &StartingState, req: &Request<Incoming>) -> Response<Fu
                 StatusCode::OK,
                 json!({
                     "node_id": state.node_id,
+                    "pid": std::process::id(),
                     "cluster": state.config.name,
                     "role": null,
                     "term": null,

@@ -568,8 +568,9 @@ pub struct PartitionReplica {
     /// The running hash of the entries applied up to `applied`.
     applied_hash: Option<u64>,
     /// Messages that wait for their Ready's log write (votes, append acks),
-    /// by Ready number, oldest first.
-    unpersisted: std::collections::VecDeque<(u64, Vec<Message>)>,
+    /// by Ready number, oldest first, with the (term, vote) that write
+    /// promises when it changes them (logged once durable).
+    unpersisted: std::collections::VecDeque<Unpersisted>,
     /// Apply batches not yet applied: they wait while a checkpoint or a
     /// large batch runs off the executor, so that batches apply in order.
     pending_apply: std::collections::VecDeque<ApplyBatch>,
@@ -583,6 +584,16 @@ pub struct PartitionReplica {
     /// Entry bytes applied since the last checkpoint.
     applied_bytes: u64,
 }
+
+/// A Ready's number, the messages that wait for its log write, and the
+/// (term, vote) it makes durable if it changes them.
+type Unpersisted = (u64, Vec<Message>, Option<(u64, u64)>);
+
+/// The environment variable of the chaos runner's negative control
+/// (`quorumd-chaos run --unsafe-forget-votes`): set to `1`, a node rewinds
+/// its durable term and forgets its vote at start, as a node did when an
+/// apply batch rewrote an older term and vote. Never set it for real use.
+pub const UNSAFE_FORGET_VOTE: &str = "QUORUMD_UNSAFE_FORGET_VOTE";
 
 impl PartitionReplica {
     /// Builds the group's `RawNode` from the node's recovered storage, and
@@ -598,10 +609,20 @@ impl PartitionReplica {
     ) -> Result<(PartitionReplica, ReplicaHandle)> {
         let NodeStorage {
             state: store,
-            log,
-            recovered,
+            mut log,
+            mut recovered,
             lock,
         } = storage;
+        if std::env::var_os(UNSAFE_FORGET_VOTE).is_some_and(|v| v == "1") {
+            warn!(
+                "{group}: {UNSAFE_FORGET_VOTE}=1: this node rewinds its stored term by one and \
+                 forgets its vote at every start, which breaks Raft's safety; it exists only \
+                 so that the chaos runner's checks can be shown to fail"
+            );
+            if let Some(hs) = log.rewind_promises_unsafely()? {
+                recovered.hard_state = hs;
+            }
+        }
         let view = LogView::new(&recovered);
         let config = raft::Config {
             id: node_id,
@@ -895,8 +916,15 @@ impl PartitionReplica {
             }
             ReplicaMsg::Persisted(number) => {
                 self.node.on_persist_ready(number);
-                while self.unpersisted.front().is_some_and(|(n, _)| *n <= number) {
-                    let (_, messages) = self.unpersisted.pop_front().expect("checked");
+                while self
+                    .unpersisted
+                    .front()
+                    .is_some_and(|(n, _, _)| *n <= number)
+                {
+                    let (_, messages, promise) = self.unpersisted.pop_front().expect("checked");
+                    if let Some((term, vote)) = promise {
+                        self.log_durable_promise(term, vote);
+                    }
                     self.send(messages);
                 }
             }
@@ -1494,17 +1522,14 @@ impl PartitionReplica {
         let hard_state = ready.hs().cloned();
         let sync = ready.must_sync() || !entries.is_empty();
         let number = ready.number();
+        let mut promise = None;
         {
             let view = self.node.mut_store();
             view.append(&entries);
             if let Some(hs) = &hard_state {
                 let before = view.hard_state();
-                if hs.vote != 0 && (hs.term, hs.vote) != (before.term, before.vote) {
-                    // Read by the chaos runner's vote check: one line per vote.
-                    info!(
-                        "{}: durable vote: term {} for node {}",
-                        self.group, hs.term, hs.vote
-                    );
+                if (hs.term, hs.vote) != (before.term, before.vote) {
+                    promise = Some((hs.term, hs.vote));
                 }
                 view.set_hard_state(hs.clone());
             }
@@ -1534,7 +1559,7 @@ impl PartitionReplica {
                     },
                 );
             }
-            self.unpersisted.push_back((number, persisted));
+            self.unpersisted.push_back((number, persisted, promise));
             let committed = ready.take_committed_entries();
             let read_states = ready.take_read_states();
             self.node.advance_append_async(ready);
@@ -1579,11 +1604,16 @@ impl PartitionReplica {
             })
             .await?;
         self.checkpointed = meta.index;
+        let mut hard_state_written = None;
         {
             let view = self.node.mut_store();
             view.apply_snapshot(&meta);
             view.append(&entries);
             if let Some(hs) = hard_state {
+                let before = view.hard_state();
+                if (hs.term, hs.vote) != (before.term, before.vote) {
+                    hard_state_written = Some(hs.clone());
+                }
                 view.set_hard_state(hs);
             }
         }
@@ -1599,8 +1629,14 @@ impl PartitionReplica {
         }
         // Every write before this one is durable too (the writer keeps
         // order): what waited for them can go.
-        for (_, messages) in std::mem::take(&mut self.unpersisted) {
+        for (_, messages, promise) in std::mem::take(&mut self.unpersisted) {
+            if let Some((term, vote)) = promise {
+                self.log_durable_promise(term, vote);
+            }
             self.send(messages);
+        }
+        if let Some(hs) = &hard_state_written {
+            self.log_durable_promise(hs.term, hs.vote);
         }
         self.applied = written.applied_index;
         self.applied_hash = written.applied_hash;
@@ -1915,6 +1951,16 @@ impl PartitionReplica {
         for id in lagging {
             self.node.raft.send_append(id);
         }
+    }
+
+    /// One line per durable change of term or vote, written once the log
+    /// has synced it: the chaos runner reads these to check that no node
+    /// votes twice in a term and that none recovers an older term.
+    fn log_durable_promise(&self, term: u64, vote: u64) {
+        info!(
+            "{}: durable hard state: term {term} vote {vote}",
+            self.group
+        );
     }
 
     fn send(&mut self, messages: Vec<Message>) {

@@ -407,6 +407,28 @@ impl RaftLog {
         Ok(count)
     }
 
+    /// The chaos runner's negative control, never for real use: durably
+    /// rewrites the hard state one term back with no vote, past the checks
+    /// that refuse it, as the bug that let an apply batch write an older
+    /// view's term and vote did. Returns the rewound state (`None` at term
+    /// 0, where there is nothing to forget).
+    pub fn rewind_promises_unsafely(&mut self) -> Result<Option<HardState>> {
+        if self.hard_state.term == 0 {
+            return Ok(None);
+        }
+        let mut hs = self.hard_state.clone();
+        hs.term -= 1;
+        hs.vote = 0;
+        self.hard_state = hs.clone();
+        self.write(&LogWrite {
+            hard_state: Some(hs.clone()),
+            sync: true,
+            ..Default::default()
+        })?;
+        self.sync()?;
+        Ok(Some(hs))
+    }
+
     fn check_promises(&self, new: &HardState) -> Result<()> {
         let old = &self.hard_state;
         let broken = if new.term < old.term {

@@ -13,7 +13,7 @@ use crate::firewall::{self, Rule};
 use crate::http;
 use crate::monitor;
 use crate::netns::{self, Network};
-use crate::nodes::Cluster;
+use crate::nodes::{self, Cluster};
 use crate::schedule::{self, Fault, FaultKind};
 
 /// How long to look for the leader before a leader-targeted fault falls back
@@ -42,6 +42,10 @@ pub struct Applied {
     /// From healing to the first acknowledged write; `None`: not within
     /// [`RECOVERY_DEADLINE`].
     pub recovery_ms: Option<u64>,
+    /// What went wrong on the way that is the node's fault: a clean
+    /// shutdown that did not exit 0 in time (reported as violations).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
 }
 
 /// A fault in force, and what healing it takes.
@@ -57,7 +61,21 @@ enum Heal {
     Restart(Vec<u32>),
     Resume(u32),
     Flush,
+    /// Nodes sent SIGTERM: wait for each to exit, then start it; resume a
+    /// paused node first if any.
+    Stopped {
+        stopped: Vec<u32>,
+        paused: Option<u32>,
+    },
+    /// Remove the learner added (by id), the request's answer arriving on
+    /// the channel.
+    RemoveLearner(u32, std::sync::mpsc::Receiver<String>),
 }
+
+/// How long a clean shutdown may take before the node is killed.
+const SHUTDOWN_WITHIN: Duration = Duration::from_secs(10);
+/// How long removing the learner of a member-restart fault may take.
+const REMOVE_LEARNER_WITHIN: Duration = Duration::from_secs(15);
 
 /// What faults act on.
 pub struct Injector<'a> {
@@ -69,7 +87,15 @@ pub struct Injector<'a> {
     pub nodes: Vec<(u32, SocketAddr)>,
     /// The run's clock.
     pub start: Instant,
+    /// Problems of the fault in progress.
+    pub problems: Vec<String>,
 }
+
+/// Learners of member-restart faults get ids from here up (plus the fault's
+/// number): ids are never reused.
+const LEARNER_IDS: u32 = 1000;
+/// The last byte of the learners' address, which no namespace has.
+const LEARNER_ADDR: u32 = 200;
 
 impl Injector<'_> {
     fn now_us(&self) -> u64 {
@@ -143,6 +169,7 @@ impl Injector<'_> {
         let pick = fault.pick;
         let ids = self.ids();
         let mut note = String::new();
+        self.problems.clear();
         let (targets, detail, heal) = match fault.kind {
             FaultKind::KillLeader => {
                 let id = self.leader_or_any(pick, &mut note);
@@ -249,6 +276,70 @@ impl Injector<'_> {
                     Heal::Restart(ids.clone()),
                 )
             }
+            FaultKind::PauseHandoff => {
+                let leader = self.leader_or_any(pick, &mut note);
+                let others: Vec<u32> = ids.iter().copied().filter(|&i| i != leader).collect();
+                let f = schedule::choose(&others, pick, 4).unwrap_or(leader);
+                let resume_ms = 150 + pick % 101;
+                self.cluster.pause(f, true);
+                std::thread::sleep(Duration::from_millis(100));
+                self.cluster.sigterm(leader);
+                std::thread::sleep(Duration::from_millis(resume_ms));
+                self.cluster.pause(f, false);
+                std::thread::sleep(Duration::from_millis(300));
+                let how = self.cluster.terminate(f, SHUTDOWN_WITHIN);
+                self.check_clean(f, how);
+                self.cluster.start(f)?;
+                (
+                    vec![f, leader],
+                    format!(
+                        "SIGSTOP of follower node {f}, SIGTERM of leader node {leader} 100 ms later, SIGCONT {resume_ms} ms later, then a clean restart of node {f}{note}"
+                    ),
+                    Heal::Stopped {
+                        stopped: vec![leader],
+                        paused: None,
+                    },
+                )
+            }
+            FaultKind::PauseTransfer => {
+                let leader = self.leader_or_any(pick, &mut note);
+                let others: Vec<u32> = ids.iter().copied().filter(|&i| i != leader).collect();
+                let f = schedule::choose(&others, pick, 5).unwrap_or(leader);
+                self.cluster.sigterm(leader);
+                self.cluster.pause(f, true);
+                (
+                    vec![leader, f],
+                    format!(
+                        "SIGTERM of leader node {leader} (it hands off) and at once SIGSTOP of node {f}{note}"
+                    ),
+                    Heal::Stopped {
+                        stopped: vec![leader],
+                        paused: Some(f),
+                    },
+                )
+            }
+            FaultKind::MemberRestart => {
+                let target = if pick.is_multiple_of(2) {
+                    self.leader_or_any(pick, &mut note)
+                } else {
+                    self.follower(pick)
+                };
+                let via = schedule::choose(&ids, pick, 6).unwrap_or(1);
+                // A fresh id each time (ids are never reused), on an address
+                // no namespace has: the learner never answers.
+                let learner = LEARNER_IDS + fault.n;
+                let rx = self.add_learner(via, learner)?;
+                let how = self.cluster.terminate(target, SHUTDOWN_WITHIN);
+                self.check_clean(target, how);
+                self.cluster.start(target)?;
+                (
+                    vec![target],
+                    format!(
+                        "learner {learner} added through node {via} while node {target} restarts cleanly{note}"
+                    ),
+                    Heal::RemoveLearner(learner, rx),
+                )
+            }
         };
         Ok(Active {
             fault: fault.clone(),
@@ -261,6 +352,7 @@ impl Injector<'_> {
 
     /// Ends `active`, and returns it as it happened (recovery not measured).
     pub fn heal(&mut self, active: Active) -> Result<Applied> {
+        let mut detail_suffix = String::new();
         match &active.heal {
             Heal::Restart(ids) => {
                 for &id in ids {
@@ -271,15 +363,110 @@ impl Injector<'_> {
                 self.cluster.pause(*id, false);
             }
             Heal::Flush => self.flush_all()?,
+            Heal::Stopped { stopped, paused } => {
+                if let Some(id) = paused {
+                    self.cluster.pause(*id, false);
+                }
+                for &id in stopped {
+                    let how = self.cluster.wait_exit(id, SHUTDOWN_WITHIN);
+                    self.check_clean(id, how);
+                    self.cluster.start(id)?;
+                }
+            }
+            Heal::RemoveLearner(learner, rx) => {
+                let added = rx
+                    .recv_timeout(REMOVE_LEARNER_WITHIN)
+                    .unwrap_or_else(|_| "no answer".into());
+                let removed = self.remove_learner(*learner);
+                detail_suffix = format!("; the add answered {added}; the removal {removed}");
+            }
         }
         Ok(Applied {
             n: active.fault.n,
             kind: active.fault.kind,
             targets: active.targets,
-            detail: active.detail,
+            detail: active.detail + &detail_suffix,
             start_us: active.start_us,
             end_us: self.now_us(),
             recovery_ms: None,
+            problems: std::mem::take(&mut self.problems),
+        })
+    }
+
+    /// Notes a clean shutdown that was not one.
+    fn check_clean(&mut self, id: u32, how: Option<String>) {
+        if let Some(how) = how {
+            if how != "exit code 0" {
+                self.problems.push(format!(
+                    "node {id} did not shut down cleanly on SIGTERM: {how}"
+                ));
+            }
+        }
+    }
+
+    /// Sends the add of learner `learner` through node `via` from a thread
+    /// of its own; its answer arrives on the channel.
+    fn add_learner(&self, via: u32, learner: u32) -> Result<std::sync::mpsc::Receiver<String>> {
+        let ns = netns::open(&self.net.hub())?;
+        let addr = nodes::admin_addr(via);
+        let ip = netns::node_ip(LEARNER_ADDR);
+        let body = format!(
+            r#"{{"id":{learner},"addr":"{ip}:{}","admin":"{ip}:{}"}}"#,
+            nodes::PEER_PORT,
+            nodes::ADMIN_PORT
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let answer = match netns::enter(&ns) {
+                Err(e) => format!("not sent ({e})"),
+                Ok(()) => match http::request(
+                    addr,
+                    "POST",
+                    "/admin/cluster/members",
+                    body.as_bytes(),
+                    REMOVE_LEARNER_WITHIN,
+                ) {
+                    Ok(r) => r.status.to_string(),
+                    Err(e) => format!("no answer ({e})"),
+                },
+            };
+            let _ = tx.send(answer);
+        });
+        Ok(rx)
+    }
+
+    /// Removes learner `learner` through any node, retrying until one
+    /// answers 200 (removed) or 404 (never added); says how it went.
+    fn remove_learner(&self, learner: u32) -> String {
+        let Ok(ns) = netns::open(&self.net.hub()) else {
+            return "could not enter the hub namespace".into();
+        };
+        let nodes = self.nodes.clone();
+        let path = format!("/admin/cluster/members/{learner}");
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                if let Err(e) = netns::enter(&ns) {
+                    return format!("could not enter the hub namespace: {e}");
+                }
+                let until = Instant::now() + REMOVE_LEARNER_WITHIN;
+                let mut last = String::from("not tried");
+                for (_, addr) in nodes.iter().cycle() {
+                    match http::request(*addr, "DELETE", &path, b"", PROBE_TIMEOUT * 4) {
+                        Ok(r) if r.status == 200 || r.status == 404 => {
+                            return format!("answered {}", r.status)
+                        }
+                        Ok(r) => last = format!("{} {}", r.status, r.text()),
+                        Err(e) => last = e.to_string(),
+                    }
+                    if Instant::now() >= until {
+                        return format!("failed: {last}");
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                last
+            })
+            .join()
+            .unwrap_or_else(|_| "panicked".into())
         })
     }
 

@@ -8,7 +8,9 @@
 //!
 //! - every key's history is linearizable ([`checker`], [`model`]);
 //! - after healing, a final linearizable read of every key agrees with it;
-//! - no term ever had two leaders;
+//! - no term ever had two leaders, no node voted twice in a term or went
+//!   back to an older term (restarts included), and nodes that applied the
+//!   same index applied the same entries ([`invariants`]);
 //! - after each fault heals, the cluster serves writes again, and how fast.
 //!
 //! The tool links nothing of the node: it talks to it over HTTP, as a user's
@@ -21,6 +23,7 @@ pub mod faults;
 pub mod firewall;
 pub mod history;
 pub mod http;
+pub mod invariants;
 pub mod model;
 pub mod monitor;
 pub mod netns;

@@ -76,13 +76,19 @@ struct RunArgs {
     #[arg(long, default_value = "10ms", value_parser = parse_duration_or_zero)]
     think: Duration,
     /// Only these fault kinds (comma-separated): kill-leader, kill-follower,
-    /// pause, partition-leader, partition-split, one-way, loss, restart-cluster.
+    /// pause, partition-leader, partition-split, one-way, loss, restart-cluster,
+    /// pause-handoff, pause-transfer, member-restart.
     #[arg(long, value_delimiter = ',', value_parser = parse_kind)]
     faults: Vec<FaultKind>,
     /// Negative control: gets use `?stale`, an unsafe read path; the checker
     /// must then report violations.
     #[arg(long)]
     unsafe_stale_reads: bool,
+    /// Negative control: every node rewinds its durable term by one and
+    /// forgets its vote at each start (QUORUMD_UNSAFE_FORGET_VOTE=1); the
+    /// Raft invariant checks must then report violations.
+    #[arg(long)]
+    unsafe_forget_votes: bool,
     /// The quorumd binary.
     #[arg(long, default_value = "target/release/quorumd")]
     quorumd: PathBuf,
@@ -238,6 +244,7 @@ fn run(args: RunArgs) -> ExitCode {
         extra_toml,
         keep_data: args.keep_data,
         verbose: !args.quiet,
+        forget_votes: args.unsafe_forget_votes,
     };
     let interrupt = watch_signals();
     match runner::run(&opts, &interrupt) {

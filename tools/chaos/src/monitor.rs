@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::http;
+pub use crate::invariants::Applied;
 use crate::model::Violation;
 use crate::netns;
 
@@ -33,6 +34,9 @@ pub struct Sample {
     pub role: String,
     /// The leader it knows of.
     pub leader: Option<u64>,
+    /// The node process's pid: terms may only restart with the process.
+    #[serde(default)]
+    pub pid: Option<u64>,
 }
 
 /// A node's view from the status JSON, or `None` if it does not parse.
@@ -44,6 +48,18 @@ pub fn parse_status(node: u32, t_us: u64, body: &[u8]) -> Option<Sample> {
         term: v.get("term")?.as_u64()?,
         role: v.get("role")?.as_str()?.to_string(),
         leader: v.get("leader_id").and_then(|l| l.as_u64()),
+        pid: v.get("pid").and_then(|p| p.as_u64()),
+    })
+}
+
+/// A node's `applied_index` and `applied_hash`, from its status JSON.
+pub fn parse_applied(node: u32, t_us: u64, body: &[u8]) -> Option<Applied> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    Some(Applied {
+        t_us,
+        node,
+        index: v.get("applied_index")?.as_u64()?,
+        hash: v.get("applied_hash")?.as_str()?.to_string(),
     })
 }
 
@@ -58,17 +74,25 @@ pub fn parse_indices(body: &[u8]) -> Option<(u64, u64)> {
 
 /// Polls `addr` once.
 pub fn poll(node: u32, addr: SocketAddr, start: Instant) -> Option<Sample> {
+    poll_both(node, addr, start).map(|(s, _)| s)
+}
+
+/// Polls `addr` once, for its view and its applied state.
+fn poll_both(node: u32, addr: SocketAddr, start: Instant) -> Option<(Sample, Option<Applied>)> {
     let r = http::request(addr, "GET", "/admin/cluster/status", b"", POLL_TIMEOUT).ok()?;
     if r.status != 200 {
         return None;
     }
-    parse_status(node, start.elapsed().as_micros() as u64, &r.body)
+    let t_us = start.elapsed().as_micros() as u64;
+    let sample = parse_status(node, t_us, &r.body)?;
+    Some((sample, parse_applied(node, t_us, &r.body)))
 }
 
 /// Background pollers, one thread per node, living in the hub namespace.
 pub struct Monitor {
     stop: Arc<AtomicBool>,
     samples: Arc<Mutex<Vec<Sample>>>,
+    applied: Arc<Mutex<Vec<Applied>>>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -81,10 +105,11 @@ impl Monitor {
     ) -> crate::error::Result<Monitor> {
         let stop = Arc::new(AtomicBool::new(false));
         let samples = Arc::new(Mutex::new(Vec::new()));
+        let applied = Arc::new(Mutex::new(Vec::new()));
         let mut threads = Vec::new();
         for &(id, addr) in nodes {
             let ns = netns::open(hub)?;
-            let (stop, samples) = (stop.clone(), samples.clone());
+            let (stop, samples, applied) = (stop.clone(), samples.clone(), applied.clone());
             threads.push(std::thread::spawn(move || {
                 if let Err(e) = netns::enter(&ns) {
                     eprintln!(
@@ -92,14 +117,21 @@ impl Monitor {
                     );
                     return;
                 }
-                let mut last: Option<(u64, String, Option<u64>)> = None;
+                let mut last: Option<(u64, String, Option<u64>, Option<u64>)> = None;
+                let mut last_applied: Option<Applied> = None;
                 while !stop.load(Ordering::Relaxed) {
                     let began = Instant::now();
-                    if let Some(s) = poll(id, addr, start) {
-                        let now = (s.term, s.role.clone(), s.leader);
+                    if let Some((s, a)) = poll_both(id, addr, start) {
+                        let now = (s.term, s.role.clone(), s.leader, s.pid);
                         if last.as_ref() != Some(&now) {
                             last = Some(now);
                             samples.lock().unwrap_or_else(|e| e.into_inner()).push(s);
+                        }
+                        if let Some(a) = a {
+                            if last_applied.as_ref().is_none_or(|l| l.index != a.index) {
+                                last_applied = Some(a.clone());
+                                applied.lock().unwrap_or_else(|e| e.into_inner()).push(a);
+                            }
                         }
                     }
                     std::thread::sleep(POLL_EVERY.saturating_sub(began.elapsed()));
@@ -109,19 +141,23 @@ impl Monitor {
         Ok(Monitor {
             stop,
             samples,
+            applied,
             threads,
         })
     }
 
-    /// Stops polling and returns every sample, in time order.
-    pub fn finish(self) -> Vec<Sample> {
+    /// Stops polling and returns every sample and every applied state
+    /// seen, in time order.
+    pub fn finish(self) -> (Vec<Sample>, Vec<Applied>) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads {
             let _ = t.join();
         }
         let mut s = std::mem::take(&mut *self.samples.lock().unwrap_or_else(|e| e.into_inner()));
         s.sort_by_key(|s| (s.t_us, s.node));
-        s
+        let mut a = std::mem::take(&mut *self.applied.lock().unwrap_or_else(|e| e.into_inner()));
+        a.sort_by_key(|a| (a.t_us, a.node));
+        (s, a)
     }
 }
 
@@ -277,6 +313,7 @@ mod tests {
             term,
             role: role.into(),
             leader,
+            pid: None,
         }
     }
 

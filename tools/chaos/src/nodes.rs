@@ -81,6 +81,8 @@ struct Node {
     ns: String,
     child: Option<Child>,
     paused: bool,
+    /// Sent SIGTERM by the runner: its exit is expected.
+    stopping: bool,
 }
 
 /// Every node of the run. Dropping it kills them.
@@ -90,6 +92,7 @@ pub struct Cluster {
     log_dir: PathBuf,
     start: Instant,
     nodes: Vec<Node>,
+    env: Vec<(String, String)>,
 }
 
 fn describe(status: ExitStatus) -> String {
@@ -117,6 +120,7 @@ impl Cluster {
                 ns,
                 child: None,
                 paused: false,
+                stopping: false,
             })
             .collect();
         Cluster {
@@ -125,7 +129,13 @@ impl Cluster {
             log_dir,
             start,
             nodes,
+            env: Vec::new(),
         }
+    }
+
+    /// Sets an environment variable for every node started from now on.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_string(), value.to_string()));
     }
 
     /// Node ids, `1..=N`.
@@ -159,17 +169,19 @@ impl Cluster {
         let err = log.try_clone().map_err(Error::io(&log_path))?;
         let ns_name = self.node(id).ns.clone();
         let ns = netns::open(&ns_name)?;
-        let child = spawn_in(&self.bin, &self.cluster_file, id, &ns, log, err).map_err(|e| {
-            Error::Runtime(format!(
-                "cannot start node {id} ({}): {e}",
-                self.bin.display()
-            ))
-        })?;
+        let child =
+            spawn_in(&self.bin, &self.cluster_file, id, &ns, &self.env, log, err).map_err(|e| {
+                Error::Runtime(format!(
+                    "cannot start node {id} ({}): {e}",
+                    self.bin.display()
+                ))
+            })?;
         drop(ns);
         cleanup::add_pid(child.id());
         let node = self.node(id);
         node.child = Some(child);
         node.paused = false;
+        node.stopping = false;
         Ok(())
     }
 
@@ -183,6 +195,63 @@ impl Cluster {
             let _ = cleanup::reap(pid, || child.wait());
         }
         node.paused = false;
+        node.stopping = false;
+    }
+
+    /// SIGTERM of node `id` (a clean shutdown: a leader hands off first),
+    /// then [`Cluster::wait_exit`].
+    pub fn terminate(&mut self, id: u32, within: std::time::Duration) -> Option<String> {
+        self.sigterm(id);
+        self.wait_exit(id, within)
+    }
+
+    /// Sends SIGTERM to node `id` (and SIGCONT, so that a paused node sees
+    /// it) without waiting; false if it is not running.
+    pub fn sigterm(&mut self, id: u32) -> bool {
+        let node = self.node(id);
+        let Some(child) = &node.child else {
+            return false;
+        };
+        let pid = child.id() as i32;
+        // SAFETY: kill(2) on our own unreaped child.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+            libc::kill(pid, libc::SIGCONT);
+        }
+        node.paused = false;
+        node.stopping = true;
+        true
+    }
+
+    /// Waits up to `within` for node `id` to exit, then `kill -9`. Returns
+    /// how it ended, or `None` if it was not running.
+    pub fn wait_exit(&mut self, id: u32, within: std::time::Duration) -> Option<String> {
+        let node = self.node(id);
+        let mut child = node.child.take()?;
+        node.paused = false;
+        node.stopping = false;
+        let pid = child.id();
+        let until = Instant::now() + within;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    cleanup::reap(pid, || ());
+                    return Some(describe(status));
+                }
+                Ok(None) if Instant::now() < until => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                _ => {
+                    // SAFETY: kill(2) on our own unreaped child.
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                    let _ = cleanup::reap(pid, || child.wait());
+                    return Some(format!(
+                        "no exit within {} ms of SIGTERM: killed",
+                        within.as_millis()
+                    ));
+                }
+            }
+        }
     }
 
     /// SIGSTOP (`stop = true`) or SIGCONT of node `id`; false if it is not
@@ -208,6 +277,10 @@ impl Cluster {
             let Some(child) = &mut node.child else {
                 continue;
             };
+            if node.stopping {
+                // Reaped by `wait_exit`.
+                continue;
+            }
             let pid = child.id();
             if let Ok(Some(status)) = cleanup::reap(pid, || child.try_wait()) {
                 out.push(Exit {
@@ -241,6 +314,7 @@ fn spawn_in(
     cluster: &Path,
     id: u32,
     ns: &File,
+    env: &[(String, String)],
     out: File,
     err: File,
 ) -> std::io::Result<Child> {
@@ -258,6 +332,9 @@ fn spawn_in(
         .stderr(err);
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", "info");
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
     }
     // SAFETY: only async-signal-safe calls (setns, prctl, getppid, _exit)
     // run between fork and exec; `fd` is kept open by `ns` until spawn

@@ -7,8 +7,10 @@
 //! 4. run the fault schedule: for each fault, a quiet gap, the fault, the
 //!    heal, and the time until a write is acknowledged again;
 //! 5. heal everything, stop the clients, read every key once more;
-//! 6. check the history key by key, the leaders per term, the node exits
-//!    and the recoveries; draw the timeline; write the results folder.
+//! 6. check the history key by key, Raft's invariants (one leader per
+//!    term, one vote per node per term, terms that never go back, the same
+//!    entries at the same applied index), the node exits and the
+//!    recoveries; draw the timeline; write the results folder.
 //!
 //! Everything it made is torn down on the way out, on success, on error and
 //! on panic (the owners' `Drop`), and on a second Ctrl-C (the cleanup
@@ -29,6 +31,7 @@ use crate::error::{Error, Result};
 use crate::faults::{self, Applied, Injector, RECOVERY_DEADLINE};
 use crate::firewall;
 use crate::history::{self, Counts, Func, Record, Status};
+use crate::invariants;
 use crate::model::{self, Violation};
 use crate::monitor::{self, Monitor};
 use crate::netns::{self, Network};
@@ -46,6 +49,8 @@ const FINAL_READ_WITHIN: Duration = Duration::from_secs(30);
 const CATCH_UP_WITHIN: Duration = Duration::from_secs(30);
 /// Threads for the final reads.
 const FINAL_READERS: usize = 4;
+/// The nodes' negative-control switch (`--unsafe-forget-votes`).
+const FORGET_VOTE_ENV: &str = "QUORUMD_UNSAFE_FORGET_VOTE";
 
 /// Everything a run is told.
 #[derive(Clone, Debug)]
@@ -72,6 +77,9 @@ pub struct Options {
     pub keep_data: bool,
     /// Print each fault as it happens.
     pub verbose: bool,
+    /// Negative control: every node rewinds its term and forgets its vote
+    /// at each start; the Raft invariant checks must report it.
+    pub forget_votes: bool,
 }
 
 /// What a run found.
@@ -243,6 +251,9 @@ fn run_in(opts: &Options, out: &Path, interrupt: &AtomicBool) -> Result<Outcome>
         start,
         ids.iter().map(|&id| net.node(id)).collect(),
     );
+    if opts.forget_votes {
+        cluster.set_env(FORGET_VOTE_ENV, "1");
+    }
     for &id in &ids {
         cluster.start(id)?;
     }
@@ -309,6 +320,7 @@ fn run_in(opts: &Options, out: &Path, interrupt: &AtomicBool) -> Result<Outcome>
             net: &net,
             nodes: addrs.clone(),
             start,
+            problems: Vec::new(),
         };
         for fault in &schedule {
             if interrupt.load(Ordering::Relaxed) {
@@ -421,7 +433,7 @@ fn run_in(opts: &Options, out: &Path, interrupt: &AtomicBool) -> Result<Outcome>
     };
     let final_failures = final_reads(&hub, &readers, &keys.used(), &opts.workload, &shared)?;
     drop(shared);
-    let samples = monitor.finish();
+    let (samples, applied_states) = monitor.finish();
     let (records, write_error) = recorder
         .join()
         .map_err(|_| Error::Runtime("the history recorder panicked".into()))?;
@@ -432,6 +444,7 @@ fn run_in(opts: &Options, out: &Path, interrupt: &AtomicBool) -> Result<Outcome>
         });
     }
     write_jsonl(&out.join("status.jsonl"), &samples)?;
+    write_jsonl(&out.join("applied.jsonl"), &applied_states)?;
     write_jsonl(&out.join("faults.jsonl"), &applied)?;
     cluster.kill_all();
     drop(cluster);
@@ -441,6 +454,16 @@ fn run_in(opts: &Options, out: &Path, interrupt: &AtomicBool) -> Result<Outcome>
     eprintln!("chaos: checking {} operations", records.len());
     let mut violations = model::check_history(&records, 2, DEFAULT_STEP_BUDGET);
     violations.extend(monitor::two_leaders(&samples));
+    violations.extend(invariants::reported_terms_go_forward(&samples));
+    violations.extend(invariants::one_entry_per_index(&applied_states));
+    for &id in &ids {
+        let path = out.join(format!("node-{id}.log"));
+        let log = fs::read(&path).map_err(Error::io(&path))?;
+        violations.extend(invariants::check_node_log(
+            id,
+            &String::from_utf8_lossy(&log),
+        ));
+    }
     for e in &watch.exits {
         violations.push(Violation {
             kind: "node exit",
@@ -451,6 +474,16 @@ fn run_in(opts: &Options, out: &Path, interrupt: &AtomicBool) -> Result<Outcome>
             ),
             ops: Vec::new(),
         });
+    }
+    for a in &applied {
+        for p in &a.problems {
+            violations.push(Violation {
+                kind: "unclean shutdown",
+                key: None,
+                detail: format!("during fault {} ({}): {p}", a.n, a.kind.name()),
+                ops: Vec::new(),
+            });
+        }
     }
     for a in applied.iter().filter(|a| a.recovery_ms.is_none()) {
         violations.push(Violation {
@@ -610,6 +643,10 @@ fn report(opts: &Options, o: &Outcome, applied: &[Applied]) -> String {
         kinds,
         if opts.workload.stale_reads { " --unsafe-stale-reads" } else { "" },
     );
+    if opts.forget_votes {
+        s.pop();
+        let _ = writeln!(s, " --unsafe-forget-votes");
+    }
     let _ = writeln!(s, "\nfaults (start s, healed s, recovery ms):");
     for a in applied {
         let _ = writeln!(

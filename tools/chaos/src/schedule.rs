@@ -40,11 +40,22 @@ pub enum FaultKind {
     Loss,
     /// `kill -9` of every node, then all restart.
     RestartCluster,
+    /// SIGSTOP of a follower; 100 ms later SIGTERM of the leader (it hands
+    /// off, in an election the paused node misses); 150 to 250 ms later
+    /// SIGCONT, so that one Ready brings the follower a new term and
+    /// entries to apply; 300 ms later a clean restart of that follower.
+    PauseHandoff,
+    /// SIGTERM of the leader (a leadership transfer starts) and at once
+    /// SIGSTOP of a follower, which may be the transfer's target.
+    PauseTransfer,
+    /// A learner added through a node while a node (the leader half the
+    /// time) restarts cleanly; the learner is removed when it heals.
+    MemberRestart,
 }
 
 impl FaultKind {
     /// All kinds, in a fixed order.
-    pub const ALL: [FaultKind; 8] = [
+    pub const ALL: [FaultKind; 11] = [
         FaultKind::KillLeader,
         FaultKind::KillFollower,
         FaultKind::Pause,
@@ -53,6 +64,9 @@ impl FaultKind {
         FaultKind::OneWay,
         FaultKind::Loss,
         FaultKind::RestartCluster,
+        FaultKind::PauseHandoff,
+        FaultKind::PauseTransfer,
+        FaultKind::MemberRestart,
     ];
 
     /// The kebab-case name used on the command line and in the results.
@@ -66,6 +80,9 @@ impl FaultKind {
             FaultKind::OneWay => "one-way",
             FaultKind::Loss => "loss",
             FaultKind::RestartCluster => "restart-cluster",
+            FaultKind::PauseHandoff => "pause-handoff",
+            FaultKind::PauseTransfer => "pause-transfer",
+            FaultKind::MemberRestart => "member-restart",
         }
     }
 
@@ -87,6 +104,11 @@ impl FaultKind {
             }
             FaultKind::Loss => (2_000, 6_000),
             FaultKind::RestartCluster => (100, 1_000),
+            // The sequence itself takes 550 to 650 ms and ends healed; this
+            // is the time before the handing-off leader restarts.
+            FaultKind::PauseHandoff => (100, 500),
+            FaultKind::PauseTransfer => (et / 4, 2 * et),
+            FaultKind::MemberRestart => (200, 1_000),
         }
     }
 }
@@ -192,7 +214,7 @@ mod tests {
         for seed in 0..50 {
             let s = generate(seed, Duration::from_secs(1), &[]);
             assert!(s.len() >= FaultKind::ALL.len());
-            let mut first: Vec<_> = s[..8].iter().map(|f| f.kind).collect();
+            let mut first: Vec<_> = s[..FaultKind::ALL.len()].iter().map(|f| f.kind).collect();
             first.sort();
             assert_eq!(first, FaultKind::ALL.to_vec(), "seed {seed}");
         }

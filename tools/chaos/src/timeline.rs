@@ -34,6 +34,9 @@ fn fault_colour(k: FaultKind) -> RGBColor {
         FaultKind::OneWay => RGBColor(23, 190, 207),
         FaultKind::Loss => RGBColor(158, 218, 229),
         FaultKind::RestartCluster => RGBColor(140, 86, 75),
+        FaultKind::PauseHandoff => RGBColor(188, 189, 34),
+        FaultKind::PauseTransfer => RGBColor(23, 190, 207),
+        FaultKind::MemberRestart => RGBColor(127, 127, 127),
     }
 }
 
@@ -277,6 +280,7 @@ mod tests {
             start_us: 1_500_000,
             end_us: 2_500_000,
             recovery_ms: Some(12),
+            problems: Vec::new(),
         }];
         write(
             &path,

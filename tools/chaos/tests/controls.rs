@@ -1,6 +1,7 @@
-//! The checker must be able to fail: the same workload with an unsafe read
+//! The checkers must be able to fail: the same workload with an unsafe read
 //! path (`?stale` reads, served from a node's local replica) under
-//! partitions must be reported. And an interrupted run still cleans up.
+//! partitions must be reported, and so must nodes that forget their votes
+//! across restarts. And an interrupted run still cleans up.
 
 mod common;
 
@@ -59,6 +60,44 @@ fn stale_reads_from_an_isolated_node_are_caught() {
         assert!(out.join(file).is_file(), "{file} missing");
     }
     assert!(out.join("data").is_dir());
+}
+
+#[test]
+fn a_node_that_forgets_its_vote_is_caught() {
+    // Every node rewinds its durable term and forgets its vote at each
+    // start, as the apply-batch bug made a follower do: the Raft invariant
+    // checks must report it, from the nodes' own logs.
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o = run(
+        &out,
+        &[
+            "--nodes",
+            "3",
+            "--duration",
+            "3s",
+            "--seed",
+            "11",
+            "--faults",
+            "pause-handoff,kill-follower",
+            "--unsafe-forget-votes",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let f = final_of(&o);
+    assert!(
+        f.violations > 0,
+        "the forgotten votes went unnoticed: {f:?}\n{stderr}"
+    );
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    let report = std::fs::read_to_string(out.join("report.txt")).unwrap();
+    assert!(report.contains("term went back"), "{report}");
+    assert!(
+        report.contains("recovered term") && report.contains("was durable at line"),
+        "the violation names the lines of the node's log:\n{report}"
+    );
+    assert!(report.contains("--unsafe-forget-votes"), "{report}");
 }
 
 #[test]

@@ -61,6 +61,9 @@ fn a_short_run_with_every_fault_kind_finds_no_violation() {
         "one-way",
         "loss",
         "restart-cluster",
+        "pause-handoff",
+        "pause-transfer",
+        "member-restart",
     ] {
         assert!(kinds.contains(k), "fault kind {k} never ran: {kinds:?}");
     }
