@@ -16,7 +16,7 @@ endif
 RELEASE_BIN := target/$(TARGET)/release/quorumd
 export QUORUMD := $(CURDIR)/$(RELEASE_BIN)
 
-.PHONY: all build deb cluster1 cluster3 cluster5 cluster3-tls bootstrap timeout shutdown test bench fuzz chaos chaos-deps
+.PHONY: all build deb cluster1 cluster3 cluster5 cluster3-tls bootstrap timeout shutdown test bench fuzz chaos chaos-deps ui-deps
 
 all: build
 
@@ -52,6 +52,15 @@ chaos-deps:
 		echo "installing iptables for the chaos runner"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables >/dev/null; }
 
+# The dashboard's browser test (tests/ui.rs) drives Debian's headless
+# Chromium through chromium-driver; a fresh machine has neither. CI runs as
+# root, so this installs them there.
+ui-deps:
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || { \
+		echo "installing chromium and chromium-driver for the dashboard's browser test"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends chromium chromium-driver >/dev/null; }
+
 # `make chaos NODES=5 DURATION=30m SEED=42`, or any flags in CHAOS_ARGS
 # (`target/release/quorumd-chaos run --help`). Needs root.
 NODES ?= 3
@@ -66,7 +75,7 @@ chaos: build chaos-deps
 # installs it into a scratch root), so a broken release build stops here.
 # The workspace's default members are the node and tools/chaos, so this
 # also runs the chaos unit tests and the ~1 minute chaos run (as root).
-test: chaos-deps
+test: chaos-deps ui-deps
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --quiet
