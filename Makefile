@@ -16,7 +16,7 @@ endif
 RELEASE_BIN := target/$(TARGET)/release/quorumd
 export QUORUMD := $(CURDIR)/$(RELEASE_BIN)
 
-.PHONY: all build deb cluster1 cluster3 cluster5 cluster3-tls bootstrap timeout shutdown test bench fuzz chaos chaos-deps ui-deps
+.PHONY: all build deb cluster1 cluster3 cluster5 cluster3-tls bootstrap timeout shutdown test bench fuzz chaos chaos-deps ui-deps clean-clusters
 
 all: build
 
@@ -41,10 +41,15 @@ cluster3-tls: build
 		$(QUORUMD) certs --cluster clusters/cluster3-tls.toml --out $(TLS_CERTS) --force >/dev/null
 	exec scripts/cluster.sh clusters/cluster3-tls.toml
 
+# Deletes the local clusters' state (and the TLS cluster's certificates):
+# the next `make cluster3` bootstraps a new cluster.
+clean-clusters:
+	rm -rf target/clusters
+
 bootstrap timeout shutdown: build
 	exec scripts/scenario.sh $@
 
-# The chaos runner (tools/chaos, issue 10) makes partitions and packet loss
+# The chaos runner (tools/chaos) makes partitions and packet loss
 # with iptables inside network namespaces; a fresh machine has `ip` but not
 # `iptables`. CI runs as root, so this installs it there.
 chaos-deps:
@@ -70,7 +75,7 @@ chaos: build chaos-deps
 	$(CARGO) build --release -p quorumd-chaos
 	target/release/quorumd-chaos run --quorumd $(RELEASE_BIN) $(CHAOS_ARGS)
 
-# fmt, clippy, rustdoc and the tests must all be clean (STYLE.md). The
+# fmt, clippy, rustdoc and the tests must all be clean. The
 # package is built before the tests (tests/package.rs reads it back and
 # installs it into a scratch root), so a broken release build stops here.
 # The workspace's default members are the node and tools/chaos, so this
