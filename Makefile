@@ -58,13 +58,14 @@ chaos-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables >/dev/null; }
 
 # The dashboard's browser test (tests/ui.rs) drives Debian's headless
-# Chromium through chromium-driver; a fresh machine has neither. CI runs as
-# root, so this installs them there.
+# Chromium through chromium-driver, and the README's examples
+# (tests/readme.rs) use curl; a fresh machine may have none of them. CI
+# runs as root, so this installs them there.
 ui-deps:
-	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || { \
-		echo "installing chromium and chromium-driver for the dashboard's browser test"; \
+	@{ command -v chromium && command -v chromedriver && command -v curl; } >/dev/null 2>&1 || { \
+		echo "installing chromium, chromium-driver and curl for the dashboard's and the README's tests"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-			--no-install-recommends chromium chromium-driver >/dev/null; }
+			--no-install-recommends chromium chromium-driver curl >/dev/null; }
 
 # `make chaos NODES=5 DURATION=30m SEED=42`, or any flags in CHAOS_ARGS
 # (`target/release/quorumd-chaos run --help`). Needs root.

@@ -368,6 +368,12 @@ fn every_readme_command_block_works_as_written() {
         }
     }
 
+    let curl = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join("curl").is_file()));
+    assert!(
+        curl,
+        "the README's examples need curl: `make ui-deps` installs it"
+    );
     let mut scratch = Scratch::new();
     scratch.start("cluster3", &[8101, 8102, 8103], false);
     scratch.start("cluster3-tls", &[8121, 8122, 8123], true);
