@@ -37,8 +37,10 @@ cluster1 cluster3 cluster5: build
 # `quorumd check` finds them missing or wrong; they live under target/.
 TLS_CERTS := target/clusters/cluster3-tls/certs
 cluster3-tls: build
-	@$(QUORUMD) check clusters/cluster3-tls.toml >/dev/null 2>&1 || \
-		$(QUORUMD) certs --cluster clusters/cluster3-tls.toml --out $(TLS_CERTS) --force >/dev/null
+	@$(QUORUMD) check clusters/cluster3-tls.toml >/dev/null 2>&1 || { \
+		echo "writing the cluster's CA, node and client certificates into $(TLS_CERTS)/"; \
+		$(QUORUMD) certs --cluster clusters/cluster3-tls.toml --out $(TLS_CERTS) --force >/dev/null; }
+	@echo "HTTPS: curl --cacert $(TLS_CERTS)/ca.pem --cert $(TLS_CERTS)/client.pem --key $(TLS_CERTS)/client.key https://localhost:8121/admin/cluster/status"
 	exec scripts/cluster.sh clusters/cluster3-tls.toml
 
 # Deletes the local clusters' state (and the TLS cluster's certificates):

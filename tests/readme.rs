@@ -226,7 +226,9 @@ impl Scratch {
     fn remap(&self, text: &str) -> String {
         let mut text = text.to_string();
         for (from, to) in &self.ports {
-            text = text.replace(&format!("127.0.0.1:{from}"), &format!("127.0.0.1:{to}"));
+            for host in ["127.0.0.1", "localhost"] {
+                text = text.replace(&format!("{host}:{from}"), &format!("{host}:{to}"));
+            }
         }
         text
     }
