@@ -16,7 +16,7 @@ endif
 RELEASE_BIN := target/$(TARGET)/release/quorumd
 export QUORUMD := $(CURDIR)/$(RELEASE_BIN)
 
-.PHONY: all build deb cluster1 cluster3 cluster5 cluster3-tls bootstrap timeout shutdown test bench fuzz chaos chaos-deps
+.PHONY: all build deb cluster1 cluster3 cluster5 cluster3-tls bootstrap timeout shutdown test bench fuzz chaos chaos-deps ui-deps clean-clusters
 
 all: build
 
@@ -37,20 +37,37 @@ cluster1 cluster3 cluster5: build
 # `quorumd check` finds them missing or wrong; they live under target/.
 TLS_CERTS := target/clusters/cluster3-tls/certs
 cluster3-tls: build
-	@$(QUORUMD) check clusters/cluster3-tls.toml >/dev/null 2>&1 || \
-		$(QUORUMD) certs --cluster clusters/cluster3-tls.toml --out $(TLS_CERTS) --force >/dev/null
+	@$(QUORUMD) check clusters/cluster3-tls.toml >/dev/null 2>&1 || { \
+		echo "writing the cluster's CA, node and client certificates into $(TLS_CERTS)/"; \
+		$(QUORUMD) certs --cluster clusters/cluster3-tls.toml --out $(TLS_CERTS) --force >/dev/null; }
+	@echo "HTTPS: curl --cacert $(TLS_CERTS)/ca.pem --cert $(TLS_CERTS)/client.pem --key $(TLS_CERTS)/client.key https://localhost:8121/admin/cluster/status"
 	exec scripts/cluster.sh clusters/cluster3-tls.toml
+
+# Deletes the local clusters' state (and the TLS cluster's certificates):
+# the next `make cluster3` bootstraps a new cluster.
+clean-clusters:
+	rm -rf target/clusters
 
 bootstrap timeout shutdown: build
 	exec scripts/scenario.sh $@
 
-# The chaos runner (tools/chaos, issue 10) makes partitions and packet loss
+# The chaos runner (tools/chaos) makes partitions and packet loss
 # with iptables inside network namespaces; a fresh machine has `ip` but not
 # `iptables`. CI runs as root, so this installs it there.
 chaos-deps:
 	@command -v iptables-restore >/dev/null 2>&1 || { \
 		echo "installing iptables for the chaos runner"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables >/dev/null; }
+
+# The dashboard's browser test (tests/ui.rs) drives Debian's headless
+# Chromium through chromium-driver, and the README's examples
+# (tests/readme.rs) use curl; a fresh machine may have none of them. CI
+# runs as root, so this installs them there.
+ui-deps:
+	@{ command -v chromium && command -v chromedriver && command -v curl; } >/dev/null 2>&1 || { \
+		echo "installing chromium, chromium-driver and curl for the dashboard's and the README's tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends chromium chromium-driver curl >/dev/null; }
 
 # `make chaos NODES=5 DURATION=30m SEED=42`, or any flags in CHAOS_ARGS
 # (`target/release/quorumd-chaos run --help`). Needs root.
@@ -61,12 +78,12 @@ chaos: build chaos-deps
 	$(CARGO) build --release -p quorumd-chaos
 	target/release/quorumd-chaos run --quorumd $(RELEASE_BIN) $(CHAOS_ARGS)
 
-# fmt, clippy, rustdoc and the tests must all be clean (STYLE.md). The
+# fmt, clippy, rustdoc and the tests must all be clean. The
 # package is built before the tests (tests/package.rs reads it back and
 # installs it into a scratch root), so a broken release build stops here.
 # The workspace's default members are the node and tools/chaos, so this
 # also runs the chaos unit tests and the ~1 minute chaos run (as root).
-test: chaos-deps
+test: chaos-deps ui-deps
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --quiet

@@ -1,4 +1,4 @@
-//! Cluster benchmarks (issue 4, "Benchmarks"): `cargo bench --bench cluster`,
+//! Cluster benchmarks: `cargo bench --bench cluster`,
 //! which `make bench` runs through `cargo bench`.
 //!
 //! Every measure launches real `quorumd` processes with the harness of the
@@ -33,7 +33,7 @@
 //!    old leader's process has exited (a run whose old leader exits with a code
 //!    other than 0 counts as failed). Survivors and `try_wait` are polled every
 //!    1 ms here, because the target (10 ms) is close to the 5 ms poll step.
-//!    **Full restart** (issue 3's figure, no target): a settled 3-node
+//!    **Full restart** (no target): a settled 3-node
 //!    cluster gets SIGTERM on every node; once all have exited 0 they are
 //!    started again on the same data dirs, and the clock runs from the first
 //!    launch until all agree on a leader (polled every 5 ms). A term that did
@@ -47,8 +47,8 @@
 //!    the release profile strips it), with a check that it has no ELF symbol
 //!    table.
 //!
-//! Stdout gets one markdown table (min / median / max, the target from issue 4
-//! and etcd's median from DESIGN.md), the machine it ran on, which targets were
+//! Stdout gets one markdown table (min / median / max, the target
+//! and etcd 3.4's median), the machine it ran on, which targets were
 //! met, and every raw sample. A measure with a failed run prints `FAILED:` and
 //! the reason instead of numbers. A run is repeated once, on new ports, only if
 //! a node could not bind its port (os error 98), which is a harness port
@@ -215,7 +215,7 @@ fn main() {
         ));
     }
 
-    // 3b. Full restart (issue 3 asks for the figure; it sets no target).
+    // 3b. Full restart (no target).
     {
         let (samples, note) = timed_term_change(
             "full 3-node restart to leader",
@@ -247,7 +247,7 @@ fn main() {
         let _ = writeln!(out, "{}", row.markdown());
     }
     let _ = writeln!(out);
-    let _ = writeln!(out, "Targets (issue 4):");
+    let _ = writeln!(out, "Targets:");
     for row in &rows {
         let _ = writeln!(out, "- {}: {}", row.samples.name, row.verdict());
     }

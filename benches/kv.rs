@@ -1,4 +1,4 @@
-//! Store benchmarks (issue 7): `cargo bench --bench kv`, run by `make bench`.
+//! Store benchmarks: `cargo bench --bench kv`, run by `make bench`.
 //!
 //! One load generator measures quorumd and, when `etcd` is on `PATH`
 //! (Debian's `etcd-server`), etcd in the same run: 3-node clusters on

@@ -9,8 +9,9 @@
 #
 # The package holds the binary in /usr/bin, the template unit, an example
 # /etc/quorumd/cluster.toml (a conffile), a sysusers.d entry that the
-# postinst turns into the quorumd system user, a man page made from the
-# binary's --help, and the README.
+# postinst turns into the quorumd system user, the man pages (quorumd(1)
+# made from the binary's --help, quorumd.toml(5) from packaging/man/), and
+# the README.
 
 set -euo pipefail
 
@@ -39,7 +40,7 @@ install -D -m 644 "$pkg/systemd/quorumd@.service" "$stage/usr/lib/systemd/system
 install -D -m 644 "$pkg/cluster.toml" "$stage/etc/quorumd/cluster.toml"
 install -D -m 644 "$pkg/sysusers.d/quorumd.conf" "$stage/usr/lib/sysusers.d/quorumd.conf"
 install -D -m 644 "$pkg/debian/copyright" "$stage/usr/share/doc/quorumd/copyright"
-install -d -m 755 "$stage/usr/share/man/man1"
+install -d -m 755 "$stage/usr/share/man/man1" "$stage/usr/share/man/man5"
 gzip -9n <"$root/README.md" >"$stage/usr/share/doc/quorumd/README.md.gz"
 
 # The man page: the binary's own --help, one section per subcommand, and the
@@ -70,10 +71,10 @@ commands=$("$bin" --help | awk '/^Commands:/ {on=1; next} on && NF == 0 {on=0} o
 clean shutdown after SIGTERM or SIGINT
 .TP
 1
-fatal runtime error: a port in use, a locked or damaged data dir, a storage failure
+runtime error: a port in use, a locked or damaged data dir, a storage failure; for status, kv and member, a cluster that is unwell or a request that failed
 .TP
 2
-usage or config error, or a data dir of another cluster or node (systemd does not restart it)
+usage or config error: the cluster file, a TLS file, a data dir of another cluster or node, a member whose state is lost or that was removed (systemd does not restart it)
 .TP
 3
 quorum not reached within quorum_wait_timeout
@@ -96,11 +97,14 @@ the cluster file, the same on every node
 node N's Raft state
 .TP
 /usr/share/doc/quorumd/README.md.gz
-the full reference
+the user's guide
 .SH SEE ALSO
-systemctl(1), journalctl(1)
+quorumd.toml(5), systemctl(1), journalctl(1)
 EOF
 } | gzip -9n >"$stage/usr/share/man/man1/quorumd.1.gz"
+# The cluster file's page is written by hand; it gets the same date.
+sed "1s/^\.TH QUORUMD.TOML 5 \"\"/.TH QUORUMD.TOML 5 \"$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y-%m-%d)\"/" \
+    "$pkg/man/quorumd.toml.5" | gzip -9n >"$stage/usr/share/man/man5/quorumd.toml.5.gz"
 
 mkdir -p "$stage/DEBIAN"
 install -m 755 "$pkg/debian/postinst" "$pkg/debian/prerm" "$pkg/debian/postrm" "$stage/DEBIAN/"
@@ -116,13 +120,16 @@ Installed-Size: $installed_size
 Depends: systemd | systemd-standalone-sysusers | systemd-sysusers
 Section: net
 Priority: optional
-Description: small, fast Raft node for edge clusters
- quorumd runs one Raft node per box. The boxes share one cluster file,
- wait until a quorum of them can reach each other, elect a leader and
- watch each other's health; a small HTTP API reports status.
+Description: small, fast Raft cluster for edge boxes, with Consul's KV API
+ quorumd runs one Raft node per box, in a few MiB of memory. The boxes share
+ one cluster file, elect a leader, watch each other's health, and replicate
+ a linearizable key-value store that speaks Consul's KV API (blocking
+ queries, check-and-set, transactions), so Consul clients work unchanged.
+ Membership changes at runtime, peers and clients can use mutual TLS, and
+ every node serves an HTTP admin API, Prometheus metrics and a dashboard.
  .
  The package runs a node as the systemd service quorumd@ID, with its
- state in /var/lib/quorumd.
+ state in /var/lib/quorumd; quorumd(1) and quorumd.toml(5) document it.
 EOF
 find "$stage" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 

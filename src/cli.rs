@@ -17,7 +17,7 @@ use crate::config::ClusterConfig;
 use crate::coordinator::{ClusterCoordinator, NodeOptions};
 use crate::error::{Error, Result};
 
-/// A small, fast Raft node for edge clusters.
+/// A small, fast Raft cluster for edge boxes, with Consul's KV API.
 #[derive(Debug, Parser)]
 #[command(name = "quorumd", version, about)]
 pub struct Cli {

@@ -119,7 +119,8 @@ pub enum Error {
 }
 
 impl Error {
-    /// The process exit code that DESIGN.md assigns to this error.
+    /// The process exit code of this error (0 is a clean stop; 1 runtime, 2 usage
+    /// or configuration, 3 no quorum).
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::ConfigRead { .. }

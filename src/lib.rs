@@ -1,4 +1,4 @@
-//! quorumd: a small, fast Raft node for edge clusters.
+//! quorumd: a small, fast Raft cluster for edge boxes, with Consul's KV API.
 //!
 //! Every node reads the same cluster file ([`config`]), opens its peer and admin
 //! listeners, waits until a quorum of members can reach each other

@@ -1,7 +1,7 @@
 //! Quorum math and the quorum waiter.
 //!
-//! The cluster size N counts this node once, and the quorum is `N/2 + 1`
-//! (DESIGN.md rule 1). The voter set comes from the cluster file, never from
+//! The cluster size N counts this node once, and the quorum is `N/2 + 1`.
+//! The voter set comes from the cluster file, never from
 //! whoever happened to answer, and the quorum is never relaxed after a timeout.
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -455,6 +455,10 @@ pub fn generate(
                 names.push(ip.to_string());
             }
         }
+        // A node on loopback (a local cluster) answers `https://localhost`.
+        if n.admin.ip().is_loopback() {
+            names.push("localhost".to_string());
+        }
         let (cert, key) = leaf(
             &format!("node {}", n.id),
             names,
@@ -598,6 +602,8 @@ mod tests {
         assert!(cert_names(&node2[0], "node-2.c2"));
         assert!(!cert_names(&node2[0], "node-1.c2"));
         assert!(!cert_names(&node2[0], "node-2.other"));
+        // The test cluster is on loopback: `curl https://localhost:PORT` works.
+        assert!(cert_names(&node2[0], "localhost"));
         let tls = PeerTls::load(&config, 1).unwrap().unwrap();
         assert!(tls.names_node(Some(&node2), 2));
         assert!(!tls.names_node(Some(&node2), 1));

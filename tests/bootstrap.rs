@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::{assert_no_panic, Spec, TestCluster};
 use serde_json::Value;
 
-/// The full "cluster is up" check of the issue, from every node's view.
+/// The full "cluster is up" check, from every node's view.
 fn assert_formed(c: &TestCluster, expected_leader: u64) {
     let ids = c.ids();
     let n = ids.len() as u64;

@@ -279,7 +279,7 @@ fn zero_durations() {
 #[test]
 fn out_of_range_durations_exit_2_naming_the_field() {
     for (field, from, to) in [
-        // Issue 8: a 1 ns tick made a node spin a core and ignore SIGTERM.
+        // A 1 ns tick made a node spin a core and ignore SIGTERM.
         (
             "raft.tick_interval",
             "tick_interval = \"25ms\"",

@@ -1,4 +1,4 @@
-//! Durable Raft state (issue 3), driven through real processes: a restart
+//! Durable Raft state, driven through real processes: a restart
 //! keeps term, vote and log; `kill -9` loses nothing; a data dir of another
 //! cluster, node or voter set, a locked one and a damaged one are refused with
 //! the documented exit code and sentence.

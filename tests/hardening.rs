@@ -1,4 +1,4 @@
-//! Input that cannot hurt a node (issue 8), on plaintext clusters: forged
+//! Input that cannot hurt a node, on plaintext clusters: forged
 //! Raft frames, a replica that fails, idle handshaken connections, and
 //! shutdown beside a paused peer.
 
@@ -48,7 +48,7 @@ fn forged_heartbeat_and_append_leave_every_node_serving() {
     let victim = others(&[1, 2, 3], &[leader])[0];
     let commit = field(&c.status(victim), "commit_index");
 
-    // Issue 8's attack: claim to be the leader, then send a heartbeat whose
+    // The attack: claim to be the leader, then send a heartbeat whose
     // commit lies far beyond the log, and an append whose entries do not
     // follow the index they claim. Unchecked, either kills the replica.
     let mut forger = FakePeer::plain(c.addr(victim)).expect("connect");

@@ -126,7 +126,12 @@ fn package_holds_the_static_binary_unit_example_config_and_docs() {
     assert_eq!(field("Architecture"), dpkg_arch());
     assert!(field("Depends").contains("systemd"), "{}", field("Depends"));
     assert!(!field("Maintainer").is_empty());
-    assert!(field("Description").starts_with("small, fast Raft node"));
+    let description = field("Description");
+    assert!(
+        description.starts_with("small, fast Raft cluster for edge boxes, with Consul's KV API"),
+        "{description}"
+    );
+    assert!(description.contains("quorumd.toml(5)"), "{description}");
 
     let files = package_files(deb);
     let names: Vec<&str> = files.keys().map(String::as_str).collect();
@@ -140,6 +145,7 @@ fn package_holds_the_static_binary_unit_example_config_and_docs() {
             "./usr/share/doc/quorumd/README.md.gz",
             "./usr/share/doc/quorumd/copyright",
             "./usr/share/man/man1/quorumd.1.gz",
+            "./usr/share/man/man5/quorumd.toml.5.gz",
         ]
     );
     for (path, (mode, owner)) in &files {
@@ -198,10 +204,55 @@ fn package_holds_the_static_binary_unit_example_config_and_docs() {
             .arg(x("usr/share/man/man1/quorumd.1.gz")),
     );
     assert!(man.starts_with(".TH QUORUMD 1"), "{man}");
-    for cmd in ["run", "check", "status"] {
+    for cmd in ["run", "check", "status", "kv", "member", "certs"] {
         assert!(
             man.contains(&format!(".SS {cmd}\n")),
             "the man page has no section for `{cmd}`:\n{man}"
+        );
+    }
+    assert!(man.contains("quorumd.toml(5)"), "{man}");
+
+    // `man 5 quorumd.toml`: the hand-written page, dated like the other.
+    let man5 = stdout(
+        Command::new("gzip")
+            .arg("-dc")
+            .arg(x("usr/share/man/man5/quorumd.toml.5.gz")),
+    );
+    let source = std::fs::read_to_string(Path::new(ROOT).join("packaging/man/quorumd.toml.5"))
+        .expect("packaging/man/quorumd.toml.5");
+    let (head, rest) = man5.split_once('\n').expect("a .TH line");
+    assert!(
+        head.starts_with(".TH QUORUMD.TOML 5 \"") && !head.contains("\"\""),
+        "{head}"
+    );
+    assert_eq!(rest, source.split_once('\n').expect("a .TH line").1);
+    // Every key the parser takes is described.
+    for key in [
+        "name",
+        "quorum_wait_timeout",
+        "heartbeat_interval",
+        "peer_timeout",
+        "data_dir",
+        "auto_promote",
+        "tick_interval",
+        "election_ticks",
+        "heartbeat_ticks",
+        "snapshot_entries",
+        "snapshot_bytes",
+        "max_value_bytes",
+        "max_store_bytes",
+        "request_timeout",
+        "ca",
+        "cert",
+        "key",
+        "client_cert",
+        "id",
+        "addr",
+        "admin",
+    ] {
+        assert!(
+            man5.contains(&format!(".B {key}\n")) || man5.contains(&format!(".BR {key} ")),
+            "quorumd.toml(5) does not describe `{key}`"
         );
     }
 }

@@ -1,4 +1,4 @@
-//! Mutual TLS between peers (issue 8): a TLS cluster bootstraps, fails over
+//! Mutual TLS between peers: a TLS cluster bootstraps, fails over
 //! and hands off; a plaintext hello, a certificate of another CA and another
 //! node's certificate are refused; plaintext and TLS nodes refuse each other;
 //! `quorumd check` verifies the files; the admin API speaks HTTPS and answers

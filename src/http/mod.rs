@@ -7,6 +7,7 @@
 //! | `/v1/kv/<key>` | [`kv`]: Consul's KV API |
 //! | `/v1/txn` | [`txn`]: Consul's transaction API, KV verbs only |
 //! | `/admin/cluster/members` | [`members`]: the membership, changed at runtime |
+//! | `/ui/` | [`ui`]: the dashboard, one embedded page |
 //!
 //! Unknown routes get 404 and other methods 405. The cluster routes answer
 //! errors as JSON `{"error": ...}`; the Consul routes answer a short sentence
@@ -31,6 +32,7 @@ pub mod cluster;
 pub mod kv;
 pub mod members;
 pub mod txn;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -395,6 +397,11 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
     }
     if path == "/v1/txn" {
         return txn::handle(state, req).await;
+    }
+    if let Some(rest) = path.strip_prefix("/ui") {
+        if rest.is_empty() || rest.starts_with('/') {
+            return ui::handle(state, &req, rest).await;
+        }
     }
     if let Some(rest) = path.strip_prefix("/admin/cluster/members") {
         if rest.is_empty() || rest.starts_with('/') {

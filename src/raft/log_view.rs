@@ -4,7 +4,7 @@
 //! It holds the hard state, the conf state as of the applied index, the
 //! compaction point (the newest snapshot's index and term) and the entries
 //! after it. The replica changes it only after the same change is durable in
-//! the redb store, so the two always agree (DESIGN.md rule 5).
+//! the redb store, so the two always agree.
 //!
 //! Its size is bounded: the replica compacts the log once `snapshot_entries`
 //! entries or `snapshot_bytes` bytes pile up, keeping a short tail for

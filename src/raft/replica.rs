@@ -4,7 +4,7 @@
 //! ticks, peer messages, transport reports, client proposals, read-index
 //! requests, watches and queries. After each batch of inbox messages it
 //! handles the Ready, in exactly one place and in the order raft-rs documents
-//! (DESIGN.md rule 4):
+//! (the Ready order below):
 //!
 //! 1. send `messages`;
 //! 2. take the snapshot, 3. apply the committed entries, in a transaction of

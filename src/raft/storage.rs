@@ -39,7 +39,7 @@ pub const LOCK_FILE: &str = "LOCK";
 ///
 /// Using a snapshot at index 1, term 1 (instead of an empty log) means a node
 /// added later can catch up by snapshot, and every node agrees on the voter set
-/// before the first message is exchanged (DESIGN.md rule 2).
+/// before the first message is exchanged.
 pub const BOOTSTRAP_INDEX: u64 = 1;
 /// The term of the static bootstrap snapshot.
 pub const BOOTSTRAP_TERM: u64 = 1;

@@ -594,14 +594,14 @@ mod tests {
         .is_err()
     }
 
-    /// The forged heartbeat of issue 8: current term, commit 1,000,000.
+    /// A forged heartbeat: current term, commit 1,000,000.
     fn forged_heartbeat() -> Message {
         let mut m = msg(MessageType::MsgHeartbeat, 3);
         m.commit = 1_000_000;
         m
     }
 
-    /// The forged append of issue 8: entries that do not follow the index.
+    /// A forged append: entries that do not follow the index.
     /// Entry 5 matches the local log, entry 50 conflicts, and raft-rs slices
     /// the entries from `50 - (4 + 1)`, past their end.
     fn non_contiguous_append() -> Message {

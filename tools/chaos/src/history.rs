@@ -22,7 +22,7 @@ pub enum Func {
     Cas,
 }
 
-/// How an operation ended, as the issue defines the three outcomes.
+/// How an operation ended, one of three outcomes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {

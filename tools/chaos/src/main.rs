@@ -60,7 +60,7 @@ struct RunArgs {
     /// Seed of the fault schedule and the clients (random when absent).
     #[arg(long)]
     seed: Option<u64>,
-    /// Concurrent clients (8 to 16, as the issue asks; 1 to 64 accepted).
+    /// Concurrent clients (1 to 64).
     #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u32).range(1..=64))]
     clients: u32,
     /// Keys in play at once.

@@ -105,7 +105,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// The final line.
+    /// The final `chaos:` line.
     pub fn final_line(&self) -> String {
         final_line(
             &self.counts,
