@@ -96,6 +96,13 @@ fn status_command_agrees_then_names_an_unreachable_node() {
     let f = run_bin(&["status", "--cluster", &config], EXIT_BOUND);
     assert_eq!(f.code, 0, "stdout:\n{}\nstderr:\n{}", f.stdout, f.stderr);
     let lines: Vec<&str> = f.stdout.lines().collect();
+    // First whose view of the membership it is, then the table.
+    assert!(
+        lines[0].starts_with("members: the live membership, as node"),
+        "{}",
+        f.stdout
+    );
+    let lines = &lines[1..];
     assert!(lines[0].starts_with("ID"), "{}", f.stdout);
     for col in ["ADDRESS", "ROLE", "TERM", "LEADER", "ALIVE PEERS", "READY"] {
         assert!(lines[0].contains(col), "header lacks {col}: {}", lines[0]);
@@ -116,7 +123,7 @@ fn status_command_agrees_then_names_an_unreachable_node() {
     }
     assert!(
         f.stdout
-            .contains(&format!("every node agrees node {leader} leads")),
+            .contains(&format!("every member agrees node {leader} leads")),
         "{}",
         f.stdout
     );
