@@ -27,7 +27,8 @@ for tool in setsid setpriv; do
     command -v "$tool" >/dev/null || { echo "$0: needs $tool (util-linux)" >&2; exit 2; }
 done
 
-# Relative data_dir values in the cluster files are relative to the repo root.
+# Relative data_dir and [tls] paths are relative to the cluster file; the
+# nodes run from the repo root.
 cd "$root" || exit 2
 
 "$bin" check "$file" >/dev/null || exit 2
