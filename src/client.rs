@@ -307,6 +307,19 @@ async fn send(
     })
 }
 
+/// hyper's error and its causes, so that a TLS alert under an I/O error
+/// under hyper's "connection error" is shown.
+fn error_chain(e: hyper::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,17 +346,4 @@ mod tests {
         let s = no_answer("c", &[(1, far, "Connection refused".into())]);
         assert!(s.ends_with("is it running?"), "{s}");
     }
-}
-
-/// hyper's error and its causes, so that a TLS alert under an I/O error
-/// under hyper's "connection error" is shown.
-fn error_chain(e: hyper::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -200,7 +200,7 @@ fn replace(target: &Target, old: u64, new: &NewNode) -> Result<()> {
             break;
         }
         let behind = r.status == 409 && r.text().contains("still behind");
-        let unsure = matches!(r.status, 502 | 503 | 504);
+        let unsure = matches!(r.status, 502..=504);
         if !behind && !unsure {
             return Err(refused(&r));
         }
