@@ -16,7 +16,7 @@ endif
 RELEASE_BIN := target/$(TARGET)/release/quorumd
 export QUORUMD := $(CURDIR)/$(RELEASE_BIN)
 
-.PHONY: all build deb cluster1 cluster3 cluster5 cluster3-tls bootstrap timeout shutdown test bench fuzz chaos chaos-deps ui-deps clean-clusters
+.PHONY: all build deb cluster1 cluster3 cluster5 cluster3-tls clean-clusters bootstrap timeout shutdown test bench fuzz chaos chaos-deps ui-deps
 
 all: build
 
@@ -37,14 +37,18 @@ cluster1 cluster3 cluster5: build
 # `quorumd check` finds them missing or wrong; they live under target/.
 TLS_CERTS := target/clusters/cluster3-tls/certs
 cluster3-tls: build
-	@$(QUORUMD) check clusters/cluster3-tls.toml >/dev/null 2>&1 || { \
-		echo "writing the cluster's CA, node and client certificates into $(TLS_CERTS)/"; \
-		$(QUORUMD) certs --cluster clusters/cluster3-tls.toml --out $(TLS_CERTS) --force >/dev/null; }
-	@echo "HTTPS: curl --cacert $(TLS_CERTS)/ca.pem --cert $(TLS_CERTS)/client.pem --key $(TLS_CERTS)/client.key https://localhost:8121/admin/cluster/status"
+	@if $(QUORUMD) check clusters/cluster3-tls.toml >/dev/null 2>&1; then \
+		echo "certificates: $(TLS_CERTS)/ (kept; \`make clean-clusters\` makes new ones)"; \
+	else \
+		$(QUORUMD) certs --cluster clusters/cluster3-tls.toml --out $(TLS_CERTS) --force >/dev/null && \
+		echo "certificates: wrote $(TLS_CERTS)/"; \
+	fi
+	@echo "  CA $(TLS_CERTS)/ca.pem; client pair $(TLS_CERTS)/client.pem, $(TLS_CERTS)/client.key"
+	@echo "  e.g. curl --cacert $(TLS_CERTS)/ca.pem --cert $(TLS_CERTS)/client.pem --key $(TLS_CERTS)/client.key https://localhost:8121/admin/cluster/status"
 	exec scripts/cluster.sh clusters/cluster3-tls.toml
 
 # Deletes the local clusters' state (and the TLS cluster's certificates):
-# the next `make cluster3` bootstraps a new cluster.
+# the next `make cluster3` starts a new cluster. Stop the clusters first.
 clean-clusters:
 	rm -rf target/clusters
 

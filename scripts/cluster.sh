@@ -6,8 +6,9 @@
 #
 # The nodes run in their own sessions, so the terminal's Ctrl-C reaches only
 # this script and the line filters; the script then sends each node exactly
-# one SIGTERM (a second signal would make a node exit at once, which a
-# second Ctrl-C still does on purpose). Exits 0 if every node exited 0.
+# one SIGTERM, however many SIGTERMs or SIGINTs reach the script at once (a
+# second signal would make a node exit at once, which a second Ctrl-C a
+# second later still does on purpose). Exits 0 if every node exited 0.
 #
 # QUORUMD overrides the binary (make sets it to the static release build;
 # default target/release/quorumd).
@@ -26,7 +27,8 @@ for tool in setsid setpriv; do
     command -v "$tool" >/dev/null || { echo "$0: needs $tool (util-linux)" >&2; exit 2; }
 done
 
-# Relative data_dir values in the cluster files are relative to the repo root.
+# Relative data_dir and [tls] paths are relative to the cluster file; the
+# nodes run from the repo root.
 cd "$root" || exit 2
 
 "$bin" check "$file" >/dev/null || exit 2
@@ -40,18 +42,29 @@ declare -A node_pid=()
 filter_pids=()
 stopping=0
 
+# One SIGTERM or SIGINT to the process group is one clean shutdown, however
+# many copies of it arrive: `timeout` or a supervisor signals the whole group,
+# and make passes the SIGTERM it gets on to this script too. Only a Ctrl-C
+# typed again a second or more later means "exit at once".
+first_stop=0
 stop_nodes() {
+    local sig=$1 now
+    now=$(date +%s%N)
     stopping=$((stopping + 1))
     if [[ $stopping -eq 1 ]]; then
+        first_stop=$now
         echo "[cluster] stopping nodes ${ids[*]} (SIGTERM)" >&2
+    elif [[ $sig == INT ]] && (( now - first_stop >= 1000000000 )); then
+        echo "[cluster] second Ctrl-C: nodes exit at once" >&2
     else
-        echo "[cluster] second signal: nodes exit at once" >&2
+        return
     fi
     for id in "${!node_pid[@]}"; do
         kill -TERM "${node_pid[$id]}" 2>/dev/null
     done
 }
-trap stop_nodes INT TERM HUP
+trap 'stop_nodes INT' INT
+trap 'stop_nodes TERM' TERM HUP
 # A closed output pipe must not kill the script before it has stopped the nodes.
 trap '' PIPE
 trap 'rm -rf "$fifos"' EXIT

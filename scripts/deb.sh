@@ -40,6 +40,15 @@ install -D -m 644 "$pkg/systemd/quorumd@.service" "$stage/usr/lib/systemd/system
 install -D -m 644 "$pkg/cluster.toml" "$stage/etc/quorumd/cluster.toml"
 install -D -m 644 "$pkg/sysusers.d/quorumd.conf" "$stage/usr/lib/sysusers.d/quorumd.conf"
 install -D -m 644 "$pkg/debian/copyright" "$stage/usr/share/doc/quorumd/copyright"
+# Shell completions, from the binary itself, where Debian's shells look.
+install -d -m 755 "$stage/usr/share/bash-completion/completions" \
+    "$stage/usr/share/zsh/vendor-completions" "$stage/usr/share/fish/vendor_completions.d"
+"$bin" completions bash >"$stage/usr/share/bash-completion/completions/quorumd"
+"$bin" completions zsh >"$stage/usr/share/zsh/vendor-completions/_quorumd"
+"$bin" completions fish >"$stage/usr/share/fish/vendor_completions.d/quorumd.fish"
+chmod 644 "$stage/usr/share/bash-completion/completions/quorumd" \
+    "$stage/usr/share/zsh/vendor-completions/_quorumd" \
+    "$stage/usr/share/fish/vendor_completions.d/quorumd.fish"
 install -d -m 755 "$stage/usr/share/man/man1" "$stage/usr/share/man/man5"
 gzip -9n <"$root/README.md" >"$stage/usr/share/doc/quorumd/README.md.gz"
 

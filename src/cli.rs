@@ -30,9 +30,9 @@ pub struct Cli {
 pub enum Command {
     /// Run one node of the cluster in the foreground.
     Run {
-        /// The cluster file.
+        /// The cluster file [default: $QUORUMD_CLUSTER, else /etc/quorumd/cluster.toml].
         #[arg(long, value_name = "FILE")]
-        cluster: PathBuf,
+        cluster: Option<PathBuf>,
         /// This node's id in the cluster file.
         #[arg(long, value_name = "ID")]
         node_id: u64,
@@ -40,11 +40,14 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
     },
-    /// Show every node's view of the cluster; exit 1 unless all agree on one leader.
+    /// Show every member's view of the cluster; exit 1 unless all agree on one leader.
     Status {
-        /// The cluster file.
+        /// The cluster file [default: $QUORUMD_CLUSTER, else /etc/quorumd/cluster.toml].
         #[arg(long, value_name = "FILE")]
-        cluster: PathBuf,
+        cluster: Option<PathBuf>,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
     },
     /// See and change the membership: list, add, remove, promote, replace.
     Member {
@@ -65,9 +68,9 @@ pub enum Command {
     /// Write a CA, a certificate and key per node, and a client pair, for the
     /// cluster's `[tls]` table.
     Certs {
-        /// The cluster file.
+        /// The cluster file [default: $QUORUMD_CLUSTER, else /etc/quorumd/cluster.toml].
         #[arg(long, value_name = "FILE")]
-        cluster: PathBuf,
+        cluster: Option<PathBuf>,
         /// Where to write them.
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
@@ -75,12 +78,72 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Print a shell completion script: `quorumd completions bash > /etc/bash_completion.d/quorumd`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// The environment variable that names the cluster file when `--cluster`
+/// is not given.
+pub const CLUSTER_ENV: &str = "QUORUMD_CLUSTER";
+/// The cluster file the package installs, used when neither `--cluster`
+/// nor [`CLUSTER_ENV`] names one and it exists.
+pub const SYSTEM_CLUSTER_FILE: &str = "/etc/quorumd/cluster.toml";
+
+/// The cluster file: `--cluster`, else `$QUORUMD_CLUSTER`, else
+/// `/etc/quorumd/cluster.toml` when present; a usage error (exit 2) if none.
+pub fn cluster_file(given: Option<PathBuf>) -> Result<PathBuf> {
+    resolve_cluster_file(
+        given,
+        std::env::var_os(CLUSTER_ENV).map(PathBuf::from),
+        |p| p.exists(),
+    )
+}
+
+fn resolve_cluster_file(
+    given: Option<PathBuf>,
+    env: Option<PathBuf>,
+    exists: impl Fn(&std::path::Path) -> bool,
+) -> Result<PathBuf> {
+    if let Some(file) = given {
+        return Ok(file);
+    }
+    if let Some(file) = env.filter(|f| !f.as_os_str().is_empty()) {
+        return Ok(file);
+    }
+    let system = PathBuf::from(SYSTEM_CLUSTER_FILE);
+    if exists(&system) {
+        return Ok(system);
+    }
+    Err(Error::Usage(format!(
+        "no cluster file: pass --cluster FILE, or set {CLUSTER_ENV}, or install {SYSTEM_CLUSTER_FILE}"
+    )))
 }
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli, started: Instant) -> Result<()> {
     match cli.command {
-        Command::Status { cluster } => crate::status::run(&ClusterConfig::load(&cluster)?),
+        Command::Status { cluster, json } => {
+            let file = cluster_file(cluster)?;
+            crate::status::run(
+                &ClusterConfig::load(&file)?,
+                &file.display().to_string(),
+                json,
+            )
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "quorumd",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
         Command::Kv { command } => crate::kv_cli::run(command),
         Command::Member { command } => crate::member_cli::run(command),
         Command::Check { file } => {
@@ -98,6 +161,7 @@ pub fn run(cli: Cli, started: Instant) -> Result<()> {
             out,
             force,
         } => {
+            let cluster = cluster_file(cluster)?;
             let config = ClusterConfig::load(&cluster)?;
             let generated = crate::tls::generate(&config, &cluster, &out, force)?;
             for f in &generated.files {
@@ -115,7 +179,7 @@ pub fn run(cli: Cli, started: Instant) -> Result<()> {
             node_id,
             data_dir,
         } => {
-            let config = ClusterConfig::load(&cluster)?;
+            let config = ClusterConfig::load(&cluster_file(cluster)?)?;
             config.require_node(node_id)?;
             let options = NodeOptions { data_dir, started };
             crate::runtime::block_on(run_node(config, node_id, options))
@@ -239,5 +303,32 @@ async fn next_signal(signals: &mut Signals) -> Event {
     match signals.next().await {
         Some(Ok(s)) => Event::Signal(s),
         _ => future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cluster_file_comes_from_the_flag_then_the_env_then_etc() {
+        let p = |s: &str| Some(PathBuf::from(s));
+        let yes = |_: &std::path::Path| true;
+        let no = |_: &std::path::Path| false;
+        assert_eq!(
+            resolve_cluster_file(p("a"), p("b"), yes).unwrap(),
+            PathBuf::from("a")
+        );
+        assert_eq!(
+            resolve_cluster_file(None, p("b"), yes).unwrap(),
+            PathBuf::from("b")
+        );
+        assert_eq!(
+            resolve_cluster_file(None, None, yes).unwrap(),
+            PathBuf::from(SYSTEM_CLUSTER_FILE)
+        );
+        let e = resolve_cluster_file(None, p(""), no).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("QUORUMD_CLUSTER"), "{e}");
     }
 }

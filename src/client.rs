@@ -155,7 +155,8 @@ impl AdminClient {
     }
 
     /// [`AdminClient::request`] to each of `nodes` in turn until one answers
-    /// (any status); `Err` names every node that did not, and why.
+    /// (any status); `Err` is one sentence naming where none answered (see
+    /// [`no_answer`]).
     pub fn first_answer(
         &self,
         cluster: &str,
@@ -176,13 +177,10 @@ impl AdminClient {
                 timeout,
             ) {
                 Ok(r) => return Ok(r),
-                Err(e) => failures.push(format!("node {} ({}): {e}", node.id, node.admin)),
+                Err(e) => failures.push((node.id, node.admin, e)),
             }
         }
-        Err(format!(
-            "no node of cluster '{cluster}' answered: {}",
-            failures.join("; ")
-        ))
+        Err(no_answer(cluster, &failures))
     }
 
     /// [`AdminClient::request`] as a future, for callers on the executor.
@@ -245,6 +243,32 @@ impl AdminClient {
     }
 }
 
+/// The sentence for a cluster of which no node answered: where it was
+/// asked, and whether it runs. The reasons are added unless every node
+/// simply refused the connection (nothing listens: it is not running).
+pub fn no_answer(cluster: &str, failures: &[(u64, SocketAddr, String)]) -> String {
+    let at: Vec<String> = failures.iter().map(|(_, a, _)| a.to_string()).collect();
+    let local = failures.iter().all(|(_, a, _)| a.ip().is_loopback());
+    let hint = if local {
+        " `make cluster3` starts a local one"
+    } else {
+        ""
+    };
+    let mut sentence = format!(
+        "no node of cluster '{cluster}' answered at {}: is it running?{hint}",
+        at.join(", ")
+    );
+    let refused = |e: &str| e.contains("Connection refused") || e.contains("os error 111");
+    if !failures.iter().all(|(_, _, e)| refused(e)) {
+        let why: Vec<String> = failures
+            .iter()
+            .map(|(id, _, e)| format!("node {id}: {e}"))
+            .collect();
+        sentence.push_str(&format!(" ({})", why.join("; ")));
+    }
+    sentence
+}
+
 async fn send(
     stream: Box<dyn Io>,
     addr: SocketAddr,
@@ -294,4 +318,32 @@ fn error_chain(e: hyper::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_answer_is_one_sentence() {
+        let a: SocketAddr = "127.0.0.1:8101".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:8102".parse().unwrap();
+        let refused = "Connection refused (os error 111)".to_string();
+        assert_eq!(
+            no_answer("c", &[(1, a, refused.clone()), (2, b, refused.clone())]),
+            "no node of cluster 'c' answered at 127.0.0.1:8101, 127.0.0.1:8102: is it running? \
+             `make cluster3` starts a local one"
+        );
+        let s = no_answer(
+            "c",
+            &[(1, a, refused), (2, b, "no answer within 2s".into())],
+        );
+        assert!(
+            s.ends_with("(node 1: Connection refused (os error 111); node 2: no answer within 2s)"),
+            "{s}"
+        );
+        let far: SocketAddr = "10.0.0.1:8101".parse().unwrap();
+        let s = no_answer("c", &[(1, far, "Connection refused".into())]);
+        assert!(s.ends_with("is it running?"), "{s}");
+    }
 }

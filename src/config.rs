@@ -43,7 +43,7 @@ pub const DEFAULT_TICK_INTERVAL: Duration = Duration::from_millis(100);
 pub const DEFAULT_ELECTION_TICKS: usize = 3;
 /// Default leader heartbeat, in ticks.
 pub const DEFAULT_HEARTBEAT_TICKS: usize = 1;
-/// Default data directory when the file names none.
+/// Default data directory when the file names none (relative to the file).
 pub const DEFAULT_DATA_DIR: &str = "data";
 /// Default largest value of one key: Consul's own limit, 512 KiB.
 pub const DEFAULT_MAX_VALUE_BYTES: u64 = 512 * 1024;
@@ -258,7 +258,8 @@ pub struct ClusterConfig {
     pub heartbeat_interval: Duration,
     /// Silence after which a peer counts as dead.
     pub peer_timeout: Duration,
-    /// Node N keeps its state in `<data_dir>/node-N`.
+    /// Node N keeps its state in `<data_dir>/node-N`. A relative
+    /// `data_dir` in the file is relative to the file's directory.
     pub data_dir: PathBuf,
     /// The leader promotes a learner to voter once it has caught up.
     pub auto_promote: bool,
@@ -359,6 +360,9 @@ impl ClusterConfig {
         if data_dir.as_os_str().is_empty() {
             return Err(err("cluster.data_dir", "must not be empty".into()));
         }
+        // Relative to the cluster file, as the [tls] paths are: the same
+        // file means the same directories from wherever a node starts.
+        let data_dir = path.parent().unwrap_or(Path::new("")).join(data_dir);
 
         let defaults = RaftTiming::default();
         let raft = RaftTiming {
@@ -806,6 +810,17 @@ admin = "127.0.0.1:8101"
         assert_eq!(c.ids(), vec![1, 2]);
         assert_eq!(c.raft.election_ticks, DEFAULT_ELECTION_TICKS);
         assert_eq!(c.node_data_dir(2), PathBuf::from("target/x/node-2"));
+    }
+
+    #[test]
+    fn a_relative_data_dir_is_relative_to_the_file() {
+        let c = ClusterConfig::parse(GOOD, Path::new("/etc/q/c.toml")).unwrap();
+        assert_eq!(c.node_data_dir(1), PathBuf::from("/etc/q/target/x/node-1"));
+        let abs = GOOD.replace("\"target/x\"", "\"/var/lib/q\"");
+        let c = ClusterConfig::parse(&abs, Path::new("/etc/q/c.toml")).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/q"));
+        let c = ClusterConfig::parse(GOOD, Path::new("clusters/c.toml")).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("clusters/target/x"));
     }
 
     #[test]

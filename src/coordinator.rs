@@ -399,59 +399,52 @@ impl ClusterCoordinator {
             .progress()
             .await
             .ok_or_else(|| Error::Internal("__meta/0 stopped during bootstrap".into()))?;
-        let live = if progress.voters.contains(&self.node_id) {
-            let directory = self
-                .directory
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
-            let voters: BTreeMap<u64, SocketAddr> = progress
-                .voters
-                .iter()
-                .map(|&id| {
-                    let addr = directory
-                        .addr(id)
-                        .or_else(|| self.config.node(id).map(|n| n.addr))
-                        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-                    (id, addr)
-                })
-                .collect();
-            let live = quorum::wait_for_quorum(
-                &voters,
-                self.node_id,
-                &self.health,
-                self.config.quorum_wait_timeout,
-            )
-            .await?;
-            info!(
-                "quorum reached: nodes {:?} live of {}",
-                {
-                    let mut all = live.clone();
-                    all.push(self.node_id);
-                    all.sort();
-                    all
-                },
-                voters.len()
-            );
-            Some(live)
-        } else {
-            // A learner, or a node joining: no vote to wait for; it is
-            // bootstrapped once it follows a leader.
-            info!(
-                "node {} is not a voter yet: waiting for a leader",
-                self.node_id
-            );
-            None
-        };
-        self.health.bootstrap_done();
-        // Raft's clocks start now: a voter's election timer counts from the
-        // moment a quorum is live (see spawn_tick_driver).
-        let _ = self.start_ticks.try_send(());
+        // A leader heard from meanwhile ends the wait: a node that follows
+        // a leader is bootstrapped, whatever its quorum waiter still waits
+        // for (a restarted member of a changed membership may start from a
+        // stored configuration that still lists a removed voter, which
+        // nobody probes any more).
         let statuses = self
             .meta
             .subscribe()
             .await
             .ok_or_else(|| Error::Internal("__meta/0 stopped during bootstrap".into()))?;
+        let leader_heard = async {
+            loop {
+                match statuses.recv_async().await {
+                    Ok(s) => {
+                        if let Some(l) = s.leader_id {
+                            return Ok(Waited::Leader(l, s.term));
+                        }
+                    }
+                    Err(_) => {
+                        return Err(Error::Internal("__meta/0 stopped during bootstrap".into()))
+                    }
+                }
+            }
+        };
+        let waited = future::or(
+            async {
+                self.wait_for_quorum(&progress.voters)
+                    .await
+                    .map(Waited::Quorum)
+            },
+            leader_heard,
+        )
+        .await?;
+        let live = match waited {
+            Waited::Quorum(live) => live,
+            Waited::Leader(leader_id, term) => {
+                info!("node {leader_id} leads (term {term}): no quorum wait needed");
+                self.health.bootstrap_done();
+                let _ = self.start_ticks.try_send(());
+                return Ok(self.complete(leader_id, term));
+            }
+        };
+        self.health.bootstrap_done();
+        // Raft's clocks start now: a voter's election timer counts from the
+        // moment a quorum is live (see spawn_tick_driver).
+        let _ = self.start_ticks.try_send(());
         let campaigns = live
             .as_ref()
             .is_some_and(|live| quorum::campaigns_first(self.node_id, live));
@@ -492,6 +485,11 @@ impl ClusterCoordinator {
                 }
             }
         };
+        Ok(self.complete(leader_id, term))
+    }
+
+    /// Marks bootstrap complete, and logs and measures it.
+    fn complete(&self, leader_id: u64, term: u64) -> BootstrapReport {
         self.bootstrap_complete.store(true, Ordering::Relaxed);
         let elapsed = self.started.elapsed();
         self.metrics.set_bootstrap_duration(elapsed);
@@ -499,11 +497,60 @@ impl ClusterCoordinator {
             "bootstrap complete: leader={leader_id} term={term} elapsed={}ms",
             elapsed.as_millis()
         );
-        Ok(BootstrapReport {
+        BootstrapReport {
             leader_id,
             term,
             elapsed,
-        })
+        }
+    }
+
+    /// Waits for a quorum of `voters` to be live, if this node is one of
+    /// them; the live peers then, or `None` for a learner or joining node.
+    async fn wait_for_quorum(&self, voters_now: &[u64]) -> Result<Option<Vec<u64>>> {
+        let live = if voters_now.contains(&self.node_id) {
+            let directory = self
+                .directory
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let voters: BTreeMap<u64, SocketAddr> = voters_now
+                .iter()
+                .map(|&id| {
+                    let addr = directory
+                        .addr(id)
+                        .or_else(|| self.config.node(id).map(|n| n.addr))
+                        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+                    (id, addr)
+                })
+                .collect();
+            let live = quorum::wait_for_quorum(
+                &voters,
+                self.node_id,
+                &self.health,
+                self.config.quorum_wait_timeout,
+            )
+            .await?;
+            info!(
+                "quorum reached: nodes {:?} live of {}",
+                {
+                    let mut all = live.clone();
+                    all.push(self.node_id);
+                    all.sort();
+                    all
+                },
+                voters.len()
+            );
+            Some(live)
+        } else {
+            // A learner, or a node joining: no vote to wait for; it is
+            // bootstrapped once it follows a leader.
+            info!(
+                "node {} is not a voter yet: waiting for a leader",
+                self.node_id
+            );
+            None
+        };
+        Ok(live)
     }
 
     /// The number of voters, this node included.
@@ -598,6 +645,15 @@ impl ClusterCoordinator {
             ),
         }
     }
+}
+
+/// How the wait before the first campaign ended.
+#[derive(Clone)]
+enum Waited {
+    /// A quorum is live: these peers (`None`: this node does not vote).
+    Quorum(Option<Vec<u64>>),
+    /// A leader is known already: this one, at this term.
+    Leader(u64, u64),
 }
 
 /// How a leadership handoff on shutdown ended.

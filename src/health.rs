@@ -321,6 +321,15 @@ async fn monitor(
             Some(Command::Probed(_)) => {}
             Some(Command::Refused(id, code)) => changes.push(HealthEvent::Refused(id, code)),
             Some(Command::SetPeers(peers)) => {
+                // A peer that leaves the membership before its first probes
+                // finished will never be probed: nothing is left to learn
+                // of it, so a waiter must not wait for it.
+                for &id in probers.running.keys() {
+                    if !peers.iter().any(|(p, _)| *p == id) && !probed.contains(&id) {
+                        probed.push(id);
+                        changes.push(HealthEvent::Probed(id));
+                    }
+                }
                 probers.set(&peers, &mut table);
                 metrics.set_peers_alive(table.values().filter(|p| p.alive).count());
             }

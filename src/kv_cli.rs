@@ -33,6 +33,21 @@ pub enum KvCommand {
     Get {
         #[command(flatten)]
         target: Target,
+        /// Read from the node asked, without asking the leader: fast, and
+        /// possibly behind.
+        #[arg(long, conflicts_with = "consistent")]
+        stale: bool,
+        /// Read through the leader (the default; Consul's `-consistent`).
+        #[arg(long)]
+        consistent: bool,
+        /// Print the key's indexes and flags too, as `consul kv get -detailed`.
+        #[arg(long, conflicts_with = "json")]
+        detailed: bool,
+        /// Print a JSON object: `{"key", "value", "value_base64", "flags",
+        /// "create_index", "modify_index", "lock_index", "session"}`
+        /// (`value` is null unless the value is UTF-8).
+        #[arg(long)]
+        json: bool,
         /// The key.
         key: String,
     },
@@ -88,9 +103,9 @@ pub enum KvCommand {
 /// Which cluster, and optionally which node.
 #[derive(Debug, Args)]
 pub struct Target {
-    /// The cluster file.
+    /// The cluster file [default: $QUORUMD_CLUSTER, else /etc/quorumd/cluster.toml].
     #[arg(long, value_name = "FILE")]
-    cluster: PathBuf,
+    cluster: Option<PathBuf>,
     /// Ask this node instead of the first one that answers.
     #[arg(long, value_name = "ID")]
     node: Option<u64>,
@@ -104,18 +119,46 @@ const WATCH_WAIT: &str = "60s";
 /// Runs a `kv` command.
 pub fn run(command: KvCommand) -> Result<()> {
     match command {
-        KvCommand::Get { target, key } => {
-            let r = target.ask(Method::GET, &format!("{}?raw", path(&key)), Vec::new())?;
-            match r.status {
+        KvCommand::Get {
+            target,
+            stale,
+            consistent,
+            detailed,
+            json,
+            key,
+        } => {
+            let mut query = Vec::new();
+            if !(detailed || json) {
+                query.push("raw".to_string());
+            }
+            if stale {
+                query.push("stale".to_string());
+            }
+            if consistent {
+                query.push("consistent".to_string());
+            }
+            let r = target.ask(Method::GET, &with_query(&key, &query), Vec::new())?;
+            let text = match r.status {
+                200 if detailed || json => {
+                    let entry = parse_entry(&r)?;
+                    if json {
+                        format!("{:#}", entry_json(&entry))
+                    } else {
+                        detailed_text(&entry)
+                    }
+                }
                 200 => {
                     let mut out = std::io::stdout().lock();
-                    out.write_all(&r.body)
+                    return out
+                        .write_all(&r.body)
                         .and_then(|_| out.write_all(b"\n"))
-                        .map_err(|e| Error::io("cannot write the value", e))
+                        .map_err(|e| Error::io("cannot write the value", e));
                 }
-                404 => Err(Error::Request(format!("key {key:?} does not exist"))),
-                _ => Err(refused(&r)),
-            }
+                404 => return Err(Error::Request(format!("key {key:?} does not exist"))),
+                _ => return Err(refused(&r)),
+            };
+            println!("{}", text.trim_end());
+            Ok(())
         }
         KvCommand::Put {
             target,
@@ -205,7 +248,7 @@ pub fn run(command: KvCommand) -> Result<()> {
 impl Target {
     /// The nodes to try, in order.
     fn nodes(&self) -> Result<(ClusterConfig, Vec<NodeConfig>)> {
-        let config = ClusterConfig::load(&self.cluster)?;
+        let config = ClusterConfig::load(&crate::cli::cluster_file(self.cluster.clone())?)?;
         let nodes = match self.node {
             Some(id) => vec![config.require_node(id)?.clone()],
             None => config.nodes.clone(),
@@ -260,6 +303,13 @@ fn read_value(value: &str) -> Result<Vec<u8>> {
 
 /// The node's own sentence, for an answer that is not a success.
 fn refused(r: &Response) -> Error {
+    if r.status == 401 {
+        return Error::Request(format!(
+            "{}: {}",
+            crate::status::NEEDS_CLIENT_CERT,
+            r.error_text()
+        ));
+    }
     Error::Request(format!(
         "the node answered {}: {}",
         r.status,
@@ -286,6 +336,81 @@ fn parse_entries(r: &Response) -> Result<Vec<(String, Vec<u8>)>> {
             Ok((key, value))
         })
         .collect()
+}
+
+/// One key's entry, with its indexes, as a GET (without `raw`) answers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    key: String,
+    value: Vec<u8>,
+    flags: u64,
+    create_index: u64,
+    modify_index: u64,
+    lock_index: u64,
+    session: String,
+}
+
+fn parse_entry(r: &Response) -> Result<Entry> {
+    let doc: Value = serde_json::from_slice(&r.body)
+        .map_err(|e| Error::Request(format!("the node answered malformed JSON: {e}")))?;
+    let bad = || Error::Request("the node answered an unexpected entry".to_string());
+    let e = doc.as_array().and_then(|a| a.first()).ok_or_else(bad)?;
+    let value = match e["Value"].as_str() {
+        None => Vec::new(),
+        Some(v) => base64::engine::general_purpose::STANDARD
+            .decode(v)
+            .map_err(|_| bad())?,
+    };
+    let n = |k: &str| e[k].as_u64().unwrap_or(0);
+    Ok(Entry {
+        key: e["Key"].as_str().ok_or_else(bad)?.to_string(),
+        value,
+        flags: n("Flags"),
+        create_index: n("CreateIndex"),
+        modify_index: n("ModifyIndex"),
+        lock_index: n("LockIndex"),
+        session: e["Session"].as_str().unwrap_or("").to_string(),
+    })
+}
+
+/// `kv get --json`: stable, snake_case field names.
+fn entry_json(e: &Entry) -> Value {
+    serde_json::json!({
+        "key": e.key,
+        "value": std::str::from_utf8(&e.value).ok(),
+        "value_base64": base64::engine::general_purpose::STANDARD.encode(&e.value),
+        "flags": e.flags,
+        "create_index": e.create_index,
+        "modify_index": e.modify_index,
+        "lock_index": e.lock_index,
+        "session": if e.session.is_empty() { None } else { Some(e.session.as_str()) },
+    })
+}
+
+/// `kv get --detailed`, laid out as `consul kv get -detailed` does.
+fn detailed_text(e: &Entry) -> String {
+    let value = match std::str::from_utf8(&e.value) {
+        Ok(text) => text.to_string(),
+        Err(_) => format!(
+            "base64:{}",
+            base64::engine::general_purpose::STANDARD.encode(&e.value)
+        ),
+    };
+    let session = if e.session.is_empty() {
+        "-"
+    } else {
+        e.session.as_str()
+    };
+    let rows = [
+        ("CreateIndex", e.create_index.to_string()),
+        ("Flags", e.flags.to_string()),
+        ("Key", e.key.clone()),
+        ("LockIndex", e.lock_index.to_string()),
+        ("ModifyIndex", e.modify_index.to_string()),
+        ("Session", session.to_string()),
+        ("Value", value),
+    ];
+    rows.iter().map(|(k, v)| format!("{k:<17}{v}\n")).collect()
 }
 
 /// `key = value` lines; a value that is not UTF-8 prints as base64.
@@ -369,6 +494,28 @@ mod tests {
             with_query("k", &["cas=0".into(), "flags=2".into()]),
             "/v1/kv/k?cas=0&flags=2"
         );
+    }
+
+    #[test]
+    fn detailed_is_laid_out_like_consul() {
+        let e = Entry {
+            key: "foo".into(),
+            value: b"bar".to_vec(),
+            flags: 0,
+            create_index: 5,
+            modify_index: 7,
+            lock_index: 0,
+            session: String::new(),
+        };
+        assert_eq!(
+            detailed_text(&e),
+            "CreateIndex      5\nFlags            0\nKey              foo\nLockIndex        0\n\
+             ModifyIndex      7\nSession          -\nValue            bar\n"
+        );
+        let j = entry_json(&e);
+        assert_eq!(j["value"], "bar");
+        assert_eq!(j["modify_index"], 7);
+        assert!(j["session"].is_null());
     }
 
     #[test]

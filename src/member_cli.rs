@@ -2,6 +2,7 @@
 //! shell, over the admin API of the first node that answers (any node
 //! forwards a change to the leader).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,9 @@ pub enum MemberCommand {
     List {
         #[command(flatten)]
         target: Target,
+        /// Print a JSON array: `[{"id", "addr", "admin", "role", "alive", "joined"}]`.
+        #[arg(long)]
+        json: bool,
     },
     /// Add a new node as a learner.
     Add {
@@ -58,9 +62,9 @@ pub enum MemberCommand {
 /// The cluster to talk to.
 #[derive(Debug, Args)]
 pub struct Target {
-    /// The cluster file.
+    /// The cluster file [default: $QUORUMD_CLUSTER, else /etc/quorumd/cluster.toml].
     #[arg(long, value_name = "FILE")]
-    cluster: PathBuf,
+    cluster: Option<PathBuf>,
 }
 
 /// A node to add.
@@ -84,23 +88,33 @@ const CATCH_UP_LIMIT: Duration = Duration::from_secs(600);
 /// Runs a `member` command.
 pub fn run(command: MemberCommand) -> Result<()> {
     match command {
-        MemberCommand::List { target } => {
+        MemberCommand::List { target, json } => {
             let r = target.ask(Method::GET, "/admin/cluster/members", Vec::new())?;
             let members = ok_json(&r)?;
-            println!(
-                "{:<6} {:<22} {:<22} {:<8} ALIVE",
-                "ID", "ADDRESS", "ADMIN", "ROLE"
-            );
-            for m in members.as_array().into_iter().flatten() {
-                println!(
-                    "{:<6} {:<22} {:<22} {:<8} {}",
-                    m["id"],
-                    m["addr"].as_str().unwrap_or("-"),
-                    m["admin"].as_str().unwrap_or("-"),
-                    m["role"].as_str().unwrap_or("-"),
-                    if m["alive"] == true { "yes" } else { "no" }
-                );
+            if json {
+                let list: Vec<Value> = members
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|m| {
+                        json!({"id": m["id"], "addr": m["addr"], "admin": m["admin"],
+                               "role": m["role"], "alive": m["alive"], "joined": m["joined"]})
+                    })
+                    .collect();
+                println!("{:#}", Value::Array(list));
+                return Ok(());
             }
+            let mut rows = vec![["ID", "ADDRESS", "ADMIN", "ROLE", "ALIVE"].map(String::from)];
+            for m in members.as_array().into_iter().flatten() {
+                rows.push([
+                    m["id"].to_string(),
+                    m["addr"].as_str().unwrap_or("-").to_string(),
+                    m["admin"].as_str().unwrap_or("-").to_string(),
+                    m["role"].as_str().unwrap_or("-").to_string(),
+                    if m["alive"] == true { "yes" } else { "no" }.to_string(),
+                ]);
+            }
+            print!("{}", crate::status::table(&rows));
             Ok(())
         }
         MemberCommand::Add { target, new } => {
@@ -153,7 +167,17 @@ fn add(target: &Target, new: &NewNode, auto_promote: bool) -> Result<()> {
 fn replace(target: &Target, old: u64, new: &NewNode) -> Result<()> {
     let started = Instant::now();
     println!("1/3 adding node {} ({}) as a learner", new.id, new.addr);
-    add(target, new, false)?;
+    if let Err(e) = add(target, new, false) {
+        // A retry of a replacement that got this far already: the node is
+        // a member at these addresses.
+        let same = roles(target).ok().and_then(|m| m.get(&new.id).cloned());
+        match same {
+            Some((_, addr, admin)) if addr == new.addr && admin == new.admin => {
+                println!("    node {} is a member already", new.id)
+            }
+            _ => return Err(e),
+        }
+    }
     println!(
         "2/3 waiting for node {} to catch up (start it now if it is not running)",
         new.id
@@ -164,8 +188,20 @@ fn replace(target: &Target, old: u64, new: &NewNode) -> Result<()> {
         if r.status == 200 {
             break;
         }
+        // An answer that is not a success may come after the change took
+        // effect (a 503 when leadership moved as it committed, then a 409
+        // "a voter already" to the retry): the membership says.
+        if replaced(target, old, new.id) {
+            println!(
+                "    the replacement had taken effect already (the cluster answered {}: {})",
+                r.status,
+                r.error_text()
+            );
+            break;
+        }
         let behind = r.status == 409 && r.text().contains("still behind");
-        if !behind && r.status != 503 {
+        let unsure = matches!(r.status, 502..=504);
+        if !behind && !unsure {
             return Err(refused(&r));
         }
         if started.elapsed() > CATCH_UP_LIMIT {
@@ -188,10 +224,36 @@ fn replace(target: &Target, old: u64, new: &NewNode) -> Result<()> {
     Ok(())
 }
 
+/// Every member's `(role, addr, admin)`, as the first node that answers
+/// reports them.
+fn roles(target: &Target) -> Result<BTreeMap<u64, (String, String, String)>> {
+    let r = target.ask(Method::GET, "/admin/cluster/members", Vec::new())?;
+    let members = ok_json(&r)?;
+    Ok(members
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| {
+            let text = |k: &str| m[k].as_str().unwrap_or_default().to_string();
+            Some((
+                m["id"].as_u64()?,
+                (text("role"), text("addr"), text("admin")),
+            ))
+        })
+        .collect())
+}
+
+/// True if `new` votes and `old` is no member: the replacement is done.
+fn replaced(target: &Target, old: u64, new: u64) -> bool {
+    roles(target).is_ok_and(|m| {
+        m.get(&new).is_some_and(|(role, _, _)| role == "voter") && !m.contains_key(&old)
+    })
+}
+
 impl Target {
     /// Sends the request to the first node of the file that answers.
     fn ask(&self, method: Method, path: &str, body: Vec<u8>) -> Result<Response> {
-        let config = ClusterConfig::load(&self.cluster)?;
+        let config = ClusterConfig::load(&crate::cli::cluster_file(self.cluster.clone())?)?;
         AdminClient::for_cli(&config)?
             .first_answer(&config.name, &config.nodes, method, path, body, TIMEOUT)
             .map_err(Error::Request)
@@ -199,6 +261,13 @@ impl Target {
 }
 
 fn refused(r: &Response) -> Error {
+    if r.status == 401 {
+        return Error::Request(format!(
+            "{}: {}",
+            crate::status::NEEDS_CLIENT_CERT,
+            r.error_text()
+        ));
+    }
     Error::Request(format!(
         "the cluster answered {}: {}",
         r.status,

@@ -632,7 +632,7 @@ pub fn spawn_directory_sync(
 ) -> crate::runtime::Task<()> {
     crate::runtime::spawn(async move {
         let replica = kv.replica().clone();
-        let mut told_difference = false;
+        let mut told: Option<Vec<u64>> = None;
         loop {
             let watch = replica.watch(MEMBERS_PREFIX.to_string(), true).await;
             let watch_removed = replica.watch(REMOVED_PREFIX.to_string(), true).await;
@@ -665,17 +665,23 @@ pub fn spawn_directory_sync(
                     }
                     health.set_peers(list);
                 }
-                if !told_difference && !membership.members.is_empty() {
+                if !membership.members.is_empty() {
                     let live: Vec<u64> = membership.members.keys().copied().collect();
                     let file = config.ids();
-                    if live != file {
-                        told_difference = true;
+                    // Logged whenever this node's view changes while it
+                    // differs from the file: a restarted node first logs
+                    // its stored view, then the one it catches up to.
+                    if told.as_ref() != Some(&live) && (live != file || told.is_some()) {
+                        let applied = replica.status().await.map_or(0, |s| s.applied_index);
                         log::info!(
-                            "the live membership of cluster '{}' is {live:?}; the cluster file \
-                             lists {file:?}. The membership in Raft counts; the file only names \
-                             the initial members and where to find them",
+                            "node {me}'s view of the membership of cluster '{}', as applied up \
+                             to index {applied}, is {live:?} (a restarted node may still be \
+                             catching up); the cluster file lists {file:?}. The membership in \
+                             Raft counts; the file only names the initial members and where to \
+                             find them",
                             config.name
                         );
+                        told = Some(live);
                     }
                 }
             }

@@ -455,8 +455,12 @@ pub fn generate(
                 names.push(ip.to_string());
             }
         }
-        // A node on loopback (a local cluster) answers `https://localhost`.
-        if n.admin.ip().is_loopback() {
+        // A node on loopback is a local cluster: `curl https://localhost:…`
+        // and browsers name it so.
+        let local = [n.addr.ip(), n.admin.ip()]
+            .iter()
+            .any(|ip| ip.is_loopback());
+        if local {
             names.push("localhost".to_string());
         }
         let (cert, key) = leaf(
@@ -602,7 +606,7 @@ mod tests {
         assert!(cert_names(&node2[0], "node-2.c2"));
         assert!(!cert_names(&node2[0], "node-1.c2"));
         assert!(!cert_names(&node2[0], "node-2.other"));
-        // The test cluster is on loopback: `curl https://localhost:PORT` works.
+        // The cluster is on loopback: localhost is named too.
         assert!(cert_names(&node2[0], "localhost"));
         let tls = PeerTls::load(&config, 1).unwrap().unwrap();
         assert!(tls.names_node(Some(&node2), 2));

@@ -157,6 +157,15 @@ fn the_shipped_cluster_files_pass_check() {
             f.stderr
         );
         assert!(f.stdout.contains(&format!("cluster{n}")), "{}", f.stdout);
+        // data_dir is relative to the file: under the repository's target/.
+        assert!(
+            f.stdout.contains(&format!(
+                "data_dir={}/clusters/../target/clusters/cluster{n}\n",
+                root.display()
+            )),
+            "{}",
+            f.stdout
+        );
         // A plaintext file says what it lacks.
         assert!(
             f.stdout.contains("peers are not authenticated"),
@@ -385,4 +394,35 @@ fn command_line_usage_errors() {
     assert_usage_error("run without --node-id", &f, &["--node-id"]);
     let f = run_bin(&["run", "--cluster", case.path(), "--node-id", "one"], FAST);
     assert_usage_error("non-numeric --node-id", &f, &["one"]);
+}
+
+#[test]
+fn a_relative_data_dir_is_relative_to_the_cluster_file_not_the_working_dir() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("one.toml");
+    let (addr, admin) = (common::free_addr(), common::free_addr());
+    std::fs::write(
+        &file,
+        format!(
+            "[cluster]\nname = \"rel\"\nheartbeat_interval = \"100ms\"\npeer_timeout = \"500ms\"\n\
+             data_dir = \"state\"\n[[node]]\nid = 1\naddr = \"{addr}\"\nadmin = \"{admin}\"\n"
+        ),
+    )
+    .expect("write cluster file");
+    let elsewhere = tempfile::tempdir().expect("temp dir");
+    let mut node = std::process::Command::new(common::BIN)
+        .args(["run", "--node-id", "1", "--cluster"])
+        .arg(&file)
+        .current_dir(elsewhere.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run quorumd");
+    let made = common::wait_until(common::WAIT, || {
+        dir.path().join("state/node-1/raft.redb").is_file()
+    });
+    let _ = node.kill();
+    let _ = node.wait();
+    assert!(made, "no state under the file's directory");
+    assert!(!elsewhere.path().join("state").exists());
 }

@@ -142,10 +142,13 @@ fn package_holds_the_static_binary_unit_example_config_and_docs() {
             "./usr/bin/quorumd",
             "./usr/lib/systemd/system/quorumd@.service",
             "./usr/lib/sysusers.d/quorumd.conf",
+            "./usr/share/bash-completion/completions/quorumd",
             "./usr/share/doc/quorumd/README.md.gz",
             "./usr/share/doc/quorumd/copyright",
+            "./usr/share/fish/vendor_completions.d/quorumd.fish",
             "./usr/share/man/man1/quorumd.1.gz",
             "./usr/share/man/man5/quorumd.toml.5.gz",
+            "./usr/share/zsh/vendor-completions/_quorumd",
         ]
     );
     for (path, (mode, owner)) in &files {

@@ -433,7 +433,7 @@ fn the_https_admin_api_needs_a_client_certificate_of_the_ca() {
     assert_eq!(f.code, 0, "{}{}", f.stdout, f.stderr);
     assert!(
         f.stdout
-            .contains(&format!("every node agrees node {leader} leads")),
+            .contains(&format!("every member agrees node {leader} leads")),
         "{}",
         f.stdout
     );
@@ -468,13 +468,27 @@ fn the_https_admin_api_needs_a_client_certificate_of_the_ca() {
     let f = run_bin(&["kv", "get", "--cluster", &bare, "tls/key"], BOUND);
     assert_eq!(f.code, 1, "{}{}", f.stdout, f.stderr);
     assert!(
-        f.stderr.contains("answered 401") && f.stderr.contains("client certificate"),
+        f.stderr.contains("401: this command needs `client_cert`")
+            && f.stderr.contains("client certificate"),
         "{}",
         f.stderr
     );
+    // `status` says the same, rather than calling the nodes unreachable:
+    // each answered.
     let f = run_bin(&["status", "--cluster", &bare], BOUND);
     assert_eq!(f.code, 1, "{}{}", f.stdout, f.stderr);
-    assert!(f.stderr.contains("401"), "{}", f.stderr);
+    assert!(
+        f.stderr.contains("401: this command needs `client_cert`"),
+        "{}",
+        f.stderr
+    );
+    assert!(!f.stdout.contains("unreachable"), "{}", f.stdout);
+    assert_eq!(
+        f.stdout.matches("401: needs client_cert").count(),
+        3,
+        "{}",
+        f.stdout
+    );
 
     // The CLI with a client certificate of another CA: refused.
     let foreign = with_client(

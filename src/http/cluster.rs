@@ -97,7 +97,14 @@ pub async fn handle(
 pub async fn status_json(state: &AdminState) -> Value {
     let status = state.meta.status().await;
     let live = state.health.live_peers().await;
-    let n = state.config.cluster_size();
+    // The replicated membership, as this node applied it; before the
+    // replica answers (it is stopping), the cluster file's.
+    let voters: Vec<u64> = status
+        .as_ref()
+        .map(|s| s.voters.clone())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| state.config.ids());
+    let n = voters.len();
     json!({
         "node_id": state.node_id,
         "pid": std::process::id(),
@@ -109,6 +116,7 @@ pub async fn status_json(state: &AdminState) -> Value {
         "bootstrap_complete": state.bootstrap_complete.load(Ordering::Relaxed),
         "cluster_size": n,
         "quorum_size": quorum_size(n),
+        "voters": voters,
         "live_peers": live,
         "commit_index": status.as_ref().map(|s| s.commit_index),
         "applied_index": status.as_ref().map(|s| s.applied_index),

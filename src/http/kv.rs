@@ -276,9 +276,12 @@ async fn serve_get(kv: &KvService, get: GetRequest) -> Resp {
         let listing = kv
             .read(consistency, move |t| {
                 Ok(match q {
-                    Query::One(k) => map_listing(t.get(&k)?, Found::One),
-                    Query::Tree(p) => map_listing(t.list(&p)?, Found::Tree),
-                    Query::Keys(p, sep) => map_listing(t.keys(&p, sep.as_deref())?, Found::Keys),
+                    // The reserved prefix is the cluster's: invisible here.
+                    Query::One(k) => map_listing(t.client_get(&k)?, Found::One),
+                    Query::Tree(p) => map_listing(t.client_list(&p)?, Found::Tree),
+                    Query::Keys(p, sep) => {
+                        map_listing(t.client_keys(&p, sep.as_deref())?, Found::Keys)
+                    }
                 })
             })
             .await;

@@ -19,7 +19,7 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
-use crate::http::{method_not_allowed, param, query_pairs, read_body, reply, AdminState};
+use crate::http::{method_not_allowed, param, read_body, reply, AdminState};
 use crate::kv::KvError;
 use crate::membership::{self, Member, Membership, Role};
 use crate::raft::replica::RequestError;
@@ -108,39 +108,41 @@ fn record_json(m: &Member, alive: bool) -> Value {
     })
 }
 
-/// A change to run on the leader.
-type Pending<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Resp> + Send + 'a>>;
+/// A change request, read whole before it runs or is forwarded.
+pub struct ChangeRequest {
+    method: Method,
+    /// The path and query, as asked.
+    path: String,
+    body: Bytes,
+}
 
-/// Runs `change` here if this node leads, else forwards the request to the
-/// leader and passes its answer back.
-async fn on_leader<'a>(
-    state: &'a AdminState,
-    req: Request<Incoming>,
-    change: impl FnOnce(&'a AdminState, Request<Incoming>) -> Pending<'a>,
-) -> Resp {
-    let leader = state.meta.gauge().leader();
-    match leader {
-        Some(l) if l == state.node_id => change(state, req).await,
-        Some(l) => forward(state, l, req).await,
-        None => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no leader is known: a membership change needs one",
-        ),
+impl ChangeRequest {
+    fn pairs(&self) -> Vec<(String, String)> {
+        crate::http::parse_query(self.path.split_once('?').map_or("", |(_, q)| q))
+    }
+
+    fn path_only(&self) -> &str {
+        self.path.split_once('?').map_or(&self.path, |(p, _)| p)
     }
 }
 
-async fn forward(state: &AdminState, leader: u64, req: Request<Incoming>) -> Resp {
-    let admin = match membership(state).await {
-        Ok(m) => m.member(leader).map(|r| r.admin),
-        Err(resp) => return resp,
-    }
-    .or_else(|| state.config.node(leader).map(|n| n.admin));
-    let Some(admin) = admin else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the leader, node {leader}, has no known admin address"),
-        );
-    };
+/// A change to run on the leader.
+type Pending<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Resp> + Send + 'a>>;
+
+/// How often a forward looks whether the leader it waits for is still the
+/// leader.
+const FOLLOW_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Runs `change` here if this node leads, else forwards the request to the
+/// leader and passes its answer back. A forward has a deadline (the
+/// store's `request_timeout`) and follows the leader: if another node
+/// becomes leader while the one asked has not answered (it is frozen, or
+/// its link accepts but never answers), the request goes to the new one.
+async fn on_leader<'a>(
+    state: &'a AdminState,
+    req: Request<Incoming>,
+    change: impl Fn(&'a AdminState, ChangeRequest) -> Pending<'a>,
+) -> Resp {
     let method = req.method().clone();
     let path = req
         .uri()
@@ -148,27 +150,140 @@ async fn forward(state: &AdminState, leader: u64, req: Request<Incoming>) -> Res
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
     let body = match read_body(req, MAX_BODY_BYTES, "the request").await {
-        Ok(b) => b.to_vec(),
+        Ok(b) => b,
         Err(e) => return error(e.status, e.sentence),
     };
+    let request = ChangeRequest { method, path, body };
+    let deadline = std::time::Instant::now() + state.config.store.request_timeout;
+    let mut asked: Vec<u64> = Vec::new();
+    loop {
+        let leader = state.meta.gauge().leader();
+        match leader {
+            Some(l) if l == state.node_id => return change(state, request).await,
+            Some(l) => match forward(state, l, &request, deadline, &asked).await {
+                Forwarded::Answer(resp) => return resp,
+                Forwarded::LeaderMoved => asked.push(l),
+            },
+            None if std::time::Instant::now() < deadline && !asked.is_empty() => {
+                // Between leaders: wait for the next one.
+                async_io::Timer::after(FOLLOW_INTERVAL).await;
+            }
+            None => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    if asked.is_empty() {
+                        "no leader is known: a membership change needs one".to_string()
+                    } else {
+                        format!(
+                            "no leader is known since node {} stopped leading: the change may \
+                             or may not have been applied; see GET /admin/cluster/members",
+                            asked[asked.len() - 1]
+                        )
+                    },
+                )
+            }
+        }
+    }
+}
+
+/// How a forward ended.
+enum Forwarded {
+    /// The leader's answer, or why there was none.
+    Answer(Resp),
+    /// Another node leads now (or none does) and the one asked had not
+    /// answered.
+    LeaderMoved,
+}
+
+async fn forward(
+    state: &AdminState,
+    leader: u64,
+    request: &ChangeRequest,
+    deadline: std::time::Instant,
+    asked_before: &[u64],
+) -> Forwarded {
+    let admin = match membership(state).await {
+        Ok(m) => m.member(leader).map(|r| r.admin),
+        Err(resp) => return Forwarded::Answer(resp),
+    }
+    .or_else(|| state.config.node(leader).map(|n| n.admin));
+    let Some(admin) = admin else {
+        return Forwarded::Answer(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the leader, node {leader}, has no known admin address"),
+        ));
+    };
+    let may_have = if asked_before.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " (it was sent to node {} before: the change may or may not have been applied)",
+            asked_before[asked_before.len() - 1]
+        )
+    };
     let client = state.peer_client();
-    match client.exchange(leader, admin, method, &path, body).await {
-        Ok(r) => {
+    let exchange = async {
+        Some(
+            client
+                .exchange(
+                    leader,
+                    admin,
+                    request.method.clone(),
+                    &request.path,
+                    request.body.to_vec(),
+                )
+                .await,
+        )
+    };
+    let moved = async {
+        loop {
+            async_io::Timer::after(FOLLOW_INTERVAL).await;
+            if state.meta.gauge().leader() != Some(leader) {
+                return None;
+            }
+        }
+    };
+    let timeout = async {
+        async_io::Timer::at(deadline).await;
+        Some(Err("timed out".to_string()))
+    };
+    let outcome =
+        futures_lite::future::or(exchange, futures_lite::future::or(moved, timeout)).await;
+    match outcome {
+        None => {
+            log::info!(
+                "node {leader} stopped leading before it answered a forwarded {} {}: following \
+                 the new leader",
+                request.method,
+                request.path_only()
+            );
+            Forwarded::LeaderMoved
+        }
+        Some(Ok(r)) => {
             let mut resp = Response::new(Full::new(r.body));
             *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
             resp.headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            resp
+            Forwarded::Answer(resp)
         }
-        Err(e) => error(
+        Some(Err(e)) if e == "timed out" => Forwarded::Answer(error(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "the leader, node {leader} at {}://{admin}, did not answer within {}: the change \
+                 may or may not have been applied; see GET /admin/cluster/members{may_have}",
+                client.scheme(),
+                humantime::format_duration(state.config.store.request_timeout)
+            ),
+        )),
+        Some(Err(e)) => Forwarded::Answer(error(
             StatusCode::BAD_GATEWAY,
             format!(
                 "cannot reach the leader, node {leader} at {}://{admin}: {e}; if the request got \
                  there, the change may or may not have been applied (see GET \
-                 /admin/cluster/members)",
+                 /admin/cluster/members){may_have}",
                 client.scheme()
             ),
-        ),
+        )),
     }
 }
 
@@ -193,7 +308,8 @@ fn changed(
         ),
         Err(RequestError::NotLeader) => error(
             StatusCode::SERVICE_UNAVAILABLE,
-            "leadership moved during the request; try again",
+            "leadership moved during the request: the change may or may not have been applied; \
+             see GET /admin/cluster/members before trying again",
         ),
         Err(e) => {
             let e = KvError::from(e);
@@ -216,13 +332,9 @@ fn yes() -> bool {
     true
 }
 
-fn add(state: &AdminState, req: Request<Incoming>) -> Pending<'_> {
+fn add(state: &AdminState, req: ChangeRequest) -> Pending<'_> {
     Box::pin(async move {
-        let body = match read_body(req, MAX_BODY_BYTES, "the request").await {
-            Ok(b) => b,
-            Err(e) => return error(e.status, e.sentence),
-        };
-        let new: NewMember = match serde_json::from_slice(&body) {
+        let new: NewMember = match serde_json::from_slice(&req.body) {
             Ok(n) => n,
             Err(e) => {
                 return error(
@@ -291,17 +403,16 @@ fn add(state: &AdminState, req: Request<Incoming>) -> Pending<'_> {
     })
 }
 
-fn promote(state: &AdminState, req: Request<Incoming>) -> Pending<'_> {
+fn promote(state: &AdminState, req: ChangeRequest) -> Pending<'_> {
     Box::pin(async move {
         let id: u64 = req
-            .uri()
-            .path()
+            .path_only()
             .trim_end_matches("/promote")
             .rsplit('/')
             .next()
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
-        let pairs = query_pairs(&req);
+        let pairs = req.pairs();
         let replacing = match param(&pairs, "replace").map(str::parse::<u64>) {
             None => None,
             Some(Ok(old)) => Some(old),
@@ -377,11 +488,10 @@ fn promote(state: &AdminState, req: Request<Incoming>) -> Pending<'_> {
     })
 }
 
-fn remove(state: &AdminState, req: Request<Incoming>) -> Pending<'_> {
+fn remove(state: &AdminState, req: ChangeRequest) -> Pending<'_> {
     Box::pin(async move {
         let id: u64 = req
-            .uri()
-            .path()
+            .path_only()
             .rsplit('/')
             .next()
             .and_then(|s| s.parse().ok())

@@ -435,6 +435,7 @@ async fn starting(state: &StartingState, req: &Request<Incoming>) -> Response<Fu
                     "bootstrap_complete": false,
                     "cluster_size": n,
                     "quorum_size": crate::quorum::quorum_size(n),
+                    "voters": state.config.ids(),
                     "live_peers": state.health.live_peers().await,
                     "commit_index": null,
                     "applied_index": null,

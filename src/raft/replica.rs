@@ -259,6 +259,9 @@ pub struct ReplicaStatus {
     /// The index of the last compaction or installed snapshot: the log
     /// starts after it.
     pub snapshot_index: u64,
+    /// The voters of the group's configuration as this replica has applied
+    /// it (during a joint change, the incoming half), sorted.
+    pub voters: Vec<u64>,
 }
 
 impl ReplicaStatus {
@@ -1442,6 +1445,11 @@ impl PartitionReplica {
             last_index: raft.raft_log.last_index(),
             transferring_to: raft.lead_transferee,
             snapshot_index: self.node.store().snapshot_index(),
+            voters: {
+                let mut v = raft.prs().conf().to_conf_state().voters;
+                v.sort_unstable();
+                v
+            },
         }
     }
 

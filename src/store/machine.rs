@@ -232,6 +232,30 @@ fn max_tombstone(t: &impl ReadableTable<&'static str, u64>, prefix: &str) -> Res
     Ok(max)
 }
 
+/// True if keys under `prefix` may lie under the reserved prefix.
+fn may_hold_reserved(prefix: &str) -> bool {
+    crate::store::RESERVED_PREFIX.starts_with(prefix) || is_reserved(prefix)
+}
+
+/// The names of `rows`, folded after the first `separator` that follows
+/// the prefix, as Consul does.
+fn fold_keys(rows: Vec<(String, Record)>, prefix: &str, separator: Option<&str>) -> Vec<String> {
+    let mut keys: Vec<String> = Vec::new();
+    for (key, _) in rows {
+        let folded = match separator.filter(|s| !s.is_empty()) {
+            Some(sep) => match key[prefix.len()..].find(sep) {
+                Some(at) => key[..prefix.len() + at + sep.len()].to_string(),
+                None => key,
+            },
+            None => key,
+        };
+        if keys.last() != Some(&folded) {
+            keys.push(folded);
+        }
+    }
+    keys
+}
+
 /// Creates the store's tables if they do not exist yet.
 pub fn create_tables(txn: &WriteTransaction) -> Result<()> {
     txn.open_table(KV)?;
@@ -372,6 +396,15 @@ impl<'a, T: ReadableTable<&'static str, &'static [u8]>> Overlay<'a, T> {
         }
     }
 
+    /// A read of a client's transaction: the reserved prefix is invisible
+    /// to clients, so a key under it reads as absent.
+    fn read(&self, key: &str, client: bool) -> Result<Option<Record>> {
+        if client && is_reserved(key) {
+            return Ok(None);
+        }
+        self.get(key)
+    }
+
     fn scan(&self, prefix: &str) -> Result<Vec<(String, Record)>> {
         let mut merged: BTreeMap<String, Record> = scan(self.kv, prefix)?.into_iter().collect();
         for (key, written) in self.writes.range(prefix.to_string()..) {
@@ -412,6 +445,7 @@ impl<'a, T: ReadableTable<&'static str, &'static [u8]>> Overlay<'a, T> {
     fn run(&mut self, cmd: &Command) -> Result<Outcome> {
         let mut results = Vec::new();
         let mut errors = Vec::new();
+        let client = cmd.from_client;
         for (op_index, op) in cmd.ops.iter().enumerate() {
             let mut fail = |what: String| errors.push(TxnError { op_index, what });
             match op {
@@ -436,21 +470,24 @@ impl<'a, T: ReadableTable<&'static str, &'static [u8]>> Overlay<'a, T> {
                         fail(format!("failed to set key {key:?}, index is stale"));
                     }
                 }
-                KvOp::Get { key } => match self.get(key)? {
+                KvOp::Get { key } => match self.read(key, client)? {
                     Some(r) => results.push(r.entry(key, true)),
                     None => fail(format!("key {key:?} doesn't exist")),
                 },
                 KvOp::GetOrEmpty { key } => {
-                    if let Some(r) = self.get(key)? {
+                    if let Some(r) = self.read(key, client)? {
                         results.push(r.entry(key, true));
                     }
                 }
                 KvOp::GetTree { prefix } => {
                     for (key, r) in self.scan(prefix)? {
+                        if client && is_reserved(&key) {
+                            continue;
+                        }
                         results.push(r.entry(&key, true));
                     }
                 }
-                KvOp::CheckIndex { key, index } => match self.get(key)? {
+                KvOp::CheckIndex { key, index } => match self.read(key, client)? {
                     None => fail(format!(
                         "failed to check index of key {key:?}: key doesn't exist"
                     )),
@@ -461,7 +498,7 @@ impl<'a, T: ReadableTable<&'static str, &'static [u8]>> Overlay<'a, T> {
                     Some(r) => results.push(r.entry(key, false)),
                 },
                 KvOp::CheckNotExists { key } => {
-                    if self.get(key)?.is_some() {
+                    if self.read(key, client)?.is_some() {
                         fail(format!("key {key:?} exists"));
                     }
                 }
@@ -563,20 +600,78 @@ impl ReadTables {
     pub fn keys(&self, prefix: &str, separator: Option<&str>) -> Result<Listing<Vec<String>>> {
         let rows = scan(&self.kv, prefix)?;
         let index = self.prefix_index(prefix, rows.iter().map(|(_, r)| r.modify_index))?;
-        let mut keys: Vec<String> = Vec::new();
-        for (key, _) in rows {
-            let folded = match separator.filter(|s| !s.is_empty()) {
-                Some(sep) => match key[prefix.len()..].find(sep) {
-                    Some(at) => key[..prefix.len() + at + sep.len()].to_string(),
-                    None => key,
-                },
-                None => key,
-            };
-            if keys.last() != Some(&folded) {
-                keys.push(folded);
+        let keys = fold_keys(rows, prefix, separator);
+        Ok(self.listing(keys, index))
+    }
+
+    /// [`ReadTables::get`] as a client sees it: a key under the reserved
+    /// prefix is absent.
+    pub fn client_get(&self, key: &str) -> Result<Listing<Option<KvEntry>>> {
+        if is_reserved(key) {
+            return Ok(self.listing(None, 0));
+        }
+        self.get(key)
+    }
+
+    /// [`ReadTables::list`] as a client sees it: the reserved prefix is
+    /// left out, and its writes do not move the index.
+    pub fn client_list(&self, prefix: &str) -> Result<Listing<Vec<KvEntry>>> {
+        if !may_hold_reserved(prefix) {
+            return self.list(prefix);
+        }
+        let entries: Vec<KvEntry> = scan(&self.kv, prefix)?
+            .into_iter()
+            .filter(|(k, _)| !is_reserved(k))
+            .map(|(k, r)| r.entry(&k, true))
+            .collect();
+        let index = self.client_index(prefix, entries.iter().map(|e| e.modify_index))?;
+        Ok(self.client_listing(entries, index))
+    }
+
+    /// [`ReadTables::keys`] as a client sees it: the reserved prefix is
+    /// left out (so `__quorumd/` never shows at the root), and its writes
+    /// do not move the index.
+    pub fn client_keys(
+        &self,
+        prefix: &str,
+        separator: Option<&str>,
+    ) -> Result<Listing<Vec<String>>> {
+        if !may_hold_reserved(prefix) {
+            return self.keys(prefix, separator);
+        }
+        let rows: Vec<(String, Record)> = scan(&self.kv, prefix)?
+            .into_iter()
+            .filter(|(k, _)| !is_reserved(k))
+            .collect();
+        let index = self.client_index(prefix, rows.iter().map(|(_, r)| r.modify_index))?;
+        Ok(self.client_listing(fold_keys(rows, prefix, separator), index))
+    }
+
+    /// The highest index of the visible rows and tombstones under `prefix`.
+    fn client_index(&self, prefix: &str, modified: impl Iterator<Item = u64>) -> Result<u64> {
+        let live = modified.max().unwrap_or(0);
+        let mut tomb = 0;
+        for row in self.tombstones.range::<&str>(prefix..)? {
+            let (k, v) = row?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            if !is_reserved(k.value()) {
+                tomb = tomb.max(v.value());
             }
         }
-        Ok(self.listing(keys, index))
+        Ok(live.max(tomb))
+    }
+
+    /// A listing of client-visible rows: with nothing visible, the index is
+    /// the reap floor (not the store's index, which the cluster's own
+    /// writes move).
+    fn client_listing<T>(&self, value: T, index: u64) -> Listing<T> {
+        Listing {
+            value,
+            index: index.max(self.state.floor).max(1),
+            floor: self.state.floor,
+        }
     }
 
     fn prefix_index(&self, prefix: &str, modified: impl Iterator<Item = u64>) -> Result<u64> {
