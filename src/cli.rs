@@ -162,6 +162,21 @@ pub fn summary(config: &ClusterConfig) -> String {
         config.store.max_store_bytes,
         humantime::format_duration(config.store.request_timeout)
     );
+    let l = &config.limits;
+    let _ = writeln!(
+        s,
+        "  limits: max_response_bytes={} max_txn_reads={} max_buffered_bytes={} max_conns={} \
+         max_conns_per_client={} max_blocking_queries={} anonymous_idle_timeout={} \
+         peer_handshakes_per_address={}",
+        l.max_response_bytes,
+        l.max_txn_reads,
+        l.max_buffered_bytes,
+        l.max_conns,
+        l.max_conns_per_client,
+        l.max_blocking_queries,
+        humantime::format_duration(l.anonymous_idle_timeout),
+        l.peer_handshakes_per_address
+    );
     let _ = writeln!(s, "  data_dir={}", config.data_dir.display());
     for n in &config.nodes {
         let _ = writeln!(s, "  node {}: addr={} admin={}", n.id, n.addr, n.admin);

@@ -297,7 +297,9 @@ fn admin_client_config(
 pub fn check(config: &ClusterConfig) -> Result<Vec<String>> {
     let Some(files) = &config.tls else {
         return Ok(vec![
-            "tls: none; peers are not authenticated (add a [tls] table, see `quorumd certs`)"
+            "tls: none; warning: peers are not authenticated, and the admin API and the KV \
+             store are open to anyone who can reach the admin port (add a [tls] table, see \
+             `quorumd certs`)"
                 .to_string(),
         ]);
     };

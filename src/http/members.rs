@@ -147,7 +147,7 @@ async fn forward(state: &AdminState, leader: u64, req: Request<Incoming>) -> Res
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
-    let body = match read_body(req, MAX_BODY_BYTES, "the request").await {
+    let body = match read_body(req, MAX_BODY_BYTES, "the request", state.kv.budget()).await {
         Ok(b) => b.to_vec(),
         Err(e) => return error(e.status, e.sentence),
     };
@@ -218,7 +218,7 @@ fn yes() -> bool {
 
 fn add(state: &AdminState, req: Request<Incoming>) -> Pending<'_> {
     Box::pin(async move {
-        let body = match read_body(req, MAX_BODY_BYTES, "the request").await {
+        let body = match read_body(req, MAX_BODY_BYTES, "the request", state.kv.budget()).await {
             Ok(b) => b,
             Err(e) => return error(e.status, e.sentence),
         };

@@ -1643,10 +1643,20 @@ impl PartitionReplica {
         // raft-rs applies a membership change when the application applies
         // its entry; the conf state goes into the same batch.
         let (conf_state, accepted_conf) = self.apply_conf_changes(&committed);
+        // Only the node that answers a client builds its reads.
+        let answer = committed
+            .iter()
+            .filter(|e| {
+                ProposalId::decode(&e.context)
+                    .is_some_and(|id| self.is_mine(&id) && self.proposals.contains_key(&id.request))
+            })
+            .map(|e| e.index)
+            .collect();
         self.pending_apply.push_back(ApplyBatch {
             apply: committed,
             conf_state,
             accepted_conf,
+            answer,
             ..Default::default()
         });
         self.drain_applies()
@@ -1662,7 +1672,7 @@ impl PartitionReplica {
                 break;
             };
             self.applied_bytes += batch.data_bytes() as u64;
-            if batch.data_bytes() > INLINE_APPLY_BYTES {
+            if batch.data_bytes() > INLINE_APPLY_BYTES || batch.may_scan() {
                 self.store_busy = true;
                 let (store, own) = (self.store.clone(), self.own.clone());
                 crate::runtime::spawn(async move {
