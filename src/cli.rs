@@ -104,6 +104,18 @@ pub fn run(cli: Cli, started: Instant) -> Result<()> {
                 println!("wrote {}", f.display());
             }
             println!(
+                "\nThe CA's private key is in {}, apart from the files for the nodes: \
+                 copy {} to the nodes, never {}; keep the key offline, it is needed only \
+                 to sign new certificates.",
+                generated.ca_key.display(),
+                out.display(),
+                generated
+                    .ca_key
+                    .parent()
+                    .unwrap_or(std::path::Path::new("."))
+                    .display()
+            );
+            println!(
                 "\nAdd this table to {} (the same file on every node):\n\n{}",
                 cluster.display(),
                 generated.table
