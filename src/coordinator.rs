@@ -222,6 +222,8 @@ impl ClusterCoordinator {
                 Arc::new(health.clone()),
                 peers.clone(),
                 metrics.clone(),
+                config.limits.peer_handshakes_per_address,
+                config.store.max_store_bytes,
                 shutdown.clone(),
             ),
         ));
