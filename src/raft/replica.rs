@@ -1928,7 +1928,7 @@ impl PartitionReplica {
     }
 
     fn send(&mut self, messages: Vec<Message>) {
-        for m in messages {
+        for m in messages.into_iter().flat_map(split_append) {
             let (to, snapshot) = (m.to, m.get_msg_type() == MessageType::MsgSnapshot);
             if !self.peers.send(&self.group, m) && snapshot {
                 // raft holds a follower it sent a snapshot to until it hears
@@ -2008,4 +2008,53 @@ impl PartitionReplica {
         }
         (changed, accepted)
     }
+}
+
+/// Splits an append whose entries pass [`MAX_SIZE_PER_MSG`] into appends
+/// that each carry at most that much (one entry at least), chained by
+/// index and term as raft would have sent them. raft-rs's batching of
+/// appends (`batch_append`) merges messages past its own size limit, and a
+/// message past the peer frame limit would never arrive: the link would
+/// drop, again and again, while the leader lost its followers.
+fn split_append(m: Message) -> Vec<Message> {
+    let size: u64 = m
+        .entries
+        .iter()
+        .map(|e| e.data.len() as u64 + e.context.len() as u64)
+        .sum();
+    if m.get_msg_type() != MessageType::MsgAppend || size <= MAX_SIZE_PER_MSG {
+        return vec![m];
+    }
+    let mut m = m;
+    let entries = std::mem::take(&mut m.entries).into_vec();
+    let (mut index, mut log_term) = (m.index, m.log_term);
+    let mut out = Vec::new();
+    let mut part: Vec<raft::prelude::Entry> = Vec::new();
+    let mut bytes = 0u64;
+    let flush = |part: &mut Vec<raft::prelude::Entry>,
+                 index: &mut u64,
+                 log_term: &mut u64,
+                 out: &mut Vec<Message>| {
+        if part.is_empty() {
+            return;
+        }
+        let mut piece = m.clone();
+        piece.index = *index;
+        piece.log_term = *log_term;
+        let last = part.last().expect("non-empty");
+        (*index, *log_term) = (last.index, last.term);
+        piece.entries = std::mem::take(part).into();
+        out.push(piece);
+    };
+    for e in entries {
+        let len = e.data.len() as u64 + e.context.len() as u64;
+        if !part.is_empty() && bytes + len > MAX_SIZE_PER_MSG {
+            flush(&mut part, &mut index, &mut log_term, &mut out);
+            bytes = 0;
+        }
+        bytes += len;
+        part.push(e);
+    }
+    flush(&mut part, &mut index, &mut log_term, &mut out);
+    out
 }
