@@ -222,8 +222,10 @@ impl ClusterCoordinator {
                 Arc::new(health.clone()),
                 peers.clone(),
                 metrics.clone(),
-                config.limits.peer_handshakes_per_address,
-                config.store.max_store_bytes,
+                transport::InboundLimits {
+                    handshakes_per_address: config.limits.peer_handshakes_per_address,
+                    max_store_bytes: config.store.max_store_bytes,
+                },
                 shutdown.clone(),
             ),
         ));

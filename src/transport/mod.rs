@@ -404,7 +404,18 @@ struct Inbound {
     generation: AtomicU64,
 }
 
+/// What the peer listener admits.
+#[derive(Debug, Clone, Copy)]
+pub struct InboundLimits {
+    /// `[limits] peer_handshakes_per_address`.
+    pub handshakes_per_address: usize,
+    /// `[store] max_store_bytes`: bounds the snapshots accepted.
+    pub max_store_bytes: u64,
+}
+
 /// Runs the accept loop until `shutdown` closes.
+// Each argument is a separate collaborator the coordinator wires in.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn_listener(
     listener: TcpListener,
     me: Identity,
@@ -412,8 +423,7 @@ pub fn spawn_listener(
     answers: Arc<dyn PeerAnswers>,
     peers: PeerSenders,
     metrics: Arc<Metrics>,
-    per_address: usize,
-    max_store_bytes: u64,
+    limits: InboundLimits,
     shutdown: flume::Receiver<()>,
 ) -> crate::runtime::Task<()> {
     let ctx = Arc::new(Inbound {
@@ -423,8 +433,8 @@ pub fn spawn_listener(
         peers,
         metrics,
         pending: Mutex::new(PendingSlots::default()),
-        per_address,
-        snapshot_limit: wire::snapshot_limit(max_store_bytes),
+        per_address: limits.handshakes_per_address,
+        snapshot_limit: wire::snapshot_limit(limits.max_store_bytes),
         refusals: RefusalLog::new(),
         streams: Mutex::new(HashMap::new()),
         generation: AtomicU64::new(0),
