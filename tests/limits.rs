@@ -344,7 +344,16 @@ fn connect_from(from: [u8; 4], to: SocketAddr) -> std::io::Result<TcpStream> {
 
 #[test]
 fn silent_strangers_on_the_peer_ports_do_not_slow_a_failover() {
-    let mut c = TestCluster::new(Spec::new("strangers", 3));
+    stranger_flood(Spec::new("strangers", 3));
+}
+
+#[test]
+fn silent_strangers_on_tls_peer_ports_do_not_slow_a_failover() {
+    stranger_flood(Spec::new("tls-strangers", 3).with_tls());
+}
+
+fn stranger_flood(spec: Spec) {
+    let mut c = TestCluster::new(spec);
     c.start_all();
     let (leader, _) = leader_and_term(&c, &[1, 2, 3]);
     // 64 silent connections per peer port from a stranger's address, each

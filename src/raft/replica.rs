@@ -2058,3 +2058,49 @@ fn split_append(m: Message) -> Vec<Message> {
     flush(&mut part, &mut index, &mut log_term, &mut out);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::prelude::Entry;
+
+    #[test]
+    fn an_append_past_the_message_limit_is_split_in_a_chain() {
+        let entry = |index: u64| Entry {
+            index,
+            term: 7,
+            data: vec![0u8; 400 * 1024].into(),
+            ..Default::default()
+        };
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgAppend);
+        (m.index, m.log_term, m.commit, m.to) = (10, 6, 12, 2);
+        m.entries = (11..=16).map(entry).collect::<Vec<_>>().into();
+        let parts = split_append(m);
+        // Two entries of 400 KiB fit 1 MiB; the third does not.
+        assert_eq!(parts.len(), 3);
+        let chain: Vec<(u64, u64, Vec<u64>)> = parts
+            .iter()
+            .map(|p| {
+                (
+                    p.index,
+                    p.log_term,
+                    p.entries.iter().map(|e| e.index).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            chain,
+            vec![
+                (10, 6, vec![11, 12]),
+                (12, 7, vec![13, 14]),
+                (14, 7, vec![15, 16])
+            ]
+        );
+        assert!(parts.iter().all(|p| p.commit == 12 && p.to == 2));
+        let mut small = Message::default();
+        small.set_msg_type(MessageType::MsgAppend);
+        small.entries = vec![entry(1)].into();
+        assert_eq!(split_append(small).len(), 1);
+    }
+}
