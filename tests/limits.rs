@@ -409,6 +409,10 @@ fn stranger_flood(spec: Spec) {
         "a new leader took {failover:?}"
     );
     assert!(
+        rejoined < Duration::from_secs(8),
+        "the killed node took {rejoined:?} to rejoin beside the flood"
+    );
+    assert!(
         !c.stderr(leader).contains("does the peer run without [tls]"),
         "{}",
         c.stderr(leader)
