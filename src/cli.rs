@@ -168,6 +168,18 @@ pub fn run(cli: Cli, started: Instant) -> Result<()> {
                 println!("wrote {}", f.display());
             }
             println!(
+                "\nThe CA's private key is in {}, apart from the files for the nodes: \
+                 copy {} to the nodes, never {}; keep the key offline, it is needed only \
+                 to sign new certificates.",
+                generated.ca_key.display(),
+                out.display(),
+                generated
+                    .ca_key
+                    .parent()
+                    .unwrap_or(std::path::Path::new("."))
+                    .display()
+            );
+            println!(
                 "\nAdd this table to {} (the same file on every node):\n\n{}",
                 cluster.display(),
                 generated.table
@@ -225,6 +237,21 @@ pub fn summary(config: &ClusterConfig) -> String {
         config.store.max_value_bytes,
         config.store.max_store_bytes,
         humantime::format_duration(config.store.request_timeout)
+    );
+    let l = &config.limits;
+    let _ = writeln!(
+        s,
+        "  limits: max_response_bytes={} max_txn_reads={} max_buffered_bytes={} max_conns={} \
+         max_conns_per_client={} max_blocking_queries={} anonymous_idle_timeout={} \
+         peer_handshakes_per_address={}",
+        l.max_response_bytes,
+        l.max_txn_reads,
+        l.max_buffered_bytes,
+        l.max_conns,
+        l.max_conns_per_client,
+        l.max_blocking_queries,
+        humantime::format_duration(l.anonymous_idle_timeout),
+        l.peer_handshakes_per_address
     );
     let _ = writeln!(s, "  data_dir={}", config.data_dir.display());
     for n in &config.nodes {

@@ -67,6 +67,29 @@ pub const MAX_CLUSTER_NAME_BYTES: usize = 255;
 /// The most election ticks a file may ask for.
 pub const MAX_ELECTION_TICKS: usize = 10_000;
 
+/// Default most bytes one answer may carry (a listing, a transaction's
+/// reads), as the node estimates it before building it.
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 16 * 1024 * 1024;
+/// Default most entries the reads of one transaction may return.
+pub const DEFAULT_MAX_TXN_READS: u64 = 10_000;
+/// Default bytes of request bodies and built answers that all requests
+/// together may hold at once.
+pub const DEFAULT_MAX_BUFFERED_BYTES: u64 = 64 * 1024 * 1024;
+/// Default admin connections served at once, from every client.
+pub const DEFAULT_MAX_CONNS: usize = 512;
+/// Default admin connections one client address may hold (Consul's
+/// `http_max_conns_per_client` is 200; a node on a small box takes less).
+pub const DEFAULT_MAX_CONNS_PER_CLIENT: usize = 64;
+/// Default blocking queries held at once.
+pub const DEFAULT_MAX_BLOCKING_QUERIES: usize = 256;
+/// Default idle limit of an HTTPS connection without a client certificate.
+pub const DEFAULT_ANONYMOUS_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default peer-port connections one source address may have in their
+/// handshake at once.
+pub const DEFAULT_PEER_HANDSHAKES_PER_ADDRESS: usize = 4;
+/// `limits.anonymous_idle_timeout`: between 100 ms and a minute.
+pub const ANONYMOUS_IDLE_TIMEOUT_RANGE: DurationRange = ms(100)..=secs(60);
+
 /// The range a duration field must fall in.
 pub type DurationRange = RangeInclusive<Duration>;
 
@@ -100,7 +123,22 @@ struct RawFile {
     #[serde(default)]
     store: RawStore,
     #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
     node: Vec<RawNode>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_response_bytes: Option<toml::Value>,
+    max_txn_reads: Option<u64>,
+    max_buffered_bytes: Option<toml::Value>,
+    max_conns: Option<usize>,
+    max_conns_per_client: Option<usize>,
+    max_blocking_queries: Option<usize>,
+    anonymous_idle_timeout: Option<toml::Value>,
+    peer_handshakes_per_address: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -209,6 +247,48 @@ impl Default for StoreSettings {
     }
 }
 
+/// The `[limits]` table: what one request, client or stranger may cost a
+/// node. Each bounds memory or a slot; docs/limits.md gives the worst case
+/// each allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// The most bytes one answer may carry, estimated before it is built:
+    /// a `?recurse` listing, `?keys`, or the reads of a transaction.
+    pub max_response_bytes: u64,
+    /// The most entries the reads of one transaction may return.
+    pub max_txn_reads: u64,
+    /// Bytes of request bodies and built answers that every request
+    /// together may hold at once; a request waits for its share.
+    pub max_buffered_bytes: u64,
+    /// Admin connections served at once.
+    pub max_conns: usize,
+    /// Admin connections one client address may hold at once.
+    pub max_conns_per_client: usize,
+    /// Blocking queries (`?index=`) held at once.
+    pub max_blocking_queries: usize,
+    /// An HTTPS connection without a client certificate is closed after
+    /// this long without a request.
+    pub anonymous_idle_timeout: Duration,
+    /// Peer-port connections one source address may have in their
+    /// handshake at once.
+    pub peer_handshakes_per_address: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            max_txn_reads: DEFAULT_MAX_TXN_READS,
+            max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,
+            max_conns: DEFAULT_MAX_CONNS,
+            max_conns_per_client: DEFAULT_MAX_CONNS_PER_CLIENT,
+            max_blocking_queries: DEFAULT_MAX_BLOCKING_QUERIES,
+            anonymous_idle_timeout: DEFAULT_ANONYMOUS_IDLE_TIMEOUT,
+            peer_handshakes_per_address: DEFAULT_PEER_HANDSHAKES_PER_ADDRESS,
+        }
+    }
+}
+
 impl RaftTiming {
     /// The shortest election timeout raft may pick.
     pub fn election_timeout(&self) -> Duration {
@@ -267,6 +347,8 @@ pub struct ClusterConfig {
     pub raft: RaftTiming,
     /// Limits of the key-value store.
     pub store: StoreSettings,
+    /// The `[limits]` table.
+    pub limits: Limits,
     /// Mutual TLS between peers, if the file has a `[tls]` table.
     pub tls: Option<TlsFiles>,
     /// Every member, sorted by id.
@@ -446,6 +528,7 @@ impl ClusterConfig {
                 ),
             ));
         }
+        let limits = parse_limits(&raw.limits, &store).map_err(|(f, r)| err(f, r))?;
         if raft.heartbeat_ticks == 0 {
             return Err(err("raft.heartbeat_ticks", "must be at least 1".into()));
         }
@@ -517,6 +600,7 @@ impl ClusterConfig {
             auto_promote: raw.cluster.auto_promote.unwrap_or(true),
             raft,
             store,
+            limits,
             tls,
             nodes,
         })
@@ -576,6 +660,89 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
 
 /// Reads a size in bytes: a TOML integer, or a string with a unit such as
 /// `"512KiB"`, `"64MiB"` or `"16MB"`.
+/// The `[limits]` table, checked against `[store]`.
+fn parse_limits(
+    raw: &RawLimits,
+    store: &StoreSettings,
+) -> std::result::Result<Limits, (&'static str, String)> {
+    let d = Limits::default();
+    let count = |field: &'static str, value: Option<usize>, default: usize, max: usize| {
+        let n = value.unwrap_or(default);
+        if n == 0 || n > max {
+            return Err((field, format!("must be between 1 and {max}, not {n}")));
+        }
+        Ok(n)
+    };
+    let limits = Limits {
+        max_response_bytes: byte_size(
+            "limits.max_response_bytes",
+            &raw.max_response_bytes,
+            d.max_response_bytes,
+        )?,
+        max_txn_reads: count(
+            "limits.max_txn_reads",
+            raw.max_txn_reads.map(|n| n.min(usize::MAX as u64) as usize),
+            d.max_txn_reads as usize,
+            10_000_000,
+        )? as u64,
+        max_buffered_bytes: byte_size(
+            "limits.max_buffered_bytes",
+            &raw.max_buffered_bytes,
+            d.max_buffered_bytes,
+        )?,
+        max_conns: count("limits.max_conns", raw.max_conns, d.max_conns, 65_536)?,
+        max_conns_per_client: count(
+            "limits.max_conns_per_client",
+            raw.max_conns_per_client,
+            d.max_conns_per_client,
+            65_536,
+        )?,
+        max_blocking_queries: count(
+            "limits.max_blocking_queries",
+            raw.max_blocking_queries,
+            d.max_blocking_queries,
+            65_536,
+        )?,
+        anonymous_idle_timeout: duration_field(
+            &raw.anonymous_idle_timeout,
+            d.anonymous_idle_timeout,
+            ANONYMOUS_IDLE_TIMEOUT_RANGE,
+        )
+        .map_err(|r| ("limits.anonymous_idle_timeout", r))?,
+        peer_handshakes_per_address: count(
+            "limits.peer_handshakes_per_address",
+            raw.peer_handshakes_per_address,
+            d.peer_handshakes_per_address,
+            1024,
+        )?,
+    };
+    check_bytes(
+        "limits.max_response_bytes",
+        limits.max_response_bytes,
+        64 * 1024,
+        MAX_STORE_BYTES_LIMIT * 2,
+    )?;
+    check_bytes(
+        "limits.max_buffered_bytes",
+        limits.max_buffered_bytes,
+        1024 * 1024,
+        16 * 1024 * 1024 * 1024,
+    )?;
+    // One request must always fit: the largest body (a transaction is capped
+    // at the value limit), or the largest answer.
+    let need = store.max_value_bytes.max(limits.max_response_bytes);
+    if limits.max_buffered_bytes < need {
+        return Err((
+            "limits.max_buffered_bytes",
+            format!(
+                "must be at least limits.max_response_bytes and store.max_value_bytes ({} < {need})",
+                limits.max_buffered_bytes
+            ),
+        ));
+    }
+    Ok(limits)
+}
+
 fn byte_size(
     field: &'static str,
     value: &Option<toml::Value>,

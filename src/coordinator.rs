@@ -165,7 +165,7 @@ impl ClusterCoordinator {
         let scheme = if https.is_some() { "https" } else { "http" };
         if tls.is_none() {
             warn!(
-                "cluster '{}' has no [tls] section: peers are not authenticated, and anyone who can reach the peer port can join the cluster's Raft traffic",
+                "cluster '{}' has no [tls] section: peers are not authenticated, and anyone who can reach the peer port can join the cluster's Raft traffic; the admin API and the KV store are open to anyone who can reach the admin port",
                 config.name
             );
         }
@@ -222,6 +222,10 @@ impl ClusterCoordinator {
                 Arc::new(health.clone()),
                 peers.clone(),
                 metrics.clone(),
+                transport::InboundLimits {
+                    handshakes_per_address: config.limits.peer_handshakes_per_address,
+                    max_store_bytes: config.store.max_store_bytes,
+                },
                 shutdown.clone(),
             ),
         ));
@@ -287,7 +291,12 @@ impl ClusterCoordinator {
         );
         let meta =
             manager.create_group(GroupId::meta(), storage, shutdown.clone(), fatal_tx.clone())?;
-        let kv = KvService::new(meta.clone(), store.clone(), config.store.clone());
+        let kv = KvService::new(
+            meta.clone(),
+            store.clone(),
+            config.store.clone(),
+            config.limits.clone(),
+        );
         let upkeep =
             crate::membership::spawn_upkeep(config.clone(), meta.clone(), store, shutdown.clone());
 

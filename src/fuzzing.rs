@@ -139,6 +139,10 @@ pub fn http(data: &[u8]) {
             max_store_bytes: 1 << 26,
             from_client: true,
             ops,
+            reads: crate::store::command::ReadLimits {
+                max_reads: 1 << 12,
+                max_response_bytes: 1 << 24,
+            },
         };
         let back = Command::decode(&cmd.encode()).expect("an encoded command decodes");
         assert_eq!(back, cmd, "a command survives the entry codec");

@@ -13,9 +13,11 @@
 
 use std::sync::Arc;
 
-use crate::config::StoreSettings;
+use crate::budget::Budget;
+use crate::config::{Limits, StoreSettings};
 use crate::raft::replica::Gauge;
 use crate::raft::{Committed, ReplicaHandle, RequestError};
+use crate::store::command::ReadLimits;
 use crate::store::disk::StateStore;
 use crate::store::machine::{self, ReadTables};
 use crate::store::{Command, KvOp};
@@ -79,21 +81,63 @@ pub struct KvService {
     replica: ReplicaHandle,
     store: Arc<StateStore>,
     settings: StoreSettings,
+    limits: Arc<Limits>,
+    budget: Budget,
+    blocking: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl KvService {
     /// The service of the `__meta/0` replica and its store.
-    pub fn new(replica: ReplicaHandle, store: Arc<StateStore>, settings: StoreSettings) -> Self {
+    pub fn new(
+        replica: ReplicaHandle,
+        store: Arc<StateStore>,
+        settings: StoreSettings,
+        limits: Limits,
+    ) -> Self {
         KvService {
             replica,
             store,
             settings,
+            budget: Budget::new(limits.max_buffered_bytes),
+            limits: Arc::new(limits),
+            blocking: Arc::default(),
         }
     }
 
     /// The `[store]` limits.
     pub fn settings(&self) -> &StoreSettings {
         &self.settings
+    }
+
+    /// The `[limits]` table.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The budget that request bodies and built answers share.
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
+    /// What a transaction's reads may return, as this node proposes it.
+    pub fn read_limits(&self) -> ReadLimits {
+        ReadLimits {
+            max_reads: self.limits.max_txn_reads,
+            max_response_bytes: self.limits.max_response_bytes,
+        }
+    }
+
+    /// Takes a blocking-query slot, if one of `max_blocking_queries` is free;
+    /// it is given back when the guard drops.
+    pub fn blocking_slot(&self) -> Option<BlockingSlot> {
+        use std::sync::atomic::Ordering;
+        let max = self.limits.max_blocking_queries;
+        self.blocking
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| BlockingSlot(self.blocking.clone()))
     }
 
     /// Leader and last contact, for response headers.
@@ -123,6 +167,7 @@ impl KvService {
             max_store_bytes: self.settings.max_store_bytes,
             from_client: true,
             ops,
+            reads: self.read_limits(),
         };
         Ok(self.replica.propose(cmd.encode()).await?)
     }
@@ -145,5 +190,14 @@ impl KvService {
             .watch(key.to_string(), prefix)
             .await
             .ok_or(KvError::Stopped)
+    }
+}
+
+/// A blocking query's slot ([`KvService::blocking_slot`]).
+pub struct BlockingSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for BlockingSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }

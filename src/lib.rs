@@ -20,6 +20,7 @@
 //! and per-peer senders, the health monitor and its probers, and the admin
 //! server.
 
+pub mod budget;
 pub mod cli;
 pub mod client;
 pub mod config;

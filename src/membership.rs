@@ -87,15 +87,18 @@ impl Membership {
             .and_then(|e| e.value)
             .and_then(|v| String::from_utf8(v).ok());
         let mut members = BTreeMap::new();
-        for e in t.list(MEMBERS_PREFIX)?.value {
+        for e in t
+            .list(MEMBERS_PREFIX, u64::MAX)?
+            .map_or_else(|_| Vec::new(), |l| l.value)
+        {
             let Some(value) = e.value else { continue };
             if let Ok(m) = serde_json::from_slice::<Member>(&value) {
                 members.insert(m.id, (m, e.modify_index));
             }
         }
         let removed = t
-            .keys(REMOVED_PREFIX, None)?
-            .value
+            .keys(REMOVED_PREFIX, None, u64::MAX)?
+            .map_or_else(|_| Vec::new(), |l| l.value)
             .iter()
             .filter_map(|k| k[REMOVED_PREFIX.len()..].parse().ok())
             .collect();
@@ -166,6 +169,7 @@ fn command(ops: Vec<KvOp>) -> Command {
         max_store_bytes: u64::MAX,
         from_client: false,
         ops,
+        reads: crate::store::command::ReadLimits::UNLIMITED,
     }
 }
 
@@ -730,7 +734,11 @@ mod tests {
 
     fn apply(db: &Database, index: u64, cmd: &Command) -> machine::Outcome {
         let txn = db.begin_write().unwrap();
-        let out = Tables::open(&txn).unwrap().apply(index, cmd).unwrap().0;
+        let out = Tables::open(&txn)
+            .unwrap()
+            .apply(index, cmd, true)
+            .unwrap()
+            .0;
         txn.commit().unwrap();
         out
     }

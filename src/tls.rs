@@ -297,7 +297,9 @@ fn admin_client_config(
 pub fn check(config: &ClusterConfig) -> Result<Vec<String>> {
     let Some(files) = &config.tls else {
         return Ok(vec![
-            "tls: none; peers are not authenticated (add a [tls] table, see `quorumd certs`)"
+            "tls: none; warning: peers are not authenticated, and the admin API and the KV \
+             store are open to anyone who can reach the admin port (add a [tls] table, see \
+             `quorumd certs`)"
                 .to_string(),
         ]);
     };
@@ -358,15 +360,34 @@ pub fn check(config: &ClusterConfig) -> Result<Vec<String>> {
 pub struct Generated {
     /// Every file written, CA first.
     pub files: Vec<PathBuf>,
+    /// The CA's private key: in a directory of its own ([`ca_key_dir`]),
+    /// never among the files copied to nodes.
+    pub ca_key: PathBuf,
     /// A `[tls]` table that uses them, with paths relative to the cluster file
     /// where possible.
     pub table: String,
 }
 
-/// `quorumd certs`: writes a new CA (`ca.pem`, `ca.key`), a certificate and
-/// key for each node (`node-<id>.pem`, `node-<id>.key`) and one client pair
-/// (`client.pem`, `client.key`) into `out`. Keys are written with mode 0600.
-/// Existing files are refused unless `overwrite`.
+/// Where `quorumd certs --out <out>` keeps the CA's private key: the sibling
+/// directory `<out>-ca`, so that copying `out` to the nodes never copies the
+/// key that signs members.
+pub fn ca_key_dir(out: &Path) -> PathBuf {
+    let mut name = out
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| "certs".into());
+    name.push("-ca");
+    match out.parent() {
+        Some(parent) => parent.join(name),
+        None => PathBuf::from(name),
+    }
+}
+
+/// `quorumd certs`: writes a new CA certificate (`ca.pem`), a certificate
+/// and key for each node (`node-<id>.pem`, `node-<id>.key`) and one client
+/// pair (`client.pem`, `client.key`) into `out`, and the CA's key
+/// (`ca.key`) into [`ca_key_dir`], a directory of mode 0700. Keys are
+/// written with mode 0600. Existing files are refused unless `overwrite`.
 pub fn generate(
     config: &ClusterConfig,
     cluster_file: &Path,
@@ -391,7 +412,8 @@ pub fn generate(
             config.name
         )));
     }
-    let mut planned = vec![out.join("ca.pem"), out.join("ca.key")];
+    let ca_dir = ca_key_dir(out);
+    let mut planned = vec![out.join("ca.pem"), ca_dir.join("ca.key")];
     for n in &config.nodes {
         planned.push(out.join(format!("node-{}.pem", n.id)));
         planned.push(out.join(format!("node-{}.key", n.id)));
@@ -409,6 +431,15 @@ pub fn generate(
     }
     fs::create_dir_all(out)
         .map_err(|e| Error::io(format!("cannot create {}", out.display()), e))?;
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&ca_dir)
+            .and_then(|()| fs::set_permissions(&ca_dir, fs::Permissions::from_mode(0o700)))
+            .map_err(|e| Error::io(format!("cannot create {}", ca_dir.display()), e))?;
+    }
 
     let ca_key = KeyPair::generate().map_err(|e| gen_error("CA", e))?;
     let mut ca_params =
@@ -447,7 +478,7 @@ pub fn generate(
         Ok(())
     };
     write(out.join("ca.pem"), &ca_cert.pem(), false)?;
-    write(out.join("ca.key"), &ca_key.serialize_pem(), true)?;
+    write(ca_dir.join("ca.key"), &ca_key.serialize_pem(), true)?;
     for n in &config.nodes {
         let mut names = vec![node_name(&config.name, n.id)];
         for ip in [n.addr.ip(), n.admin.ip()] {
@@ -499,6 +530,7 @@ pub fn generate(
     );
     Ok(Generated {
         files: written,
+        ca_key: ca_dir.join("ca.key"),
         table,
     })
 }

@@ -426,3 +426,80 @@ fn a_relative_data_dir_is_relative_to_the_cluster_file_not_the_working_dir() {
     assert!(made, "no state under the file's directory");
     assert!(!elsewhere.path().join("state").exists());
 }
+
+#[test]
+fn limits_are_parsed_and_shown_by_check_with_the_plaintext_warning() {
+    let case = Case::new(|t| {
+        format!(
+            "{t}\n[limits]\nmax_response_bytes = \"2MiB\"\nmax_txn_reads = 500\n\
+             max_buffered_bytes = \"8MiB\"\nmax_conns = 100\nmax_conns_per_client = 10\n\
+             max_blocking_queries = 50\nanonymous_idle_timeout = \"500ms\"\n\
+             peer_handshakes_per_address = 2\n"
+        )
+    });
+    let f = case.check();
+    assert_eq!(f.code, 0, "stdout:\n{}\nstderr:\n{}", f.stdout, f.stderr);
+    for shown in [
+        "max_response_bytes=2097152",
+        "max_txn_reads=500",
+        "max_buffered_bytes=8388608",
+        "max_conns=100",
+        "max_conns_per_client=10",
+        "max_blocking_queries=50",
+        "anonymous_idle_timeout=500ms",
+        "peer_handshakes_per_address=2",
+    ] {
+        assert!(f.stdout.contains(shown), "{shown} not in:\n{}", f.stdout);
+    }
+    assert!(
+        f.stdout
+            .contains("the admin API and the KV store are open to anyone"),
+        "a file without [tls] must say the API is open:\n{}",
+        f.stdout
+    );
+    // Without the table: the defaults.
+    let f = Case::new(|t| t).check();
+    assert!(
+        f.stdout.contains("max_response_bytes=16777216")
+            && f.stdout.contains("max_conns_per_client=64"),
+        "{}",
+        f.stdout
+    );
+}
+
+#[test]
+fn bad_limits_exit_2_naming_the_field() {
+    for (line, field, word) in [
+        ("max_conns = 0", "limits.max_conns", "between 1"),
+        (
+            "max_conns_per_client = 100000",
+            "limits.max_conns_per_client",
+            "between 1",
+        ),
+        (
+            "max_response_bytes = \"1KiB\"",
+            "limits.max_response_bytes",
+            "between",
+        ),
+        (
+            "max_buffered_bytes = \"lots\"",
+            "limits.max_buffered_bytes",
+            "lots",
+        ),
+        ("max_txn_reads = 0", "limits.max_txn_reads", "between 1"),
+        (
+            "anonymous_idle_timeout = \"1h\"",
+            "limits.anonymous_idle_timeout",
+            "out of range",
+        ),
+        ("max_conns_per_host = 3", "max_conns_per_host", "unknown"),
+        (
+            "max_response_bytes = \"32MiB\"\nmax_buffered_bytes = \"16MiB\"",
+            "limits.max_buffered_bytes",
+            "at least",
+        ),
+    ] {
+        let case = Case::new(|t| format!("{t}\n[limits]\n{line}\n"));
+        assert_rejected(line, &case, &[field, word]);
+    }
+}

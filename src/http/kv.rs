@@ -59,7 +59,7 @@ pub async fn handle(state: &AdminState, req: Request<Incoming>, raw_key: &str) -
         Ok(KvRequest::Get(get)) => serve_get(&state.kv, get).await,
         Ok(KvRequest::Put { key, flags, cas }) => {
             let limit = state.kv.settings().max_value_bytes;
-            match read_body(req, limit, "the value").await {
+            match read_body(req, limit, "the value", state.kv.budget()).await {
                 Ok(value) => write(&state.kv, vec![put_op(key, value.to_vec(), flags, cas)]).await,
                 Err(e) => e.response(),
             }
@@ -208,10 +208,14 @@ enum Query {
 /// What it found.
 enum Found {
     One(Option<KvEntry>),
-    Tree(Vec<KvEntry>),
-    Keys(Vec<String>),
+    /// A listing's answer, rendered off the executor, holding its share of
+    /// the buffer budget; `None` when nothing matched.
+    Rendered(Option<Bytes>),
+    /// The answer would pass `max_response_bytes`.
+    TooLarge(u64),
+    /// The buffer budget had no room for the answer in time.
+    Busy(u64),
 }
-
 fn decode_get(key: String, pairs: &[(String, String)]) -> Result<GetRequest, ApiError> {
     let recurse = param(pairs, "recurse").is_some();
     let keys = param(pairs, "keys").is_some();
@@ -261,6 +265,16 @@ async fn serve_get(kv: &KvService, get: GetRequest) -> Resp {
     // one write do not all come back at once.
     let jitter = wait.mul_f64(fastrand::f64() / 16.0);
     let deadline = Instant::now() + wait + jitter;
+    // A blocking query holds a slot of its own kind for its whole wait, so
+    // that watchers cannot take every connection's worth of work.
+    let _slot = if min_index > 0 {
+        match kv.blocking_slot() {
+            Some(slot) => Some(slot),
+            None => return too_many_blocking(kv.limits().max_blocking_queries),
+        }
+    } else {
+        None
+    };
     loop {
         // Register before reading: a write that lands after the read is
         // then sure to fire the watch.
@@ -273,15 +287,45 @@ async fn serve_get(kv: &KvService, get: GetRequest) -> Resp {
             None
         };
         let q = query.clone();
+        let (budget, max_bytes, timeout) = (
+            kv.budget().clone(),
+            kv.limits().max_response_bytes,
+            kv.settings().request_timeout,
+        );
         let listing = kv
             .read(consistency, move |t| {
                 Ok(match q {
                     // The reserved prefix is the cluster's: invisible here.
                     Query::One(k) => map_listing(t.client_get(&k)?, Found::One),
-                    Query::Tree(p) => map_listing(t.client_list(&p)?, Found::Tree),
-                    Query::Keys(p, sep) => {
-                        map_listing(t.client_keys(&p, sep.as_deref())?, Found::Keys)
+                    Query::Tree(p) => {
+                        let Some(estimate) = t.client_estimate(&p, max_bytes)? else {
+                            return Ok(too_large(t, max_bytes));
+                        };
+                        let Some(share) = budget.reserve_blocking(estimate, timeout) else {
+                            return Ok(busy(t, budget.capacity()));
+                        };
+                        let mut out = Vec::with_capacity(estimate as usize);
+                        out.push(b'[');
+                        let listing = t.client_list_each(&p, |e| {
+                            if out.len() > 1 {
+                                out.push(b',');
+                            }
+                            // Writing JSON into a Vec cannot fail.
+                            let _ = serde_json::to_writer(&mut out, &entry_json(&e));
+                        })?;
+                        out.push(b']');
+                        let found =
+                            (listing.value > 0).then(|| crate::budget::reserved_bytes(out, share));
+                        map_listing(listing, |_| Found::Rendered(found))
                     }
+                    Query::Keys(p, sep) => match t.client_keys(&p, sep.as_deref(), max_bytes)? {
+                        Err(_) => too_large(t, max_bytes),
+                        Ok(listing) => {
+                            let rendered = (!listing.value.is_empty())
+                                .then(|| Bytes::from(json!(listing.value).to_string()));
+                            map_listing(listing, |_| Found::Rendered(rendered))
+                        }
+                    },
                 })
             })
             .await;
@@ -289,9 +333,12 @@ async fn serve_get(kv: &KvService, get: GetRequest) -> Resp {
             Ok(l) => l,
             Err(e) => return kv_error(&e, false, kv.settings().request_timeout),
         };
+        // The tombstone floor matters to a listing only: a delete under a
+        // prefix may have left no tombstone, but a single key's index is its
+        // own (or the store's, when it is absent), which only grows.
         let done = min_index == 0
             || listing.index > min_index
-            || min_index < listing.floor
+            || (prefix && min_index < listing.floor)
             || Instant::now() >= deadline;
         match (done, watch) {
             (false, Some(watch)) => {
@@ -308,6 +355,61 @@ async fn serve_get(kv: &KvService, get: GetRequest) -> Resp {
             _ => return render(listing, raw),
         }
     }
+}
+
+fn too_large(t: &crate::store::machine::ReadTables, limit: u64) -> Listing<Found> {
+    Listing {
+        value: Found::TooLarge(limit),
+        index: t.state().index.max(1),
+        floor: 0,
+    }
+}
+
+fn busy(t: &crate::store::machine::ReadTables, capacity: u64) -> Listing<Found> {
+    Listing {
+        value: Found::Busy(capacity),
+        index: t.state().index.max(1),
+        floor: 0,
+    }
+}
+
+/// 413: the answer would pass `max_response_bytes`.
+pub fn answer_too_large(limit: u64) -> Resp {
+    text(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "the answer would take more than {limit} bytes, over the node's limit \
+             max_response_bytes; list a narrower prefix, or ask for ?keys first"
+        ),
+    )
+}
+
+/// 429: every blocking-query slot is taken.
+fn too_many_blocking(max: usize) -> Resp {
+    let mut resp = text(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!(
+            "too many blocking queries on this node (max_blocking_queries = {max}); retry \
+             later, or read without ?index"
+        ),
+    );
+    resp.headers_mut()
+        .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
+}
+
+/// 503: the buffer budget had no room in time.
+pub fn budget_busy(capacity: u64) -> Resp {
+    let mut resp = text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "the node is busy: other requests hold its buffer budget (max_buffered_bytes = \
+             {capacity}); retry later"
+        ),
+    );
+    resp.headers_mut()
+        .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
 }
 
 fn map_listing<T>(l: Listing<T>, f: impl FnOnce(T) -> Found) -> Listing<Found> {
@@ -336,13 +438,15 @@ fn render(listing: Listing<Found>, raw: bool) -> Resp {
             resp
         }
         Found::One(Some(entry)) => reply(StatusCode::OK, Value::Array(vec![entry_json(&entry)])),
-        Found::Tree(entries) if entries.is_empty() => return not_found(),
-        Found::Tree(entries) => reply(
-            StatusCode::OK,
-            Value::Array(entries.iter().map(entry_json).collect()),
-        ),
-        Found::Keys(keys) if keys.is_empty() => return not_found(),
-        Found::Keys(keys) => reply(StatusCode::OK, json!(keys)),
+        Found::Rendered(None) => return not_found(),
+        Found::Rendered(Some(body)) => {
+            let mut resp = Response::new(Full::new(body));
+            resp.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            resp
+        }
+        Found::TooLarge(limit) => return answer_too_large(limit),
+        Found::Busy(capacity) => return budget_busy(capacity),
     };
     with_index(resp, index)
 }

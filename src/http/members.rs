@@ -149,8 +149,8 @@ async fn on_leader<'a>(
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
-    let body = match read_body(req, MAX_BODY_BYTES, "the request").await {
-        Ok(b) => b,
+    let body = match read_body(req, MAX_BODY_BYTES, "the request", state.kv.budget()).await {
+        Ok(b) => Bytes::copy_from_slice(&b),
         Err(e) => return error(e.status, e.sentence),
     };
     let request = ChangeRequest { method, path, body };

@@ -22,7 +22,10 @@
 //! client that sent none. Without `[tls]` the API is plain HTTP, open to
 //! anyone who can reach it.
 //!
-//! **Bounds.** At most [`MAX_ADMIN_CONNECTIONS`] at once; a TLS handshake
+//! **Bounds.** At most `[limits] max_conns` connections at once, and
+//! `max_conns_per_client` from one address; a connection over either is
+//! served one request, and only [`OPEN_ROUTES`] (429 otherwise), from
+//! [`PRIORITY_CONNECTIONS`] kept for them. A TLS handshake
 //! must finish within [`TLS_HANDSHAKE_TIMEOUT`], request headers arrive
 //! within [`HEADER_READ_TIMEOUT`], a body within [`BODY_READ_TIMEOUT`], and
 //! a write that makes no progress for [`WRITE_STALL_TIMEOUT`] closes the
@@ -35,7 +38,7 @@ pub mod txn;
 pub mod ui;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -58,9 +61,6 @@ use crate::metrics::Metrics;
 use crate::raft::ReplicaHandle;
 use crate::runtime::or_shutdown;
 
-/// Connections served at once; more wait in the listen backlog. Blocking
-/// queries hold a connection for up to their `wait`, so this is generous.
-pub const MAX_ADMIN_CONNECTIONS: usize = 256;
 /// A client must send its request headers within this time (hyper also
 /// applies it to an idle keep-alive connection waiting for its next request).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -170,6 +170,14 @@ pub enum Api {
 }
 
 impl Api {
+    /// The `[limits]` table.
+    fn limits(&self) -> &crate::config::Limits {
+        match self {
+            Api::Serving(s) => &s.config.limits,
+            Api::Starting(s) => &s.config.limits,
+        }
+    }
+
     /// HTTPS, with `[tls]`; plain HTTP when `None`.
     fn https(&self) -> Option<&Https> {
         match self {
@@ -194,6 +202,96 @@ pub struct StartingState {
     pub https: Option<Https>,
 }
 
+/// Connections kept, beyond `[limits] max_conns`, for `/health`, `/ready`
+/// and `/metrics` only: a connection over a limit is served one request
+/// with a short timeout, so probes answer while the API is full.
+pub const PRIORITY_CONNECTIONS: usize = 32;
+/// How long a connection over a limit has to send its one request.
+pub const PRIORITY_HEADER_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Admin connections open, in all and per client address.
+#[derive(Default)]
+struct Slots {
+    open: usize,
+    per_client: std::collections::HashMap<std::net::IpAddr, usize>,
+    priority: usize,
+}
+
+/// How a connection was admitted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Admission {
+    /// Within every limit: any route.
+    Full,
+    /// Over a limit (the sentence says which): one request, and only
+    /// [`OPEN_ROUTES`] are served.
+    OpenRoutesOnly(String),
+}
+
+/// Gives a connection's slots back when it ends.
+struct SlotGuard {
+    slots: Arc<Mutex<Slots>>,
+    ip: std::net::IpAddr,
+    full: bool,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if self.full {
+            slots.open -= 1;
+            if let Some(n) = slots.per_client.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    slots.per_client.remove(&self.ip);
+                }
+            }
+        } else {
+            slots.priority -= 1;
+        }
+    }
+}
+
+/// Admits a connection from `ip`, or `None` to close it at once.
+fn admit(
+    slots: &Arc<Mutex<Slots>>,
+    ip: std::net::IpAddr,
+    limits: &crate::config::Limits,
+) -> Option<(Admission, SlotGuard)> {
+    let mut s = slots.lock().unwrap_or_else(|e| e.into_inner());
+    let mine = s.per_client.get(&ip).copied().unwrap_or(0);
+    let over = if s.open >= limits.max_conns {
+        Some(format!(
+            "the node serves at most {} connections at once (max_conns)",
+            limits.max_conns
+        ))
+    } else if mine >= limits.max_conns_per_client {
+        Some(format!(
+            "too many connections from {ip}: at most {} per client address \
+             (max_conns_per_client)",
+            limits.max_conns_per_client
+        ))
+    } else {
+        None
+    };
+    let guard = |full| SlotGuard {
+        slots: slots.clone(),
+        ip,
+        full,
+    };
+    match over {
+        None => {
+            s.open += 1;
+            *s.per_client.entry(ip).or_insert(0) += 1;
+            Some((Admission::Full, guard(true)))
+        }
+        Some(_) if s.priority >= PRIORITY_CONNECTIONS => None,
+        Some(why) => {
+            s.priority += 1;
+            Some((Admission::OpenRoutesOnly(why), guard(false)))
+        }
+    }
+}
+
 /// Serves the API until `shutdown` closes (every connection ends with it).
 pub fn spawn(
     listener: Arc<TcpListener>,
@@ -201,27 +299,30 @@ pub fn spawn(
     shutdown: flume::Receiver<()>,
 ) -> crate::runtime::Task<()> {
     crate::runtime::spawn(async move {
-        let open = Arc::new(AtomicUsize::new(0));
+        let slots = Arc::new(Mutex::new(Slots::default()));
+        let limits = api.limits().clone();
         loop {
             let accepted = or_shutdown(&shutdown, listener.accept()).await;
-            let stream = match accepted {
+            let (stream, peer) = match accepted {
                 None => break,
-                Some(Ok((stream, _))) => stream,
+                Some(Ok(accepted)) => accepted,
                 Some(Err(e)) => {
                     warn!("admin listener accept failed: {e}");
                     async_io::Timer::after(Duration::from_millis(50)).await;
                     continue;
                 }
             };
-            if open.load(Ordering::Relaxed) >= MAX_ADMIN_CONNECTIONS {
-                debug!("admin: too many connections, closing one");
+            let Some((admission, guard)) = admit(&slots, peer.ip(), &limits) else {
+                REFUSALS.log(&format!(
+                    "admin API: closed a connection from {peer}: every slot is taken, the \
+                     {PRIORITY_CONNECTIONS} kept for /health, /ready and /metrics included"
+                ));
                 continue;
-            }
-            open.fetch_add(1, Ordering::Relaxed);
-            let (api, open, shutdown) = (api.clone(), open.clone(), shutdown.clone());
+            };
+            let (api, shutdown) = (api.clone(), shutdown.clone());
             crate::runtime::spawn(async move {
-                or_shutdown(&shutdown, connection(stream, api)).await;
-                open.fetch_sub(1, Ordering::Relaxed);
+                or_shutdown(&shutdown, connection(stream, api, admission)).await;
+                drop(guard);
             })
             .detach();
         }
@@ -237,10 +338,16 @@ impl<T: futures_lite::AsyncRead + futures_lite::AsyncWrite + Send + Unpin> Io fo
 /// The first byte of a TLS handshake record.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
-async fn connection(stream: TcpStream, api: Api) {
+async fn connection(stream: TcpStream, api: Api, admission: Admission) {
     let _ = stream.set_nodelay(true);
     let Some(https) = api.https().cloned() else {
-        return serve(Box::new(TimedWrites::new(stream)), api, Access::Full).await;
+        return serve(
+            Box::new(TimedWrites::new(stream)),
+            api,
+            Access::Full,
+            admission,
+        )
+        .await;
     };
     // `Err(None)`: the client left before sending anything (a port probe),
     // which is not worth a line at warn.
@@ -276,7 +383,7 @@ async fn connection(stream: TcpStream, api: Api) {
             } else {
                 Access::Anonymous
             };
-            serve(Box::new(tls), api, access).await
+            serve(Box::new(tls), api, access, admission).await
         }
         Err(None) => debug!("admin API: a client left before its TLS handshake"),
         Err(Some(e)) => {
@@ -358,12 +465,24 @@ async fn refuse_plain_http(stream: &TcpStream) {
     }
 }
 
-async fn serve(stream: Box<dyn Io>, api: Api, access: Access) {
+async fn serve(stream: Box<dyn Io>, api: Api, access: Access, admission: Admission) {
+    // A connection over a limit gets one request, soon; one without a
+    // client certificate on HTTPS may idle only briefly.
+    let header_timeout = match (&admission, access) {
+        (Admission::OpenRoutesOnly(_), _) => PRIORITY_HEADER_TIMEOUT,
+        (Admission::Full, Access::Anonymous) => api.limits().anonymous_idle_timeout,
+        (Admission::Full, Access::Full) => HEADER_READ_TIMEOUT,
+    };
+    let keep_alive = admission == Admission::Full;
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let api = api.clone();
+        let (api, admission) = (api.clone(), admission.clone());
         async move {
             let path = req.uri().path();
-            let resp = if access == Access::Anonymous && !OPEN_ROUTES.contains(&path) {
+            let resp = if let (Admission::OpenRoutesOnly(why), false) =
+                (&admission, OPEN_ROUTES.contains(&path))
+            {
+                over_limit(why)
+            } else if access == Access::Anonymous && !OPEN_ROUTES.contains(&path) {
                 unauthorized(path)
             } else {
                 match &api {
@@ -377,13 +496,31 @@ async fn serve(stream: Box<dyn Io>, api: Api, access: Access) {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(SmolTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .keep_alive(keep_alive)
+        .header_read_timeout(header_timeout);
     if let Err(e) = builder
         .serve_connection(FuturesIo::new(stream), service)
         .await
     {
         debug!("admin connection ended: {e}");
     }
+}
+
+/// 429: the connection is over a limit, and the route is not one of
+/// [`OPEN_ROUTES`].
+fn over_limit(why: &str) -> Response<Full<Bytes>> {
+    let mut resp = reply(
+        StatusCode::TOO_MANY_REQUESTS,
+        json!({
+            "error": format!(
+                "{why}; only {} answer until a connection closes",
+                OPEN_ROUTES.join(", ")
+            )
+        }),
+    );
+    resp.headers_mut()
+        .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
 }
 
 async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -563,12 +700,29 @@ impl ApiError {
     }
 }
 
-/// Reads a request body of at most `limit` bytes; larger is a 413.
+/// A request body, holding its share of the buffer budget until dropped.
+pub struct Body {
+    bytes: Bytes,
+    _share: crate::budget::Reservation,
+}
+
+impl std::ops::Deref for Body {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// Reads a request body of at most `limit` bytes; larger is a 413. Its size
+/// (the announced length, or `limit` when none is announced) is reserved
+/// from `budget` first: a body waits up to [`BODY_READ_TIMEOUT`] for room,
+/// then gets a 503.
 pub async fn read_body(
     req: Request<Incoming>,
     limit: u64,
     what: &str,
-) -> std::result::Result<Bytes, ApiError> {
+    budget: &crate::budget::Budget,
+) -> std::result::Result<Body, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -583,6 +737,19 @@ pub async fn read_body(
     if announced.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
+    let Some(share) = budget
+        .reserve(announced.unwrap_or(limit), BODY_READ_TIMEOUT)
+        .await
+    else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the node is busy: other requests hold its buffer budget (max_buffered_bytes = \
+                 {}); retry later",
+                budget.capacity()
+            ),
+        ));
+    };
     let mut collect = std::pin::pin!(Limited::new(req.into_body(), limit as usize).collect());
     // Most bodies came with the headers: only a body still on its way
     // needs a timer.
@@ -606,7 +773,10 @@ pub async fn read_body(
         ));
     };
     match collected {
-        Ok(collected) => Ok(collected.to_bytes()),
+        Ok(collected) => Ok(Body {
+            bytes: collected.to_bytes(),
+            _share: share,
+        }),
         Err(e)
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>

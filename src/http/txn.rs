@@ -14,7 +14,7 @@ use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
-use crate::http::kv::{consistency, entry_json, leader_headers, quota_error};
+use crate::http::kv::{budget_busy, consistency, entry_json, leader_headers, quota_error};
 use crate::http::{
     kv_error, method_not_allowed, query_pairs, read_body, reply, text, AdminState, ApiError,
 };
@@ -39,16 +39,43 @@ async fn serve(state: &AdminState, req: Request<Incoming>) -> Resp {
         let consistency = consistency(&pairs)?;
         // Consul caps the whole request at the value limit (txn_max_req_len).
         let limit = kv.settings().max_value_bytes;
-        let body = read_body(req, limit, "the transaction").await?;
+        let body = read_body(req, limit, "the transaction", kv.budget()).await?;
         Ok::<_, ApiError>((consistency, parse(&body, limit)?))
     };
     let (consistency, ops) = match parsed.await {
         Ok(ok) => ok,
         Err(e) => return e.response(),
     };
+    let budget = kv.budget().clone();
+    let timeout = kv.settings().request_timeout;
+    let reads = ops.iter().any(|op| {
+        matches!(
+            op,
+            KvOp::Get { .. } | KvOp::GetOrEmpty { .. } | KvOp::GetTree { .. }
+        )
+    });
     if ops.iter().any(KvOp::is_write) {
+        // This node builds the reads' results as the entry applies, up to
+        // max_response_bytes, and renders them: room for both first.
+        let share = if reads {
+            match budget
+                .reserve(kv.limits().max_response_bytes.saturating_mul(2), timeout)
+                .await
+            {
+                Some(share) => Some(share),
+                None => return budget_busy(budget.capacity()),
+            }
+        } else {
+            None
+        };
         match kv.write(ops).await {
-            Err(e) => kv_error(&e, true, kv.settings().request_timeout),
+            Err(e) => kv_error(&e, true, timeout),
+            Ok(committed) if reads => {
+                let resp =
+                    blocking::unblock(move || answer(committed.outcome, committed.index)).await;
+                drop(share);
+                resp
+            }
             Ok(committed) => answer(committed.outcome, committed.index),
         }
     } else {
@@ -56,15 +83,30 @@ async fn serve(state: &AdminState, req: Request<Incoming>) -> Resp {
             max_store_bytes: kv.settings().max_store_bytes,
             from_client: true,
             ops,
+            reads: kv.read_limits(),
         };
+        // Counted first, without copying a value; built and rendered only
+        // if it fits, with its share of the buffer budget, off the executor.
         let read = kv
             .read(consistency, move |t| {
-                Ok((t.evaluate(&cmd)?, t.state().index))
+                let index = t.state().index;
+                let (counted, estimate) = t.evaluate(&cmd, false)?;
+                if !matches!(counted, Outcome::Committed(_)) {
+                    return Ok(answer(counted, index));
+                }
+                let Some(share) = budget.reserve_blocking(estimate.saturating_mul(2), timeout)
+                else {
+                    return Ok(budget_busy(budget.capacity()));
+                };
+                let (outcome, _) = t.evaluate(&cmd, true)?;
+                let resp = answer(outcome, index);
+                drop(share);
+                Ok(resp)
             })
             .await;
         match read {
-            Err(e) => kv_error(&e, false, kv.settings().request_timeout),
-            Ok((outcome, index)) => answer(outcome, index),
+            Err(e) => kv_error(&e, false, timeout),
+            Ok(resp) => resp,
         }
     }
 }

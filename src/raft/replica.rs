@@ -1687,10 +1687,20 @@ impl PartitionReplica {
         // raft-rs applies a membership change when the application applies
         // its entry; the conf state goes into the same batch.
         let (conf_state, accepted_conf) = self.apply_conf_changes(&committed);
+        // Only the node that answers a client builds its reads.
+        let answer = committed
+            .iter()
+            .filter(|e| {
+                ProposalId::decode(&e.context)
+                    .is_some_and(|id| self.is_mine(&id) && self.proposals.contains_key(&id.request))
+            })
+            .map(|e| e.index)
+            .collect();
         self.pending_apply.push_back(ApplyBatch {
             apply: committed,
             conf_state,
             accepted_conf,
+            answer,
             ..Default::default()
         });
         self.drain_applies()
@@ -1706,7 +1716,7 @@ impl PartitionReplica {
                 break;
             };
             self.applied_bytes += batch.data_bytes() as u64;
-            if batch.data_bytes() > INLINE_APPLY_BYTES {
+            if batch.data_bytes() > INLINE_APPLY_BYTES || batch.may_scan() {
                 self.store_busy = true;
                 let (store, own) = (self.store.clone(), self.own.clone());
                 crate::runtime::spawn(async move {
@@ -1972,7 +1982,7 @@ impl PartitionReplica {
     }
 
     fn send(&mut self, messages: Vec<Message>) {
-        for m in messages {
+        for m in messages.into_iter().flat_map(split_append) {
             let (to, snapshot) = (m.to, m.get_msg_type() == MessageType::MsgSnapshot);
             if !self.peers.send(&self.group, m) && snapshot {
                 // raft holds a follower it sent a snapshot to until it hears
@@ -2051,5 +2061,100 @@ impl PartitionReplica {
             }
         }
         (changed, accepted)
+    }
+}
+
+/// Splits an append whose entries pass [`MAX_SIZE_PER_MSG`] into appends
+/// that each carry at most that much (one entry at least), chained by
+/// index and term as raft would have sent them. raft-rs's batching of
+/// appends (`batch_append`) merges messages past its own size limit, and a
+/// message past the peer frame limit would never arrive: the link would
+/// drop, again and again, while the leader lost its followers.
+fn split_append(m: Message) -> Vec<Message> {
+    let size: u64 = m
+        .entries
+        .iter()
+        .map(|e| e.data.len() as u64 + e.context.len() as u64)
+        .sum();
+    if m.get_msg_type() != MessageType::MsgAppend || size <= MAX_SIZE_PER_MSG {
+        return vec![m];
+    }
+    let mut m = m;
+    let entries = std::mem::take(&mut m.entries).into_vec();
+    let (mut index, mut log_term) = (m.index, m.log_term);
+    let mut out = Vec::new();
+    let mut part: Vec<raft::prelude::Entry> = Vec::new();
+    let mut bytes = 0u64;
+    let flush = |part: &mut Vec<raft::prelude::Entry>,
+                 index: &mut u64,
+                 log_term: &mut u64,
+                 out: &mut Vec<Message>| {
+        if part.is_empty() {
+            return;
+        }
+        let mut piece = m.clone();
+        piece.index = *index;
+        piece.log_term = *log_term;
+        let last = part.last().expect("non-empty");
+        (*index, *log_term) = (last.index, last.term);
+        piece.entries = std::mem::take(part).into();
+        out.push(piece);
+    };
+    for e in entries {
+        let len = e.data.len() as u64 + e.context.len() as u64;
+        if !part.is_empty() && bytes + len > MAX_SIZE_PER_MSG {
+            flush(&mut part, &mut index, &mut log_term, &mut out);
+            bytes = 0;
+        }
+        bytes += len;
+        part.push(e);
+    }
+    flush(&mut part, &mut index, &mut log_term, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::prelude::Entry;
+
+    #[test]
+    fn an_append_past_the_message_limit_is_split_in_a_chain() {
+        let entry = |index: u64| Entry {
+            index,
+            term: 7,
+            data: vec![0u8; 400 * 1024].into(),
+            ..Default::default()
+        };
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgAppend);
+        (m.index, m.log_term, m.commit, m.to) = (10, 6, 12, 2);
+        m.entries = (11..=16).map(entry).collect::<Vec<_>>().into();
+        let parts = split_append(m);
+        // Two entries of 400 KiB fit 1 MiB; the third does not.
+        assert_eq!(parts.len(), 3);
+        let chain: Vec<(u64, u64, Vec<u64>)> = parts
+            .iter()
+            .map(|p| {
+                (
+                    p.index,
+                    p.log_term,
+                    p.entries.iter().map(|e| e.index).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            chain,
+            vec![
+                (10, 6, vec![11, 12]),
+                (12, 7, vec![13, 14]),
+                (14, 7, vec![15, 16])
+            ]
+        );
+        assert!(parts.iter().all(|p| p.commit == 12 && p.to == 2));
+        let mut small = Message::default();
+        small.set_msg_type(MessageType::MsgAppend);
+        small.entries = vec![entry(1)].into();
+        assert_eq!(split_append(small).len(), 1);
     }
 }

@@ -172,9 +172,37 @@ impl RecoveredState {
 pub struct DirLock(#[allow(dead_code)] File);
 
 /// Takes the data dir's lock (creating the dir), before anything else.
+///
+/// The dir holds every stored value: it is made 0700 and what it holds 0600
+/// (directories 0700), whatever the umask, and the process umask becomes
+/// 0077 so that every file the node creates later (redb, log segments) is
+/// private too.
 pub fn lock(dir: &Path) -> Result<DirLock> {
-    fs::create_dir_all(dir).map_err(|e| storage_err(dir, "cannot create the data dir", e))?;
+    use std::os::unix::fs::DirBuilderExt;
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| storage_err(dir, "cannot create the data dir", e))?;
+    make_private(dir).map_err(|e| storage_err(dir, "cannot make the data dir private", e))?;
     Ok(DirLock(lock_dir(dir)?))
+}
+
+/// Sets `dir` and the directories under it to 0700 and their files to 0600.
+fn make_private(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            make_private(&entry.path())?;
+        } else if kind.is_file() {
+            fs::set_permissions(entry.path(), fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
 }
 
 /// True if the dir holds a node's state (a `raft.redb`).

@@ -57,6 +57,7 @@ fn command_entry(index: u64, ops: Vec<KvOp>) -> Entry {
         max_store_bytes: 1 << 20,
         from_client: true,
         ops,
+        reads: crate::store::command::ReadLimits::UNLIMITED,
     };
     Entry {
         index,
@@ -500,7 +501,13 @@ fn flipped_bytes_in_the_state_file_are_corrupt_or_harmless() {
             // The byte was unused: the state must then be intact.
             Ok(s) => {
                 assert_eq!(s.recovered.applied, 30, "byte {at}");
-                let n = s.state.read(|t| t.keys("", None)).unwrap().value.len();
+                let n = s
+                    .state
+                    .read(|t| t.keys("", None, u64::MAX))
+                    .unwrap()
+                    .unwrap()
+                    .value
+                    .len();
                 assert_eq!(n, 29, "byte {at}");
             }
             Err(e) => panic!("byte {at}: unexpected {e:?}"),
@@ -651,7 +658,15 @@ fn a_crash_loses_nothing_that_was_persisted_and_replays_the_applies() {
     // The applies were never checkpointed: the state machine is back at
     // the bootstrap, and raft applies the log again from there.
     assert_eq!(r.applied, 1);
-    assert_eq!(s.state.read(|t| t.keys("", None)).unwrap().value.len(), 0);
+    assert_eq!(
+        s.state
+            .read(|t| t.keys("", None, u64::MAX))
+            .unwrap()
+            .unwrap()
+            .value
+            .len(),
+        0
+    );
 }
 
 /// Not a check: prints what one small apply costs (`cargo test --release

@@ -8,8 +8,34 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The encoding version of [`Command`] written today.
-pub const COMMAND_VERSION: u8 = 1;
+/// The encoding version of [`Command`] written today: the version byte, a
+/// byte of [`hints`](Command::hints), then postcard. Version 1 (no hints, no
+/// read limits) is still read.
+pub const COMMAND_VERSION: u8 = 2;
+
+/// The command has a `get-tree` or `delete-tree`: applying it may scan.
+pub const HINT_TREE: u8 = 1;
+/// The command has a read op (`get`, `get-or-empty`, `get-tree`).
+pub const HINT_READS: u8 = 2;
+
+/// What a transaction's reads may return, carried in the entry so that every
+/// replica decides the same way, whatever its own cluster file says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadLimits {
+    /// The most entries the reads may return, all ops together.
+    pub max_reads: u64,
+    /// The most bytes the answer may take, as
+    /// [`answer_bytes`](crate::store::machine::answer_bytes) estimates it.
+    pub max_response_bytes: u64,
+}
+
+impl ReadLimits {
+    /// No limit: the cluster's own commands, and entries of version 1.
+    pub const UNLIMITED: ReadLimits = ReadLimits {
+        max_reads: u64::MAX,
+        max_response_bytes: u64::MAX,
+    };
+}
 
 /// One KV operation, with Consul's transaction verbs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,22 +119,71 @@ pub struct Command {
     pub from_client: bool,
     /// The operations, in order.
     pub ops: Vec<KvOp>,
+    /// The limits on what the reads may return.
+    pub reads: ReadLimits,
+}
+
+/// Version 1 of [`Command`], as older nodes wrote it.
+#[derive(Deserialize)]
+struct CommandV1 {
+    max_store_bytes: u64,
+    from_client: bool,
+    ops: Vec<KvOp>,
 }
 
 impl Command {
     /// Encodes the command as entry data.
     pub fn encode(&self) -> Vec<u8> {
-        let out = vec![COMMAND_VERSION];
+        let out = vec![COMMAND_VERSION, self.hints()];
         // Serializing plain data into a Vec cannot fail.
         postcard::to_extend(self, out).expect("a command always encodes")
     }
 
-    /// Decodes entry data written by [`Command::encode`].
+    /// [`HINT_TREE`] and [`HINT_READS`], as they apply.
+    pub fn hints(&self) -> u8 {
+        let mut hints = 0;
+        for op in &self.ops {
+            if op.is_tree() {
+                hints |= HINT_TREE;
+            }
+            if matches!(
+                op,
+                KvOp::Get { .. } | KvOp::GetOrEmpty { .. } | KvOp::GetTree { .. }
+            ) {
+                hints |= HINT_READS;
+            }
+        }
+        hints
+    }
+
+    /// The hints of encoded entry data, without decoding it; a version 1
+    /// entry may have any op, so it has every hint.
+    pub fn hints_of(data: &[u8]) -> u8 {
+        match data {
+            [COMMAND_VERSION, hints, ..] => *hints,
+            [1, ..] => HINT_TREE | HINT_READS,
+            _ => 0,
+        }
+    }
+
+    /// Decodes entry data written by [`Command::encode`] (or by a node of
+    /// version 1).
     pub fn decode(data: &[u8]) -> Result<Command, String> {
+        let malformed = |e: postcard::Error| format!("malformed command: {e}");
         match data.split_first() {
             None => Err("empty command".to_string()),
-            Some((&COMMAND_VERSION, body)) => {
-                postcard::from_bytes(body).map_err(|e| format!("malformed command: {e}"))
+            Some((&COMMAND_VERSION, rest)) => match rest.split_first() {
+                Some((_, body)) => postcard::from_bytes(body).map_err(malformed),
+                None => Err("malformed command: no hints byte".to_string()),
+            },
+            Some((1, body)) => {
+                let v1: CommandV1 = postcard::from_bytes(body).map_err(malformed)?;
+                Ok(Command {
+                    max_store_bytes: v1.max_store_bytes,
+                    from_client: v1.from_client,
+                    ops: v1.ops,
+                    reads: ReadLimits::UNLIMITED,
+                })
             }
             Some((v, _)) => Err(format!(
                 "command version {v} is newer than this node understands ({COMMAND_VERSION})"
@@ -140,13 +215,42 @@ mod tests {
                     index: 7,
                 },
             ],
+            reads: ReadLimits {
+                max_reads: 10,
+                max_response_bytes: 1000,
+            },
         };
         let bytes = cmd.encode();
+        assert_eq!(Command::hints_of(&bytes), HINT_TREE);
         assert_eq!(Command::decode(&bytes).unwrap(), cmd);
         assert!(Command::decode(&[]).is_err());
         assert!(Command::decode(&[9, 1, 2]).unwrap_err().contains("newer"));
         assert!(Command::decode(&bytes[..bytes.len() - 2]).is_err());
         assert!(cmd.ops[0].is_write() && !cmd.ops[2].is_write());
         assert!(cmd.ops[1].is_tree());
+    }
+
+    #[test]
+    fn version_1_entries_are_still_read_without_read_limits() {
+        #[derive(Serialize)]
+        struct V1<'a> {
+            max_store_bytes: u64,
+            from_client: bool,
+            ops: &'a [KvOp],
+        }
+        let ops = vec![KvOp::GetTree { prefix: "".into() }];
+        let data = postcard::to_extend(
+            &V1 {
+                max_store_bytes: 5,
+                from_client: true,
+                ops: &ops,
+            },
+            vec![1],
+        )
+        .unwrap();
+        let cmd = Command::decode(&data).unwrap();
+        assert_eq!(cmd.ops, ops);
+        assert_eq!(cmd.reads, ReadLimits::UNLIMITED);
+        assert_eq!(Command::hints_of(&data), HINT_TREE | HINT_READS);
     }
 }

@@ -130,6 +130,9 @@ pub struct ApplyBatch {
     pub accepted_conf: Vec<u64>,
     /// The log was compacted to this index: reap tombstones up to it.
     pub reap: Option<u64>,
+    /// The entries among `apply` whose client this node answers: only their
+    /// reads are built (every other replica only counts them).
+    pub answer: Vec<u64>,
 }
 
 impl ApplyBatch {
@@ -149,6 +152,17 @@ impl ApplyBatch {
             .map(|e| e.data.len() + e.context.len())
             .sum::<usize>()
             + self.snapshot.as_ref().map_or(0, |s| s.get_data().len())
+    }
+
+    /// True if applying may scan a prefix or build a read's answer, work
+    /// that grows with the store rather than with the entry: such a batch
+    /// is applied off the executor, whatever its size.
+    pub fn may_scan(&self) -> bool {
+        use crate::store::command::{HINT_READS, HINT_TREE};
+        self.apply.iter().any(|e| {
+            let hints = Command::hints_of(&e.data);
+            hints & HINT_TREE != 0 || (hints & HINT_READS != 0 && self.answer.contains(&e.index))
+        })
     }
 }
 
@@ -452,7 +466,7 @@ impl StateStore {
                 if let Some((data, context)) = carried {
                     let (outcome, touched) = match Command::decode(data) {
                         Ok(cmd) => kv
-                            .apply(entry.index, &cmd)
+                            .apply(entry.index, &cmd, batch.answer.contains(&entry.index))
                             .map_err(|e| self.err("apply entry to", e))?,
                         // Every node skips the same bad entry the same way.
                         Err(e) => (Outcome::Invalid(e), Vec::new()),
@@ -938,6 +952,12 @@ mod tests {
         let s = NodeStorage::open(tmp.path(), &identity()).unwrap();
         assert_eq!(s.recovered.conf_state.voters, vec![1, 2, 3]);
         assert_eq!(s.recovered.entries.len(), 3);
-        assert!(s.state.read(|t| t.list("")).unwrap().value.is_empty());
+        assert!(s
+            .state
+            .read(|t| t.list("", u64::MAX))
+            .unwrap()
+            .unwrap()
+            .value
+            .is_empty());
     }
 }

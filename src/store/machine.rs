@@ -14,9 +14,9 @@
 
 use std::collections::BTreeMap;
 
-use redb::{ReadTransaction, ReadableTable, Table, TableDefinition, WriteTransaction};
+use redb::{AccessGuard, ReadTransaction, ReadableTable, Table, TableDefinition, WriteTransaction};
 
-use crate::store::command::{Command, KvOp};
+use crate::store::command::{Command, KvOp, ReadLimits};
 use crate::store::is_reserved;
 
 /// Live keys and their records.
@@ -202,21 +202,164 @@ fn get_record(
     }
 }
 
+/// The next stored row under `prefix`, if any.
+#[allow(clippy::type_complexity)]
+fn next_row<'r>(
+    range: &mut redb::Range<'r, &'static str, &'static [u8]>,
+    prefix: &str,
+) -> Result<
+    Option<(
+        AccessGuard<'r, &'static str>,
+        AccessGuard<'r, &'static [u8]>,
+    )>,
+> {
+    match range.next() {
+        None => Ok(None),
+        Some(row) => {
+            let (k, v) = row?;
+            Ok(k.value().starts_with(prefix).then_some((k, v)))
+        }
+    }
+}
+
+/// Calls `f` with every stored key under `prefix` and its stored bytes, in
+/// order, without copying a value; `f` returns false to stop.
 fn scan(
     kv: &impl ReadableTable<&'static str, &'static [u8]>,
     prefix: &str,
-) -> Result<Vec<(String, Record)>> {
-    let mut out = Vec::new();
-    for row in kv.range::<&str>(prefix..)? {
-        let (k, v) = row?;
-        let key = k.value();
-        if !key.starts_with(prefix) {
+    mut f: impl FnMut(&str, &[u8]) -> Result<bool>,
+) -> Result<()> {
+    let mut range = kv.range::<&str>(prefix..)?;
+    while let Some((k, v)) = next_row(&mut range, prefix)? {
+        if !f(k.value(), v.value())? {
             break;
         }
-        let record = Record::decode(v.value()).map_err(|e| corrupt(format!("key {key:?}: {e}")))?;
-        out.push((key.to_string(), record));
     }
-    Ok(out)
+    Ok(())
+}
+
+/// A record's header and the length of its value: what deciding whether a
+/// command applies needs, read without copying the value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Meta {
+    pub flags: u64,
+    pub create_index: u64,
+    pub modify_index: u64,
+    pub lock_index: u64,
+    pub value_len: u64,
+}
+
+impl Meta {
+    fn decode(key: &str, bytes: &[u8]) -> Result<Meta> {
+        if bytes.len() < RECORD_HEADER {
+            return Err(corrupt(format!(
+                "key {key:?}: a record of {} bytes is too short",
+                bytes.len()
+            )));
+        }
+        let n = |i: usize| u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().expect("8"));
+        Ok(Meta {
+            flags: n(0),
+            create_index: n(1),
+            modify_index: n(2),
+            lock_index: n(3),
+            value_len: (bytes.len() - RECORD_HEADER) as u64,
+        })
+    }
+
+    fn of(r: &Record) -> Meta {
+        Meta {
+            flags: r.flags,
+            create_index: r.create_index,
+            modify_index: r.modify_index,
+            lock_index: r.lock_index,
+            value_len: r.value.len() as u64,
+        }
+    }
+
+    /// The entry without its value.
+    fn entry(&self, key: &str) -> KvEntry {
+        KvEntry {
+            key: key.to_string(),
+            value: None,
+            flags: self.flags,
+            create_index: self.create_index,
+            modify_index: self.modify_index,
+            lock_index: self.lock_index,
+        }
+    }
+
+    /// The size the key counts against `max_store_bytes`, as [`size_of`].
+    fn size(&self, key: &str) -> u64 {
+        if is_reserved(key) {
+            0
+        } else {
+            key.len() as u64 + self.value_len
+        }
+    }
+}
+
+/// What one entry of an answer may take, in bytes, at most: the key as JSON
+/// escapes it, the value in base64, and an allowance for the field names,
+/// the five numbers and the punctuation (a transaction's `{"KV": ...}`
+/// wrapper included). It depends on lengths only, so every node computes
+/// the same figure without reading a value.
+pub fn answer_bytes(key: &str, value_len: u64) -> u64 {
+    ENTRY_JSON_ALLOWANCE + json_string_bytes(key) + value_len.div_ceil(3) * 4
+}
+
+/// The bytes of everything in a JSON entry but its key and value.
+pub const ENTRY_JSON_ALLOWANCE: u64 = 200;
+
+/// The length of `s` as a JSON string, quotes included.
+pub fn json_string_bytes(s: &str) -> u64 {
+    2 + s
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum::<u64>()
+}
+
+/// The running count of what a transaction's reads return, against its
+/// [`ReadLimits`].
+struct ReadBudget {
+    limits: ReadLimits,
+    entries: u64,
+    bytes: u64,
+}
+
+impl ReadBudget {
+    fn new(limits: ReadLimits) -> Self {
+        ReadBudget {
+            limits,
+            entries: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Counts one entry; `Err` names the limit it passes.
+    fn charge(&mut self, key: &str, value_len: u64) -> std::result::Result<(), String> {
+        self.entries += 1;
+        self.bytes = self.bytes.saturating_add(answer_bytes(key, value_len));
+        if self.entries > self.limits.max_reads {
+            return Err(format!(
+                "the transaction's reads return more than {} entries, over the limit \
+                 max_txn_reads; read a narrower prefix or split the transaction",
+                self.limits.max_reads
+            ));
+        }
+        if self.bytes > self.limits.max_response_bytes {
+            return Err(format!(
+                "the transaction's answer would take more than {} bytes, over the limit \
+                 max_response_bytes; read a narrower prefix or split the transaction",
+                self.limits.max_response_bytes
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The highest tombstone index under `prefix`.
@@ -235,25 +378,6 @@ fn max_tombstone(t: &impl ReadableTable<&'static str, u64>, prefix: &str) -> Res
 /// True if keys under `prefix` may lie under the reserved prefix.
 fn may_hold_reserved(prefix: &str) -> bool {
     crate::store::RESERVED_PREFIX.starts_with(prefix) || is_reserved(prefix)
-}
-
-/// The names of `rows`, folded after the first `separator` that follows
-/// the prefix, as Consul does.
-fn fold_keys(rows: Vec<(String, Record)>, prefix: &str, separator: Option<&str>) -> Vec<String> {
-    let mut keys: Vec<String> = Vec::new();
-    for (key, _) in rows {
-        let folded = match separator.filter(|s| !s.is_empty()) {
-            Some(sep) => match key[prefix.len()..].find(sep) {
-                Some(at) => key[..prefix.len() + at + sep.len()].to_string(),
-                None => key,
-            },
-            None => key,
-        };
-        if keys.last() != Some(&folded) {
-            keys.push(folded);
-        }
-    }
-    keys
 }
 
 /// Creates the store's tables if they do not exist yet.
@@ -288,9 +412,18 @@ impl<'t> Tables<'t> {
 
     /// Applies `cmd` as the entry at `index`. Either every op takes effect or
     /// none does. Returns the outcome and what changed.
-    pub fn apply(&mut self, index: u64, cmd: &Command) -> Result<(Outcome, Vec<Touched>)> {
+    ///
+    /// `answer` is true on the node that answers the command's client: it
+    /// alone builds what the reads return. Every node decides the outcome
+    /// the same way either way.
+    pub fn apply(
+        &mut self,
+        index: u64,
+        cmd: &Command,
+        answer: bool,
+    ) -> Result<(Outcome, Vec<Touched>)> {
         let state = self.state()?;
-        let mut txn = Overlay::new(&self.kv, index, state.bytes);
+        let mut txn = Overlay::new(&self.kv, index, state.bytes, answer);
         let outcome = txn.run(cmd)?;
         if !matches!(outcome, Outcome::Committed(_)) {
             return Ok((outcome, Vec::new()));
@@ -367,7 +500,38 @@ impl<'t> Tables<'t> {
     }
 }
 
+/// A row under a prefix, as a command sees it.
+enum Row<'r> {
+    /// As stored.
+    Stored(&'r [u8]),
+    /// As an earlier op of the same command wrote it.
+    Written(&'r Record),
+}
+
+impl Row<'_> {
+    fn meta(&self, key: &str) -> Result<Meta> {
+        match self {
+            Row::Stored(bytes) => Meta::decode(key, bytes),
+            Row::Written(r) => Ok(Meta::of(r)),
+        }
+    }
+
+    fn entry(&self, key: &str) -> Result<KvEntry> {
+        match self {
+            Row::Stored(bytes) => Record::decode(bytes)
+                .map(|r| r.entry(key, true))
+                .map_err(|e| corrupt(format!("key {key:?}: {e}"))),
+            Row::Written(r) => Ok(r.entry(key, true)),
+        }
+    }
+}
+
 /// A command evaluated against the stored keys plus its own earlier writes.
+///
+/// Only the node that answers the client builds what the reads return
+/// (`build`); every other replica only counts it, from the lengths of the
+/// rows, so that they all decide the same way whether the reads fit the
+/// command's [`ReadLimits`], and none copies a value it will not send.
 struct Overlay<'a, T> {
     kv: &'a T,
     index: u64,
@@ -376,50 +540,93 @@ struct Overlay<'a, T> {
     writes: BTreeMap<String, Option<Record>>,
     /// Prefixes of `delete-tree` ops.
     prefixes: Vec<String>,
+    /// Build the reads' results, or only count them.
+    build: bool,
+    /// The estimated bytes of what the reads return, once run.
+    answer_bytes: u64,
 }
 
 impl<'a, T: ReadableTable<&'static str, &'static [u8]>> Overlay<'a, T> {
-    fn new(kv: &'a T, index: u64, bytes: u64) -> Self {
+    fn new(kv: &'a T, index: u64, bytes: u64, build: bool) -> Self {
         Overlay {
             kv,
             index,
             bytes,
             writes: BTreeMap::new(),
             prefixes: Vec::new(),
+            build,
+            answer_bytes: 0,
         }
     }
 
-    fn get(&self, key: &str) -> Result<Option<Record>> {
+    fn meta(&self, key: &str) -> Result<Option<Meta>> {
         match self.writes.get(key) {
-            Some(written) => Ok(written.clone()),
-            None => get_record(self.kv, key),
+            Some(written) => Ok(written.as_ref().map(Meta::of)),
+            None => match self.kv.get(key)? {
+                None => Ok(None),
+                Some(v) => Meta::decode(key, v.value()).map(Some),
+            },
         }
     }
 
-    /// A read of a client's transaction: the reserved prefix is invisible
-    /// to clients, so a key under it reads as absent.
-    fn read(&self, key: &str, client: bool) -> Result<Option<Record>> {
+    /// [`Overlay::meta`] as a client's transaction sees it: the reserved
+    /// prefix is invisible to clients, so a key under it reads as absent.
+    fn visible(&self, key: &str, client: bool) -> Result<Option<Meta>> {
         if client && is_reserved(key) {
             return Ok(None);
         }
-        self.get(key)
+        self.meta(key)
     }
 
-    fn scan(&self, prefix: &str) -> Result<Vec<(String, Record)>> {
-        let mut merged: BTreeMap<String, Record> = scan(self.kv, prefix)?.into_iter().collect();
-        for (key, written) in self.writes.range(prefix.to_string()..) {
-            if !key.starts_with(prefix) {
-                break;
-            }
-            match written {
-                Some(r) => merged.insert(key.clone(), r.clone()),
-                None => merged.remove(key),
-            };
+    fn entry(&self, key: &str) -> Result<Option<KvEntry>> {
+        match self.writes.get(key) {
+            Some(written) => Ok(written.as_ref().map(|r| r.entry(key, true))),
+            None => Ok(get_record(self.kv, key)?.map(|r| r.entry(key, true))),
         }
-        Ok(merged.into_iter().collect())
     }
 
-    fn set(&mut self, key: &str, value: &[u8], flags: u64, old: Option<Record>) -> KvEntry {
+    /// Calls `f` with every live key under `prefix`, in order, as the stored
+    /// rows and this command's earlier writes together have it; `f` returns
+    /// false to stop. Nothing is copied but what `f` copies.
+    fn scan(&self, prefix: &str, mut f: impl FnMut(&str, Row<'_>) -> Result<bool>) -> Result<()> {
+        let mut stored = self.kv.range::<&str>(prefix..)?;
+        let mut pending = next_row(&mut stored, prefix)?;
+        let mut written = self
+            .writes
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .peekable();
+        loop {
+            let stored_first = match (&pending, written.peek()) {
+                (None, None) => return Ok(()),
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some((k, _)), Some((wk, _))) => k.value() < wk.as_str(),
+            };
+            if stored_first {
+                if let Some((k, v)) = pending.take() {
+                    if !f(k.value(), Row::Stored(v.value()))? {
+                        return Ok(());
+                    }
+                }
+                pending = next_row(&mut stored, prefix)?;
+            } else if let Some((wk, wr)) = written.next() {
+                if pending.as_ref().is_some_and(|(k, _)| k.value() == wk) {
+                    pending = next_row(&mut stored, prefix)?;
+                }
+                if let Some(r) = wr {
+                    if !f(wk, Row::Written(r))? {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    fn set(&mut self, key: &str, value: &[u8], flags: u64, old: Option<Meta>) -> KvEntry {
         let record = Record {
             flags,
             create_index: old.as_ref().map_or(self.index, |r| r.create_index),
@@ -428,7 +635,7 @@ impl<'a, T: ReadableTable<&'static str, &'static [u8]>> Overlay<'a, T> {
             value: value.to_vec(),
         };
         if let Some(old) = &old {
-            self.bytes -= size_of(key, old);
+            self.bytes -= old.size(key);
         }
         self.bytes += size_of(key, &record);
         let entry = record.entry(key, false);
@@ -436,21 +643,43 @@ impl<'a, T: ReadableTable<&'static str, &'static [u8]>> Overlay<'a, T> {
         entry
     }
 
-    fn delete(&mut self, key: &str, old: &Record) {
-        self.bytes -= size_of(key, old);
+    fn delete(&mut self, key: &str, size: u64) {
+        self.bytes -= size;
         self.writes.insert(key.to_string(), None);
     }
 
-    /// Runs every op; collects the results, or every failure.
+    /// Counts (and, when building, reads) one key's entry for a read op.
+    fn read_one(
+        &self,
+        key: &str,
+        meta: Meta,
+        budget: &mut ReadBudget,
+        results: &mut Vec<KvEntry>,
+    ) -> Result<std::result::Result<(), String>> {
+        if let Err(over) = budget.charge(key, meta.value_len) {
+            return Ok(Err(over));
+        }
+        if self.build {
+            if let Some(entry) = self.entry(key)? {
+                results.push(entry);
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// Runs every op; collects the results, or every failure. Reads past
+    /// the command's [`ReadLimits`] fail the whole command at once.
     fn run(&mut self, cmd: &Command) -> Result<Outcome> {
         let mut results = Vec::new();
         let mut errors = Vec::new();
         let client = cmd.from_client;
+        let mut budget = ReadBudget::new(cmd.reads);
         for (op_index, op) in cmd.ops.iter().enumerate() {
+            let over = |what: String| Outcome::RolledBack(vec![TxnError { op_index, what }]);
             let mut fail = |what: String| errors.push(TxnError { op_index, what });
             match op {
                 KvOp::Set { key, value, flags } => {
-                    let old = self.get(key)?;
+                    let old = self.meta(key)?;
                     results.push(self.set(key, value, *flags, old));
                 }
                 KvOp::Cas {
@@ -459,7 +688,7 @@ impl<'a, T: ReadableTable<&'static str, &'static [u8]>> Overlay<'a, T> {
                     flags,
                     index,
                 } => {
-                    let old = self.get(key)?;
+                    let old = self.meta(key)?;
                     let matches = match &old {
                         None => *index == 0,
                         Some(r) => r.modify_index == *index,
@@ -470,24 +699,43 @@ impl<'a, T: ReadableTable<&'static str, &'static [u8]>> Overlay<'a, T> {
                         fail(format!("failed to set key {key:?}, index is stale"));
                     }
                 }
-                KvOp::Get { key } => match self.read(key, client)? {
-                    Some(r) => results.push(r.entry(key, true)),
+                KvOp::Get { key } => match self.visible(key, client)? {
+                    Some(meta) => {
+                        if let Err(e) = self.read_one(key, meta, &mut budget, &mut results)? {
+                            return Ok(over(e));
+                        }
+                    }
                     None => fail(format!("key {key:?} doesn't exist")),
                 },
                 KvOp::GetOrEmpty { key } => {
-                    if let Some(r) = self.read(key, client)? {
-                        results.push(r.entry(key, true));
+                    if let Some(meta) = self.visible(key, client)? {
+                        if let Err(e) = self.read_one(key, meta, &mut budget, &mut results)? {
+                            return Ok(over(e));
+                        }
                     }
                 }
                 KvOp::GetTree { prefix } => {
-                    for (key, r) in self.scan(prefix)? {
-                        if client && is_reserved(&key) {
-                            continue;
+                    let mut exceeded = None;
+                    let build = self.build;
+                    self.scan(prefix, |key, row| {
+                        if client && is_reserved(key) {
+                            return Ok(true);
                         }
-                        results.push(r.entry(&key, true));
+                        let meta = row.meta(key)?;
+                        if let Err(e) = budget.charge(key, meta.value_len) {
+                            exceeded = Some(e);
+                            return Ok(false);
+                        }
+                        if build {
+                            results.push(row.entry(key)?);
+                        }
+                        Ok(true)
+                    })?;
+                    if let Some(e) = exceeded {
+                        return Ok(over(e));
                     }
                 }
-                KvOp::CheckIndex { key, index } => match self.read(key, client)? {
+                KvOp::CheckIndex { key, index } => match self.visible(key, client)? {
                     None => fail(format!(
                         "failed to check index of key {key:?}: key doesn't exist"
                     )),
@@ -495,35 +743,41 @@ impl<'a, T: ReadableTable<&'static str, &'static [u8]>> Overlay<'a, T> {
                         "current modify index {} != {index}",
                         r.modify_index
                     )),
-                    Some(r) => results.push(r.entry(key, false)),
+                    Some(r) => results.push(r.entry(key)),
                 },
                 KvOp::CheckNotExists { key } => {
-                    if self.read(key, client)?.is_some() {
+                    if self.visible(key, client)?.is_some() {
                         fail(format!("key {key:?} exists"));
                     }
                 }
                 KvOp::Delete { key } => {
-                    if let Some(old) = self.get(key)? {
-                        self.delete(key, &old);
+                    if let Some(old) = self.meta(key)? {
+                        self.delete(key, old.size(key));
                     }
                 }
-                KvOp::DeleteCas { key, index } => match self.get(key)? {
+                KvOp::DeleteCas { key, index } => match self.meta(key)? {
                     // Consul: deleting an absent key succeeds, whatever the index.
                     None => {}
-                    Some(old) if old.modify_index == *index => self.delete(key, &old),
+                    Some(old) if old.modify_index == *index => self.delete(key, old.size(key)),
                     Some(_) => fail(format!("failed to delete key {key:?}, index is stale")),
                 },
                 KvOp::DeleteTree { prefix } => {
-                    for (key, old) in self.scan(prefix)? {
-                        if cmd.from_client && is_reserved(&key) {
-                            continue;
+                    // The keys and their sizes, never the values.
+                    let mut doomed = Vec::new();
+                    self.scan(prefix, |key, row| {
+                        if !(cmd.from_client && is_reserved(key)) {
+                            doomed.push((key.to_string(), row.meta(key)?.size(key)));
                         }
-                        self.delete(&key, &old);
+                        Ok(true)
+                    })?;
+                    for (key, size) in doomed {
+                        self.delete(&key, size);
                     }
                     self.prefixes.push(prefix.clone());
                 }
             }
         }
+        self.answer_bytes = budget.bytes;
         Ok(if errors.is_empty() {
             Outcome::Committed(results)
         } else {
@@ -545,6 +799,16 @@ pub struct Listing<T> {
     /// older index cannot tell whether it missed a delete.
     pub floor: u64,
 }
+
+/// An answer that was too large to build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnswerTooLarge {
+    /// The limit it would pass.
+    pub limit: u64,
+}
+
+/// A listing, or why it was not built.
+pub type Bounded<T> = std::result::Result<Listing<T>, AnswerTooLarge>;
 
 /// The store's tables inside a read transaction.
 pub struct ReadTables {
@@ -585,23 +849,149 @@ impl ReadTables {
         Ok(self.listing(entry, index))
     }
 
-    /// Every key under `prefix`, sorted.
-    pub fn list(&self, prefix: &str) -> Result<Listing<Vec<KvEntry>>> {
-        let entries: Vec<KvEntry> = scan(&self.kv, prefix)?
-            .into_iter()
-            .map(|(k, r)| r.entry(&k, true))
-            .collect();
-        let index = self.prefix_index(prefix, entries.iter().map(|e| e.modify_index))?;
-        Ok(self.listing(entries, index))
+    /// The bytes the answer of a listing of `prefix` may take, as
+    /// [`answer_bytes`] counts them (with the brackets and commas of a JSON
+    /// array), read without copying a value; `None` once past `max_bytes`.
+    pub fn estimate(&self, prefix: &str, max_bytes: u64) -> Result<Option<u64>> {
+        self.estimate_of(prefix, max_bytes, false)
+    }
+
+    /// [`ReadTables::estimate`] as a client sees it: the reserved prefix is
+    /// left out.
+    pub fn client_estimate(&self, prefix: &str, max_bytes: u64) -> Result<Option<u64>> {
+        self.estimate_of(prefix, max_bytes, may_hold_reserved(prefix))
+    }
+
+    fn estimate_of(&self, prefix: &str, max_bytes: u64, hide: bool) -> Result<Option<u64>> {
+        let mut bytes = 2u64;
+        let mut over = false;
+        scan(&self.kv, prefix, |key, raw| {
+            if hide && is_reserved(key) {
+                return Ok(true);
+            }
+            let meta = Meta::decode(key, raw)?;
+            bytes = bytes.saturating_add(answer_bytes(key, meta.value_len) + 1);
+            over = bytes > max_bytes;
+            Ok(!over)
+        })?;
+        Ok((!over).then_some(bytes))
+    }
+
+    /// Calls `f` with every entry under `prefix`, sorted; the listing
+    /// carries how many there were.
+    pub fn list_each(&self, prefix: &str, f: impl FnMut(KvEntry)) -> Result<Listing<usize>> {
+        self.list_each_of(prefix, false, f)
+    }
+
+    /// [`ReadTables::list_each`] as a client sees it: the reserved prefix is
+    /// left out, and its writes do not move the index.
+    pub fn client_list_each(&self, prefix: &str, f: impl FnMut(KvEntry)) -> Result<Listing<usize>> {
+        self.list_each_of(prefix, may_hold_reserved(prefix), f)
+    }
+
+    fn list_each_of(
+        &self,
+        prefix: &str,
+        hide: bool,
+        mut f: impl FnMut(KvEntry),
+    ) -> Result<Listing<usize>> {
+        let mut count = 0;
+        let mut modified = 0;
+        scan(&self.kv, prefix, |key, raw| {
+            if hide && is_reserved(key) {
+                return Ok(true);
+            }
+            let record = Record::decode(raw).map_err(|e| corrupt(format!("key {key:?}: {e}")))?;
+            modified = modified.max(record.modify_index);
+            count += 1;
+            f(record.entry(key, true));
+            Ok(true)
+        })?;
+        if hide {
+            let index = self.client_index(prefix, modified)?;
+            return Ok(self.client_listing(count, index));
+        }
+        let index = self.prefix_index(prefix, std::iter::once(modified))?;
+        Ok(self.listing(count, index))
+    }
+
+    /// Every key under `prefix`, sorted, if its answer fits `max_bytes` as
+    /// [`ReadTables::estimate`] counts it.
+    pub fn list(&self, prefix: &str, max_bytes: u64) -> Result<Bounded<Vec<KvEntry>>> {
+        if self.estimate(prefix, max_bytes)?.is_none() {
+            return Ok(Err(AnswerTooLarge { limit: max_bytes }));
+        }
+        let mut entries = Vec::new();
+        let listing = self.list_each(prefix, |e| entries.push(e))?;
+        Ok(Ok(self.listing(entries, listing.index)))
     }
 
     /// The names of the keys under `prefix`, folded after the first
-    /// `separator` that follows the prefix, as Consul does.
-    pub fn keys(&self, prefix: &str, separator: Option<&str>) -> Result<Listing<Vec<String>>> {
-        let rows = scan(&self.kv, prefix)?;
-        let index = self.prefix_index(prefix, rows.iter().map(|(_, r)| r.modify_index))?;
-        let keys = fold_keys(rows, prefix, separator);
-        Ok(self.listing(keys, index))
+    /// `separator` that follows the prefix, as Consul does, if the answer
+    /// fits `max_bytes`.
+    pub fn keys(
+        &self,
+        prefix: &str,
+        separator: Option<&str>,
+        max_bytes: u64,
+    ) -> Result<Bounded<Vec<String>>> {
+        self.keys_of(prefix, separator, max_bytes, false)
+    }
+
+    /// [`ReadTables::keys`] as a client sees it: the reserved prefix is
+    /// left out (so `__quorumd/` never shows at the root), and its writes
+    /// do not move the index.
+    pub fn client_keys(
+        &self,
+        prefix: &str,
+        separator: Option<&str>,
+        max_bytes: u64,
+    ) -> Result<Bounded<Vec<String>>> {
+        self.keys_of(prefix, separator, max_bytes, may_hold_reserved(prefix))
+    }
+
+    fn keys_of(
+        &self,
+        prefix: &str,
+        separator: Option<&str>,
+        max_bytes: u64,
+        hide: bool,
+    ) -> Result<Bounded<Vec<String>>> {
+        let mut keys: Vec<String> = Vec::new();
+        let mut modified = 0;
+        let mut bytes = 2u64;
+        let mut over = false;
+        scan(&self.kv, prefix, |key, raw| {
+            if hide && is_reserved(key) {
+                return Ok(true);
+            }
+            modified = modified.max(Meta::decode(key, raw)?.modify_index);
+            let folded = match separator.filter(|s| !s.is_empty()) {
+                Some(sep) => match key[prefix.len()..].find(sep) {
+                    Some(at) => &key[..prefix.len() + at + sep.len()],
+                    None => key,
+                },
+                None => key,
+            };
+            if keys.last().map(String::as_str) != Some(folded) {
+                bytes = bytes.saturating_add(json_string_bytes(folded) + 1);
+                if bytes > max_bytes {
+                    over = true;
+                    return Ok(false);
+                }
+                keys.push(folded.to_string());
+            }
+            Ok(true)
+        })?;
+        if over {
+            return Ok(Err(AnswerTooLarge { limit: max_bytes }));
+        }
+        if hide {
+            let index = self.client_index(prefix, modified)?;
+            return Ok(Ok(self.client_listing(keys, index)));
+        }
+        let index = self.prefix_index(prefix, std::iter::once(modified))?;
+        Ok(Ok(self.listing(keys, index)))
     }
 
     /// [`ReadTables::get`] as a client sees it: a key under the reserved
@@ -613,43 +1003,9 @@ impl ReadTables {
         self.get(key)
     }
 
-    /// [`ReadTables::list`] as a client sees it: the reserved prefix is
-    /// left out, and its writes do not move the index.
-    pub fn client_list(&self, prefix: &str) -> Result<Listing<Vec<KvEntry>>> {
-        if !may_hold_reserved(prefix) {
-            return self.list(prefix);
-        }
-        let entries: Vec<KvEntry> = scan(&self.kv, prefix)?
-            .into_iter()
-            .filter(|(k, _)| !is_reserved(k))
-            .map(|(k, r)| r.entry(&k, true))
-            .collect();
-        let index = self.client_index(prefix, entries.iter().map(|e| e.modify_index))?;
-        Ok(self.client_listing(entries, index))
-    }
-
-    /// [`ReadTables::keys`] as a client sees it: the reserved prefix is
-    /// left out (so `__quorumd/` never shows at the root), and its writes
-    /// do not move the index.
-    pub fn client_keys(
-        &self,
-        prefix: &str,
-        separator: Option<&str>,
-    ) -> Result<Listing<Vec<String>>> {
-        if !may_hold_reserved(prefix) {
-            return self.keys(prefix, separator);
-        }
-        let rows: Vec<(String, Record)> = scan(&self.kv, prefix)?
-            .into_iter()
-            .filter(|(k, _)| !is_reserved(k))
-            .collect();
-        let index = self.client_index(prefix, rows.iter().map(|(_, r)| r.modify_index))?;
-        Ok(self.client_listing(fold_keys(rows, prefix, separator), index))
-    }
-
-    /// The highest index of the visible rows and tombstones under `prefix`.
-    fn client_index(&self, prefix: &str, modified: impl Iterator<Item = u64>) -> Result<u64> {
-        let live = modified.max().unwrap_or(0);
+    /// The highest index of the visible rows (`live`) and tombstones under
+    /// `prefix`.
+    fn client_index(&self, prefix: &str, live: u64) -> Result<u64> {
         let mut tomb = 0;
         for row in self.tombstones.range::<&str>(prefix..)? {
             let (k, v) = row?;
@@ -682,15 +1038,25 @@ impl ReadTables {
         Ok(live.max(max_tombstone(&self.tombstones, prefix)?))
     }
 
-    /// Evaluates a command that only reads (a read-only transaction).
-    pub fn evaluate(&self, cmd: &Command) -> Result<Outcome> {
+    /// Evaluates a command that only reads (a read-only transaction):
+    /// builds what its reads return if `build`, or only counts it. The
+    /// answer's estimated size comes with the outcome.
+    pub fn evaluate(&self, cmd: &Command, build: bool) -> Result<(Outcome, u64)> {
         debug_assert!(cmd.ops.iter().all(|op| !op.is_write()));
-        Overlay::new(&self.kv, 0, self.state.bytes).run(cmd)
+        let mut overlay = Overlay::new(&self.kv, 0, self.state.bytes, build);
+        let outcome = overlay.run(cmd)?;
+        Ok((outcome, overlay.answer_bytes))
     }
 
     /// Every row, for a snapshot.
     pub(crate) fn rows(&self) -> Result<Vec<(String, Record)>> {
-        scan(&self.kv, "")
+        let mut out = Vec::new();
+        scan(&self.kv, "", |key, raw| {
+            let record = Record::decode(raw).map_err(|e| corrupt(format!("key {key:?}: {e}")))?;
+            out.push((key.to_string(), record));
+            Ok(true)
+        })?;
+        Ok(out)
     }
 
     /// Every tombstone, for a snapshot.
@@ -735,7 +1101,9 @@ mod tests {
                     max_store_bytes: cap,
                     from_client: true,
                     ops,
+                    reads: ReadLimits::UNLIMITED,
                 },
+                true,
             )
             .unwrap()
         };
@@ -871,7 +1239,10 @@ mod tests {
                 ("t/b", Some(&b"2"[..]))
             ]
         );
-        assert_eq!(read(&db).keys("t/", None).unwrap().value, vec!["t/b"]);
+        assert_eq!(
+            read(&db).keys("t/", None, u64::MAX).unwrap().unwrap().value,
+            vec!["t/b"]
+        );
     }
 
     #[test]
@@ -884,7 +1255,7 @@ mod tests {
         );
         apply(&db, 3, vec![KvOp::Delete { key: "p/a".into() }]);
         let r = read(&db);
-        let listing = r.list("p/").unwrap();
+        let listing = r.list("p/", u64::MAX).unwrap().unwrap();
         assert_eq!(listing.value.len(), 1);
         assert_eq!(listing.index, 3, "the tombstone of p/a counts");
         // Deleting an absent key writes nothing and leaves the index alone.
@@ -900,7 +1271,7 @@ mod tests {
             }],
         );
         assert!(touched.contains(&Touched::Prefix("p/".into())));
-        let listing = read(&db).list("p/").unwrap();
+        let listing = read(&db).list("p/", u64::MAX).unwrap().unwrap();
         assert!(listing.value.is_empty());
         assert_eq!(listing.index, 5);
         assert_eq!(read(&db).state().bytes, 2, "only q is left");
@@ -977,15 +1348,149 @@ mod tests {
                     max_store_bytes: BIG,
                     from_client: false,
                     ops: vec![set("__quorumd/cluster_id", "x"), set("app", "y")],
+                    reads: ReadLimits::UNLIMITED,
                 },
+                true,
             )
             .unwrap();
         txn.commit().unwrap();
         apply(&db, 3, vec![KvOp::DeleteTree { prefix: "".into() }]);
         assert_eq!(
-            read(&db).keys("", None).unwrap().value,
+            read(&db).keys("", None, u64::MAX).unwrap().unwrap().value,
             vec!["__quorumd/cluster_id"]
         );
+    }
+
+    fn apply_limited(
+        db: &Database,
+        index: u64,
+        ops: Vec<KvOp>,
+        reads: ReadLimits,
+        answer: bool,
+    ) -> Outcome {
+        let txn = db.begin_write().unwrap();
+        let out = Tables::open(&txn)
+            .unwrap()
+            .apply(
+                index,
+                &Command {
+                    max_store_bytes: BIG,
+                    from_client: true,
+                    ops,
+                    reads,
+                },
+                answer,
+            )
+            .unwrap()
+            .0;
+        txn.commit().unwrap();
+        out
+    }
+
+    #[test]
+    fn reads_past_the_limits_fail_the_whole_transaction_on_every_replica() {
+        let db = db();
+        let keys: Vec<KvOp> = (0..20)
+            .map(|i| set(&format!("k/{i:02}"), &"v".repeat(100)))
+            .collect();
+        apply(&db, 2, keys);
+        let pill = |n: usize| -> Vec<KvOp> {
+            let mut ops = vec![set("x", "1")];
+            ops.extend((0..n).map(|_| KvOp::GetTree { prefix: "".into() }));
+            ops
+        };
+        // 3 trees of 20 keys: 60 reads, over a limit of 50, on the answering
+        // node and on the others alike; nothing is written.
+        let limits = ReadLimits {
+            max_reads: 50,
+            max_response_bytes: BIG,
+        };
+        for answer in [true, false] {
+            let errs = errors(apply_limited(&db, 3, pill(3), limits, answer));
+            assert_eq!(errs.len(), 1);
+            assert!(
+                errs[0].starts_with("3: ") && errs[0].contains("max_txn_reads"),
+                "{errs:?}"
+            );
+            assert!(read(&db).get("x").unwrap().value.is_none());
+        }
+        // The estimate of the answer: each entry counts its key, its value in
+        // base64 and the allowance, the same whether it is built or not.
+        let one = answer_bytes("k/00", 100);
+        assert_eq!(one, ENTRY_JSON_ALLOWANCE + 6 + 136);
+        let limits = ReadLimits {
+            max_reads: BIG,
+            max_response_bytes: one * 30,
+        };
+        for answer in [true, false] {
+            let errs = errors(apply_limited(&db, 4, pill(2), limits, answer));
+            assert!(
+                errs[0].starts_with("2: ") && errs[0].contains("max_response_bytes"),
+                "{errs:?}"
+            );
+        }
+        // Within the limits (two trees of 21 keys, x included): only the
+        // answering node builds the values.
+        let limits = ReadLimits {
+            max_reads: 42,
+            max_response_bytes: one * 42,
+        };
+        let Outcome::Committed(built) = apply_limited(&db, 5, pill(2), limits, true) else {
+            panic!()
+        };
+        assert_eq!(built.len(), 1 + 42);
+        assert!(built[1..].iter().all(|e| e.value.is_some()));
+        let Outcome::Committed(counted) = apply_limited(&db, 6, pill(2), limits, false) else {
+            panic!()
+        };
+        assert_eq!(counted.len(), 1, "only the set's result");
+    }
+
+    #[test]
+    fn reads_see_the_writes_before_them_without_copying_on_other_replicas() {
+        let db = db();
+        apply(&db, 2, vec![set("t/a", "1"), set("t/c", "3")]);
+        let ops = vec![
+            set("t/b", "2"),
+            KvOp::Delete { key: "t/a".into() },
+            KvOp::GetTree {
+                prefix: "t/".into(),
+            },
+            KvOp::DeleteTree {
+                prefix: "t/".into(),
+            },
+        ];
+        let Outcome::Committed(results) = apply_limited(&db, 3, ops, ReadLimits::UNLIMITED, true)
+        else {
+            panic!()
+        };
+        let keys: Vec<&str> = results[1..].iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, vec!["t/b", "t/c"]);
+        assert_eq!(read(&db).state().bytes, 0);
+        assert!(read(&db)
+            .keys("t/", None, BIG)
+            .unwrap()
+            .unwrap()
+            .value
+            .is_empty());
+    }
+
+    #[test]
+    fn listings_past_the_limit_are_refused_before_they_are_built() {
+        let db = db();
+        apply(&db, 2, vec![set("a", "12345"), set("b", "12345")]);
+        let r = read(&db);
+        let both = 2 + 2 * (answer_bytes("a", 5) + 1);
+        assert_eq!(r.estimate("", both).unwrap(), Some(both));
+        assert_eq!(r.estimate("", both - 1).unwrap(), None);
+        assert_eq!(r.list("", both).unwrap().unwrap().value.len(), 2);
+        assert_eq!(
+            r.list("", both - 1).unwrap().unwrap_err(),
+            AnswerTooLarge { limit: both - 1 }
+        );
+        assert!(r.keys("", None, 4).unwrap().is_err());
+        assert_eq!(r.keys("", None, 10).unwrap().unwrap().value, vec!["a", "b"]);
+        assert_eq!(json_string_bytes("a\"\n\u{1}"), 2 + 1 + 2 + 2 + 6);
     }
 
     #[test]
@@ -1001,15 +1506,23 @@ mod tests {
         );
         let r = read(&db);
         assert_eq!(
-            r.keys("web/", Some("/")).unwrap().value,
+            r.keys("web/", Some("/"), u64::MAX).unwrap().unwrap().value,
             vec!["web/bar", "web/foo", "web/subdir/"]
         );
         assert_eq!(
-            r.keys("web", Some("/")).unwrap().value,
+            r.keys("web", Some("/"), u64::MAX).unwrap().unwrap().value,
             vec!["web/", "webx"]
         );
-        assert_eq!(r.keys("web/", None).unwrap().value.len(), 4);
-        assert!(r.keys("nothing", None).unwrap().value.is_empty());
+        assert_eq!(
+            r.keys("web/", None, u64::MAX).unwrap().unwrap().value.len(),
+            4
+        );
+        assert!(r
+            .keys("nothing", None, u64::MAX)
+            .unwrap()
+            .unwrap()
+            .value
+            .is_empty());
     }
 
     #[test]

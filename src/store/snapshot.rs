@@ -244,7 +244,9 @@ mod tests {
                     max_store_bytes: 1 << 30,
                     from_client: true,
                     ops,
+                    reads: crate::store::command::ReadLimits::UNLIMITED,
                 },
+                true,
             )
             .unwrap();
         txn.commit().unwrap();
@@ -301,9 +303,16 @@ mod tests {
 
         let a = ReadTables::open(&src.begin_read().unwrap()).unwrap();
         let b = ReadTables::open(&dst.begin_read().unwrap()).unwrap();
-        assert_eq!(a.list("").unwrap(), b.list("").unwrap());
+        assert_eq!(
+            a.list("", u64::MAX).unwrap().unwrap(),
+            b.list("", u64::MAX).unwrap().unwrap()
+        );
         assert_eq!(a.state(), b.state());
-        assert_eq!(b.list("k/").unwrap().index, 60, "tombstones travel too");
+        assert_eq!(
+            b.list("k/", u64::MAX).unwrap().unwrap().index,
+            60,
+            "tombstones travel too"
+        );
         assert!(b.get("stale").unwrap().value.is_none());
         assert_eq!(snapshot_of(&dst), data);
     }

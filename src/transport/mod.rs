@@ -12,9 +12,12 @@
 //!   expected node of this cluster is there, not merely that a port is open.
 //!
 //! What a stray or hostile client can cost a node is bounded:
-//! - at most [`MAX_PENDING_HANDSHAKES`] connections may be in their handshake,
-//!   and at most [`MAX_INBOUND_CONNECTIONS`] open in all; more are closed on
-//!   accept;
+//! - at most [`MAX_PENDING_HANDSHAKES`] connections from members' addresses
+//!   may be in their handshake, and as many again from other addresses, at
+//!   most `[limits] peer_handshakes_per_address` from any one of them; more
+//!   are told "busy" in a plaintext `Reject` and closed. A stranger cannot
+//!   take a member's slot, and an established, authenticated link holds
+//!   none;
 //! - the whole handshake (TLS, `Hello`, answer) must finish within
 //!   [`HANDSHAKE_TIMEOUT`], and a `Hello` is read with a 1 KiB limit;
 //! - a peer keeps at most one inbound Raft stream: a new one replaces the old;
@@ -35,7 +38,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -80,8 +83,6 @@ pub const INBOUND_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 /// Longest reconnect delay.
 pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_millis(500);
-/// Inbound connections served at once; more are closed on accept.
-pub const MAX_INBOUND_CONNECTIONS: usize = 128;
 /// Inbound connections that may be in their handshake at once.
 pub const MAX_PENDING_HANDSHAKES: usize = 64;
 /// Raft traffic from a peer is reported to the health monitor at most this
@@ -173,10 +174,73 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
     })
 }
 
+/// A dialer's TCP stream that keeps a copy of the first bytes it reads,
+/// so that when its TLS handshake fails, a plaintext `Reject` the peer sent
+/// before closing (out of handshake slots, say) can still be read out.
+struct Recorded {
+    inner: TcpStream,
+    seen: Arc<Mutex<Vec<u8>>>,
+    /// Bytes recorded so far; past [`Recorded::KEEP`], reads pass through.
+    kept: usize,
+}
+
+impl Recorded {
+    const KEEP: usize = 4 + wire::HANDSHAKE_MAX_BYTES;
+
+    /// The `Reject` the peer sent in plaintext, if what was read is one.
+    fn reject(seen: &[u8]) -> Option<String> {
+        let len = u32::from_be_bytes(seen.get(..4)?.try_into().ok()?) as usize;
+        match Frame::decode(seen.get(4..4 + len)?) {
+            Ok(Frame::Reject { reason, .. }) => Some(reason),
+            _ => None,
+        }
+    }
+}
+
+impl AsyncRead for Recorded {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(n)) = &read {
+            if this.kept < Self::KEEP && *n > 0 {
+                let take = (*n).min(Self::KEEP - this.kept);
+                this.seen
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend_from_slice(&buf[..take]);
+                this.kept += take;
+            }
+        }
+        read
+    }
+}
+
+impl AsyncWrite for Recorded {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_close(cx)
+    }
+}
+
 /// A connection to a peer: plain TCP, or TLS as either side.
 enum PeerStream {
     Plain(TcpStream),
-    Client(Box<futures_rustls::client::TlsStream<TcpStream>>),
+    Client(Box<futures_rustls::client::TlsStream<Recorded>>),
     Server(Box<futures_rustls::server::TlsStream<TcpStream>>),
 }
 
@@ -325,8 +389,13 @@ struct Inbound {
     answers: Arc<dyn PeerAnswers>,
     peers: PeerSenders,
     metrics: Arc<Metrics>,
-    open: AtomicUsize,
-    pending: AtomicUsize,
+    /// Connections in their handshake, by whom: members' addresses have
+    /// slots of their own that strangers cannot take.
+    pending: Mutex<PendingSlots>,
+    /// `[limits] peer_handshakes_per_address`, for strangers.
+    per_address: usize,
+    /// The largest snapshot accepted ([`wire::snapshot_limit`]).
+    snapshot_limit: u64,
     refusals: RefusalLog,
     /// The current inbound Raft stream of each peer: a generation number and
     /// a sender whose drop tells that stream's reader it was replaced. Held
@@ -335,7 +404,18 @@ struct Inbound {
     generation: AtomicU64,
 }
 
+/// What the peer listener admits.
+#[derive(Debug, Clone, Copy)]
+pub struct InboundLimits {
+    /// `[limits] peer_handshakes_per_address`.
+    pub handshakes_per_address: usize,
+    /// `[store] max_store_bytes`: bounds the snapshots accepted.
+    pub max_store_bytes: u64,
+}
+
 /// Runs the accept loop until `shutdown` closes.
+// Each argument is a separate collaborator the coordinator wires in.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn_listener(
     listener: TcpListener,
     me: Identity,
@@ -343,6 +423,7 @@ pub fn spawn_listener(
     answers: Arc<dyn PeerAnswers>,
     peers: PeerSenders,
     metrics: Arc<Metrics>,
+    limits: InboundLimits,
     shutdown: flume::Receiver<()>,
 ) -> crate::runtime::Task<()> {
     let ctx = Arc::new(Inbound {
@@ -351,8 +432,9 @@ pub fn spawn_listener(
         answers,
         peers,
         metrics,
-        open: AtomicUsize::new(0),
-        pending: AtomicUsize::new(0),
+        pending: Mutex::new(PendingSlots::default()),
+        per_address: limits.handshakes_per_address,
+        snapshot_limit: wire::snapshot_limit(limits.max_store_bytes),
         refusals: RefusalLog::new(),
         streams: Mutex::new(HashMap::new()),
         generation: AtomicU64::new(0),
@@ -375,25 +457,33 @@ pub fn spawn_listener(
                     continue;
                 }
             };
-            if ctx.open.load(Ordering::Relaxed) >= MAX_INBOUND_CONNECTIONS
-                || ctx.pending.load(Ordering::Relaxed) >= MAX_PENDING_HANDSHAKES
-            {
-                ctx.refusals.refuse(
-                    Refusal::Busy,
-                    remote,
-                    &format!(
-                        "too many connections ({MAX_INBOUND_CONNECTIONS} open or {MAX_PENDING_HANDSHAKES} in their handshake)"
-                    ),
+            let Some(slot) = PendingGuard::take(&ctx, remote) else {
+                let reason = format!(
+                    "busy: every handshake slot for {} is taken ({} per address, {} for \
+                     addresses that are not members)",
+                    remote.ip(),
+                    ctx.per_address,
+                    MAX_PENDING_HANDSHAKES
                 );
+                ctx.refusals.refuse(Refusal::Busy, remote, &reason);
+                // Said in plaintext before closing: a dialer learns it is
+                // out of slots, not that its TLS failed.
+                crate::runtime::spawn(async move {
+                    let mut tcp = stream;
+                    let reject = Frame::Reject {
+                        code: RejectCode::Refused,
+                        reason,
+                    };
+                    let _ =
+                        within(Duration::from_millis(200), write_frame(&mut tcp, &reject)).await;
+                })
+                .detach();
                 continue;
-            }
-            ctx.open.fetch_add(1, Ordering::Relaxed);
-            ctx.pending.fetch_add(1, Ordering::Relaxed);
+            };
             let ctx = ctx.clone();
             let shutdown = shutdown.clone();
             crate::runtime::spawn(async move {
-                or_shutdown(&shutdown, serve_inbound(&ctx, stream, remote)).await;
-                ctx.open.fetch_sub(1, Ordering::Relaxed);
+                or_shutdown(&shutdown, serve_inbound(&ctx, stream, remote, slot)).await;
             })
             .detach();
         }
@@ -401,18 +491,77 @@ pub fn spawn_listener(
     })
 }
 
-/// Decrements the pending-handshake count when the handshake phase ends,
-/// however it ends.
-struct PendingGuard<'a>(&'a AtomicUsize);
+/// Connections in their handshake: those from members' addresses, those
+/// from other addresses, and each other address's count.
+#[derive(Default)]
+struct PendingSlots {
+    members: usize,
+    strangers: usize,
+    per_ip: HashMap<std::net::IpAddr, usize>,
+}
 
-impl Drop for PendingGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+/// A handshake slot, given back when the handshake phase ends, however it
+/// ends. An established, authenticated link holds none.
+struct PendingGuard {
+    ctx: Arc<Inbound>,
+    ip: std::net::IpAddr,
+    member: bool,
+}
+
+impl PendingGuard {
+    /// Takes a slot for a connection from `remote`: a member's address
+    /// draws on [`MAX_PENDING_HANDSHAKES`] slots of its own; any other on as
+    /// many again, and at most `per_address` at once from one address.
+    fn take(ctx: &Arc<Inbound>, remote: SocketAddr) -> Option<PendingGuard> {
+        let ip = remote.ip();
+        let member = ctx
+            .me
+            .directory
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .peers
+            .values()
+            .any(|p| p.addr.ip() == ip);
+        let mut slots = ctx.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if member {
+            if slots.members >= MAX_PENDING_HANDSHAKES {
+                return None;
+            }
+            slots.members += 1;
+        } else {
+            let mine = slots.per_ip.get(&ip).copied().unwrap_or(0);
+            if mine >= ctx.per_address || slots.strangers >= MAX_PENDING_HANDSHAKES {
+                return None;
+            }
+            slots.strangers += 1;
+            slots.per_ip.insert(ip, mine + 1);
+        }
+        Some(PendingGuard {
+            ctx: ctx.clone(),
+            ip,
+            member,
+        })
     }
 }
 
-async fn serve_inbound(ctx: &Inbound, tcp: TcpStream, remote: SocketAddr) {
-    let pending = PendingGuard(&ctx.pending);
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        let mut slots = self.ctx.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if self.member {
+            slots.members -= 1;
+        } else {
+            slots.strangers -= 1;
+            if let Some(n) = slots.per_ip.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    slots.per_ip.remove(&self.ip);
+                }
+            }
+        }
+    }
+}
+
+async fn serve_inbound(ctx: &Inbound, tcp: TcpStream, remote: SocketAddr, pending: PendingGuard) {
     let _ = tcp.set_nodelay(true);
     let handshake = within(HANDSHAKE_TIMEOUT, accept_handshake(ctx, tcp)).await;
     drop(pending);
@@ -488,7 +637,7 @@ async fn read_raft_stream(
     // One interval timer for the stream's life: arming a timer per frame
     // would wake the reactor thread on every message.
     let mut idle_check = async_io::Timer::interval(INBOUND_IDLE_TIMEOUT / 3);
-    let mut snapshot = SnapshotAssembly::default();
+    let mut snapshot = SnapshotAssembly::with_limit(ctx.snapshot_limit);
     loop {
         // Only branches that end the stream may win over a read in progress:
         // a cancelled read would lose the bytes it has taken.
@@ -763,12 +912,21 @@ async fn dial(
         let mut stream = match &me.tls {
             None => PeerStream::Plain(tcp),
             Some(tls) => {
+                let seen = Arc::new(Mutex::new(Vec::new()));
+                let recorded = Recorded {
+                    inner: tcp,
+                    seen: seen.clone(),
+                    kept: 0,
+                };
                 let connected = tls
                     .connector()
-                    .connect(tls.server_name(to), tcp)
+                    .connect(tls.server_name(to), recorded)
                     .await
                     .map_err(|e| {
-                        if e.kind() == io::ErrorKind::UnexpectedEof {
+                        let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                        if let Some(reason) = Recorded::reject(&seen) {
+                            format!("the peer refused the connection before TLS: {reason}")
+                        } else if e.kind() == io::ErrorKind::UnexpectedEof {
                             format!("TLS handshake failed: {e} (does the peer run without [tls]?)")
                         } else {
                             format!("TLS handshake failed: {e}")

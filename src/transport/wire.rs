@@ -375,12 +375,37 @@ pub fn message_frames(group: &GroupId, message: &Message) -> impl Iterator<Item 
 }
 
 /// Reassembles a snapshot from its frames, on one inbound stream.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SnapshotAssembly {
     open: Option<(GroupId, u64, Message, Vec<u8>)>,
+    limit: u64,
+}
+
+impl Default for SnapshotAssembly {
+    fn default() -> Self {
+        SnapshotAssembly::with_limit(MAX_SNAPSHOT_BYTES)
+    }
+}
+
+/// The largest snapshot accepted from a store capped at `max_store_bytes`:
+/// its keys and values, plus framing (40 bytes of record header and lengths
+/// per key, the reserved keys, the tombstones): four times the cap and
+/// 16 MiB, which holds while keys and values average 14 bytes or more,
+/// within [`MAX_SNAPSHOT_BYTES`].
+pub fn snapshot_limit(max_store_bytes: u64) -> u64 {
+    max_store_bytes
+        .saturating_mul(4)
+        .saturating_add(16 * 1024 * 1024)
+        .min(MAX_SNAPSHOT_BYTES)
 }
 
 impl SnapshotAssembly {
+    /// Refuses a snapshot that announces more than `limit` bytes, before
+    /// buffering any of it.
+    pub fn with_limit(limit: u64) -> Self {
+        SnapshotAssembly { open: None, limit }
+    }
+
     /// True while a snapshot's chunks are expected.
     pub fn is_open(&self) -> bool {
         self.open.is_some()
@@ -400,9 +425,11 @@ impl SnapshotAssembly {
                         "a snapshot began before the previous one ended".into(),
                     ));
                 }
-                if total > MAX_SNAPSHOT_BYTES {
+                if total > self.limit {
                     return Err(WireError::Malformed(format!(
-                        "a snapshot of {total} bytes exceeds the {MAX_SNAPSHOT_BYTES}-byte limit"
+                        "a snapshot of {total} bytes exceeds the {}-byte limit \
+                         (max_store_bytes plus framing)",
+                        self.limit
                     )));
                 }
                 if message.get_msg_type() != raft::prelude::MessageType::MsgSnapshot {
@@ -668,6 +695,8 @@ mod tests {
             message: snap.clone(),
         };
         assert!(a.push(begin(MAX_SNAPSHOT_BYTES + 1)).is_err());
+        let mut small = SnapshotAssembly::with_limit(snapshot_limit(1024));
+        assert!(small.push(begin(snapshot_limit(1024) + 1)).is_err());
         let mut a = SnapshotAssembly::default();
         assert!(a.push(begin(2)).unwrap().is_none());
         assert!(a

@@ -137,6 +137,8 @@ pub struct Spec {
     pub raft_lines: Vec<String>,
     /// Lines of the `[store]` table (none: the table is left out).
     pub store_lines: Vec<String>,
+    /// Lines of the `[limits]` table (none: the table is left out).
+    pub limits_lines: Vec<String>,
     /// Mutual TLS between peers: `quorumd certs` writes the certificates
     /// into `<tempdir>/certs` and the file gets a `[tls]` table.
     pub tls: bool,
@@ -169,6 +171,7 @@ impl Spec {
             heartbeat_ticks: None,
             raft_lines: Vec::new(),
             store_lines: Vec::new(),
+            limits_lines: Vec::new(),
             tls: false,
             nodes,
         }
@@ -193,6 +196,12 @@ impl Spec {
     /// Adds a `key = value` line to the `[store]` table.
     pub fn store(mut self, line: &str) -> Spec {
         self.store_lines.push(line.to_string());
+        self
+    }
+
+    /// Adds a `key = value` line to the `[limits]` table.
+    pub fn limits(mut self, line: &str) -> Spec {
+        self.limits_lines.push(line.to_string());
         self
     }
 
@@ -246,6 +255,12 @@ impl Spec {
         if !self.store_lines.is_empty() {
             let _ = writeln!(s, "\n[store]");
             for line in &self.store_lines {
+                let _ = writeln!(s, "{line}");
+            }
+        }
+        if !self.limits_lines.is_empty() {
+            let _ = writeln!(s, "\n[limits]");
+            for line in &self.limits_lines {
                 let _ = writeln!(s, "{line}");
             }
         }
