@@ -602,6 +602,7 @@ impl PartitionReplica {
             recovered,
             lock,
         } = storage;
+        store.count_transactions(metrics.store_transactions());
         let view = LogView::new(&recovered);
         let config = raft::Config {
             id: node_id,
