@@ -66,15 +66,13 @@ const DIR_SMALL_KEYS: u64 = 2048;
 const DIR_LARGE_KEYS: u64 = 10_240;
 /// Concurrent clients that load the data dir measure.
 const LOADERS: u64 = 16;
-/// Keys the wrk get run reads (written by the 1-connection put run).
-const GET_KEYS: u64 = 1000;
 /// Ops of the keep-alive fallback when wrk is missing.
 const FALLBACK_OPS: usize = 2000;
 /// How often the survivors are asked for their leader during a failover.
 const FAILOVER_POLL: Duration = Duration::from_millis(1);
 /// Rest after a restarted node rejoined, before the next kill: its peers
 /// hold connections to it again.
-const REJOIN_REST: Duration = Duration::from_millis(300);
+const REJOIN_REST: Duration = Duration::from_secs(1);
 /// Longest wait for anything in this bench.
 const WAIT: Duration = Duration::from_secs(60);
 const MIB: f64 = 1024.0 * 1024.0;
@@ -99,6 +97,8 @@ fn main() {
         idle_seconds: env_num("QUORUMD_BENCH_IDLE_SECONDS", 10).max(1),
     };
     let started = Instant::now();
+    // Other work on the machine moves latency tails and failover races.
+    let load_at_start = load_average();
     println!("## Write path: 3 nodes on loopback, requests to the leader\n");
     let wrk = which("wrk");
     if wrk.is_none() {
@@ -133,9 +133,17 @@ fn main() {
     drop(e);
     report(&fq, etcd_bin.is_some().then_some(&fe), &knobs);
     println!(
-        "\nbinary: {BIN}; total run time {:.0} s",
-        started.elapsed().as_secs_f64()
+        "\nbinary: {BIN}; total run time {:.0} s; load average {load_at_start} at the start, {} at the end",
+        started.elapsed().as_secs_f64(),
+        load_average()
     );
+}
+
+/// The 1, 5 and 15-minute load averages of `/proc/loadavg`.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|t| t.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 // ---------------------------------------------------------------------------
@@ -251,7 +259,9 @@ trait System: Sync {
     fn leader_seen(&self, c: &mut KeepAlive) -> Option<String>;
     /// How `node` is named in [`System::leader_seen`]'s answers.
     fn id_of(&self, node: u64) -> Result<String, String>;
+    /// Sends SIGKILL to `node`, and returns at once.
     fn kill9(&mut self, node: u64);
+    /// Reaps `node`, killed by [`System::kill9`], and starts it again.
     fn restart(&mut self, node: u64);
 }
 
@@ -382,10 +392,10 @@ impl System for Quorumd {
 
     fn kill9(&mut self, node: u64) {
         self.c.signal(node, libc::SIGKILL);
-        self.c.wait_exit(node, Duration::from_secs(20));
     }
 
     fn restart(&mut self, node: u64) {
+        self.c.wait_exit(node, Duration::from_secs(20));
         self.c.start_node(node);
     }
 }
@@ -498,10 +508,12 @@ impl System for EtcdSystem {
     }
 
     fn kill9(&mut self, node: u64) {
-        self.e.signal_and_reap(node as usize, libc::SIGKILL);
+        // Reaped before the restart: waiting here would hold up the clock.
+        self.e.signal(node as usize, libc::SIGKILL);
     }
 
     fn restart(&mut self, node: u64) {
+        self.e.signal_and_reap(node as usize, libc::SIGKILL);
         self.e.spawn(node as usize, "existing");
     }
 }
@@ -529,7 +541,7 @@ fn measure(sys: &mut dyn System, f: &mut Figures, knobs: &Knobs, wrk: Option<&st
     let latency = match wrk {
         Some(wrk) => {
             eprintln!("{name}: wrk, {} s a run", knobs.wrk_seconds);
-            wrk_runs(sys, f, wrk, knobs.wrk_seconds)
+            wrk_runs(sys, f, wrk, knobs.wrk_seconds, knobs.disk_puts)
         }
         None => {
             eprintln!("{name}: keep-alive client latency");
@@ -621,6 +633,7 @@ fn disk_per_put(sys: &dyn System, puts: u64) -> Result<Disk, String> {
     let value = vec![b'd'; DISK_VALUE_BYTES];
     let mut c = KeepAlive::new(sys.kv_addr(nodes[0]));
     for i in 0..puts {
+        // Six digits: benches/wrk/kv.lua reads them back.
         sys.put(&mut c, &format!("disk/{i:06}"), &value)?;
     }
     sys.settle()?;
@@ -755,11 +768,24 @@ fn run_wrk(
     })
 }
 
-fn wrk_runs(sys: &dyn System, f: &mut Figures, wrk: &str, seconds: u64) -> Result<(), String> {
+/// `disk_keys`: how many `disk/NNNNNN` keys the disk measure wrote.
+fn wrk_runs(
+    sys: &dyn System,
+    f: &mut Figures,
+    wrk: &str,
+    seconds: u64,
+    disk_keys: u64,
+) -> Result<(), String> {
     let leader = sys.leader()?;
     let bytes = WRK_VALUE_BYTES.to_string();
-    let put1 = run_wrk(wrk, sys, leader, 1, seconds, &["put", "w1", &bytes])?;
-    f.put1 = Some(put1);
+    f.put1 = Some(run_wrk(
+        wrk,
+        sys,
+        leader,
+        1,
+        seconds,
+        &["put", "w1", &bytes],
+    )?);
     f.put16 = Some(run_wrk(
         wrk,
         sys,
@@ -768,14 +794,15 @@ fn wrk_runs(sys: &dyn System, f: &mut Figures, wrk: &str, seconds: u64) -> Resul
         seconds,
         &["put", "w16", &bytes],
     )?);
-    let keys = GET_KEYS.min(put1.requests).to_string();
+    // The keys of the disk measure, there on every system.
+    let keys = disk_keys.to_string();
     f.get1 = Some(run_wrk(
         wrk,
         sys,
         leader,
         1,
         seconds,
-        &["get", "w1", &keys],
+        &["get", "disk", &keys],
     )?);
     for (what, r) in [
         ("put, 1 connection", f.put1),

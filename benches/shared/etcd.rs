@@ -211,6 +211,14 @@ impl Etcd {
         self.children.get(i)?.as_ref().map(Child::id)
     }
 
+    /// Sends `signal` to member `i`, if it runs; it stays ours to reap.
+    pub fn signal(&self, i: usize, signal: i32) {
+        if let Some(child) = &self.children[i] {
+            // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+            unsafe { libc::kill(child.id() as i32, signal) };
+        }
+    }
+
     /// Kills member `i` with `signal` and reaps it.
     pub fn signal_and_reap(&mut self, i: usize, signal: i32) {
         if let Some(mut child) = self.children[i].take() {

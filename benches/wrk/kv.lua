@@ -5,8 +5,9 @@
 --   wrk -t1 -c16 -d5s -s benches/wrk/kv.lua http://LEADER -- SYSTEM OP PREFIX N
 --
 -- SYSTEM: quorumd | etcd. OP: put (N: value bytes; keys PREFIX/<thread>/<i>)
--- or get (reads PREFIX/0/1 .. PREFIX/0/N, linearizable). The last line
--- printed, `wrk-result ...`, is what the bench parses.
+-- or get (linearizable reads of PREFIX/000000 .. PREFIX/<N - 1>, six digits,
+-- which the bench wrote before). The last line printed, `wrk-result ...`,
+-- is what the bench parses.
 
 local threads = 0
 
@@ -57,7 +58,7 @@ function request()
    if op == "put" then
       key = prefix .. "/" .. tid .. "/" .. counter
    else
-      key = prefix .. "/0/" .. ((counter - 1) % n + 1)
+      key = string.format("%s/%06d", prefix, (counter - 1) % n)
    end
    if system == "quorumd" then
       if op == "put" then
