@@ -56,6 +56,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "shared/mod.rs"]
+mod shared;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -69,6 +71,7 @@ use std::time::{Duration, Instant};
 use common::{BinCopy, KeepAlive, Pacer, Spec, TestCluster, BIN};
 use quorumd::config::{DEFAULT_ELECTION_TICKS, DEFAULT_TICK_INTERVAL};
 use serde_json::Value;
+use shared::{clock_ticks, cpu_ticks, stat_ticks};
 
 /// The private copy of `BIN` that this bench run launches (see `main`).
 static EXE: OnceLock<PathBuf> = OnceLock::new();
@@ -1124,40 +1127,6 @@ fn thread_stats(pid: u32) -> Result<BTreeMap<u64, ThreadStat>, String> {
         );
     }
     Ok(out)
-}
-
-/// utime + stime of `pid`, in clock ticks.
-fn cpu_ticks(pid: u32) -> Result<u64, String> {
-    let path = format!("/proc/{pid}/stat");
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
-    stat_ticks(&path, &text)
-}
-
-/// utime + stime from the text of a `/proc/.../stat` file.
-fn stat_ticks(path: &str, text: &str) -> Result<u64, String> {
-    // The command name (field 2) is in parentheses and may hold spaces: fields
-    // after the last ')' start at field 3 (state); utime and stime are 14, 15.
-    let rest = &text[text
-        .rfind(')')
-        .ok_or_else(|| format!("{path}: bad format"))?
-        + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let get = |i: usize| -> Result<u64, String> {
-        fields
-            .get(i)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| format!("{path}: bad field {}", i + 3))
-    };
-    Ok(get(11)? + get(12)?)
-}
-
-fn clock_ticks() -> Result<f64, String> {
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if hz <= 0 {
-        return Err("sysconf(_SC_CLK_TCK) failed".into());
-    }
-    Ok(hz as f64)
 }
 
 /// Whether the ELF file at `path` has a symbol table section (SHT_SYMTAB).

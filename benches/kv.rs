@@ -30,28 +30,23 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "shared/mod.rs"]
+mod shared;
 
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use common::{free_addr, KeepAlive, Spec, TestCluster};
+use common::{KeepAlive, Spec, TestCluster};
 use serde_json::{json, Value};
+use shared::etcd::{b64, Etcd};
+use shared::{env_num, percentile, proc_rss_mib, which};
 
 const VALUE_BYTES: usize = 64;
 const LOAD_VALUE_BYTES: usize = 100;
 const CLIENTS: usize = 16;
 const LATENCY_OPS: usize = 2000;
 const WARMUP_OPS: usize = 200;
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
@@ -63,7 +58,7 @@ fn main() {
     let tls = std::env::var("QUORUMD_BENCH_TLS").is_ok_and(|v| v.trim() == "1");
     let q = run(&mut Quorumd::start(false), keys, seconds);
     let qt = tls.then(|| run(&mut Quorumd::start(true), keys, seconds));
-    let e = match which_etcd() {
+    let e = match which("etcd") {
         Some(etcd) => Some(run(&mut Etcd::start(&etcd), keys, seconds)),
         None => {
             println!("etcd is not on PATH (apt-get install etcd-server): quorumd alone.\n");
@@ -71,15 +66,6 @@ fn main() {
         }
     };
     report(&q, qt.as_ref(), e.as_ref(), keys, seconds);
-}
-
-fn which_etcd() -> Option<String> {
-    let out = Command::new("sh")
-        .args(["-c", "command -v etcd"])
-        .output()
-        .ok()?;
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    (!path.is_empty()).then_some(path)
 }
 
 /// What one system measured.
@@ -421,190 +407,8 @@ impl Kv for Quorumd {
 }
 
 // ---------------------------------------------------------------------------
-// etcd
+// etcd (shared/etcd.rs)
 // ---------------------------------------------------------------------------
-
-struct Etcd {
-    bin: String,
-    dir: tempfile::TempDir,
-    client: Vec<SocketAddr>,
-    peer: Vec<SocketAddr>,
-    children: Vec<Option<Child>>,
-}
-
-impl Etcd {
-    fn start(bin: &str) -> Etcd {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let client: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
-        let peer: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
-        let mut e = Etcd {
-            bin: bin.to_string(),
-            dir,
-            client,
-            peer,
-            children: (0..3).map(|_| None).collect(),
-        };
-        for i in 0..3 {
-            e.spawn(i, "new");
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while e.leader().is_none() {
-            assert!(Instant::now() < deadline, "etcd did not elect a leader");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        e
-    }
-
-    fn spawn(&mut self, i: usize, state: &str) {
-        let cluster: Vec<String> = (0..3)
-            .map(|j| format!("n{j}=http://{}", self.peer[j]))
-            .collect();
-        self.spawn_with(i, state, &cluster.join(","));
-    }
-
-    /// Starts member `i` with its own `--initial-cluster` list.
-    fn spawn_with(&mut self, i: usize, state: &str, cluster: &str) {
-        while self.children.len() <= i {
-            self.children.push(None);
-            self.client.push(free_addr());
-            self.peer.push(free_addr());
-        }
-        let log = std::fs::File::create(self.dir.path().join(format!("etcd-{i}.log"))).unwrap();
-        let child = Command::new(&self.bin)
-            .arg("--name")
-            .arg(format!("n{i}"))
-            .arg("--data-dir")
-            .arg(self.dir.path().join(format!("n{i}")))
-            .arg("--listen-client-urls")
-            .arg(format!("http://{}", self.client[i]))
-            .arg("--advertise-client-urls")
-            .arg(format!("http://{}", self.client[i]))
-            .arg("--listen-peer-urls")
-            .arg(format!("http://{}", self.peer[i]))
-            .arg("--initial-advertise-peer-urls")
-            .arg(format!("http://{}", self.peer[i]))
-            .arg("--initial-cluster")
-            .arg(cluster)
-            .arg("--initial-cluster-state")
-            .arg(state)
-            .arg("--initial-cluster-token")
-            .arg("quorumd-bench")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn etcd");
-        self.children[i] = Some(child);
-    }
-
-    fn status(&self, i: usize) -> Option<Value> {
-        let mut c = KeepAlive::new(self.client[i]);
-        let (status, body) = c.call("POST", "/v3/maintenance/status", b"{}").ok()?;
-        (status == 200).then(|| serde_json::from_slice(&body).ok())?
-    }
-
-    /// Runs `etcdctl` against the running members; its stdout, or why not.
-    fn ctl(&self, args: &[&str]) -> Result<String, String> {
-        let endpoints: Vec<String> = self
-            .children
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.is_some())
-            .map(|(i, _)| format!("http://{}", self.client[i]))
-            .collect();
-        let out = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", endpoints.join(",")))
-            .args(args)
-            .output()
-            .map_err(|e| format!("etcdctl: {e}"))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-        }
-    }
-
-    /// Adds member `i` as a learner, starts it, and promotes it once it is
-    /// in sync (etcd refuses until then).
-    fn add_and_promote(&mut self, i: usize) -> Result<(), String> {
-        while self.children.len() <= i {
-            self.children.push(None);
-            self.client.push(free_addr());
-            self.peer.push(free_addr());
-        }
-        let name = format!("n{i}");
-        let peer_url = format!("--peer-urls=http://{}", self.peer[i]);
-        // etcd refuses a reconfiguration until every member has been
-        // connected for a while ("unhealthy cluster"): ask again.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let added = loop {
-            match self.ctl(&["member", "add", &name, "--learner", &peer_url]) {
-                Ok(out) => break out,
-                Err(e) if e.contains("unhealthy cluster") && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => return Err(e),
-            }
-        };
-        let id = added
-            .split_whitespace()
-            .nth(1)
-            .ok_or_else(|| format!("no member id in {added:?}"))?
-            .to_string();
-        let cluster = added
-            .lines()
-            .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER=\""))
-            .and_then(|l| l.strip_suffix('"'))
-            .ok_or_else(|| format!("no ETCD_INITIAL_CLUSTER in {added:?}"))?
-            .to_string();
-        self.spawn_with(i, "existing", &cluster);
-        let deadline = Instant::now() + Duration::from_secs(300);
-        loop {
-            match self.ctl(&["member", "promote", &id]) {
-                Ok(_) => return Ok(()),
-                Err(e) if Instant::now() > deadline => return Err(e),
-                Err(_) => std::thread::sleep(Duration::from_millis(5)),
-            }
-        }
-    }
-
-    /// The member id (hex) of member `i`, by its name.
-    fn member_id(&self, i: usize) -> Result<String, String> {
-        let list = self.ctl(&["member", "list"])?;
-        let name = format!(", n{i}, ");
-        list.lines()
-            .find(|l| l.contains(&name))
-            .and_then(|l| l.split(',').next())
-            .map(str::to_string)
-            .ok_or_else(|| format!("no member n{i} in {list:?}"))
-    }
-
-    /// The leader's index (0..3), if the members agree on one.
-    fn leader(&self) -> Option<usize> {
-        let mut ids = Vec::new();
-        let mut leader = None;
-        for i in 0..3 {
-            let s = self.status(i)?;
-            ids.push(s["header"]["member_id"].as_str()?.to_string());
-            leader = Some(s["leader"].as_str()?.to_string());
-        }
-        ids.iter().position(|id| Some(id) == leader.as_ref())
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        for child in self.children.iter_mut().flatten() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
 
 impl Kv for Etcd {
     fn name(&self) -> &'static str {
@@ -682,34 +486,8 @@ impl Kv for Etcd {
 }
 
 // ---------------------------------------------------------------------------
-// /proc
-// ---------------------------------------------------------------------------
-
-/// VmRSS of `pid`, in MiB.
-fn proc_rss_mib(pid: u32) -> Option<f64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: f64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    Some(kib / 1024.0)
-}
-
-// ---------------------------------------------------------------------------
 // Report
 // ---------------------------------------------------------------------------
-
-fn percentile(samples: &[f64], p: f64) -> f64 {
-    let mut s = samples.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    if s.is_empty() {
-        return f64::NAN;
-    }
-    s[((s.len() - 1) as f64 * p).round() as usize]
-}
 
 /// One row of the table: its name, how a system's figure is shown, the
 /// (quorumd, etcd) values whose ratio is printed, and the target.

@@ -70,6 +70,7 @@ struct DiskMetrics {
     apply_seconds: Histogram,
     checkpoint_seconds: Histogram,
     checkpoints: Counter,
+    store_transactions: Counter,
     proposal_seconds: Histogram,
     proposals_applied: Counter,
     proposals_failed: Counter,
@@ -85,6 +86,7 @@ impl DiskMetrics {
             apply_seconds: seconds(),
             checkpoint_seconds: seconds(),
             checkpoints: Counter::default(),
+            store_transactions: Counter::default(),
             proposal_seconds: seconds(),
             proposals_applied: Counter::default(),
             proposals_failed: Counter::default(),
@@ -113,6 +115,11 @@ impl DiskMetrics {
             "disk_checkpoints",
             "Checkpoints of the state machine",
             d.checkpoints.clone(),
+        );
+        registry.register(
+            "disk_store_transactions",
+            "Write transactions committed to the state machine's file (applies, checkpoints, snapshot installs)",
+            d.store_transactions.clone(),
         );
         registry.register(
             "proposal_duration_seconds",
@@ -330,6 +337,12 @@ impl Metrics {
         self.disk.checkpoints.inc();
     }
 
+    /// The counter of the state machine's write transactions, for the store
+    /// to count its own commits.
+    pub fn store_transactions(&self) -> Counter {
+        self.disk.store_transactions.clone()
+    }
+
     /// A proposal of this node was applied, `d` after it was proposed.
     pub fn proposal_applied(&self, d: Duration) {
         self.disk.proposal_seconds.observe(d.as_secs_f64());
@@ -388,6 +401,7 @@ mod tests {
         m.sent(3, 5);
         m.dropped(3, 1);
         m.observe_ready(Duration::from_micros(300));
+        m.store_transactions().inc_by(3);
         let text = m.encode();
         assert!(text.contains("quorumd_raft_term 4"), "{text}");
         assert!(text.contains("quorumd_raft_leader_id 2"), "{text}");
@@ -405,6 +419,10 @@ mod tests {
         );
         assert!(
             text.contains("quorumd_raft_ready_duration_seconds_count 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("quorumd_disk_store_transactions_total 3"),
             "{text}"
         );
     }

@@ -626,6 +626,7 @@ impl PartitionReplica {
                 recovered.hard_state = hs;
             }
         }
+        store.count_transactions(metrics.store_transactions());
         let view = LogView::new(&recovered);
         let config = raft::Config {
             id: node_id,

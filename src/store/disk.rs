@@ -30,6 +30,7 @@ use std::fs;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
+use prometheus_client::metrics::counter::Counter;
 use protobuf::Message;
 use raft::prelude::{ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMetadata};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
@@ -175,6 +176,9 @@ pub struct StateStore {
     /// a time (redb has one writer), and reading it back from the file each
     /// time costs more than the rest of a small apply.
     applied: std::sync::Mutex<Option<AppliedState>>,
+    /// Where committed write transactions are counted, once the node's
+    /// metrics are known (see [`StateStore::count_transactions`]).
+    transactions: std::sync::OnceLock<Counter>,
 }
 
 impl std::fmt::Debug for StateStore {
@@ -277,11 +281,25 @@ impl StateStore {
             file,
             db,
             applied: std::sync::Mutex::new(None),
+            transactions: std::sync::OnceLock::new(),
         };
         guarded(&store.file, || store.upgrade_from_1())??;
         store.check_identity(identity)?;
         let legacy = guarded(&store.file, || store.legacy_log())??;
         Ok((store, legacy))
+    }
+
+    /// Counts every write transaction this store commits from now on in
+    /// `counter`, so that an operator can see what a write costs the file
+    /// (an apply, a checkpoint). The first counter given is kept.
+    pub fn count_transactions(&self, counter: Counter) {
+        let _ = self.transactions.set(counter);
+    }
+
+    fn committed(&self) {
+        if let Some(c) = self.transactions.get() {
+            c.inc();
+        }
     }
 
     /// The path of the redb file, for messages.
@@ -518,6 +536,7 @@ impl StateStore {
             );
         }
         txn.commit().map_err(|e| self.err("commit", e))?;
+        self.committed();
         let (written, applied) = written;
         *self.applied.lock().unwrap_or_else(|e| e.into_inner()) = Some(applied);
         Ok(written)
@@ -535,6 +554,7 @@ impl StateStore {
                 self.read_applied(&meta)?.index
             };
             txn.commit().map_err(|e| self.err("commit", e))?;
+            self.committed();
             Ok(applied)
         })?
     }
@@ -562,6 +582,7 @@ impl StateStore {
         }
         machine::create_tables(&txn).map_err(|e| self.err("write", e))?;
         txn.commit().map_err(|e| self.err("commit", e))?;
+        self.committed();
         log::info!("upgraded {} from format 1 to format 2", self.file.display());
         Ok(())
     }
@@ -662,6 +683,7 @@ impl StateStore {
                 Err(e) => return Err(self.err("write", e)),
             }
             txn.commit().map_err(|e| self.err("commit", e))?;
+            self.committed();
             log::info!(
                 "upgraded {} to format {FORMAT_VERSION}: the Raft log moved to the write-ahead log",
                 self.file.display()
@@ -959,5 +981,40 @@ mod tests {
             .unwrap()
             .value
             .is_empty());
+    }
+
+    #[test]
+    fn every_committed_write_transaction_is_counted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = NodeStorage::open(tmp.path(), &identity()).unwrap();
+        let counter = Counter::default();
+        s.state.count_transactions(counter.clone());
+        let applied = s.state.applied_state().unwrap().index;
+        let entry = Entry {
+            index: applied + 1,
+            term: 1,
+            ..Default::default()
+        };
+        s.state
+            .apply(&ApplyBatch {
+                apply: vec![entry],
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(counter.get(), 1, "one apply, one transaction");
+        assert_eq!(s.state.checkpoint().unwrap(), applied + 1);
+        assert_eq!(counter.get(), 2, "a checkpoint is one more");
+        // A refused batch commits nothing.
+        s.state
+            .apply(&ApplyBatch {
+                apply: vec![Entry {
+                    index: applied + 5,
+                    term: 1,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .unwrap_err();
+        assert_eq!(counter.get(), 2);
     }
 }
