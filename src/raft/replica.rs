@@ -1520,7 +1520,10 @@ impl PartitionReplica {
         let mut ready = self.node.ready();
         self.send(ready.take_messages());
         if !ready.snapshot().is_empty() {
-            return self.install_snapshot(ready).await;
+            self.install_snapshot(ready).await?;
+            // What the installed snapshot's Ready released (acks, entries
+            // committed meanwhile) is one more Ready, handled now.
+            return Box::pin(self.on_ready()).await;
         }
 
         // Each write carries only what it owns. The log's write carries this
@@ -1656,13 +1659,17 @@ impl PartitionReplica {
             .into_iter()
             .filter(|e| e.index > meta.index)
             .collect();
-        // Everything this Ready asked for is durable: the sync API says so.
-        let mut light = self.node.advance_append(ready);
+        // Everything this Ready asked for is durable. Not through the sync
+        // `advance_append`: messages stepped while the snapshot was written
+        // (the inbox is drained meanwhile) would make raft-rs abort a
+        // follower ("not leader but has new msg after advance"). What the
+        // persisted Ready releases comes with the next Ready instead.
+        let number = ready.number();
+        self.node.advance_append_async(ready);
+        self.node.on_persist_ready(number);
         self.node.advance_apply_to(self.applied);
         self.read_states(read_states);
-        self.send(light.take_messages());
         self.apply(committed)?;
-        self.apply(light.take_committed_entries())?;
         self.release_reads();
         Ok(())
     }
