@@ -172,12 +172,6 @@ impl KvService {
         Ok(self.replica.propose(cmd.encode()).await?)
     }
 
-    /// The membership records as this node has applied them.
-    pub async fn membership(&self) -> Result<crate::membership::Membership, KvError> {
-        self.read(Consistency::Stale, crate::membership::Membership::read)
-            .await
-    }
-
     /// The replica, for membership changes.
     pub fn replica(&self) -> &ReplicaHandle {
         &self.replica

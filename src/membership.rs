@@ -79,6 +79,12 @@ pub struct Membership {
 }
 
 impl Membership {
+    /// The membership records as this node has applied them.
+    pub async fn applied(kv: &crate::kv::KvService) -> Result<Membership, crate::kv::KvError> {
+        kv.read(crate::kv::Consistency::Stale, Membership::read)
+            .await
+    }
+
     /// Reads the records from the store.
     pub fn read(t: &ReadTables) -> machine::Result<Membership> {
         let cluster_id = t
@@ -204,17 +210,10 @@ pub fn mark_joined(member: &Member, index: u64) -> Command {
     command(vec![cas])
 }
 
-/// A membership change: the raft change and the records that go with it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Change {
-    /// What raft does.
-    pub conf: ConfChangeV2,
-    /// What the store does, in the same transaction.
-    pub records: Command,
-    /// The id leaving the cluster, if one does (removing the leader hands
-    /// leadership over first).
-    pub removes: Option<u64>,
-}
+/// A membership change: the raft change and the records that go with it
+/// (the consensus layer's [`ConfProposal`](crate::raft::replica::ConfProposal),
+/// which knows nothing of members).
+pub use crate::raft::replica::ConfProposal as Change;
 
 fn single(id: u64, ty: ConfChangeType) -> ConfChangeSingle {
     let mut s = ConfChangeSingle {
@@ -649,7 +648,7 @@ pub fn spawn_directory_sync(
                 crate::runtime::or_shutdown(&shutdown, futures_lite::future::pending::<()>()).await;
                 break;
             };
-            if let Ok(membership) = kv.membership().await {
+            if let Ok(membership) = Membership::applied(&kv).await {
                 let known_id = directory
                     .read()
                     .unwrap_or_else(|e| e.into_inner())

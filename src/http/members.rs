@@ -63,9 +63,7 @@ pub async fn handle(state: &AdminState, req: Request<Incoming>, rest: &str) -> R
 }
 
 async fn membership(state: &AdminState) -> Result<Membership, Resp> {
-    state
-        .kv
-        .membership()
+    Membership::applied(&state.kv)
         .await
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }

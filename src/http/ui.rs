@@ -103,7 +103,7 @@ struct Row {
 
 /// The body of `/ui/nodes`.
 async fn nodes(state: &AdminState) -> Value {
-    let rows: Vec<Row> = match state.kv.membership().await {
+    let rows: Vec<Row> = match crate::membership::Membership::applied(&state.kv).await {
         Ok(m) if !m.members.is_empty() => m
             .members
             .values()

@@ -148,7 +148,7 @@ pub enum ReplicaMsg {
     /// On the leader: propose a membership change and reply once it is
     /// applied here. Removing the leader itself hands leadership over first.
     ChangeMembership {
-        change: Box<crate::membership::Change>,
+        change: Box<ConfProposal>,
         reply: flume::Sender<WriteResult>,
     },
     /// Reply with the leader's view of replication, for membership upkeep.
@@ -401,7 +401,7 @@ impl ReplicaHandle {
 
     /// Proposes a membership change (this node must lead); the answer comes
     /// once it is applied here.
-    pub async fn change_membership(&self, change: crate::membership::Change) -> WriteResult {
+    pub async fn change_membership(&self, change: ConfProposal) -> WriteResult {
         let (reply, rx) = flume::bounded(1);
         let msg = ReplicaMsg::ChangeMembership {
             change: Box::new(change),
@@ -560,11 +560,7 @@ pub struct PartitionReplica {
     /// The index of an applied change that removed this node.
     removed_at: Option<u64>,
     /// A change that removes this leader, waiting for the new leader.
-    handoff: Option<(
-        crate::membership::Change,
-        flume::Sender<WriteResult>,
-        Instant,
-    )>,
+    handoff: Option<(ConfProposal, flume::Sender<WriteResult>, Instant)>,
     /// The highest index applied to the store (raft learns it a step later,
     /// at `advance_apply`).
     applied: u64,
@@ -586,6 +582,19 @@ pub struct PartitionReplica {
     last_checkpoint: Instant,
     /// Entry bytes applied since the last checkpoint.
     applied_bytes: u64,
+}
+
+/// A configuration change as data: the consensus layer proposes it and
+/// applies its store command with it, without knowing what it means.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfProposal {
+    /// What raft does.
+    pub conf: ConfChangeV2,
+    /// What the store does, in the same transaction.
+    pub records: crate::store::Command,
+    /// The id leaving the cluster, if one does (removing the leader hands
+    /// leadership over first).
+    pub removes: Option<u64>,
 }
 
 /// A Ready's number, the messages that wait for its log write, and the
@@ -1289,11 +1298,7 @@ impl PartitionReplica {
         }
     }
 
-    fn change_membership(
-        &mut self,
-        change: crate::membership::Change,
-        reply: flume::Sender<WriteResult>,
-    ) {
+    fn change_membership(&mut self, change: ConfProposal, reply: flume::Sender<WriteResult>) {
         let raft = &self.node.raft;
         if raft.state != StateRole::Leader {
             let _ = reply.try_send(Err(RequestError::NotLeader));
@@ -1327,11 +1332,7 @@ impl PartitionReplica {
         self.propose_change(change, reply);
     }
 
-    fn propose_change(
-        &mut self,
-        change: crate::membership::Change,
-        reply: flume::Sender<WriteResult>,
-    ) {
+    fn propose_change(&mut self, change: ConfProposal, reply: flume::Sender<WriteResult>) {
         let request = self.next_request;
         self.next_request += 1;
         let id = ProposalId {
