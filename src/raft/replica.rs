@@ -145,6 +145,8 @@ pub enum ReplicaMsg {
     SnapshotBuilt(Result<raft::prelude::Snapshot>),
     /// A received snapshot whose data was checked; step it now.
     SnapshotChecked(Box<Message>),
+    /// A received snapshot from this peer failed its check.
+    SnapshotRejected(u64),
     /// On the leader: propose a membership change and reply once it is
     /// applied here. Removing the leader itself hands leadership over first.
     ChangeMembership {
@@ -557,6 +559,9 @@ pub struct PartitionReplica {
     reads_ready: Vec<(u64, Vec<ReadWaiter>)>,
     watchers: Vec<Watcher>,
     building_snapshot: bool,
+    /// Peers whose snapshot is being checked: one check in flight per peer
+    /// (another snapshot from it meanwhile is dropped; raft resends).
+    checking_snapshots: std::collections::HashSet<u64>,
     /// The index of an applied change that removed this node.
     removed_at: Option<u64>,
     /// A change that removes this leader, waiting for the new leader.
@@ -712,6 +717,7 @@ impl PartitionReplica {
                 reads_ready: Vec::new(),
                 watchers: Vec::new(),
                 building_snapshot: false,
+                checking_snapshots: Default::default(),
                 removed_at: None,
                 handoff: None,
                 applied: recovered.applied,
@@ -836,7 +842,13 @@ impl PartitionReplica {
                     self.step(*m);
                 }
             }
-            ReplicaMsg::SnapshotChecked(m) => self.step(*m),
+            ReplicaMsg::SnapshotChecked(m) => {
+                self.checking_snapshots.remove(&m.from);
+                self.step(*m);
+            }
+            ReplicaMsg::SnapshotRejected(from) => {
+                self.checking_snapshots.remove(&from);
+            }
             ReplicaMsg::PeerClosed(peer) => {
                 self.unreachable(peer);
                 self.check_leader_gone(peer);
@@ -1112,6 +1124,13 @@ impl PartitionReplica {
     /// Checks a received snapshot's data off the executor, then steps it.
     /// raft accepts a snapshot in `step`; by then it must be known good.
     fn check_snapshot(&mut self, m: Box<Message>) {
+        if !self.checking_snapshots.insert(m.from) {
+            debug!(
+                "{}: dropped a snapshot from node {}: its previous one is still being checked",
+                self.group, m.from
+            );
+            return;
+        }
         let own = self.own.clone();
         let group = self.group.clone();
         crate::runtime::spawn(async move {
@@ -1124,11 +1143,14 @@ impl PartitionReplica {
                 Ok(_) => {
                     let _ = own.send_async(ReplicaMsg::SnapshotChecked(m)).await;
                 }
-                Err(e) => warn!(
-                    "{group}: dropped a snapshot from node {} at index {}: {e}",
-                    m.from,
-                    m.get_snapshot().get_metadata().index
-                ),
+                Err(e) => {
+                    warn!(
+                        "{group}: dropped a snapshot from node {} at index {}: {e}",
+                        m.from,
+                        m.get_snapshot().get_metadata().index
+                    );
+                    let _ = own.send_async(ReplicaMsg::SnapshotRejected(m.from)).await;
+                }
             }
         })
         .detach();
