@@ -481,21 +481,27 @@ impl<'t> Tables<'t> {
         write_state(&mut self.state, state)
     }
 
-    /// Replaces the whole store (a snapshot is installed).
-    pub(crate) fn replace(
-        &mut self,
-        state: StoreState,
-        rows: impl Iterator<Item = (String, Record)>,
-        tombstones: impl Iterator<Item = (String, u64)>,
-    ) -> Result<()> {
+    /// Empties the store, before a snapshot's rows go in one at a time.
+    pub(crate) fn clear(&mut self) -> Result<()> {
         self.kv.retain(|_, _| false)?;
         self.tombstones.retain(|_, _| false)?;
-        for (key, record) in rows {
-            self.kv.insert(key.as_str(), record.encode().as_slice())?;
-        }
-        for (key, index) in tombstones {
-            self.tombstones.insert(key.as_str(), index)?;
-        }
+        Ok(())
+    }
+
+    /// One row of a snapshot being installed.
+    pub(crate) fn insert_row(&mut self, key: &str, record: &Record) -> Result<()> {
+        self.kv.insert(key, record.encode().as_slice())?;
+        Ok(())
+    }
+
+    /// One tombstone of a snapshot being installed.
+    pub(crate) fn insert_tombstone(&mut self, key: &str, index: u64) -> Result<()> {
+        self.tombstones.insert(key, index)?;
+        Ok(())
+    }
+
+    /// The store's counters, once a snapshot's rows are in.
+    pub(crate) fn set_state(&mut self, state: StoreState) -> Result<()> {
         write_state(&mut self.state, state)
     }
 }

@@ -97,21 +97,28 @@ pub fn validate(data: &[u8]) -> std::result::Result<Header, String> {
 /// header.
 pub fn install(tables: &mut Tables, data: &[u8]) -> Result<Header> {
     let header = validate(data).map_err(|e| redb::Error::Corrupted(format!("snapshot: {e}")))?;
-    let mut rows = Vec::new();
-    let mut tombstones = Vec::new();
-    walk(
+    // Row by row into the transaction: the snapshot's bytes are the only
+    // copy of the store held in memory, never a list of its rows as well.
+    tables.clear()?;
+    let tables = std::cell::RefCell::new(tables);
+    let failed = std::cell::RefCell::new(None);
+    let keep = |r: Result<()>| match r {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            failed.borrow_mut().get_or_insert(e);
+            Err("the store refused a row".to_string())
+        }
+    };
+    let walked = walk(
         data,
-        |key, record| {
-            rows.push((key.to_string(), record));
-            Ok(())
-        },
-        |key, index| {
-            tombstones.push((key.to_string(), index));
-            Ok(())
-        },
-    )
-    .map_err(|e| redb::Error::Corrupted(format!("snapshot: {e}")))?;
-    tables.replace(header.state, rows.into_iter(), tombstones.into_iter())?;
+        |key, record| keep(tables.borrow_mut().insert_row(key, &record)),
+        |key, index| keep(tables.borrow_mut().insert_tombstone(key, index)),
+    );
+    if let Some(e) = failed.into_inner() {
+        return Err(e);
+    }
+    walked.map_err(|e| redb::Error::Corrupted(format!("snapshot: {e}")))?;
+    tables.into_inner().set_state(header.state)?;
     Ok(header)
 }
 
