@@ -289,7 +289,7 @@ async fn run_node(config: ClusterConfig, node_id: u64, options: NodeOptions) -> 
         return Ok(());
     };
     let node = node?;
-    let systemd = crate::notify::Notifier::start(node.metadata_replica()).await;
+    let systemd = systemd_notifier(node.metadata_replica()).await;
 
     let event = future::or(next_signal(&mut signals), async {
         future::or(async { Event::Fatal(node.fatal_error().await) }, async {
@@ -331,6 +331,30 @@ async fn next_signal(signals: &mut Signals) -> Event {
         Some(Ok(s)) => Event::Signal(s),
         _ => future::pending().await,
     }
+}
+
+/// The systemd notifier, fed with `replica`'s status as `STATUS=` lines and
+/// probing it for the watchdog (the notifier knows nothing of Raft).
+async fn systemd_notifier(replica: &crate::raft::ReplicaHandle) -> crate::notify::Notifier {
+    let lines = replica.subscribe().await.map(|statuses| {
+        let (tx, rx) = flume::bounded(16);
+        crate::runtime::spawn(async move {
+            while let Ok(s) = statuses.recv_async().await {
+                let line = crate::notify::status_line(s.role_name(), s.term, s.leader_id);
+                if tx.send_async(line).await.is_err() {
+                    break;
+                }
+            }
+        })
+        .detach();
+        rx
+    });
+    let replica = replica.clone();
+    crate::notify::Notifier::start(lines, move || {
+        let replica = replica.clone();
+        async move { replica.status().await.map(|_| ()) }
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 use sd_notify::NotifyState;
 
-use crate::raft::{ReplicaHandle, ReplicaStatus};
 use crate::runtime::Task;
 
 /// The node's link to its service manager. Dropping it stops its tasks.
@@ -31,9 +30,15 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    /// Starts publishing `replica`'s status and, when systemd asks for it,
-    /// the watchdog pings. Does nothing without `NOTIFY_SOCKET`.
-    pub async fn start(replica: &ReplicaHandle) -> Notifier {
+    /// Starts publishing each `STATUS=` line that arrives on `statuses`
+    /// and, when systemd asks for it, the watchdog pings while `probe`
+    /// answers (`None`: the watched replica has stopped). Does nothing
+    /// without `NOTIFY_SOCKET`. It knows the node only through these.
+    pub async fn start<P, F>(statuses: Option<flume::Receiver<String>>, probe: P) -> Notifier
+    where
+        P: FnMut() -> F + Send + 'static,
+        F: Future<Output = Option<()>> + Send + 'static,
+    {
         if std::env::var_os("NOTIFY_SOCKET").is_none() {
             return Notifier {
                 enabled: false,
@@ -41,7 +46,7 @@ impl Notifier {
             };
         }
         let mut tasks = Vec::new();
-        if let Some(statuses) = replica.subscribe().await {
+        if let Some(statuses) = statuses {
             tasks.push(crate::runtime::spawn(publish_status(statuses)));
         }
         match sd_notify::watchdog_enabled() {
@@ -51,15 +56,9 @@ impl Notifier {
                     "systemd watchdog: a ping every {}ms while the replica answers",
                     interval.as_millis()
                 );
-                let replica = replica.clone();
-                tasks.push(crate::runtime::spawn(keep_alive(
-                    interval,
-                    move || {
-                        let replica = replica.clone();
-                        async move { replica.status().await }
-                    },
-                    || send(NotifyState::Watchdog),
-                )));
+                tasks.push(crate::runtime::spawn(keep_alive(interval, probe, || {
+                    send(NotifyState::Watchdog)
+                })));
             }
             _ => {}
         }
@@ -104,10 +103,9 @@ pub async fn asking() {
 
 /// Sends one `STATUS=` line per change of role, term or leader, until the
 /// replica stops.
-async fn publish_status(statuses: flume::Receiver<ReplicaStatus>) {
+async fn publish_status(statuses: flume::Receiver<String>) {
     let mut last = String::new();
-    while let Ok(status) = statuses.recv_async().await {
-        let line = status_line(status.role_name(), status.term, status.leader_id);
+    while let Ok(line) = statuses.recv_async().await {
         if line != last {
             send(NotifyState::Status(&line)).await;
             last = line;
