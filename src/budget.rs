@@ -117,8 +117,8 @@ impl Budget {
         }
     }
 
-    /// Reserves `bytes`, waiting up to `timeout` for them (from a thread of
-    /// the blocking pool, never the executor).
+    /// Reserves `bytes`, waiting up to `timeout` for them (from a worker
+    /// thread, never the executor).
     pub fn reserve_blocking(&self, bytes: u64, timeout: Duration) -> Option<Reservation> {
         let bytes = bytes.min(self.inner.capacity);
         let deadline = Instant::now() + timeout;

@@ -123,14 +123,14 @@ impl ClusterCoordinator {
         // empty until the cluster says what to do (see below).
         let opening = {
             let (config, options) = (config.clone(), options.clone());
-            blocking::unblock(move || open_store(&config, node_id, &options)).await?
+            crate::runtime::unblock(move || open_store(&config, node_id, &options)).await?
         };
         // Where an existing store says the membership is (the cluster file
         // only names the initial members).
         let initial_directory = match &opening {
             Opening::Existing(storage) => {
                 let (store, config) = (storage.state.clone(), config.clone());
-                blocking::unblock(move || -> Result<Directory> {
+                crate::runtime::unblock(move || -> Result<Directory> {
                     let membership = store.read(Membership::read)?;
                     let cluster_id = crate::membership::cluster_id(&store)?;
                     Ok(crate::membership::directory_of(
@@ -156,11 +156,11 @@ impl ClusterCoordinator {
         // file is a config error (exit 2), not a node that cannot talk.
         let tls = {
             let config = config.clone();
-            blocking::unblock(move || PeerTls::load(&config, node_id)).await?
+            crate::runtime::unblock(move || PeerTls::load(&config, node_id)).await?
         };
         let https = {
             let config = config.clone();
-            blocking::unblock(move || http::Https::load(&config, node_id)).await?
+            crate::runtime::unblock(move || http::Https::load(&config, node_id)).await?
         };
         let scheme = if https.is_some() { "https" } else { "http" };
         if tls.is_none() {
@@ -265,7 +265,7 @@ impl ClusterCoordinator {
                         cluster_id: cluster_id.clone(),
                     },
                 };
-                let storage = blocking::unblock(move || {
+                let storage = crate::runtime::unblock(move || {
                     NodeStorage::create(&dir, lock, &store_identity, &creation)
                 })
                 .await?;

@@ -9,7 +9,7 @@
 //! - A watch fires once a later write touches a key or prefix; blocking
 //!   queries are built from it.
 //!
-//! Reads of the redb file run on the blocking pool, never on the executor.
+//! Reads of the redb file run on worker threads (`runtime::unblock`), never on the executor.
 
 use std::sync::Arc;
 
@@ -155,7 +155,7 @@ impl KvService {
             self.replica.read_index().await?;
         }
         let store = self.store.clone();
-        blocking::unblock(move || store.read(query))
+        crate::runtime::unblock(move || store.read(query))
             .await
             .map_err(|e| KvError::Storage(e.to_string()))
     }

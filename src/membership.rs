@@ -380,7 +380,7 @@ async fn upkeep(
         return Ok(false);
     }
     let s = store.clone();
-    let membership = blocking::unblock(move || s.read(Membership::read))
+    let membership = crate::runtime::unblock(move || s.read(Membership::read))
         .await
         .map_err(|e| e.to_string())?;
     if membership.cluster_id.is_none() {

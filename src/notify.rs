@@ -13,7 +13,7 @@
 //!   replica stops the pings, and systemd restarts the node.
 //!
 //! Without `NOTIFY_SOCKET` nothing here runs. Sending is a blocking socket
-//! call, so it runs on the `blocking` pool, off the executor.
+//! call, so it runs on a worker thread (`runtime::unblock`), off the executor.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -169,7 +169,7 @@ where
 /// failed.
 async fn send(state: NotifyState<'_>) -> bool {
     let message = state.to_string();
-    blocking::unblock(move || sd_notify::notify(&[NotifyState::Custom(&message)]))
+    crate::runtime::unblock(move || sd_notify::notify(&[NotifyState::Custom(&message)]))
         .await
         .is_ok()
 }

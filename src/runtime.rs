@@ -9,9 +9,10 @@
 //! reactor themselves, which keeps async-io's fallback thread spinning in short
 //! sleeps after every event. With a Raft tick every 25 ms that cost about
 //! 0.8 % of a core per idle node, four times the budget. Here the caller's
-//! thread only parks; the async-io thread alone waits in epoll, and a tick is
-//! one wakeup of each. Durable writes still run on the `blocking` pool, off
-//! the executor.
+//! thread only parks; the async-io thread alone waits in epoll. Raft's tick
+//! comes from a thread of its own (`raft::spawn_tick_driver`), not from a
+//! reactor timer, and work that blocks runs on this module's worker threads
+//! ([`unblock`]), which never wake while idle.
 
 use std::any::Any;
 use std::future::Future;
@@ -21,6 +22,79 @@ use std::sync::LazyLock;
 use futures_lite::FutureExt as _;
 
 use crate::error::Error;
+
+/// The most worker threads [`unblock`] keeps. A job beyond them waits for
+/// one to finish.
+const MAX_WORKERS: usize = 16;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The worker threads of [`unblock`]: they wait on a channel without a
+/// timeout, so an idle node's workers never wake. (The `blocking` crate's
+/// threads wake every 500 ms to check whether to exit, which was a tenth of
+/// an idle node's wakeups.)
+struct Workers {
+    jobs: flume::Sender<Job>,
+    queue: flume::Receiver<Job>,
+    /// Workers waiting for a job and not yet claimed by a submitter.
+    idle: std::sync::atomic::AtomicUsize,
+    threads: std::sync::atomic::AtomicUsize,
+}
+
+static WORKERS: LazyLock<Workers> = LazyLock::new(|| {
+    let (jobs, queue) = flume::unbounded();
+    Workers {
+        jobs,
+        queue,
+        idle: 0.into(),
+        threads: 0.into(),
+    }
+});
+
+impl Workers {
+    fn submit(&'static self, job: Job) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let claimed = self
+            .idle
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if !claimed && self.threads.load(SeqCst) < MAX_WORKERS {
+            let n = self.threads.fetch_add(1, SeqCst) + 1;
+            let spawned = std::thread::Builder::new()
+                .name(format!("worker-{n}"))
+                .spawn(move || self.work());
+            if let Err(e) = spawned {
+                self.threads.fetch_sub(1, SeqCst);
+                log::warn!("cannot start a worker thread ({e}); the job waits for a running one");
+            }
+        }
+        // The queue lives as long as the process: sending cannot fail.
+        let _ = self.jobs.send(job);
+    }
+
+    fn work(&'static self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        while let Ok(job) = self.queue.recv() {
+            job();
+            self.idle.fetch_add(1, SeqCst);
+        }
+    }
+}
+
+/// Runs `f` on a worker thread, off the executor, and returns its result: for
+/// file I/O and other work that blocks. A panic in `f` resumes in the caller.
+pub async fn unblock<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = flume::bounded(1);
+    WORKERS.submit(Box::new(move || {
+        let _ = tx.send(std::panic::catch_unwind(AssertUnwindSafe(f)));
+    }));
+    match rx.recv_async().await {
+        Ok(Ok(value)) => value,
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        // The worker ran the job, which always sends.
+        Err(_) => unreachable!("a worker dropped a job unfinished"),
+    }
+}
 
 /// A spawned task. Dropping it cancels the task; call `detach` to let it run.
 pub type Task<T> = async_executor::Task<T>;

@@ -72,7 +72,8 @@ async fn serve(state: &AdminState, req: Request<Incoming>) -> Resp {
             Err(e) => kv_error(&e, true, timeout),
             Ok(committed) if reads => {
                 let resp =
-                    blocking::unblock(move || answer(committed.outcome, committed.index)).await;
+                    crate::runtime::unblock(move || answer(committed.outcome, committed.index))
+                        .await;
                 drop(share);
                 resp
             }

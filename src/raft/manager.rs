@@ -16,7 +16,6 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::raft::replica::{PartitionReplica, ReplicaHandle, ReplicaMsg};
 use crate::raft::storage::NodeStorage;
-use crate::runtime::or_shutdown;
 use crate::transport::wire::GroupId;
 use crate::transport::{PeerSenders, RaftSink};
 
@@ -205,25 +204,38 @@ pub fn spawn_tick_driver(
     start: flume::Receiver<()>,
     shutdown: flume::Receiver<()>,
 ) -> crate::runtime::Task<()> {
-    crate::runtime::spawn(async move {
-        if or_shutdown(&shutdown, start.recv_async()).await.is_none() {
-            return;
-        }
-        // A random phase: nodes started together would otherwise tick in
-        // step, their followers would time out on the same tick after a
-        // leader dies, and split the vote (seen as failovers of 600 ms and
-        // more). With independent phases two followers rarely fire within a
-        // round trip of each other.
-        let mut wait = interval.mul_f64(fastrand::f64());
-        loop {
-            let stopped = or_shutdown(&shutdown, async_io::Timer::after(wait))
-                .await
-                .is_none();
-            if stopped {
-                break;
+    // A thread of its own, not a timer on the reactor: each of async-io's
+    // timers is one more wakeup of the reactor thread (to re-arm its
+    // timerfd) on top of the one that fires it, and the tick is most of
+    // what an idle node does. Here a tick is one wakeup of this thread and
+    // one of the executor's.
+    let (done_tx, done) = flume::bounded::<()>(1);
+    let ticker = std::thread::Builder::new()
+        .name("raft-tick".into())
+        .spawn(move || {
+            let _done = done_tx; // closes when this thread ends
+            let started = flume::Selector::new()
+                .recv(&start, |_| true)
+                .recv(&shutdown, |_| false)
+                .wait();
+            if !started {
+                return;
             }
-            wait = interval;
-            router.tick_all();
-        }
+            // A random phase: nodes started together would otherwise tick in
+            // step, their followers would time out on the same tick after a
+            // leader dies, and split the vote (seen as failovers of 600 ms
+            // and more). With independent phases two followers rarely fire
+            // within a round trip of each other.
+            let mut wait = interval.mul_f64(fastrand::f64());
+            while let Err(flume::RecvTimeoutError::Timeout) = shutdown.recv_timeout(wait) {
+                wait = interval;
+                router.tick_all();
+            }
+        });
+    if let Err(e) = ticker {
+        log::error!("cannot start the raft tick thread: {e}");
+    }
+    crate::runtime::spawn(async move {
+        let _ = done.recv_async().await;
     })
 }

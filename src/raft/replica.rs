@@ -796,7 +796,7 @@ impl PartitionReplica {
             log, store, inbox, ..
         } = self;
         let group = self.group;
-        let mut done = crate::runtime::spawn(blocking::unblock(move || {
+        let mut done = crate::runtime::spawn(crate::runtime::unblock(move || {
             log.close();
             // A batch still running off the executor finishes first (redb
             // has one writer); then one checkpoint.
@@ -1134,7 +1134,7 @@ impl PartitionReplica {
         let own = self.own.clone();
         let group = self.group.clone();
         crate::runtime::spawn(async move {
-            let (m, verdict) = blocking::unblock(move || {
+            let (m, verdict) = crate::runtime::unblock(move || {
                 let verdict = crate::store::snapshot::validate(m.get_snapshot().get_data());
                 (m, verdict)
             })
@@ -1627,7 +1627,7 @@ impl PartitionReplica {
             snapshot: Some(snapshot),
             ..Default::default()
         };
-        let written = blocking::unblock(move || store.apply(&batch)).await?;
+        let written = crate::runtime::unblock(move || store.apply(&batch)).await?;
         let entries = ready.take_entries();
         let hard_state = ready.hs().cloned();
         self.log
@@ -1751,7 +1751,7 @@ impl PartitionReplica {
                 self.store_busy = true;
                 let (store, own) = (self.store.clone(), self.own.clone());
                 crate::runtime::spawn(async move {
-                    let written = blocking::unblock(move || store.apply(&batch)).await;
+                    let written = crate::runtime::unblock(move || store.apply(&batch)).await;
                     let _ = own.send_async(ReplicaMsg::Applied(written)).await;
                 })
                 .detach();
@@ -1825,7 +1825,7 @@ impl PartitionReplica {
         self.applied_bytes = 0;
         let (store, own, metrics) = (self.store.clone(), self.own.clone(), self.metrics.clone());
         crate::runtime::spawn(async move {
-            let done = blocking::unblock(move || {
+            let done = crate::runtime::unblock(move || {
                 let started = Instant::now();
                 let done = store.checkpoint();
                 metrics.observe_checkpoint(started.elapsed());
@@ -1976,7 +1976,7 @@ impl PartitionReplica {
         self.building_snapshot = true;
         let (store, own) = (self.store.clone(), self.own.clone());
         crate::runtime::spawn(async move {
-            let built = blocking::unblock(move || store.build_snapshot()).await;
+            let built = crate::runtime::unblock(move || store.build_snapshot()).await;
             let _ = own.send_async(ReplicaMsg::SnapshotBuilt(built)).await;
         })
         .detach();

@@ -762,7 +762,7 @@ impl StateStore {
     }
 }
 
-// The replica moves the store into `blocking::unblock`.
+// The replica moves the store into `runtime::unblock`.
 const _: fn() = || {
     fn assert_send_sync<T: Send + Sync + 'static>() {}
     assert_send_sync::<StateStore>();

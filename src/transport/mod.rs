@@ -996,16 +996,55 @@ pub async fn probe(
     Ok(cluster_id)
 }
 
-/// True if a TCP connect to `addr` is refused within `within`: the kernel
+/// True if a TCP connect to `addr` is refused within `limit`: the kernel
 /// of a live host says that no process listens there. A connect that works,
 /// times out or fails otherwise says nothing of the kind (the peer may be
 /// alive, paused or cut off), and gives `false`.
+///
+/// A process that is being killed closes its sockets one by one: its peers
+/// see their streams reset while its listener may still accept for a moment.
+/// A connect that is accepted and then reset at once, before the other side
+/// could even read our hello, is that moment; the probe then asks again
+/// (at most [`REFUSAL_PROBES`] times). A live node leaves an accepted
+/// connection open, waiting for the hello, and the probe answers `false`.
 pub async fn refuses(addr: SocketAddr, limit: Duration) -> bool {
-    match within(limit, TcpStream::connect(addr)).await {
-        Some(Err(e)) => e.kind() == io::ErrorKind::ConnectionRefused,
-        _ => false,
+    let deadline = Instant::now() + limit;
+    for _ in 0..REFUSAL_PROBES {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut stream = match within(left, TcpStream::connect(addr)).await {
+            Some(Err(e)) => return e.kind() == io::ErrorKind::ConnectionRefused,
+            None => return false,
+            Some(Ok(stream)) => stream,
+        };
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .min(ACCEPTED_RESET_WAIT);
+        let mut byte = [0u8; 1];
+        let closed = match within(
+            left,
+            futures_lite::AsyncReadExt::read(&mut stream, &mut byte),
+        )
+        .await
+        {
+            Some(Ok(0)) => true,
+            Some(Err(e)) => matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+            ),
+            // Open (a live node waits for our hello), or it spoke: alive.
+            Some(Ok(_)) | None => false,
+        };
+        if !closed {
+            return false;
+        }
     }
+    false
 }
+
+/// How many connects [`refuses`] makes when each is accepted and reset.
+const REFUSAL_PROBES: usize = 4;
+/// How long [`refuses`] waits for an accepted connection to be reset.
+const ACCEPTED_RESET_WAIT: Duration = Duration::from_millis(20);
 
 /// What a replica hands to the transport.
 #[derive(Debug)]
