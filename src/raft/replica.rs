@@ -85,6 +85,12 @@ pub const INLINE_APPLY_BYTES: usize = 256 * 1024;
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
 /// ... or once this many bytes of entries were applied since the last one.
 pub const CHECKPOINT_BYTES: u64 = 8 * 1024 * 1024;
+/// ... or once this many apply transactions were committed since the last
+/// one. redb reuses the pages a transaction frees only after a durable
+/// commit, so every apply until the next checkpoint takes fresh pages (a
+/// leaf and the branches above it): this bounds how far the file grows
+/// past the data it holds.
+pub const CHECKPOINT_TRANSACTIONS: u64 = 256;
 /// Ticks a read-index request may wait for its answer before it is asked
 /// again (a leader drops it until it has committed an entry of its term).
 pub const READ_INDEX_RETRY_TICKS: u64 = 2;
@@ -587,6 +593,8 @@ pub struct PartitionReplica {
     last_checkpoint: Instant,
     /// Entry bytes applied since the last checkpoint.
     applied_bytes: u64,
+    /// Apply transactions since the last checkpoint.
+    applies: u64,
 }
 
 /// A configuration change as data: the consensus layer proposes it and
@@ -728,6 +736,7 @@ impl PartitionReplica {
                 checkpointed: recovered.applied,
                 last_checkpoint: Instant::now(),
                 applied_bytes: 0,
+                applies: 0,
             },
             handle,
         ))
@@ -1747,6 +1756,7 @@ impl PartitionReplica {
                 break;
             };
             self.applied_bytes += batch.data_bytes() as u64;
+            self.applies += 1;
             if batch.data_bytes() > INLINE_APPLY_BYTES || batch.may_scan() {
                 self.store_busy = true;
                 let (store, own) = (self.store.clone(), self.own.clone());
@@ -1816,6 +1826,7 @@ impl PartitionReplica {
         }
         let due = self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL
             || self.applied_bytes >= CHECKPOINT_BYTES
+            || self.applies >= CHECKPOINT_TRANSACTIONS
             || self.compaction_waits();
         if !due {
             return;
@@ -1823,6 +1834,7 @@ impl PartitionReplica {
         self.store_busy = true;
         self.last_checkpoint = Instant::now();
         self.applied_bytes = 0;
+        self.applies = 0;
         let (store, own, metrics) = (self.store.clone(), self.own.clone(), self.metrics.clone());
         crate::runtime::spawn(async move {
             let done = crate::runtime::unblock(move || {
