@@ -40,6 +40,7 @@ pub mod notify;
 pub mod quorum;
 pub mod raft;
 pub mod runtime;
+pub mod session;
 pub mod status;
 pub mod store;
 pub mod tls;
