@@ -1811,9 +1811,107 @@ mod tests {
             create_index: 2,
             modify_index: 3,
             lock_index: 0,
+            session: String::new(),
             value: b"hello".to_vec(),
         };
+        assert_eq!(
+            r.encode().len(),
+            32 + 5,
+            "a free key's record is as before sessions"
+        );
         assert_eq!(Record::decode(&r.encode()).unwrap(), r);
         assert!(Record::decode(&[0; 31]).is_err());
+        let held = Record {
+            lock_index: 4,
+            session: "0b5e3e42-1d8a-4c4e-9a53-2d5f0c8e7a11".into(),
+            ..r
+        };
+        assert_eq!(Record::decode(&held.encode()).unwrap(), held);
+        let mut cut = held.encode();
+        cut.truncate(40);
+        assert!(Record::decode(&cut).is_err());
+    }
+
+    fn session_op(id: &str, delay_ms: u64, behavior: crate::session::Behavior) -> KvOp {
+        KvOp::SessionCreate {
+            id: id.into(),
+            session: crate::session::SessionSpec {
+                name: String::new(),
+                node: 1,
+                ttl_ms: 0,
+                lock_delay_ms: delay_ms,
+                behavior,
+                node_check: true,
+            },
+            max_sessions: 2,
+            max_per_node: 2,
+        }
+    }
+
+    fn lock(key: &str, session: &str, now_ms: u64) -> KvOp {
+        KvOp::Lock {
+            key: key.into(),
+            value: b"v".to_vec(),
+            flags: 0,
+            session: session.into(),
+            now_ms,
+        }
+    }
+
+    #[test]
+    fn locks_follow_sessions_with_their_lock_delay_and_bounds() {
+        use crate::session::Behavior;
+        let db = db();
+        let committed = |o: &Outcome| matches!(o, Outcome::Committed(_));
+        assert!(committed(
+            &apply(&db, 2, vec![session_op("a", 1000, Behavior::Release)]).0
+        ));
+        assert!(committed(
+            &apply(&db, 3, vec![session_op("b", 0, Behavior::Delete)]).0
+        ));
+        // The bound travels in the entry.
+        let (o, _) = apply(&db, 4, vec![session_op("c", 0, Behavior::Release)]);
+        assert!(
+            matches!(&o, Outcome::RolledBack(e) if e[0].what.contains("too many")),
+            "{o:?}"
+        );
+        assert!(committed(&apply(&db, 5, vec![lock("k", "a", 100)]).0));
+        let (o, _) = apply(&db, 6, vec![lock("k", "b", 100)]);
+        assert!(!committed(&o));
+        let (o, _) = apply(&db, 7, vec![lock("k", "nope", 100)]);
+        assert!(matches!(&o, Outcome::RolledBack(e) if e[0].what.starts_with("invalid session")));
+        assert!(committed(&apply(&db, 8, vec![lock("j", "b", 100)]).0));
+        let k = read(&db).get("k").unwrap().value.unwrap();
+        assert_eq!((k.session.as_str(), k.lock_index), ("a", 1));
+        // Ending a: k is released, with a lock-delay until 5000 + 1000.
+        let end = |id: &str, now_ms| KvOp::SessionDestroy {
+            id: id.into(),
+            now_ms,
+            if_index: None,
+        };
+        assert!(committed(&apply(&db, 9, vec![end("a", 5000)]).0));
+        let k = read(&db).get("k").unwrap().value.unwrap();
+        assert_eq!((k.session.as_str(), k.lock_index), ("", 1));
+        let (o, _) = apply(&db, 10, vec![lock("k", "b", 5999)]);
+        assert!(matches!(&o, Outcome::RolledBack(e) if e[0].what.contains("lock-delay")));
+        assert!(committed(&apply(&db, 11, vec![lock("k", "b", 6000)]).0));
+        assert_eq!(read(&db).get("k").unwrap().value.unwrap().lock_index, 2);
+        // An expiry a renew overtook does nothing.
+        assert!(committed(
+            &apply(&db, 12, vec![KvOp::SessionRenew { id: "b".into() }]).0
+        ));
+        let stale = KvOp::SessionDestroy {
+            id: "b".into(),
+            now_ms: 0,
+            if_index: Some(3),
+        };
+        apply(&db, 13, vec![stale]);
+        assert!(read(&db).get("j").unwrap().value.is_some());
+        // Ending b (behavior delete) deletes the keys it holds.
+        assert!(committed(&apply(&db, 14, vec![end("b", 0)]).0));
+        assert!(read(&db).get("j").unwrap().value.is_none());
+        assert!(read(&db).get("k").unwrap().value.is_none());
+        let (o, _) = apply(&db, 15, vec![KvOp::SessionRenew { id: "b".into() }]);
+        assert!(!committed(&o));
     }
 }
