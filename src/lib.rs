@@ -32,6 +32,7 @@ pub mod health;
 pub mod http;
 pub mod kv;
 pub mod kv_cli;
+pub mod lock_cli;
 pub mod logging;
 pub mod member_cli;
 pub mod membership;
