@@ -222,3 +222,49 @@ fn cmd_is_stopped_when_its_lock_is_lost_and_exit_codes_pass_through() {
         .unwrap();
     assert_eq!(e[0]["Session"], "", "released: {e}");
 }
+
+#[test]
+fn session_list_info_and_destroy_for_operators() {
+    let c = cluster("lock-session-cli");
+    let r = c.call(
+        2,
+        "PUT",
+        "/v1/session/create",
+        br#"{"Name": "ops", "TTL": "30s"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let id = r.json().unwrap()["ID"].as_str().unwrap().to_string();
+    let run = |args: &[&str]| {
+        let out = Command::new(c.bin())
+            .arg("session")
+            .args(args)
+            .arg("--cluster")
+            .arg(&c.config)
+            .output()
+            .expect("run quorumd session");
+        (
+            common::exit_code(out.status),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, out, _) = run(&["list"]);
+    assert_eq!(code, 0);
+    let row = out.lines().find(|l| l.starts_with(&id)).expect("listed");
+    assert!(
+        row.contains("node-2") && row.contains("30s") && row.contains("ops"),
+        "{out}"
+    );
+    let (code, out, _) = run(&["info", &id]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["Name"], "ops");
+    let (code, _, _) = run(&["destroy", &id]);
+    assert_eq!(code, 0);
+    let (code, _, err) = run(&["info", &id]);
+    assert_eq!(code, 1);
+    assert!(err.contains("does not exist"), "{err}");
+    let (code, _, err) = run(&["destroy", "not-a-uuid"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("UUID"), "{err}");
+}

@@ -68,6 +68,18 @@ fn locks_exclude_across_nodes_and_sessions_answer_as_consul_does() {
     }
     let list = c.call(1, "GET", "/v1/session/list", b"").json().unwrap();
     assert_eq!(list.as_array().unwrap().len(), 2);
+    // The members view counts each node's sessions.
+    let members = c
+        .call(3, "GET", "/admin/cluster/members", b"")
+        .json()
+        .unwrap();
+    let counts: Vec<(u64, u64)> = members
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["id"].as_u64().unwrap(), m["sessions"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(counts, vec![(1, 0), (2, 1), (3, 1)]);
     let on3 = c
         .call(1, "GET", "/v1/session/node/node-3", b"")
         .json()
