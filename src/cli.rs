@@ -266,6 +266,11 @@ pub fn summary(config: &ClusterConfig) -> String {
         humantime::format_duration(l.anonymous_idle_timeout),
         l.peer_handshakes_per_address
     );
+    let _ = writeln!(
+        s,
+        "  sessions: max_sessions={} max_sessions_per_node={}",
+        l.max_sessions, l.max_sessions_per_node
+    );
     let _ = writeln!(s, "  data_dir={}", config.data_dir.display());
     for n in &config.nodes {
         let _ = writeln!(s, "  node {}: addr={} admin={}", n.id, n.addr, n.admin);
