@@ -302,3 +302,49 @@ fn a_leader_kill_keeps_every_lock_and_restarts_the_ttls() {
         );
     }
 }
+
+#[test]
+fn sessions_and_locks_travel_in_snapshots_and_survive_restarts() {
+    let mut c = TestCluster::new(Spec::new("sess-snap", 3).raft("snapshot_entries = 50"));
+    c.start_all();
+    let (leader, _) = c.wait_agreed_leader(&[1, 2, 3]);
+    let down = if leader == 3 { 2 } else { 3 };
+    let s = create(&c, leader, r#"{"Checks": [], "LockDelay": "0s"}"#);
+    assert!(lock(&c, leader, "snap/held", "acquire", &s));
+    c.signal(down, libc::SIGTERM);
+    assert_eq!(c.wait_exit(down, Duration::from_secs(30)), 0);
+    let up = 6 - leader - down;
+    for i in 0..150 {
+        let id = if i % 2 == 0 { leader } else { up };
+        assert_eq!(c.kv_put(id, &format!("fill/{i}"), b"v").status, 200);
+    }
+    let from = c.stderr(down).len();
+    c.start_node(down);
+    c.wait_for("the restarted node to install a snapshot", || {
+        c.stderr_since(down, from)
+            .contains("installed a snapshot at index")
+    });
+    c.wait_for("the session on the restarted node", || {
+        let r = c.call(down, "GET", &format!("/v1/session/info/{s}?stale"), b"");
+        r.status == 200 && r.json().unwrap().as_array().is_some_and(|a| a.len() == 1)
+    });
+    let r = c.call(down, "GET", "/v1/kv/snap/held?stale", b"");
+    assert_eq!(r.json().unwrap()[0]["Session"], s.as_str(), "{}", r.body);
+
+    // A restart of the whole cluster keeps them too.
+    for id in [1, 2, 3] {
+        c.signal(id, libc::SIGTERM);
+    }
+    for id in [1, 2, 3] {
+        assert_eq!(c.wait_exit(id, Duration::from_secs(30)), 0);
+    }
+    c.start_all();
+    c.wait_agreed_leader(&[1, 2, 3]);
+    for id in [1, 2, 3] {
+        assert_eq!(session_info(&c, id, &s).len(), 1);
+        assert_eq!(entry(&c, id, "snap/held").unwrap()["Session"], s.as_str());
+    }
+    // And the lock still excludes.
+    let other = create(&c, 1, r#"{"Checks": [], "LockDelay": "0s"}"#);
+    assert!(!lock(&c, 2, "snap/held", "acquire", &other));
+}

@@ -277,13 +277,12 @@ impl Client {
                     self.record(holds, node, &s, started, end, how);
                     continue 'sessions;
                 }
-                let asked = Instant::now().min(self.lease(&s));
-                let how = if asked < Instant::now() {
-                    End::Expired
-                } else {
-                    End::Released
-                };
-                self.record(holds, node, &s, started, asked, how);
+                let (now, lease) = (Instant::now(), self.lease(&s));
+                if lease <= now {
+                    self.record(holds, node, &s, started, lease, End::Expired);
+                    continue 'sessions;
+                }
+                self.record(holds, node, &s, started, now, End::Released);
                 let _ = self.ask("PUT", &format!("{key_path}?release={}", s.id), b"free");
                 std::thread::sleep(Duration::from_millis(self.rng.u64(..30)));
             }
