@@ -243,9 +243,14 @@ impl Client {
                         std::thread::sleep(Duration::from_millis(20 + self.rng.u64(..50)));
                         continue;
                     }
-                    // Unknown: the lock may be ours, but we do not know it.
-                    // Give the session up (its TTL ends it).
-                    _ => continue 'sessions,
+                    // Unknown: the lock may be ours. A linearizable read
+                    // says; the hold starts when the client learns it.
+                    _ => match self.holder(&key_path) {
+                        Some(holder) if holder == s.id => {}
+                        Some(_) => continue,
+                        // Still unknown: give the session up (its TTL ends it).
+                        None => continue 'sessions,
+                    },
                 }
                 let started = Instant::now();
                 let hold_for = Duration::from_micros(
@@ -288,6 +293,22 @@ impl Client {
             }
             let _ = self.ask("PUT", &format!("/v1/session/destroy/{}", s.id), b"");
         }
+    }
+
+    /// The session holding the lock (`""`: none), by a linearizable read,
+    /// or `None` if no node answered.
+    fn holder(&self, key_path: &str) -> Option<String> {
+        for _ in 0..5 {
+            match self.ask("GET", key_path, b"").1 {
+                Some((200, text)) => {
+                    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+                    return Some(v[0]["Session"].as_str().unwrap_or("").to_string());
+                }
+                Some((404, _)) => return Some(String::new()),
+                _ => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+        None
     }
 
     fn record(
