@@ -114,11 +114,13 @@ fn lock_holders_that_outlive_their_lease_are_caught() {
             "--nodes",
             "3",
             "--duration",
-            "20s",
+            "30s",
             "--seed",
             "5",
+            // Faults that keep the leader: a new leader restarts the TTL
+            // timers, and the abandoned session must expire within the run.
             "--faults",
-            "pause",
+            "kill-follower",
             "--clients",
             "2",
             "--lock-clients",
@@ -130,10 +132,16 @@ fn lock_holders_that_outlive_their_lease_are_caught() {
     );
     let stderr = String::from_utf8_lossy(&o.stderr);
     let f = final_of(&o);
-    assert!(f.violations > 0, "the overlap went unnoticed: {f:?}\n{stderr}");
+    assert!(
+        f.violations > 0,
+        "the overlap went unnoticed: {f:?}\n{stderr}"
+    );
     assert_eq!(o.status.code(), Some(1), "{stderr}");
     let report = std::fs::read_to_string(out.join("report.txt")).unwrap();
-    assert!(report.contains("lock overlap on key chaos/lock"), "{report}");
+    assert!(
+        report.contains("lock overlap on key chaos/lock"),
+        "{report}"
+    );
     assert!(out.join("holds.jsonl").is_file());
 }
 
