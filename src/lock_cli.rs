@@ -116,6 +116,8 @@ pub enum SessionCommand {
 }
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The pause before asking again after a transient failure.
+const RETRY: Duration = Duration::from_millis(500);
 
 impl Target {
     fn connect(&self) -> Result<Api> {
@@ -467,15 +469,32 @@ fn acquire_lock(api: &Api, prefix: &str, id: &str, flags: &Flags) -> Result<Opti
     let key = format!("{prefix}/.lock");
     let path = kv_path(&key);
     while !interrupted(flags) {
-        let r = api.ask(Method::PUT, &format!("{path}?acquire={id}"), Vec::new())?;
+        // No answer, or no leader for now: the renewer decides when the
+        // session is lost; until then, try again.
+        let Ok(r) = api.ask(Method::PUT, &format!("{path}?acquire={id}"), Vec::new()) else {
+            std::thread::sleep(RETRY);
+            continue;
+        };
         match (r.status, r.text().as_str()) {
             (200, "true") => return Ok(Some((key, index_of(&r)))),
             (200, "false") => {
                 let index = api
                     .ask(Method::GET, &path, Vec::new())
-                    .map(|r| index_of(&r))?;
-                wait_change(api, &path, index);
+                    .map_or(0, |r| index_of(&r));
+                if index == 0 {
+                    std::thread::sleep(RETRY);
+                } else {
+                    wait_change(api, &path, index);
+                }
             }
+            (500, text) if text.starts_with("invalid session") => {
+                if let Ok(mut l) = flags.lost.lock() {
+                    l.get_or_insert(
+                        "the session was invalidated before the lock was acquired".into(),
+                    );
+                }
+            }
+            (status, _) if status >= 500 => std::thread::sleep(RETRY),
             _ => return Err(refused(&r)),
         }
     }
@@ -502,14 +521,25 @@ fn acquire_slot(
     let lock_key = format!("{prefix}/.lock");
     let tree = format!("{}/?recurse", kv_path(prefix));
     while !interrupted(flags) {
-        let r = api.ask(Method::GET, &tree, Vec::new())?;
+        let Ok(r) = api.ask(Method::GET, &tree, Vec::new()) else {
+            std::thread::sleep(RETRY);
+            continue;
+        };
         let index = index_of(&r);
         let entries: Vec<Value> = match r.status {
             200 => serde_json::from_slice(&r.body).unwrap_or_default(),
             404 => Vec::new(),
+            s if s >= 500 => {
+                std::thread::sleep(RETRY);
+                continue;
+            }
             _ => return Err(refused(&r)),
         };
         let (holders, cas) = semaphore_state(&entries, &lock_key, limit)?;
+        if holders.contains_key(id) {
+            // A CAS whose answer was lost did apply.
+            return Ok(Some((lock_key, cas)));
+        }
         if holders.len() as u64 >= limit {
             wait_change(api, &tree, index);
             continue;
@@ -517,14 +547,19 @@ fn acquire_slot(
         let mut next = holders;
         next.insert(id.to_string(), true);
         let body = json!({"Limit": limit, "Holders": next}).to_string();
-        let r = api.ask(
+        let Ok(r) = api.ask(
             Method::PUT,
             &format!("{}?cas={cas}", kv_path(&lock_key)),
             body.into_bytes(),
-        )?;
+        ) else {
+            // Unknown outcome: the next read of the holders says.
+            std::thread::sleep(RETRY);
+            continue;
+        };
         match (r.status, r.text().as_str()) {
             (200, "true") => return Ok(Some((lock_key, index_of(&r)))),
             (200, "false") => continue,
+            (s, _) if s >= 500 => std::thread::sleep(RETRY),
             _ => return Err(refused(&r)),
         }
     }
