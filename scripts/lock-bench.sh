@@ -99,7 +99,7 @@ e_start() {
 e_stop() { for i in 1 2 3; do kill -9 "${epid[i]}" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 e_lock() { # node name cmd...
     local node=$1 name=$2; shift 2
-    etcdctl --endpoints "127.0.0.1:$((base + 30 + node))" lock --ttl 2 "$name" "$@"
+    etcdctl --endpoints "127.0.0.1:$((base + 30 + node))" lock --ttl 2 "$name" -- "$@"
 }
 
 # kill -9 of the holder's box: node 3 and the holder; the waiter asks node 1.
