@@ -35,13 +35,29 @@ cleanup() {
 }
 trap cleanup EXIT
 
-base=$((20000 + RANDOM % 20000))
 now_ms() { date +%s%3N; }
+# A base port whose 40 ports above it nothing listens on now (the machine
+# may be shared with other tests).
+pick_base() {
+    local listening
+    listening=$(ss -Hltn 2>/dev/null | awk '{print $4}' | sed 's/.*://')
+    while :; do
+        base=$((20000 + RANDOM % 20000))
+        local p clash=0
+        for p in $(seq $((base + 1)) $((base + 40))); do
+            grep -qx "$p" <<<"$listening" && { clash=1; break; }
+        done
+        ((clash == 0)) && return 0
+    done
+}
+# Waits up to 60 s for a file to be written.
+await() { for _ in $(seq 1200); do [[ -s $1 ]] && return 0; sleep 0.05; done; return 1; }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 # ---- quorumd ----
 qfile=$work/q.toml
 q_start() {
+    pick_base
     rm -rf "$work/qdata"
     cat >"$qfile" <<TOML
 [cluster]
@@ -77,6 +93,7 @@ q_lock() { # node prefix cmd...
 
 # ---- etcd ----
 e_start() {
+    pick_base
     rm -rf "$work/edata"
     local cluster="" i
     for i in 1 2 3; do cluster+="e$i=http://127.0.0.1:$((base + 20 + i)),"; done
@@ -116,10 +133,10 @@ failover() { # impl round
     t0=$(now_ms)
     if [[ $impl == q ]]; then kill -9 "${qpid[3]}"; else kill -9 "${epid[3]}"; fi
     kill -9 -- "-$holder" 2>/dev/null || true
-    for _ in $(seq 600); do [[ -s $mark ]] && break; sleep 0.05; done
-    wait "$waiter" 2>/dev/null || true
+    await "$mark" || true
+    kill -9 "$waiter" 2>/dev/null || true
     t1=$(cat "$mark" 2>/dev/null || echo "")
-    [[ -n $t1 ]] && echo $((t1 - t0))
+    if [[ -n $t1 ]]; then echo $((t1 - t0)); else echo "no-failover"; fi
 }
 
 # clean release: the holder's command exits; the waiter was queued.
@@ -130,8 +147,12 @@ handover() { # impl round
     sleep 0.5
     "${impl}_lock" 2 "ho$r" sh -c "date +%s%3N > $mark" >/dev/null 2>&1 &
     waiter=$!
-    wait "$holder" "$waiter" 2>/dev/null || true
-    echo $(( $(cat "$mark") - $(cat "$end") ))
+    if await "$end" && await "$mark"; then
+        echo $(( $(cat "$mark") - $(cat "$end") ))
+    else
+        echo "no-handover"
+    fi
+    kill -9 "$holder" "$waiter" 2>/dev/null || true
 }
 
 throughput() { # impl seconds
