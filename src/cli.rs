@@ -59,6 +59,14 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::kv_cli::KvCommand,
     },
+    /// Run CMD while holding a lock (or, with -n N, one of N slots), like
+    /// `consul lock`; CMD is stopped if the lock is lost. Exits with CMD's code.
+    Lock(crate::lock_cli::LockArgs),
+    /// List, show and destroy sessions.
+    Session {
+        #[command(subcommand)]
+        command: crate::lock_cli::SessionCommand,
+    },
     /// Validate a cluster file (and its `[tls]` files) and print a summary.
     Check {
         /// The cluster file.
@@ -145,6 +153,11 @@ pub fn run(cli: Cli, started: Instant) -> Result<()> {
             Ok(())
         }
         Command::Kv { command } => crate::kv_cli::run(command),
+        Command::Lock(args) => {
+            let code = crate::lock_cli::run_lock(args)?;
+            std::process::exit(code)
+        }
+        Command::Session { command } => crate::lock_cli::run_session(command),
         Command::Member { command } => crate::member_cli::run(command),
         Command::Check { file } => {
             let config = ClusterConfig::load(&file)?;
@@ -252,6 +265,11 @@ pub fn summary(config: &ClusterConfig) -> String {
         l.max_blocking_queries,
         humantime::format_duration(l.anonymous_idle_timeout),
         l.peer_handshakes_per_address
+    );
+    let _ = writeln!(
+        s,
+        "  sessions: max_sessions={} max_sessions_per_node={}",
+        l.max_sessions, l.max_sessions_per_node
     );
     let _ = writeln!(s, "  data_dir={}", config.data_dir.display());
     for n in &config.nodes {

@@ -86,6 +86,10 @@ pub const DEFAULT_MAX_CONNS: usize = 512;
 pub const DEFAULT_MAX_CONNS_PER_CLIENT: usize = 64;
 /// Default blocking queries held at once.
 pub const DEFAULT_MAX_BLOCKING_QUERIES: usize = 256;
+/// Default sessions the cluster holds at most, in all.
+pub const DEFAULT_MAX_SESSIONS: u64 = 10_000;
+/// Default sessions bound to one node at most.
+pub const DEFAULT_MAX_SESSIONS_PER_NODE: u64 = 2_000;
 /// Default idle limit of an HTTPS connection without a client certificate.
 pub const DEFAULT_ANONYMOUS_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default peer-port connections one source address may have in their
@@ -143,6 +147,8 @@ struct RawLimits {
     max_blocking_queries: Option<usize>,
     anonymous_idle_timeout: Option<toml::Value>,
     peer_handshakes_per_address: Option<usize>,
+    max_sessions: Option<usize>,
+    max_sessions_per_node: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -276,6 +282,10 @@ pub struct Limits {
     /// Peer-port connections one source address may have in their
     /// handshake at once.
     pub peer_handshakes_per_address: usize,
+    /// Sessions the cluster holds at most, in all.
+    pub max_sessions: u64,
+    /// Sessions bound to one node at most.
+    pub max_sessions_per_node: u64,
 }
 
 impl Default for Limits {
@@ -289,6 +299,8 @@ impl Default for Limits {
             max_blocking_queries: DEFAULT_MAX_BLOCKING_QUERIES,
             anonymous_idle_timeout: DEFAULT_ANONYMOUS_IDLE_TIMEOUT,
             peer_handshakes_per_address: DEFAULT_PEER_HANDSHAKES_PER_ADDRESS,
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            max_sessions_per_node: DEFAULT_MAX_SESSIONS_PER_NODE,
         }
     }
 }
@@ -719,6 +731,18 @@ fn parse_limits(
             d.peer_handshakes_per_address,
             1024,
         )?,
+        max_sessions: count(
+            "limits.max_sessions",
+            raw.max_sessions,
+            d.max_sessions as usize,
+            1_000_000,
+        )? as u64,
+        max_sessions_per_node: count(
+            "limits.max_sessions_per_node",
+            raw.max_sessions_per_node,
+            d.max_sessions_per_node as usize,
+            1_000_000,
+        )? as u64,
     };
     check_bytes(
         "limits.max_response_bytes",

@@ -339,6 +339,16 @@ impl ClusterCoordinator {
         ));
         tasks.push(essential("the membership upkeep", upkeep));
         tasks.push(essential(
+            "the session reaper",
+            crate::session::spawn_reaper(
+                config.clone(),
+                node_id,
+                kv.clone(),
+                health.clone(),
+                shutdown.clone(),
+            ),
+        ));
+        tasks.push(essential(
             "the membership sync",
             crate::membership::spawn_directory_sync(
                 config.clone(),

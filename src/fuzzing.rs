@@ -160,7 +160,9 @@ pub fn http(data: &[u8]) {
                 resp.status
             ),
             Ok(kv::KvRequest::Get(_)) => {}
-            Ok(kv::KvRequest::Put { key, flags, cas }) => {
+            Ok(kv::KvRequest::Put {
+                key, flags, cas, ..
+            }) => {
                 assert!(
                     check_key(&key, false).is_ok() && !is_reserved(&key),
                     "{key:?}"

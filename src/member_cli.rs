@@ -17,11 +17,11 @@ use crate::error::{Error, Result};
 /// The `member` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum MemberCommand {
-    /// List the members: id, addresses, role, alive.
+    /// List the members: id, addresses, role, alive, sessions held.
     List {
         #[command(flatten)]
         target: Target,
-        /// Print a JSON array: `[{"id", "addr", "admin", "role", "alive", "joined"}]`.
+        /// Print a JSON array: `[{"id", "addr", "admin", "role", "alive", "joined", "sessions"}]`.
         #[arg(long)]
         json: bool,
     },
@@ -98,13 +98,15 @@ pub fn run(command: MemberCommand) -> Result<()> {
                     .flatten()
                     .map(|m| {
                         json!({"id": m["id"], "addr": m["addr"], "admin": m["admin"],
-                               "role": m["role"], "alive": m["alive"], "joined": m["joined"]})
+                               "role": m["role"], "alive": m["alive"], "joined": m["joined"],
+                               "sessions": m["sessions"]})
                     })
                     .collect();
                 println!("{:#}", Value::Array(list));
                 return Ok(());
             }
-            let mut rows = vec![["ID", "ADDRESS", "ADMIN", "ROLE", "ALIVE"].map(String::from)];
+            let mut rows =
+                vec![["ID", "ADDRESS", "ADMIN", "ROLE", "ALIVE", "SESSIONS"].map(String::from)];
             for m in members.as_array().into_iter().flatten() {
                 rows.push([
                     m["id"].to_string(),
@@ -112,6 +114,7 @@ pub fn run(command: MemberCommand) -> Result<()> {
                     m["admin"].as_str().unwrap_or("-").to_string(),
                     m["role"].as_str().unwrap_or("-").to_string(),
                     if m["alive"] == true { "yes" } else { "no" }.to_string(),
+                    m["sessions"].as_u64().unwrap_or(0).to_string(),
                 ]);
             }
             print!("{}", crate::status::table(&rows));

@@ -78,3 +78,25 @@ fn py_consul_works_against_a_three_node_cluster_unchanged() {
         c.diagnostics()
     );
 }
+
+#[test]
+fn py_consul_sessions_and_locks_work_unchanged() {
+    let python = venv();
+    let mut c = TestCluster::new(Spec::new("py-consul-sessions", 3));
+    c.start_all();
+    c.wait_agreed_leader(&[1, 2, 3]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/pyconsul_sessions.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .args(c.ids().iter().map(|&id| c.admin(id).to_string()))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the py-consul script");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.trim() == "OK",
+        "py-consul sessions failed against quorumd:\n{stdout}\n{stderr}\n{}",
+        c.diagnostics()
+    );
+}

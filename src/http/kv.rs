@@ -57,10 +57,34 @@ pub async fn handle(state: &AdminState, req: Request<Incoming>, raw_key: &str) -
     let mut resp = match decoded {
         Err(e) => e.response(),
         Ok(KvRequest::Get(get)) => serve_get(&state.kv, get).await,
-        Ok(KvRequest::Put { key, flags, cas }) => {
+        Ok(KvRequest::Put {
+            key,
+            flags,
+            cas,
+            lock,
+        }) => {
             let limit = state.kv.settings().max_value_bytes;
             match read_body(req, limit, "the value", state.kv.budget()).await {
-                Ok(value) => write(&state.kv, vec![put_op(key, value.to_vec(), flags, cas)]).await,
+                Ok(value) => {
+                    let value = value.to_vec();
+                    let op = match lock {
+                        None => put_op(key, value, flags, cas),
+                        Some(LockRequest::Acquire(session)) => KvOp::Lock {
+                            key,
+                            value,
+                            flags,
+                            session,
+                            now_ms: crate::session::now_ms(),
+                        },
+                        Some(LockRequest::Release(session)) => KvOp::Unlock {
+                            key,
+                            value,
+                            flags,
+                            session,
+                        },
+                    };
+                    write(&state.kv, vec![op]).await
+                }
                 Err(e) => e.response(),
             }
         }
@@ -85,6 +109,8 @@ pub enum KvRequest {
         flags: u64,
         /// `?cas=`: the `ModifyIndex` the key must have (0: absent).
         cas: Option<u64>,
+        /// `?acquire=` or `?release=`.
+        lock: Option<LockRequest>,
     },
     /// A delete: one key, a tree, or a cas delete.
     Delete(KvOp),
@@ -154,7 +180,7 @@ pub fn entry_json(e: &KvEntry) -> Value {
         "Value": e.value.as_ref().map(|v| base64::engine::general_purpose::STANDARD.encode(v)),
         "CreateIndex": e.create_index,
         "ModifyIndex": e.modify_index,
-        "Session": "",
+        "Session": e.session,
     })
 }
 
@@ -190,11 +216,14 @@ fn sessions_refused(pairs: &[(String, String)]) -> Option<ApiError> {
     ["acquire", "release"]
         .into_iter()
         .find(|p| param(pairs, p).is_some())
-        .map(|p| {
-            bad(format!(
-                "?{p} is not supported: quorumd has no sessions or locks yet"
-            ))
-        })
+        .map(|p| bad(format!("?{p} is for PUT, not DELETE")))
+}
+
+/// `?acquire=<session>` or `?release=<session>` on a PUT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockRequest {
+    Acquire(String),
+    Release(String),
 }
 
 /// What a GET asks for.
@@ -468,8 +497,24 @@ fn reserved(key: &str) -> Option<ApiError> {
 }
 
 fn decode_put(key: String, pairs: &[(String, String)]) -> Result<KvRequest, ApiError> {
-    if let Some(resp) = sessions_refused(pairs) {
-        return Err(resp);
+    let lock = match (param(pairs, "acquire"), param(pairs, "release")) {
+        (Some(_), Some(_)) => {
+            return Err(bad(
+                "Conflicting flags: ?acquire and ?release in one request",
+            ))
+        }
+        (Some(id), None) => Some(LockRequest::Acquire(id.to_string())),
+        (None, Some(id)) => Some(LockRequest::Release(id.to_string())),
+        (None, None) => None,
+    };
+    if let Some(LockRequest::Acquire(id) | LockRequest::Release(id)) = &lock {
+        if !crate::session::valid_id(id) {
+            // Consul's answer to a session it does not know.
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("invalid session {id:?}"),
+            ));
+        }
     }
     if let Err(reason) = check_key(&key, false) {
         return Err(bad(capitalize(&reason)));
@@ -479,7 +524,12 @@ fn decode_put(key: String, pairs: &[(String, String)]) -> Result<KvRequest, ApiE
     }
     let flags = u64_param(pairs, "flags")?.unwrap_or(0);
     let cas = u64_param(pairs, "cas")?;
-    Ok(KvRequest::Put { key, flags, cas })
+    Ok(KvRequest::Put {
+        key,
+        flags,
+        cas,
+        lock,
+    })
 }
 
 /// The write a PUT of `value` makes.
@@ -522,6 +572,12 @@ async fn write(kv: &KvService, ops: Vec<KvOp>) -> Resp {
         Ok(committed) => match committed.outcome {
             Outcome::Committed(_) => {
                 with_index(reply(StatusCode::OK, json!(true)), committed.index)
+            }
+            // Consul answers 500 to a lock by a session it does not know.
+            Outcome::RolledBack(errors)
+                if errors.iter().any(|e| e.what.starts_with("invalid session")) =>
+            {
+                text(StatusCode::INTERNAL_SERVER_ERROR, errors[0].what.clone())
             }
             Outcome::RolledBack(_) => {
                 with_index(reply(StatusCode::OK, json!(false)), committed.index)
@@ -619,6 +675,7 @@ mod tests {
             create_index: 3,
             modify_index: 9,
             lock_index: 0,
+            session: String::new(),
         };
         let v = entry_json(&e);
         assert_eq!(v["Value"], "dGVzdA==");

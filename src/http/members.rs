@@ -2,7 +2,7 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | `GET /admin/cluster/members` | `[{"id","addr","admin","role","alive","joined"}]` |
+//! | `GET /admin/cluster/members` | `[{"id","addr","admin","role","alive","joined","sessions"}]` |
 //! | `POST /admin/cluster/members` with `{"id","addr","admin"}` | adds a learner; 200 with its record |
 //! | `POST /admin/cluster/members/<id>/promote[?replace=<old>]` | a caught-up learner becomes a voter (and `old` leaves, in the same joint-consensus change); 409 while it is behind |
 //! | `DELETE /admin/cluster/members/<id>` | removes a voter or learner |
@@ -76,7 +76,8 @@ async fn list(state: &AdminState) -> Resp {
     };
     let live = state.health.live_peers().await;
     let alive = |id: u64| id == state.node_id || live.contains(&id);
-    let members: Vec<Value> = if m.members.is_empty() {
+    let sessions = session_counts(state).await;
+    let mut members: Vec<Value> = if m.members.is_empty() {
         state
             .config
             .nodes
@@ -92,7 +93,26 @@ async fn list(state: &AdminState) -> Resp {
             .map(|(r, _)| record_json(r, alive(r.id)))
             .collect()
     };
+    for member in &mut members {
+        let id = member["id"].as_u64().unwrap_or(0);
+        member["sessions"] = json!(sessions.get(&id).copied().unwrap_or(0));
+    }
     reply(StatusCode::OK, Value::Array(members))
+}
+
+/// How many sessions each node holds, as this node has applied them.
+async fn session_counts(state: &AdminState) -> std::collections::HashMap<u64, u64> {
+    let mut counts = std::collections::HashMap::new();
+    if let Ok(listing) =
+        crate::http::session::all_sessions(&state.kv, crate::kv::Consistency::Stale).await
+    {
+        for s in listing.value {
+            if let Some(n) = s["Node"].as_str().and_then(crate::session::parse_node) {
+                *counts.entry(n).or_insert(0) += 1;
+            }
+        }
+    }
+    counts
 }
 
 fn record_json(m: &Member, alive: bool) -> Value {

@@ -34,6 +34,7 @@
 pub mod cluster;
 pub mod kv;
 pub mod members;
+pub mod session;
 pub mod txn;
 pub mod ui;
 
@@ -534,6 +535,13 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
     }
     if path == "/v1/txn" {
         return txn::handle(state, req).await;
+    }
+    if let Some(rest) = path.strip_prefix("/v1/session/") {
+        let rest = rest.to_string();
+        return session::handle(state, req, &rest).await;
+    }
+    if let Some(rest) = path.strip_prefix("/v1/status/") {
+        return session::status(state, &req, rest).await;
     }
     if let Some(rest) = path.strip_prefix("/ui") {
         if rest.is_empty() || rest.starts_with('/') {

@@ -191,7 +191,8 @@ fn parse_op(i: usize, item: &Value, max_value_bytes: u64) -> Result<KvOp, ApiErr
     let Some(obj) = item.as_object() else {
         return Err(bad(format!("operation {i} is not a JSON object")));
     };
-    let Some(kv) = obj.get("KV") else {
+    let field = crate::http::session::field;
+    let Some(kv) = field(obj, "KV") else {
         let kinds: Vec<&str> = obj.keys().map(String::as_str).collect();
         return Err(bad(format!(
             "operation {i} is a {kinds:?} operation; quorumd supports only KV operations"
@@ -201,7 +202,7 @@ fn parse_op(i: usize, item: &Value, max_value_bytes: u64) -> Result<KvOp, ApiErr
         return Err(bad(format!("operation {i}: \"KV\" is not a JSON object")));
     };
     let field_str = |name: &str| -> Result<String, ApiError> {
-        match kv.get(name) {
+        match field(kv, name) {
             None | Some(Value::Null) => Ok(String::new()),
             Some(Value::String(s)) => Ok(s.clone()),
             Some(other) => Err(bad(format!(
@@ -210,7 +211,7 @@ fn parse_op(i: usize, item: &Value, max_value_bytes: u64) -> Result<KvOp, ApiErr
         }
     };
     let field_u64 = |name: &str| -> Result<u64, ApiError> {
-        match kv.get(name) {
+        match field(kv, name) {
             None | Some(Value::Null) => Ok(0),
             Some(v) => v.as_u64().ok_or_else(|| {
                 bad(format!(
@@ -262,9 +263,28 @@ fn parse_op(i: usize, item: &Value, max_value_bytes: u64) -> Result<KvOp, ApiErr
         "delete-tree" => KvOp::DeleteTree { prefix: key },
         "delete-cas" => KvOp::DeleteCas { key, index },
         "lock" | "unlock" | "check-session" => {
-            return Err(bad(format!(
-            "operation {i}: verb {verb:?} is not supported: quorumd has no sessions or locks yet"
-        )))
+            let session = field_str("Session")?;
+            if !crate::session::valid_id(&session) {
+                return Err(bad(format!(
+                    "operation {i}: verb {verb:?} needs a Session, a UUID; got {session:?}"
+                )));
+            }
+            match verb.as_str() {
+                "lock" => KvOp::Lock {
+                    key,
+                    value: value()?,
+                    flags,
+                    session,
+                    now_ms: crate::session::now_ms(),
+                },
+                "unlock" => KvOp::Unlock {
+                    key,
+                    value: value()?,
+                    flags,
+                    session,
+                },
+                _ => KvOp::CheckSession { key, session },
+            }
         }
         "" => return Err(bad(format!("operation {i}: missing Verb"))),
         other => return Err(bad(format!("operation {i}: unknown verb {other:?}"))),
@@ -317,7 +337,13 @@ mod tests {
         assert!(text.contains("only KV"), "{text}");
         let (code, text) = status_and_body(br#"[{"KV": {"Verb": "lock", "Key": "a"}}]"#);
         assert_eq!(code, 400);
-        assert!(text.contains("sessions"), "{text}");
+        assert!(text.contains("Session"), "{text}");
+        let ops = parse(
+            br#"[{"kv": {"verb": "check-session", "key": "a", "session": "0b5e3e42-1d8a-4c4e-9a53-2d5f0c8e7a11"}}]"#,
+            4,
+        )
+        .unwrap();
+        assert!(matches!(&ops[0], KvOp::CheckSession { key, .. } if key == "a"));
         let (code, text) =
             status_and_body(br#"[{"KV": {"Verb": "set", "Key": "a", "Value": "dGVzdGluZw=="}}]"#);
         assert_eq!(code, 413);

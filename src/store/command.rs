@@ -71,6 +71,52 @@ pub enum KvOp {
     /// `delete-tree`: deletes every key under the prefix (reserved keys
     /// excepted, when the command comes from a client).
     DeleteTree { prefix: String },
+    // The variants below were added with sessions; postcard numbers
+    // variants by position, so they go after the older ones and entries
+    // written before them still decode.
+    /// `lock` (`?acquire=`): writes the value and takes the key for the
+    /// session, if the key is free or already held by it and no lock-delay
+    /// holds it. `now_ms` is the proposer's wall clock (Unix ms), compared
+    /// with the lock-delay recorded when a holder's session ended: the
+    /// state machine never reads a clock.
+    Lock {
+        key: String,
+        value: Vec<u8>,
+        flags: u64,
+        session: String,
+        now_ms: u64,
+    },
+    /// `unlock` (`?release=`): writes the value and frees the key, if the
+    /// session holds it.
+    Unlock {
+        key: String,
+        value: Vec<u8>,
+        flags: u64,
+        session: String,
+    },
+    /// `check-session`: fails unless the session holds the key.
+    CheckSession { key: String, session: String },
+    /// Creates a session (`PUT /v1/session/create`); the id is chosen by
+    /// the proposer. Fails past either bound, which travel in the entry.
+    SessionCreate {
+        id: String,
+        session: crate::session::SessionSpec,
+        max_sessions: u64,
+        max_per_node: u64,
+    },
+    /// Renews a session: moves its `ModifyIndex`, which restarts the
+    /// leader's TTL timer. Fails if the session is gone.
+    SessionRenew { id: String },
+    /// Ends a session: its locks are released (or its keys deleted, with
+    /// behavior `delete`), and a lock-delay of `now_ms` plus the session's
+    /// lock-delay is recorded on each. With `if_index`, only if the
+    /// session's `ModifyIndex` is still that (an expiry that a renew
+    /// overtook does nothing).
+    SessionDestroy {
+        id: String,
+        now_ms: u64,
+        if_index: Option<u64>,
+    },
 }
 
 impl KvOp {
@@ -83,6 +129,19 @@ impl KvOp {
                 | KvOp::Delete { .. }
                 | KvOp::DeleteCas { .. }
                 | KvOp::DeleteTree { .. }
+                | KvOp::Lock { .. }
+                | KvOp::Unlock { .. }
+                | KvOp::SessionCreate { .. }
+                | KvOp::SessionRenew { .. }
+                | KvOp::SessionDestroy { .. }
+        )
+    }
+
+    /// True for the session verbs, which write the cluster's own rows.
+    pub fn is_session_op(&self) -> bool {
+        matches!(
+            self,
+            KvOp::SessionCreate { .. } | KvOp::SessionRenew { .. } | KvOp::SessionDestroy { .. }
         )
     }
 
@@ -96,7 +155,13 @@ impl KvOp {
             | KvOp::CheckIndex { key, .. }
             | KvOp::CheckNotExists { key }
             | KvOp::Delete { key }
-            | KvOp::DeleteCas { key, .. } => key,
+            | KvOp::DeleteCas { key, .. }
+            | KvOp::Lock { key, .. }
+            | KvOp::Unlock { key, .. }
+            | KvOp::CheckSession { key, .. } => key,
+            KvOp::SessionCreate { id, .. }
+            | KvOp::SessionRenew { id }
+            | KvOp::SessionDestroy { id, .. } => id,
             KvOp::GetTree { prefix } | KvOp::DeleteTree { prefix } => prefix,
         }
     }

@@ -42,25 +42,62 @@ pub struct Record {
     pub create_index: u64,
     /// The index of the entry that last wrote it.
     pub modify_index: u64,
-    /// Times a session acquired it; 0 until sessions exist.
+    /// Times a session acquired it.
     pub lock_index: u64,
+    /// The session that holds it; empty when free.
+    pub session: String,
     /// The value.
     pub value: Vec<u8>,
 }
 
 const RECORD_HEADER: usize = 32;
 
+/// Set in the stored `lock_index` when a session holds the key: a u16
+/// length and the session id follow the header. Records written before
+/// sessions never have it, so they read as free.
+const HELD_BIT: u64 = 1 << 63;
+
+/// Splits a stored record: the four numbers (lock index without
+/// [`HELD_BIT`]), the session, and where the value starts.
+fn split_record(bytes: &[u8]) -> std::result::Result<([u64; 4], &str, usize), String> {
+    if bytes.len() < RECORD_HEADER {
+        return Err(format!("a record of {} bytes is too short", bytes.len()));
+    }
+    let n = |i: usize| u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().expect("8"));
+    let mut nums = [n(0), n(1), n(2), n(3)];
+    if nums[3] & HELD_BIT == 0 {
+        return Ok((nums, "", RECORD_HEADER));
+    }
+    nums[3] &= !HELD_BIT;
+    let Some(len) = bytes.get(RECORD_HEADER..RECORD_HEADER + 2) else {
+        return Err("a held record has no session length".into());
+    };
+    let len = u16::from_le_bytes([len[0], len[1]]) as usize;
+    let start = RECORD_HEADER + 2;
+    let Some(session) = bytes.get(start..start + len) else {
+        return Err("a held record's session is cut short".into());
+    };
+    let session =
+        std::str::from_utf8(session).map_err(|_| "a held record's session is not UTF-8")?;
+    Ok((nums, session, start + len))
+}
+
 impl Record {
     /// The stored form: four little-endian u64s, then the value.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(RECORD_HEADER + self.value.len());
-        for n in [
-            self.flags,
-            self.create_index,
-            self.modify_index,
-            self.lock_index,
-        ] {
+        let held = !self.session.is_empty();
+        let mut out = Vec::with_capacity(RECORD_HEADER + 2 + self.session.len() + self.value.len());
+        let lock = if held {
+            self.lock_index | HELD_BIT
+        } else {
+            self.lock_index
+        };
+        for n in [self.flags, self.create_index, self.modify_index, lock] {
             out.extend_from_slice(&n.to_le_bytes());
+        }
+        if held {
+            out.extend_from_slice(&(self.session.len() as u16).to_le_bytes());
+            out.extend_from_slice(self.session.as_bytes());
         }
         out.extend_from_slice(&self.value);
         out
@@ -68,16 +105,14 @@ impl Record {
 
     /// Reads the stored form.
     pub fn decode(bytes: &[u8]) -> std::result::Result<Record, String> {
-        if bytes.len() < RECORD_HEADER {
-            return Err(format!("a record of {} bytes is too short", bytes.len()));
-        }
-        let n = |i: usize| u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().expect("8"));
+        let ([flags, create_index, modify_index, lock_index], session, at) = split_record(bytes)?;
         Ok(Record {
-            flags: n(0),
-            create_index: n(1),
-            modify_index: n(2),
-            lock_index: n(3),
-            value: bytes[RECORD_HEADER..].to_vec(),
+            flags,
+            create_index,
+            modify_index,
+            lock_index,
+            session: session.to_string(),
+            value: bytes[at..].to_vec(),
         })
     }
 
@@ -89,6 +124,7 @@ impl Record {
             create_index: self.create_index,
             modify_index: self.modify_index,
             lock_index: self.lock_index,
+            session: self.session.clone(),
         }
     }
 }
@@ -113,6 +149,8 @@ pub struct KvEntry {
     pub create_index: u64,
     pub modify_index: u64,
     pub lock_index: u64,
+    /// The session holding the key; empty when free.
+    pub session: String,
 }
 
 /// Why one operation of a transaction failed (Consul's `TxnError`).
@@ -240,30 +278,27 @@ fn scan(
 
 /// A record's header and the length of its value: what deciding whether a
 /// command applies needs, read without copying the value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Meta {
     pub flags: u64,
     pub create_index: u64,
     pub modify_index: u64,
     pub lock_index: u64,
+    pub session: String,
     pub value_len: u64,
 }
 
 impl Meta {
     fn decode(key: &str, bytes: &[u8]) -> Result<Meta> {
-        if bytes.len() < RECORD_HEADER {
-            return Err(corrupt(format!(
-                "key {key:?}: a record of {} bytes is too short",
-                bytes.len()
-            )));
-        }
-        let n = |i: usize| u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().expect("8"));
+        let ([flags, create_index, modify_index, lock_index], session, at) =
+            split_record(bytes).map_err(|e| corrupt(format!("key {key:?}: {e}")))?;
         Ok(Meta {
-            flags: n(0),
-            create_index: n(1),
-            modify_index: n(2),
-            lock_index: n(3),
-            value_len: (bytes.len() - RECORD_HEADER) as u64,
+            flags,
+            create_index,
+            modify_index,
+            lock_index,
+            session: session.to_string(),
+            value_len: (bytes.len() - at) as u64,
         })
     }
 
@@ -273,6 +308,7 @@ impl Meta {
             create_index: r.create_index,
             modify_index: r.modify_index,
             lock_index: r.lock_index,
+            session: r.session.clone(),
             value_len: r.value.len() as u64,
         }
     }
@@ -286,6 +322,7 @@ impl Meta {
             create_index: self.create_index,
             modify_index: self.modify_index,
             lock_index: self.lock_index,
+            session: self.session.clone(),
         }
     }
 
@@ -633,20 +670,126 @@ impl<'a, T: ReadableTable<&'static str, &'static [u8]>> Overlay<'a, T> {
     }
 
     fn set(&mut self, key: &str, value: &[u8], flags: u64, old: Option<Meta>) -> KvEntry {
+        // As Consul: a plain write keeps the key's lock and its session.
         let record = Record {
             flags,
             create_index: old.as_ref().map_or(self.index, |r| r.create_index),
             modify_index: self.index,
             lock_index: old.as_ref().map_or(0, |r| r.lock_index),
+            session: old.as_ref().map_or(String::new(), |r| r.session.clone()),
             value: value.to_vec(),
         };
-        if let Some(old) = &old {
+        self.put(key, record, old.as_ref())
+    }
+
+    /// Writes `record` over `old`.
+    fn put(&mut self, key: &str, record: Record, old: Option<&Meta>) -> KvEntry {
+        if let Some(old) = old {
             self.bytes -= old.size(key);
         }
         self.bytes += size_of(key, &record);
         let entry = record.entry(key, false);
         self.writes.insert(key.to_string(), Some(record));
         entry
+    }
+
+    /// Writes one of the cluster's own rows (under the reserved prefix).
+    fn put_row(&mut self, key: &str, value: Vec<u8>) -> Result<()> {
+        let old = self.meta(key)?;
+        let record = Record {
+            flags: 0,
+            create_index: old.as_ref().map_or(self.index, |r| r.create_index),
+            modify_index: self.index,
+            lock_index: 0,
+            session: String::new(),
+            value,
+        };
+        self.put(key, record, old.as_ref());
+        Ok(())
+    }
+
+    /// Deletes a row if present.
+    fn delete_row(&mut self, key: &str) -> Result<()> {
+        if let Some(old) = self.meta(key)? {
+            self.delete(key, old.size(key));
+        }
+        Ok(())
+    }
+
+    /// The lock-delay on `key`: Unix ms until which it may not be taken.
+    fn lock_delay(&self, key: &str) -> Result<u64> {
+        Ok(self
+            .entry(&crate::session::delay_key(key))?
+            .and_then(|e| e.value)
+            .and_then(|v| {
+                v.get(..8)
+                    .map(|b| u64::from_le_bytes(b.try_into().expect("8")))
+            })
+            .unwrap_or(0))
+    }
+
+    /// Counts the sessions, in all and on `node`.
+    fn count_sessions(&self, node: u64) -> Result<(u64, u64)> {
+        let (mut all, mut on_node) = (0, 0);
+        self.scan(crate::session::SESSIONS_PREFIX, |key, row| {
+            all += 1;
+            if let Some(v) = row.entry(key)?.value {
+                if crate::session::SessionSpec::decode(&v).is_ok_and(|s| s.node == node) {
+                    on_node += 1;
+                }
+            }
+            Ok(true)
+        })?;
+        Ok((all, on_node))
+    }
+
+    /// Ends session `id` (its row is `entry`): releases or deletes the keys
+    /// it holds, with their lock-delay.
+    fn end_session(&mut self, id: &str, entry: KvEntry, now_ms: u64) -> Result<()> {
+        use crate::session::{delay_key, Behavior, SessionSpec, HELD_PREFIX};
+        let spec = entry
+            .value
+            .as_deref()
+            .and_then(|v| SessionSpec::decode(v).ok());
+        let (behavior, delay) =
+            spec.map_or((Behavior::Release, 0), |s| (s.behavior, s.lock_delay_ms));
+        self.delete_row(&entry.key)?;
+        let held_prefix = format!("{HELD_PREFIX}{id}/");
+        let mut held = Vec::new();
+        self.scan(&held_prefix, |key, _| {
+            held.push(key.to_string());
+            Ok(true)
+        })?;
+        for row in held {
+            self.delete_row(&row)?;
+            let key = &row[held_prefix.len()..];
+            let Some(meta) = self.meta(key)? else {
+                continue;
+            };
+            if meta.session != id {
+                continue;
+            }
+            match behavior {
+                Behavior::Delete => self.delete(key, meta.size(key)),
+                Behavior::Release => {
+                    let value = self.entry(key)?.and_then(|e| e.value).unwrap_or_default();
+                    let record = Record {
+                        flags: meta.flags,
+                        create_index: meta.create_index,
+                        modify_index: self.index,
+                        lock_index: meta.lock_index,
+                        session: String::new(),
+                        value,
+                    };
+                    self.put(key, record, Some(&meta));
+                }
+            }
+            if delay > 0 {
+                let until = now_ms.saturating_add(delay);
+                self.put_row(&delay_key(key), until.to_le_bytes().to_vec())?;
+            }
+        }
+        Ok(())
     }
 
     fn delete(&mut self, key: &str, size: u64) {
@@ -780,6 +923,126 @@ impl<'a, T: ReadableTable<&'static str, &'static [u8]>> Overlay<'a, T> {
                         self.delete(&key, size);
                     }
                     self.prefixes.push(prefix.clone());
+                }
+                KvOp::Lock {
+                    key,
+                    value,
+                    flags,
+                    session,
+                    now_ms,
+                } => {
+                    if self.meta(&crate::session::row_key(session))?.is_none() {
+                        fail(format!("invalid session {session:?}"));
+                        continue;
+                    }
+                    let old = self.meta(key)?;
+                    let held_by = old.as_ref().map_or("", |m| m.session.as_str());
+                    if !held_by.is_empty() && held_by != session {
+                        fail(format!(
+                            "failed to lock key {key:?}: lock is already held by session {held_by:?}"
+                        ));
+                        continue;
+                    }
+                    let again = held_by == session;
+                    if !again && *now_ms < self.lock_delay(key)? {
+                        fail(format!(
+                            "failed to lock key {key:?}: a lock-delay of its last holder's \
+                             session holds it"
+                        ));
+                        continue;
+                    }
+                    let record = Record {
+                        flags: *flags,
+                        create_index: old.as_ref().map_or(self.index, |r| r.create_index),
+                        modify_index: self.index,
+                        lock_index: old.as_ref().map_or(0, |r| r.lock_index) + u64::from(!again),
+                        session: session.clone(),
+                        value: value.clone(),
+                    };
+                    results.push(self.put(key, record, old.as_ref()));
+                    if !again {
+                        self.put_row(&crate::session::held_key(session, key), Vec::new())?;
+                        self.delete_row(&crate::session::delay_key(key))?;
+                    }
+                }
+                KvOp::Unlock {
+                    key,
+                    value,
+                    flags,
+                    session,
+                } => match self.meta(key)? {
+                    Some(old) if old.session == *session => {
+                        let record = Record {
+                            flags: *flags,
+                            create_index: old.create_index,
+                            modify_index: self.index,
+                            lock_index: old.lock_index,
+                            session: String::new(),
+                            value: value.clone(),
+                        };
+                        results.push(self.put(key, record, Some(&old)));
+                        self.delete_row(&crate::session::held_key(session, key))?;
+                    }
+                    _ => fail(format!(
+                        "failed to unlock key {key:?}: lock isn't held, or is held by another \
+                         session"
+                    )),
+                },
+                KvOp::CheckSession { key, session } => match self.visible(key, client)? {
+                    Some(m) if m.session == *session => results.push(m.entry(key)),
+                    Some(m) => fail(format!(
+                        "failed to check session: current session {:?} != {session:?}",
+                        m.session
+                    )),
+                    None => fail(format!(
+                        "failed to check session of key {key:?}: key doesn't exist"
+                    )),
+                },
+                KvOp::SessionCreate {
+                    id,
+                    session,
+                    max_sessions,
+                    max_per_node,
+                } => {
+                    let row = crate::session::row_key(id);
+                    if self.meta(&row)?.is_some() {
+                        fail(format!("session {id:?} already exists"));
+                        continue;
+                    }
+                    let (all, on_node) = self.count_sessions(session.node)?;
+                    if all >= *max_sessions {
+                        fail(format!(
+                            "too many sessions: the cluster holds {all}, the limit \
+                             max_sessions"
+                        ));
+                    } else if on_node >= *max_per_node {
+                        fail(format!(
+                            "too many sessions: node {} holds {on_node}, the limit \
+                             max_sessions_per_node",
+                            session.node
+                        ));
+                    } else {
+                        self.put_row(&row, session.encode())?;
+                    }
+                }
+                KvOp::SessionRenew { id } => {
+                    let row = crate::session::row_key(id);
+                    match self.entry(&row)? {
+                        Some(e) => self.put_row(&row, e.value.unwrap_or_default())?,
+                        None => fail(format!("session {id:?} not found")),
+                    }
+                }
+                KvOp::SessionDestroy {
+                    id,
+                    now_ms,
+                    if_index,
+                } => {
+                    let row = crate::session::row_key(id);
+                    if let Some(e) = self.entry(&row)? {
+                        if if_index.is_none_or(|i| i == e.modify_index) {
+                            self.end_session(id, e, *now_ms)?;
+                        }
+                    }
                 }
             }
         }
@@ -1548,9 +1811,107 @@ mod tests {
             create_index: 2,
             modify_index: 3,
             lock_index: 0,
+            session: String::new(),
             value: b"hello".to_vec(),
         };
+        assert_eq!(
+            r.encode().len(),
+            32 + 5,
+            "a free key's record is as before sessions"
+        );
         assert_eq!(Record::decode(&r.encode()).unwrap(), r);
         assert!(Record::decode(&[0; 31]).is_err());
+        let held = Record {
+            lock_index: 4,
+            session: "0b5e3e42-1d8a-4c4e-9a53-2d5f0c8e7a11".into(),
+            ..r
+        };
+        assert_eq!(Record::decode(&held.encode()).unwrap(), held);
+        let mut cut = held.encode();
+        cut.truncate(40);
+        assert!(Record::decode(&cut).is_err());
+    }
+
+    fn session_op(id: &str, delay_ms: u64, behavior: crate::session::Behavior) -> KvOp {
+        KvOp::SessionCreate {
+            id: id.into(),
+            session: crate::session::SessionSpec {
+                name: String::new(),
+                node: 1,
+                ttl_ms: 0,
+                lock_delay_ms: delay_ms,
+                behavior,
+                node_check: true,
+            },
+            max_sessions: 2,
+            max_per_node: 2,
+        }
+    }
+
+    fn lock(key: &str, session: &str, now_ms: u64) -> KvOp {
+        KvOp::Lock {
+            key: key.into(),
+            value: b"v".to_vec(),
+            flags: 0,
+            session: session.into(),
+            now_ms,
+        }
+    }
+
+    #[test]
+    fn locks_follow_sessions_with_their_lock_delay_and_bounds() {
+        use crate::session::Behavior;
+        let db = db();
+        let committed = |o: &Outcome| matches!(o, Outcome::Committed(_));
+        assert!(committed(
+            &apply(&db, 2, vec![session_op("a", 1000, Behavior::Release)]).0
+        ));
+        assert!(committed(
+            &apply(&db, 3, vec![session_op("b", 0, Behavior::Delete)]).0
+        ));
+        // The bound travels in the entry.
+        let (o, _) = apply(&db, 4, vec![session_op("c", 0, Behavior::Release)]);
+        assert!(
+            matches!(&o, Outcome::RolledBack(e) if e[0].what.contains("too many")),
+            "{o:?}"
+        );
+        assert!(committed(&apply(&db, 5, vec![lock("k", "a", 100)]).0));
+        let (o, _) = apply(&db, 6, vec![lock("k", "b", 100)]);
+        assert!(!committed(&o));
+        let (o, _) = apply(&db, 7, vec![lock("k", "nope", 100)]);
+        assert!(matches!(&o, Outcome::RolledBack(e) if e[0].what.starts_with("invalid session")));
+        assert!(committed(&apply(&db, 8, vec![lock("j", "b", 100)]).0));
+        let k = read(&db).get("k").unwrap().value.unwrap();
+        assert_eq!((k.session.as_str(), k.lock_index), ("a", 1));
+        // Ending a: k is released, with a lock-delay until 5000 + 1000.
+        let end = |id: &str, now_ms| KvOp::SessionDestroy {
+            id: id.into(),
+            now_ms,
+            if_index: None,
+        };
+        assert!(committed(&apply(&db, 9, vec![end("a", 5000)]).0));
+        let k = read(&db).get("k").unwrap().value.unwrap();
+        assert_eq!((k.session.as_str(), k.lock_index), ("", 1));
+        let (o, _) = apply(&db, 10, vec![lock("k", "b", 5999)]);
+        assert!(matches!(&o, Outcome::RolledBack(e) if e[0].what.contains("lock-delay")));
+        assert!(committed(&apply(&db, 11, vec![lock("k", "b", 6000)]).0));
+        assert_eq!(read(&db).get("k").unwrap().value.unwrap().lock_index, 2);
+        // An expiry a renew overtook does nothing.
+        assert!(committed(
+            &apply(&db, 12, vec![KvOp::SessionRenew { id: "b".into() }]).0
+        ));
+        let stale = KvOp::SessionDestroy {
+            id: "b".into(),
+            now_ms: 0,
+            if_index: Some(3),
+        };
+        apply(&db, 13, vec![stale]);
+        assert!(read(&db).get("j").unwrap().value.is_some());
+        // Ending b (behavior delete) deletes the keys it holds.
+        assert!(committed(&apply(&db, 14, vec![end("b", 0)]).0));
+        assert!(read(&db).get("j").unwrap().value.is_none());
+        assert!(read(&db).get("k").unwrap().value.is_none());
+        let (o, _) = apply(&db, 15, vec![KvOp::SessionRenew { id: "b".into() }]);
+        assert!(!committed(&o));
     }
 }

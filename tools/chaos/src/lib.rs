@@ -24,6 +24,7 @@ pub mod firewall;
 pub mod history;
 pub mod http;
 pub mod invariants;
+pub mod locks;
 pub mod model;
 pub mod monitor;
 pub mod netns;

@@ -89,6 +89,24 @@ struct RunArgs {
     /// Raft invariant checks must then report violations.
     #[arg(long)]
     unsafe_forget_votes: bool,
+    /// Lock clients beside the KV clients: they contend for one lock through
+    /// sessions, and the checker proves no two holders overlapped (0: none).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=32))]
+    lock_clients: u32,
+    /// The lock clients' session TTL (10s at least, as the node requires).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    lock_ttl: Duration,
+    /// The lock clients' session lock-delay.
+    #[arg(long, default_value = "1s", value_parser = parse_duration_or_zero)]
+    lock_delay: Duration,
+    /// One lock hold in this many is abandoned (no renew, no release), so
+    /// that the node must end its session by TTL (0: never).
+    #[arg(long, default_value_t = 8)]
+    lock_abandon: u32,
+    /// Negative control: lock holders count on a lease of three TTLs instead
+    /// of one; the lock checker must then report overlaps.
+    #[arg(long)]
+    unsafe_lock_lease: bool,
     /// The quorumd binary.
     #[arg(long, default_value = "target/release/quorumd")]
     quorumd: PathBuf,
@@ -245,6 +263,16 @@ fn run(args: RunArgs) -> ExitCode {
         keep_data: args.keep_data,
         verbose: !args.quiet,
         forget_votes: args.unsafe_forget_votes,
+        locks: quorumd_chaos::locks::LockSettings {
+            clients: args.lock_clients,
+            ttl: args.lock_ttl,
+            lock_delay: args.lock_delay,
+            hold_max: Duration::from_millis(300),
+            abandon_every: args.lock_abandon,
+            unsafe_lease: args.unsafe_lock_lease,
+            timeout: args.timeout.max(Duration::from_secs(1)),
+            seed,
+        },
     };
     let interrupt = watch_signals();
     match runner::run(&opts, &interrupt) {

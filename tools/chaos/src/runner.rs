@@ -80,6 +80,8 @@ pub struct Options {
     /// Negative control: every node rewinds its term and forgets its vote
     /// at each start; the Raft invariant checks must report it.
     pub forget_votes: bool,
+    /// The lock workload (none with 0 clients).
+    pub locks: crate::locks::LockSettings,
 }
 
 /// What a run found.
@@ -297,6 +299,16 @@ fn run_in(opts: &Options, out: &Path, interrupt: &AtomicBool) -> Result<Outcome>
     });
     let shared = Shared::new(start, tx);
     let work = Workload::start(&hub, &addrs, &opts.workload, &shared)?;
+    let lock_work = if opts.locks.clients > 0 {
+        Some(crate::locks::LockWorkload::start(
+            &hub,
+            &addrs,
+            &opts.locks,
+            start,
+        )?)
+    } else {
+        None
+    };
 
     let mut watch = Watch {
         interrupt,
@@ -389,6 +401,7 @@ fn run_in(opts: &Options, out: &Path, interrupt: &AtomicBool) -> Result<Outcome>
     }
     watch.idle(&mut cluster, Duration::from_secs(1))?;
     let keys = work.stop();
+    let holds = lock_work.map(crate::locks::LockWorkload::stop);
 
     // Every node catches up once healed and quiet.
     let behind = monitor::wait_caught_up(&hub, &addrs, CATCH_UP_WITHIN, true);
@@ -503,6 +516,20 @@ fn run_in(opts: &Options, out: &Path, interrupt: &AtomicBool) -> Result<Outcome>
     violations.extend(lagging);
     violations.extend(stuck);
     violations.extend(final_failures);
+    if let Some(holds) = &holds {
+        write_jsonl(&out.join("holds.jsonl"), holds)?;
+        let overlaps = crate::locks::check(holds);
+        let count = |e: crate::locks::End| holds.iter().filter(|h| h.end == e).count();
+        eprintln!(
+            "chaos: lock workload: {} holds ({} released, {} abandoned, {} expired), {} overlaps",
+            holds.len(),
+            count(crate::locks::End::Released),
+            count(crate::locks::End::Abandoned),
+            count(crate::locks::End::Expired),
+            overlaps.len()
+        );
+        violations.extend(overlaps);
+    }
     let slow_ms = 2 * ELECTION_TIMEOUT.as_millis() as u64;
     let slow: Vec<Applied> = applied
         .iter()

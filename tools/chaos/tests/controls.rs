@@ -101,6 +101,82 @@ fn a_node_that_forgets_its_vote_is_caught() {
 }
 
 #[test]
+fn lock_holders_that_outlive_their_lease_are_caught() {
+    // Holders that count on three TTLs instead of one: an abandoned hold
+    // then still "holds" when the node has rightly ended its session and
+    // another client took the lock. The lock checker must report it.
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o = run(
+        &out,
+        &[
+            "--nodes",
+            "3",
+            "--duration",
+            "30s",
+            "--seed",
+            "5",
+            // Faults that keep the leader: a new leader restarts the TTL
+            // timers, and the abandoned session must expire within the run.
+            "--faults",
+            "kill-follower",
+            "--clients",
+            "2",
+            "--lock-clients",
+            "3",
+            "--lock-abandon",
+            "2",
+            "--unsafe-lock-lease",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let f = final_of(&o);
+    assert!(
+        f.violations > 0,
+        "the overlap went unnoticed: {f:?}\n{stderr}"
+    );
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    let report = std::fs::read_to_string(out.join("report.txt")).unwrap();
+    assert!(
+        report.contains("lock overlap on key chaos/lock"),
+        "{report}"
+    );
+    assert!(out.join("holds.jsonl").is_file());
+}
+
+#[test]
+fn a_lock_workload_under_faults_has_no_overlap() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o = run(
+        &out,
+        &[
+            "--nodes",
+            "3",
+            "--duration",
+            "20s",
+            "--seed",
+            "5",
+            "--faults",
+            "pause,kill-leader,partition-leader",
+            "--clients",
+            "2",
+            "--lock-clients",
+            "3",
+            "--lock-abandon",
+            "2",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let f = final_of(&o);
+    assert_eq!(f.violations, 0, "{stderr}");
+    assert!(stderr.contains("lock workload:"), "{stderr}");
+    assert!(stderr.contains("abandoned"), "{stderr}");
+}
+
+#[test]
 fn ctrl_c_heals_checks_and_tears_down() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
