@@ -345,16 +345,28 @@ impl Authorizer {
     /// The rule governing `prefix` must allow writes, and so must every
     /// more specific rule under it.
     pub fn key_write_prefix(&self, prefix: &str) -> bool {
+        self.key_prefix_all(prefix, Access::Write)
+    }
+
+    /// May the token read everything under `prefix` (a transaction's
+    /// `get-tree`, which is not filtered)?
+    pub fn key_read_prefix(&self, prefix: &str) -> bool {
+        self.key_prefix_all(prefix, Access::Read)
+    }
+
+    /// `want` on the rule governing `prefix` and on every more specific
+    /// rule under it.
+    fn key_prefix_all(&self, prefix: &str, want: Access) -> bool {
         if self.management {
             return true;
         }
-        if !self.key_write(prefix) {
+        if !self.key(prefix, want) {
             return false;
         }
         let narrower = |map: &BTreeMap<String, Access>| {
             map.iter()
                 .filter(|(name, _)| name.starts_with(prefix) && name.len() > prefix.len())
-                .all(|(_, a)| a.grants(Access::Write))
+                .all(|(_, a)| a.grants(want))
         };
         narrower(&self.rules.key) && narrower(&self.rules.key_prefix)
     }
@@ -598,6 +610,7 @@ mod tests {
         assert!(a.key_write_prefix("app/free/"));
         assert!(!a.key_write_prefix("app/"), "app/locked/ lies beneath");
         assert!(!a.key_write_prefix(""), "the root is not writable");
+        assert!(a.key_read_prefix("app/") && !a.key_read_prefix(""));
         assert!(Authorizer::management("m").key_write_prefix(""));
     }
 

@@ -59,6 +59,11 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::kv_cli::KvCommand,
     },
+    /// Manage ACL tokens and policies: bootstrap, policy, token.
+    Acl {
+        #[command(subcommand)]
+        command: crate::acl_cli::AclCommand,
+    },
     /// Validate a cluster file (and its `[tls]` files) and print a summary.
     Check {
         /// The cluster file.
@@ -146,6 +151,7 @@ pub fn run(cli: Cli, started: Instant) -> Result<()> {
         }
         Command::Kv { command } => crate::kv_cli::run(command),
         Command::Member { command } => crate::member_cli::run(command),
+        Command::Acl { command } => crate::acl_cli::run(command),
         Command::Check { file } => {
             let config = ClusterConfig::load(&file)?;
             let tls = crate::tls::check(&config)?;
