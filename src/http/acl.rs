@@ -28,9 +28,7 @@ use crate::acl::{
     MANAGEMENT_POLICY_ID, MANAGEMENT_POLICY_NAME, POLICY_NAME_PREFIX, POLICY_PREFIX, SECRET_PREFIX,
     TOKEN_PREFIX,
 };
-use crate::http::{
-    kv_error, method_not_allowed, param, read_body, reply, text, AdminState, ApiError,
-};
+use crate::http::{kv_error, param, read_body, reply, text, AdminState, ApiError};
 use crate::kv::Consistency;
 use crate::store::machine::{KvEntry, ReadTables};
 use crate::store::{KvOp, Outcome};
@@ -166,19 +164,120 @@ fn rows(t: &ReadTables, prefix: &str) -> Vec<KvEntry> {
     out
 }
 
+/// An ACL request, decoded from its method and path (after `/v1/acl/`)
+/// before anything is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AclRoute {
+    /// `PUT /v1/acl/bootstrap`.
+    Bootstrap,
+    /// `GET /v1/acl/token/self`.
+    TokenSelf,
+    /// `GET /v1/acl/policies`.
+    ListPolicies,
+    /// `GET /v1/acl/tokens`.
+    ListTokens,
+    /// `PUT /v1/acl/policy`.
+    CreatePolicy,
+    /// `GET /v1/acl/policy/name/<name>`.
+    PolicyByName(String),
+    /// `GET /v1/acl/policy/<id>`.
+    ReadPolicy(String),
+    /// `PUT /v1/acl/policy/<id>`.
+    UpdatePolicy(String),
+    /// `DELETE /v1/acl/policy/<id>`.
+    DeletePolicy(String),
+    /// `PUT /v1/acl/token`.
+    CreateToken,
+    /// `GET /v1/acl/token/<accessor>`.
+    ReadToken(String),
+    /// `PUT /v1/acl/token/<accessor>`.
+    UpdateToken(String),
+    /// `DELETE /v1/acl/token/<accessor>`.
+    DeleteToken(String),
+}
+
+impl AclRoute {
+    /// True if the request carries a JSON body.
+    pub fn has_body(&self) -> bool {
+        matches!(
+            self,
+            AclRoute::CreatePolicy
+                | AclRoute::UpdatePolicy(_)
+                | AclRoute::CreateToken
+                | AclRoute::UpdateToken(_)
+        )
+    }
+}
+
+/// Decodes an ACL route. `Err` is the answer: 404 for an unknown path,
+/// 405 for another method. Pure: the fuzz target `http` drives it.
+pub fn decode_route(method: &Method, rest: &str) -> Result<AclRoute, ApiError> {
+    let decoded: Vec<String> = rest.split('/').map(decode).collect();
+    let parts: Vec<&str> = decoded.iter().map(String::as_str).collect();
+    let put = *method == Method::PUT || *method == Method::POST;
+    let get = *method == Method::GET || *method == Method::HEAD;
+    let del = *method == Method::DELETE;
+    let not_allowed = |allow: &str| {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("method {method} not allowed on /v1/acl/{rest}; use {allow}"),
+        )
+    };
+    let named = |s: &str| {
+        if s.is_empty() {
+            Err(ApiError::bad("missing an id in the path"))
+        } else {
+            Ok(s.to_string())
+        }
+    };
+    Ok(match parts.as_slice() {
+        ["bootstrap"] if put => AclRoute::Bootstrap,
+        ["bootstrap"] => return Err(not_allowed("PUT")),
+        ["token", "self"] if get => AclRoute::TokenSelf,
+        ["token", "self"] => return Err(not_allowed("GET")),
+        ["policies"] if get => AclRoute::ListPolicies,
+        ["tokens"] if get => AclRoute::ListTokens,
+        ["policies" | "tokens"] => return Err(not_allowed("GET")),
+        ["policy"] if put => AclRoute::CreatePolicy,
+        ["token"] if put => AclRoute::CreateToken,
+        ["policy" | "token"] => return Err(not_allowed("PUT")),
+        ["policy", "name", name] if get => AclRoute::PolicyByName(named(name)?),
+        ["policy", "name", _] => return Err(not_allowed("GET")),
+        ["policy", id] if get => AclRoute::ReadPolicy(named(id)?),
+        ["policy", id] if put => AclRoute::UpdatePolicy(named(id)?),
+        ["policy", id] if del => AclRoute::DeletePolicy(named(id)?),
+        ["token", a] if get => AclRoute::ReadToken(named(a)?),
+        ["token", a] if put => AclRoute::UpdateToken(named(a)?),
+        ["token", a] if del => AclRoute::DeleteToken(named(a)?),
+        ["policy" | "token", _] => return Err(not_allowed("GET, PUT, DELETE")),
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no route /v1/acl/{rest}"),
+            ))
+        }
+    })
+}
+
+/// An ACL route's body: a JSON object.
+pub fn decode_body(bytes: &[u8]) -> Result<Value, ApiError> {
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(v) if v.is_object() => Ok(v),
+        Ok(_) => Err(ApiError::bad("the body must be a JSON object")),
+        Err(e) => Err(ApiError::bad(format!("the body is not JSON: {e}"))),
+    }
+}
+
 /// Serves `/v1/acl/<rest>`.
 pub async fn handle(state: &AdminState, req: Request<Incoming>, rest: &str) -> Resp {
     if !state.config.acl.enabled {
         return text(StatusCode::UNAUTHORIZED, "ACL support disabled");
     }
-    let rest = rest.to_string();
-    let method = req.method().clone();
-    let decoded: Vec<String> = rest.split('/').map(decode).collect();
-    let parts: Vec<&str> = decoded.iter().map(String::as_str).collect();
-    if parts == ["bootstrap"] {
-        if method != Method::PUT && method != Method::POST {
-            return method_not_allowed("/v1/acl/bootstrap", &method, "PUT", false);
-        }
+    let route = match decode_route(req.method(), rest) {
+        Ok(r) => r,
+        Err(e) => return e.response(),
+    };
+    if route == AclRoute::Bootstrap {
         return bootstrap(state).await;
     }
     let check = AclCheck::of(state, &req).expect("ACLs are on");
@@ -186,53 +285,39 @@ pub async fn handle(state: &AdminState, req: Request<Incoming>, rest: &str) -> R
         Ok(a) => a,
         Err(e) => return e.response(),
     };
-    if parts == ["token", "self"] {
-        if method != Method::GET {
-            return method_not_allowed("/v1/acl/token/self", &method, "GET", false);
-        }
+    if route == AclRoute::TokenSelf {
         return read_token(state, authz.accessor.clone()).await;
     }
     if !authz.is_management() {
         return denied().response();
     }
-    let body = if method == Method::PUT || method == Method::POST {
+    let body = if route.has_body() {
         match read_body(req, MAX_BODY, "the request", state.kv.budget()).await {
-            Ok(b) => match serde_json::from_slice::<Value>(&b) {
-                Ok(v) if v.is_object() => Some(v),
-                Ok(_) => return ApiError::bad("the body must be a JSON object").response(),
-                Err(e) => return ApiError::bad(format!("the body is not JSON: {e}")).response(),
+            Ok(b) => match decode_body(&b) {
+                Ok(v) => v,
+                Err(e) => return e.response(),
             },
             Err(e) => return e.response(),
         }
     } else {
-        None
+        Value::Null
     };
-    let put = |m: &Method| *m == Method::PUT || *m == Method::POST;
-    match (parts.as_slice(), &method) {
-        (["policies"], &Method::GET) => list_policies(state).await,
-        (["tokens"], &Method::GET) => list_tokens(state).await,
-        (["policy"], m) if put(m) => write_policy(state, None, body.unwrap_or_default()).await,
-        (["policy", "name", name], &Method::GET) => match id_of_name(state, name).await {
+    match route {
+        AclRoute::Bootstrap | AclRoute::TokenSelf => unreachable!("answered above"),
+        AclRoute::ListPolicies => list_policies(state).await,
+        AclRoute::ListTokens => list_tokens(state).await,
+        AclRoute::CreatePolicy => write_policy(state, None, body).await,
+        AclRoute::PolicyByName(name) => match id_of_name(state, &name).await {
             Some(id) => read_policy(state, id).await,
             None => not_found("policy"),
         },
-        (["policy", id], &Method::GET) => read_policy(state, id.to_string()).await,
-        (["policy", id], m) if put(m) => {
-            write_policy(state, Some(id.to_string()), body.unwrap_or_default()).await
-        }
-        (["policy", id], &Method::DELETE) => delete_policy(state, id).await,
-        (["token"], m) if put(m) => write_token(state, None, body.unwrap_or_default()).await,
-        (["token", accessor], &Method::GET) => read_token(state, accessor.to_string()).await,
-        (["token", accessor], m) if put(m) => {
-            write_token(state, Some(accessor.to_string()), body.unwrap_or_default()).await
-        }
-        (["token", accessor], &Method::DELETE) => delete_token(state, accessor).await,
-        (["policies" | "tokens"], _) => method_not_allowed("/v1/acl", &method, "GET", false),
-        (["policy" | "token"], _) => method_not_allowed("/v1/acl", &method, "PUT", false),
-        (["policy" | "token", _], _) => {
-            method_not_allowed("/v1/acl", &method, "GET, PUT, DELETE", false)
-        }
-        _ => text(StatusCode::NOT_FOUND, format!("no route /v1/acl/{rest}")),
+        AclRoute::ReadPolicy(id) => read_policy(state, id).await,
+        AclRoute::UpdatePolicy(id) => write_policy(state, Some(id), body).await,
+        AclRoute::DeletePolicy(id) => delete_policy(state, &id).await,
+        AclRoute::CreateToken => write_token(state, None, body).await,
+        AclRoute::ReadToken(a) => read_token(state, a).await,
+        AclRoute::UpdateToken(a) => write_token(state, Some(a), body).await,
+        AclRoute::DeleteToken(a) => delete_token(state, &a).await,
     }
 }
 
@@ -452,40 +537,49 @@ fn check_policy_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
-async fn write_policy(state: &AdminState, path_id: Option<String>, body: Value) -> Resp {
-    let parsed = (|| {
-        let name = str_field(&body, "Name")?.unwrap_or_default();
-        check_policy_name(&name)?;
-        let rules = str_field(&body, "Rules")?.unwrap_or_default();
-        acl::Rules::parse(&rules).map_err(|e| ApiError::bad(format!("Invalid Policy: {e}")))?;
-        let description = str_field(&body, "Description")?.unwrap_or_default();
-        let body_id = str_field(&body, "ID")?.filter(|s| !s.is_empty());
-        let id = match (&path_id, body_id) {
-            (Some(p), Some(b)) if *p != b => {
-                return Err(ApiError::bad(format!(
-                    "Policy ID in URL and payload do not match ({p} and {b})"
-                )))
-            }
-            (Some(p), _) => p.clone(),
-            (None, Some(_)) => {
-                return Err(ApiError::bad(
-                    "Cannot specify an ID when creating a policy: the cluster assigns it",
-                ))
-            }
-            (None, None) => acl::new_uuid(),
-        };
-        if id == MANAGEMENT_POLICY_ID {
-            return Err(ApiError::bad(
-                "the global-management policy cannot be changed",
-            ));
+/// Decodes a policy's body (`path_id`: the id in the path of an update).
+/// Pure: the fuzz target `http` drives it.
+pub fn decode_policy(path_id: Option<&str>, body: &Value) -> Result<PolicyRecord, ApiError> {
+    let name = str_field(body, "Name")?.unwrap_or_default();
+    check_policy_name(&name)?;
+    if name == MANAGEMENT_POLICY_NAME {
+        return Err(ApiError::bad(
+            "Invalid Policy: the name global-management is taken",
+        ));
+    }
+    let rules = str_field(body, "Rules")?.unwrap_or_default();
+    acl::Rules::parse(&rules).map_err(|e| ApiError::bad(format!("Invalid Policy: {e}")))?;
+    let description = str_field(body, "Description")?.unwrap_or_default();
+    let body_id = str_field(body, "ID")?.filter(|s| !s.is_empty());
+    let id = match (path_id, body_id) {
+        (Some(p), Some(b)) if p != b => {
+            return Err(ApiError::bad(format!(
+                "Policy ID in URL and payload do not match ({p} and {b})"
+            )))
         }
-        Ok(PolicyRecord {
-            id,
-            name,
-            description,
-            rules,
-        })
-    })();
+        (Some(p), _) => p.to_string(),
+        (None, Some(_)) => {
+            return Err(ApiError::bad(
+                "Cannot specify an ID when creating a policy: the cluster assigns it",
+            ))
+        }
+        (None, None) => acl::new_uuid(),
+    };
+    if id == MANAGEMENT_POLICY_ID {
+        return Err(ApiError::bad(
+            "the global-management policy cannot be changed",
+        ));
+    }
+    Ok(PolicyRecord {
+        id,
+        name,
+        description,
+        rules,
+    })
+}
+
+async fn write_policy(state: &AdminState, path_id: Option<String>, body: Value) -> Resp {
+    let parsed = decode_policy(path_id.as_deref(), &body);
     let policy = match parsed {
         Ok(p) => p,
         Err(e) => return e.response(),
@@ -504,9 +598,6 @@ async fn write_policy(state: &AdminState, path_id: Option<String>, body: Value) 
     } else {
         None
     };
-    if policy.name == MANAGEMENT_POLICY_NAME {
-        return ApiError::bad("Invalid Policy: the name global-management is taken").response();
-    }
     let value = serde_json::to_vec(&policy).expect("a policy serializes");
     let mut ops = Vec::new();
     match &old {
@@ -668,19 +759,80 @@ async fn list_tokens(state: &AdminState) -> Resp {
     }
 }
 
-/// A token's policy links (`[{"ID": ...}` or `{"Name": ...}]`) as ids.
-async fn policy_ids(state: &AdminState, body: &Value) -> Result<Vec<String>, ApiError> {
-    let links = match body.get("Policies") {
-        None | Some(Value::Null) => return Ok(Vec::new()),
+/// How a token names a policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyLink {
+    /// By id.
+    Id(String),
+    /// By name.
+    Name(String),
+}
+
+/// A token's body, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenFields {
+    /// `Description`.
+    pub description: String,
+    /// `Policies`.
+    pub links: Vec<PolicyLink>,
+    /// `AccessorID`, if given.
+    pub accessor: Option<String>,
+    /// `SecretID`, if given.
+    pub secret: Option<String>,
+    /// `ExpirationTime` (or now plus `ExpirationTTL`), RFC 3339.
+    pub expiration_time: Option<String>,
+}
+
+/// Decodes a token's body; `create`: the accessor and secret, if given,
+/// must be UUIDs, and the expiration is read. Pure: the fuzz target
+/// `http` drives it.
+pub fn decode_token(body: &Value, create: bool) -> Result<TokenFields, ApiError> {
+    let description = str_field(body, "Description")?.unwrap_or_default();
+    let items = match body.get("Policies") {
+        None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(a)) => a.clone(),
         Some(_) => return Err(ApiError::bad("Policies must be a list")),
     };
+    let mut links = Vec::new();
+    for link in &items {
+        if !link.is_object() {
+            return Err(ApiError::bad("a policy link must be an object"));
+        }
+        let id = str_field(link, "ID")?.filter(|s| !s.is_empty());
+        let name = str_field(link, "Name")?.filter(|s| !s.is_empty());
+        links.push(match (id, name) {
+            (Some(id), _) => PolicyLink::Id(id),
+            (None, Some(name)) => PolicyLink::Name(name),
+            (None, None) => return Err(ApiError::bad("a policy link needs an ID or a Name")),
+        });
+    }
+    let accessor = str_field(body, "AccessorID")?.filter(|s| !s.is_empty());
+    let secret = str_field(body, "SecretID")?.filter(|s| !s.is_empty());
+    let expiration_time = if create {
+        for (what, id) in [("AccessorID", &accessor), ("SecretID", &secret)] {
+            if id.as_ref().is_some_and(|s| !acl::is_uuid(s)) {
+                return Err(ApiError::bad(format!("Invalid {what}: it must be a UUID")));
+            }
+        }
+        expiration(body)?
+    } else {
+        None
+    };
+    Ok(TokenFields {
+        description,
+        links,
+        accessor,
+        secret,
+        expiration_time,
+    })
+}
+
+/// The ids of a token's policy links; each must exist.
+async fn policy_ids(state: &AdminState, links: &[PolicyLink]) -> Result<Vec<String>, ApiError> {
     let mut ids = Vec::new();
     for link in links {
-        let id = str_field(&link, "ID")?.filter(|s| !s.is_empty());
-        let name = str_field(&link, "Name")?.filter(|s| !s.is_empty());
-        let id = match (id, name) {
-            (Some(id), _) => {
+        let id = match link {
+            PolicyLink::Id(id) => {
                 let exists = id == MANAGEMENT_POLICY_ID || {
                     let key = format!("{POLICY_PREFIX}{id}");
                     read(state, move |t| row(t, &key).is_some())
@@ -690,12 +842,11 @@ async fn policy_ids(state: &AdminState, body: &Value) -> Result<Vec<String>, Api
                 if !exists {
                     return Err(ApiError::bad(format!("No such ACL policy with ID {id:?}")));
                 }
-                id
+                id.clone()
             }
-            (None, Some(name)) => id_of_name(state, &name)
+            PolicyLink::Name(name) => id_of_name(state, name)
                 .await
                 .ok_or_else(|| ApiError::bad(format!("No such ACL policy with name {name:?}")))?,
-            (None, None) => return Err(ApiError::bad("a policy link needs an ID or a Name")),
         };
         if !ids.contains(&id) {
             ids.push(id);
@@ -737,16 +888,21 @@ fn expiration(body: &Value) -> Result<Option<String>, ApiError> {
 
 async fn write_token(state: &AdminState, path_accessor: Option<String>, body: Value) -> Resp {
     let prepared = async {
-        let description = str_field(&body, "Description")?.unwrap_or_default();
-        let policies = policy_ids(state, &body).await?;
-        let body_accessor = str_field(&body, "AccessorID")?.filter(|s| !s.is_empty());
-        let secret = str_field(&body, "SecretID")?.filter(|s| !s.is_empty());
-        Ok::<_, ApiError>((description, policies, body_accessor, secret))
+        let fields = decode_token(&body, path_accessor.is_none())?;
+        let policies = policy_ids(state, &fields.links).await?;
+        Ok::<_, ApiError>((fields, policies))
     };
-    let (description, policies, body_accessor, secret) = match prepared.await {
+    let (fields, policies) = match prepared.await {
         Ok(p) => p,
         Err(e) => return e.response(),
     };
+    let TokenFields {
+        description,
+        accessor: body_accessor,
+        secret,
+        expiration_time,
+        ..
+    } = fields;
     match path_accessor {
         Some(accessor) => {
             if body_accessor.as_ref().is_some_and(|b| *b != accessor) {
@@ -791,15 +947,6 @@ async fn write_token(state: &AdminState, path_accessor: Option<String>, body: Va
             }
         }
         None => {
-            let expiration_time = match expiration(&body) {
-                Ok(x) => x,
-                Err(e) => return e.response(),
-            };
-            for (what, id) in [("AccessorID", &body_accessor), ("SecretID", &secret)] {
-                if id.as_ref().is_some_and(|s| !acl::is_uuid(s)) {
-                    return ApiError::bad(format!("Invalid {what}: it must be a UUID")).response();
-                }
-            }
             let accessor = body_accessor.unwrap_or_else(acl::new_uuid);
             let secret = secret.unwrap_or_else(acl::new_uuid);
             let token = TokenRecord {
