@@ -259,6 +259,18 @@ pub fn summary(config: &ClusterConfig) -> String {
         humantime::format_duration(l.anonymous_idle_timeout),
         l.peer_handshakes_per_address
     );
+    if config.acl.enabled {
+        let _ = writeln!(
+            s,
+            "  acl: enabled default_policy={} metrics_need_token={}",
+            if config.acl.default_allow {
+                "allow"
+            } else {
+                "deny"
+            },
+            config.acl.metrics_need_token
+        );
+    }
     let _ = writeln!(s, "  data_dir={}", config.data_dir.display());
     for n in &config.nodes {
         let _ = writeln!(s, "  node {}: addr={} admin={}", n.id, n.addr, n.admin);

@@ -511,8 +511,19 @@ async fn id_of_name(state: &AdminState, name: &str) -> Option<String> {
         .and_then(|e| String::from_utf8(e.value.unwrap_or_default()).ok())
 }
 
+/// A field of a JSON object, its name matched regardless of case, as Go's
+/// JSON decoder (and so Consul) matches it: py-consul sends `name`.
+fn field<'a>(body: &'a Value, name: &str) -> Option<&'a Value> {
+    let map = body.as_object()?;
+    map.get(name).or_else(|| {
+        map.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    })
+}
+
 fn str_field(body: &Value, name: &str) -> Result<Option<String>, ApiError> {
-    match body.get(name) {
+    match field(body, name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(other) => Err(ApiError::bad(format!(
@@ -788,7 +799,7 @@ pub struct TokenFields {
 /// `http` drives it.
 pub fn decode_token(body: &Value, create: bool) -> Result<TokenFields, ApiError> {
     let description = str_field(body, "Description")?.unwrap_or_default();
-    let items = match body.get("Policies") {
+    let items = match field(body, "Policies") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(a)) => a.clone(),
         Some(_) => return Err(ApiError::bad("Policies must be a list")),
