@@ -560,6 +560,32 @@ fn tokens_survive_restart_snapshot_install_and_leader_change() {
 }
 
 #[test]
+fn metrics_can_need_a_token() {
+    let mut c = TestCluster::new(Spec::new("acl-metrics", 1));
+    let mut file = std::fs::read_to_string(&c.config).unwrap();
+    file.push_str(
+        "\n[acl]\nenabled = true\ndefault_policy = \"deny\"\nmetrics_need_token = true\n",
+    );
+    std::fs::write(&c.config, file).unwrap();
+    c.start_all();
+    c.wait_for("ready", || {
+        c.get(1, "/ready").is_ok_and(|r| r.status == 200)
+    });
+    denied(
+        &c.call(1, "GET", "/metrics", b""),
+        "/metrics without a token",
+    );
+    assert_eq!(c.call(1, "GET", "/health", b"").status, 200);
+    let root = ok(c.call(1, "PUT", "/v1/acl/bootstrap", b""))["SecretID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = with(&c, 1, &root, "GET", "/metrics", b"");
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("quorumd_"), "{}", r.body);
+}
+
+#[test]
 fn acls_off_leave_the_acl_api_disabled_and_every_route_open() {
     let mut c = TestCluster::new(Spec::new("acl-off", 1));
     c.start_all();

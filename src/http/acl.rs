@@ -146,11 +146,18 @@ pub async fn require_operator(
 /// May `a` run these transaction ops? Reads need `read`, writes `write`,
 /// tree ops the right on everything under their prefix.
 pub fn txn_allowed(a: &Authorizer, ops: &[KvOp]) -> bool {
+    // Every verb named, so that a new one cannot slip through as a read.
     ops.iter().all(|op| match op {
         KvOp::DeleteTree { prefix } => a.key_write_prefix(prefix),
         KvOp::GetTree { prefix } => a.key_read_prefix(prefix),
-        op if op.is_write() => a.key_write(op.key()),
-        op => a.key_read(op.key()),
+        KvOp::Set { key, .. }
+        | KvOp::Cas { key, .. }
+        | KvOp::Delete { key }
+        | KvOp::DeleteCas { key, .. } => a.key_write(key),
+        KvOp::Get { key }
+        | KvOp::GetOrEmpty { key }
+        | KvOp::CheckIndex { key, .. }
+        | KvOp::CheckNotExists { key } => a.key_read(key),
     })
 }
 
