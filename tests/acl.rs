@@ -599,3 +599,38 @@ fn acls_off_leave_the_acl_api_disabled_and_every_route_open() {
         "v"
     );
 }
+
+/// Where `make node-deps` installs the npm `consul` client.
+fn node_modules() -> std::path::PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    target.join("node-consul/node_modules")
+}
+
+#[test]
+fn the_npm_consul_client_presents_tokens_unchanged() {
+    let modules = node_modules();
+    assert!(
+        modules.join("consul/package.json").exists(),
+        "the npm consul client is not installed in {}: `make node-deps` installs it (needs node and npm)",
+        modules.display()
+    );
+    let c = cluster("acl-node", "deny", |s| s);
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/node_consul_acl.js");
+    let out = std::process::Command::new("node")
+        .arg(&script)
+        .args(IDS.iter().map(|&id| c.admin(id).to_string()))
+        .env("NODE_PATH", &modules)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run node (`make node-deps` needs node and npm)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.trim() == "OK",
+        "the npm consul client failed against quorumd:\n{stdout}\n{stderr}\n{}",
+        c.diagnostics()
+    );
+}
