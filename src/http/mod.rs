@@ -568,7 +568,8 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
 }
 
 /// With ACLs on: the members API needs `operator = "write"`, the status
-/// routes `operator = "read"`, and `/metrics` too when the file says so.
+/// routes and the dashboard's `/ui/nodes` `operator = "read"`, and
+/// `/metrics` too when the file says so.
 async fn operator_check(
     state: &AdminState,
     req: &Request<Incoming>,
@@ -577,6 +578,7 @@ async fn operator_check(
     let want = if path.starts_with("/admin/cluster/members") {
         crate::acl::Access::Write
     } else if path.starts_with("/admin/cluster/")
+        || path == "/ui/nodes"
         || (path == "/metrics" && state.config.acl.metrics_need_token)
     {
         crate::acl::Access::Read
