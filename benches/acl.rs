@@ -141,7 +141,7 @@ impl Side {
             })
             .collect();
         us.sort_by(|a, b| a.total_cmp(b));
-        (percentile(&us, 50.0), percentile(&us, 99.0))
+        (percentile(&us, 0.50), percentile(&us, 0.99))
     }
 
     /// Puts per second, 16 clients.
