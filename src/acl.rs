@@ -272,6 +272,8 @@ fn lookup(
 pub struct Authorizer {
     /// The token's accessor (the anonymous token's, without one).
     pub accessor: String,
+    /// When the token stops working, if ever.
+    pub expires: Option<SystemTime>,
     management: bool,
     rules: Rules,
     default_allow: bool,
@@ -282,6 +284,7 @@ impl Authorizer {
     pub fn allow_all() -> Authorizer {
         Authorizer {
             accessor: String::new(),
+            expires: None,
             management: true,
             rules: Rules::default(),
             default_allow: true,
@@ -300,10 +303,16 @@ impl Authorizer {
     pub fn with_rules(accessor: &str, rules: Rules, default_allow: bool) -> Authorizer {
         Authorizer {
             accessor: accessor.to_string(),
+            expires: None,
             management: false,
             rules,
             default_allow,
         }
+    }
+
+    /// True once `now` has reached the token's expiration time.
+    pub fn expired(&self, now: SystemTime) -> bool {
+        self.expires.is_some_and(|at| now >= at)
     }
 
     /// True for a management token (the ACL routes need one).
@@ -476,10 +485,18 @@ pub fn resolve(
     if token.expired(now) {
         return Err(ResolveError::NotFound);
     }
+    let expires = token
+        .expiration_time
+        .as_deref()
+        .and_then(|t| humantime::parse_rfc3339_weak(t).ok());
+    let with_expiry = |mut a: Authorizer| {
+        a.expires = expires;
+        a
+    };
     let mut rules = Rules::default();
     for id in &token.policies {
         if id == MANAGEMENT_POLICY_ID {
-            return Ok(Authorizer::management(&accessor));
+            return Ok(with_expiry(Authorizer::management(&accessor)));
         }
         // A link to a deleted policy grants nothing, as in Consul.
         let Some(row) = get(&format!("{POLICY_PREFIX}{id}")) else {
@@ -491,7 +508,11 @@ pub fn resolve(
             .map_err(|e| ResolveError::Corrupt(format!("policy {id}: {e}")))?;
         rules.merge(parsed);
     }
-    Ok(Authorizer::with_rules(&accessor, rules, default_allow))
+    Ok(with_expiry(Authorizer::with_rules(
+        &accessor,
+        rules,
+        default_allow,
+    )))
 }
 
 /// The SHA-256 of a secret, in lowercase hex: what the store keeps.

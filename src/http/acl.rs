@@ -18,6 +18,9 @@
 //! (linearizable on a follower), so a revocation holds on every node once
 //! it commits.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
@@ -59,7 +62,13 @@ fn resolve_error(e: ResolveError) -> ApiError {
 #[derive(Debug, Clone)]
 pub struct AclCheck {
     token: Option<String>,
+    /// The cache's key: the secret's hash (empty: the anonymous token).
+    key: String,
     default_allow: bool,
+    cache: AclCache,
+    /// A watch on the ACL rows, registered before any read this check
+    /// makes ([`AclCheck::prepare`]).
+    watch: Option<flume::Receiver<()>>,
 }
 
 /// The token of a request: `X-Consul-Token`, `Authorization: Bearer`, or
@@ -75,47 +84,158 @@ pub fn token_of(req: &Request<Incoming>) -> Option<String> {
     .map(str::to_string)
 }
 
+/// Tokens resolved on this node, kept only until the next write under
+/// [`acl::ACL_PREFIX`] is applied here. Each generation of the cache holds
+/// a watch on that prefix, registered before any read that filled it; the
+/// replica fires the watch as it applies the write, before it answers the
+/// write's client and before a ReadIndex past it returns, so no entry is
+/// used after a revocation is visible on this node. An expired token is
+/// never served from it. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct AclCache(Arc<Mutex<CacheState>>);
+
+impl std::fmt::Debug for AclCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AclCache").finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct CacheState {
+    watch: Option<flume::Receiver<()>>,
+    tokens: HashMap<String, Authorizer>,
+}
+
+/// The most tokens cached at once; past it the cache starts over.
+const MAX_CACHED: usize = 4096;
+
+/// True while no ACL write was applied since the watch was registered.
+fn unfired(rx: &flume::Receiver<()>) -> bool {
+    rx.is_empty() && !rx.is_disconnected()
+}
+
+impl AclCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The current generation's watch if it has not fired, else a new one
+    /// (which starts a new, empty generation). `None` if the node stops.
+    async fn watch(&self, kv: &crate::kv::KvService) -> Option<flume::Receiver<()>> {
+        if let Some(rx) = self.lock().watch.as_ref().filter(|rx| unfired(rx)) {
+            return Some(rx.clone());
+        }
+        let rx = kv.watch(acl::ACL_PREFIX, true).await.ok()?;
+        let mut s = self.lock();
+        if !s.watch.as_ref().is_some_and(unfired) {
+            s.watch = Some(rx.clone());
+            s.tokens.clear();
+        }
+        Some(rx)
+    }
+
+    /// The cached rights of `key`, if `rx` is the current, unfired
+    /// generation and the token has not expired.
+    fn get(&self, key: &str, rx: &flume::Receiver<()>) -> Option<Authorizer> {
+        let s = self.lock();
+        let current = s.watch.as_ref()?;
+        if !current.same_channel(rx) || !unfired(current) {
+            return None;
+        }
+        let authz = s.tokens.get(key)?;
+        (!authz.expired(std::time::SystemTime::now())).then(|| authz.clone())
+    }
+
+    /// Keeps rights read after `rx` was registered.
+    fn put(&self, key: &str, rx: &flume::Receiver<()>, authz: &Authorizer) {
+        let mut s = self.lock();
+        let current = s.watch.as_ref();
+        if !current.is_some_and(|c| c.same_channel(rx) && unfired(c)) {
+            return;
+        }
+        if s.tokens.len() >= MAX_CACHED {
+            s.tokens.clear();
+        }
+        s.tokens.insert(key.to_string(), authz.clone());
+    }
+}
+
 impl AclCheck {
     /// `None` when the cluster has ACLs off: then every request may do
     /// everything.
     pub fn of(state: &AdminState, req: &Request<Incoming>) -> Option<AclCheck> {
-        state.config.acl.enabled.then(|| AclCheck {
-            token: token_of(req),
-            default_allow: state.config.acl.default_allow,
+        state.config.acl.enabled.then(|| {
+            let token = token_of(req).filter(|t| t != acl::ANONYMOUS_SECRET);
+            AclCheck {
+                key: token.as_deref().map(acl::hash_secret).unwrap_or_default(),
+                token,
+                default_allow: state.config.acl.default_allow,
+                cache: state.acl_cache.clone(),
+                watch: None,
+            }
         })
     }
 
-    /// The token's rights, as `t` has them: for a check in the same read
-    /// as the data it guards.
+    /// Registers (or reuses) the cache's watch, before the read that will
+    /// check the token: then [`AclCheck::resolve`] may use the cache.
+    pub async fn prepare(&mut self, kv: &crate::kv::KvService) {
+        self.watch = self.cache.watch(kv).await;
+    }
+
+    /// The token's rights, as `t` has them (or as cached since): for a
+    /// check in the same read as the data it guards.
     pub fn resolve(&self, t: &ReadTables) -> Result<Authorizer, ApiError> {
-        acl::resolve(
+        if let Some(authz) = self
+            .watch
+            .as_ref()
+            .and_then(|rx| self.cache.get(&self.key, rx))
+        {
+            return Ok(authz);
+        }
+        let authz = acl::resolve(
             self.token.as_deref(),
             std::time::SystemTime::now(),
             self.default_allow,
             |key| row(t, key).map(|e| e.value.unwrap_or_default()),
         )
-        .map_err(resolve_error)
+        .map_err(resolve_error)?;
+        if let Some(rx) = &self.watch {
+            self.cache.put(&self.key, rx, &authz);
+        }
+        Ok(authz)
     }
 
     /// The token's rights, read afresh: from the leader's applied state, or
     /// after a ReadIndex on a follower, so a revocation that committed
     /// before this request began holds.
     pub async fn fresh(&self, state: &AdminState) -> Result<Authorizer, ApiError> {
-        let consistency = if state.meta.gauge().leader() == Some(state.node_id) {
-            Consistency::Stale
-        } else {
-            Consistency::Linearizable
+        let failed = |e: crate::kv::KvError| {
+            let timeout = state.kv.settings().request_timeout;
+            let resp = kv_error(&e, false, timeout);
+            ApiError::new(resp.status(), format!("cannot check the token: {e}"))
         };
-        let check = self.clone();
+        if state.meta.gauge().leader() != Some(state.node_id) {
+            state
+                .kv
+                .replica()
+                .read_index()
+                .await
+                .map_err(|e| failed(e.into()))?;
+        }
+        let mut check = self.clone();
+        check.prepare(&state.kv).await;
+        if let Some(authz) = check
+            .watch
+            .as_ref()
+            .and_then(|rx| check.cache.get(&check.key, rx))
+        {
+            return Ok(authz);
+        }
         state
             .kv
-            .read(consistency, move |t| Ok(check.resolve(t)))
+            .read(Consistency::Stale, move |t| Ok(check.resolve(t)))
             .await
-            .map_err(|e| {
-                let timeout = state.kv.settings().request_timeout;
-                let resp = kv_error(&e, false, timeout);
-                ApiError::new(resp.status(), format!("cannot check the token: {e}"))
-            })?
+            .map_err(failed)?
     }
 }
 

@@ -73,7 +73,13 @@ pub async fn handle(state: &AdminState, req: Request<Incoming>, raw_key: &str) -
     }
     let mut resp = match decoded {
         Err(e) => e.response(),
-        Ok(KvRequest::Get(get)) => serve_get(&state.kv, get, acl).await,
+        Ok(KvRequest::Get(get)) => {
+            let mut acl = acl;
+            if let Some(check) = acl.as_mut() {
+                check.prepare(&state.kv).await;
+            }
+            serve_get(&state.kv, get, acl).await
+        }
         Ok(KvRequest::Put { key, flags, cas }) => {
             let limit = state.kv.settings().max_value_bytes;
             match read_body(req, limit, "the value", state.kv.budget()).await {

@@ -133,6 +133,10 @@ pub struct AdminState {
     pub config: Arc<ClusterConfig>,
     /// This node's id.
     pub node_id: u64,
+    /// This node's state directory (`<data_dir>/node-N`, or `--data-dir`).
+    pub data_dir: std::path::PathBuf,
+    /// Tokens resolved here, until the next ACL write applies.
+    pub acl_cache: acl::AclCache,
     /// Peer health.
     pub health: HealthHandle,
     /// The `__meta/0` replica.
