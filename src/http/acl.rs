@@ -1141,3 +1141,91 @@ async fn delete_token(state: &AdminState, accessor: &str) -> Resp {
         Ok(_) => reply(StatusCode::OK, json!(true)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn the_cache_empties_when_its_watch_fires_and_never_serves_an_expired_token() {
+        let cache = AclCache::default();
+        let (tx, rx) = flume::bounded(1);
+        cache.lock().watch = Some(rx.clone());
+        let a = Authorizer::with_rules("t", acl::Rules::default(), true);
+        cache.put("k", &rx, &a);
+        assert_eq!(cache.get("k", &rx), Some(a.clone()));
+        // A watch of another generation neither reads nor fills it.
+        let (_other_tx, other) = flume::bounded::<()>(1);
+        assert_eq!(cache.get("k", &other), None);
+        cache.put("j", &other, &a);
+        assert_eq!(cache.get("j", &rx), None);
+        // An expired token is never served.
+        let mut old = a.clone();
+        old.expires = Some(SystemTime::now() - Duration::from_secs(1));
+        cache.put("old", &rx, &old);
+        assert_eq!(cache.get("old", &rx), None);
+        // Once an ACL write applies (the watch fires), nothing is served
+        // or kept until a new generation starts.
+        tx.try_send(()).unwrap();
+        assert_eq!(cache.get("k", &rx), None);
+        cache.put("k2", &rx, &a);
+        assert_eq!(cache.lock().tokens.get("k2"), None);
+        // A watch whose replica stopped counts as fired.
+        let (tx3, rx3) = flume::bounded::<()>(1);
+        cache.lock().watch = Some(rx3.clone());
+        cache.put("k", &rx3, &a);
+        drop(tx3);
+        assert_eq!(cache.get("k", &rx3), None);
+    }
+
+    #[test]
+    fn routes_decode_as_consul_names_them() {
+        let r = |m: Method, p: &str| decode_route(&m, p);
+        assert_eq!(r(Method::PUT, "bootstrap"), Ok(AclRoute::Bootstrap));
+        assert_eq!(r(Method::GET, "token/self"), Ok(AclRoute::TokenSelf));
+        assert_eq!(
+            r(Method::GET, "policy/name/gw%2Da"),
+            Ok(AclRoute::PolicyByName("gw-a".into()))
+        );
+        assert_eq!(
+            r(Method::DELETE, "token/abc"),
+            Ok(AclRoute::DeleteToken("abc".into()))
+        );
+        assert_eq!(
+            r(Method::GET, "bootstrap").unwrap_err().status,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            r(Method::GET, "nope").unwrap_err().status,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            r(Method::GET, "token/").unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
+        let body = decode_body(
+            br#"{"name": "gw", "rules": "{\"key\": {\"a\": {\"policy\": \"read\"}}}"}"#,
+        )
+        .unwrap();
+        let p = decode_policy(None, &body).unwrap();
+        assert_eq!((p.name.as_str(), acl::is_uuid(&p.id)), ("gw", true));
+        let bad =
+            decode_body(br#"{"Name": "gw", "Rules": "key \"a\" { policy = \"read\" }"}"#).unwrap();
+        assert!(decode_policy(None, &bad)
+            .unwrap_err()
+            .sentence
+            .contains("JSON form"));
+        let t =
+            decode_body(br#"{"Policies": [{"Name": "gw"}, {"ID": "x"}], "ExpirationTTL": "1h"}"#)
+                .unwrap();
+        let t = decode_token(&t, true).unwrap();
+        assert_eq!(
+            t.links,
+            vec![PolicyLink::Name("gw".into()), PolicyLink::Id("x".into())]
+        );
+        assert!(t.expiration_time.is_some());
+        let t = decode_body(br#"{"SecretID": "not-a-uuid"}"#).unwrap();
+        assert!(decode_token(&t, true).is_err());
+    }
+}
