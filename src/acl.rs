@@ -15,8 +15,9 @@
 //! token name the same key or prefix, `deny` wins, then the broader right.
 //!
 //! Tokens and policies are rows under [`ACL_PREFIX`] in the replicated store
-//! (so they travel in snapshots and backups), read afresh on every request:
-//! there is no cache that could outlive a revocation.
+//! (so they travel in snapshots and backups). What a node keeps of them
+//! between requests ([`crate::http::acl::AclCache`]) is dropped as soon as
+//! an ACL write applies there: nothing outlives a revocation.
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;

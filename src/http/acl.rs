@@ -14,9 +14,10 @@
 //!
 //! Every route but `bootstrap` and `token/self` needs a management token.
 //! A secret is shown once, in the answer that creates it: the store keeps
-//! only its hash. Tokens and policies are read afresh on each request
-//! (linearizable on a follower), so a revocation holds on every node once
-//! it commits.
+//! only its hash. A token is checked against the node's applied state
+//! (after a ReadIndex on a follower), through a cache that empties as soon
+//! as an ACL write applies ([`AclCache`]), so a revocation holds on every
+//! node once it commits.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
