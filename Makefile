@@ -16,7 +16,7 @@ endif
 RELEASE_BIN := target/$(TARGET)/release/quorumd
 export QUORUMD := $(CURDIR)/$(RELEASE_BIN)
 
-.PHONY: all build deb cluster1 cluster3 cluster5 cluster3-tls clean-clusters bootstrap timeout shutdown test bench fuzz chaos chaos-deps ui-deps
+.PHONY: all build deb cluster1 cluster3 cluster5 cluster3-tls clean-clusters bootstrap timeout shutdown test bench fuzz chaos chaos-deps ui-deps node-deps
 
 all: build
 
@@ -73,6 +73,14 @@ ui-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 			--no-install-recommends chromium chromium-driver curl >/dev/null; }
 
+# The npm `consul` client, for tests/acl.rs; node and npm must be on PATH.
+NODE_CONSUL := consul@2.0.1
+node-deps:
+	@test -f target/node-consul/node_modules/consul/package.json || { \
+		echo "installing $(NODE_CONSUL) into target/node-consul for the ACL tests"; \
+		mkdir -p target/node-consul && npm install --prefix target/node-consul --no-audit \
+			--no-fund --silent $(NODE_CONSUL); }
+
 # `make chaos NODES=5 DURATION=30m SEED=42`, or any flags in CHAOS_ARGS
 # (`target/release/quorumd-chaos run --help`). Needs root.
 NODES ?= 3
@@ -87,7 +95,7 @@ chaos: build chaos-deps
 # installs it into a scratch root), so a broken release build stops here.
 # The workspace's default members are the node and tools/chaos, so this
 # also runs the chaos unit tests and the ~1 minute chaos run (as root).
-test: chaos-deps ui-deps
+test: chaos-deps ui-deps node-deps
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --quiet

@@ -67,6 +67,11 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::lock_cli::SessionCommand,
     },
+    /// Manage ACL tokens and policies: bootstrap, policy, token.
+    Acl {
+        #[command(subcommand)]
+        command: crate::acl_cli::AclCommand,
+    },
     /// Validate a cluster file (and its `[tls]` files) and print a summary.
     Check {
         /// The cluster file.
@@ -159,6 +164,7 @@ pub fn run(cli: Cli, started: Instant) -> Result<()> {
         }
         Command::Session { command } => crate::lock_cli::run_session(command),
         Command::Member { command } => crate::member_cli::run(command),
+        Command::Acl { command } => crate::acl_cli::run(command),
         Command::Check { file } => {
             let config = ClusterConfig::load(&file)?;
             let tls = crate::tls::check(&config)?;
@@ -271,6 +277,18 @@ pub fn summary(config: &ClusterConfig) -> String {
         "  sessions: max_sessions={} max_sessions_per_node={}",
         l.max_sessions, l.max_sessions_per_node
     );
+    if config.acl.enabled {
+        let _ = writeln!(
+            s,
+            "  acl: enabled default_policy={} metrics_need_token={}",
+            if config.acl.default_allow {
+                "allow"
+            } else {
+                "deny"
+            },
+            config.acl.metrics_need_token
+        );
+    }
     let _ = writeln!(s, "  data_dir={}", config.data_dir.display());
     for n in &config.nodes {
         let _ = writeln!(s, "  node {}: addr={} admin={}", n.id, n.addr, n.admin);

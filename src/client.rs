@@ -25,6 +25,28 @@ use smol_hyper::rt::FuturesIo;
 use crate::config::ClusterConfig;
 use crate::error::Result;
 
+/// `--token`, else `$QUORUMD_TOKEN`: the ACL token a command presents.
+/// Shared by every command that talks to the admin API.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TokenArg {
+    /// The ACL token (its SecretID) to present [default: $QUORUMD_TOKEN].
+    #[arg(long, value_name = "SECRET")]
+    token: Option<String>,
+}
+
+impl TokenArg {
+    /// The token given, if any.
+    pub fn secret(&self) -> Option<String> {
+        self.token
+            .clone()
+            .or_else(|| std::env::var(TOKEN_ENV).ok())
+            .filter(|t| !t.is_empty())
+    }
+}
+
+/// The variable that holds the CLI's ACL token.
+pub const TOKEN_ENV: &str = "QUORUMD_TOKEN";
+
 /// How long connecting may take, TLS handshake included.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -61,9 +83,17 @@ impl Response {
 }
 
 /// How to reach the nodes' admin APIs: plain HTTP, or HTTPS with the
-/// cluster's CA and a client certificate. Cheap to clone.
+/// cluster's CA and a client certificate; and the ACL token to present, if
+/// any. Cheap to clone.
 #[derive(Clone)]
-pub enum AdminClient {
+pub struct AdminClient {
+    transport: Transport,
+    /// Sent as `X-Consul-Token` with every request.
+    token: Option<String>,
+}
+
+#[derive(Clone)]
+enum Transport {
     /// Plain HTTP (the cluster file has no `[tls]`).
     Plain,
     /// HTTPS; node `N`'s certificate must name `node-N.<cluster>`.
@@ -78,11 +108,16 @@ pub enum AdminClient {
 
 impl std::fmt::Debug for AdminClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            AdminClient::Plain => f.write_str("AdminClient::Plain"),
-            AdminClient::Tls { cluster, .. } => f
+        let token = self.token.as_ref().map(|_| "<redacted>");
+        match &self.transport {
+            Transport::Plain => f
+                .debug_struct("AdminClient::Plain")
+                .field("token", &token)
+                .finish(),
+            Transport::Tls { cluster, .. } => f
                 .debug_struct("AdminClient::Tls")
                 .field("cluster", cluster)
+                .field("token", &token)
                 .finish_non_exhaustive(),
         }
     }
@@ -112,21 +147,39 @@ impl AdminClient {
         ))
     }
 
+    /// Plain HTTP, without a token.
+    pub fn plain() -> AdminClient {
+        AdminClient {
+            transport: Transport::Plain,
+            token: None,
+        }
+    }
+
     fn with(tls: Option<Arc<rustls::ClientConfig>>, cluster: &str) -> AdminClient {
-        match tls {
-            None => AdminClient::Plain,
-            Some(config) => AdminClient::Tls {
+        let transport = match tls {
+            None => Transport::Plain,
+            Some(config) => Transport::Tls {
                 connector: TlsConnector::from(config),
                 cluster: cluster.to_string(),
             },
+        };
+        AdminClient {
+            transport,
+            token: None,
         }
+    }
+
+    /// The same client, presenting ACL token `token` (`None`: no token).
+    pub fn with_token(mut self, token: Option<String>) -> AdminClient {
+        self.token = token.filter(|t| !t.is_empty());
+        self
     }
 
     /// `http` or `https`.
     pub fn scheme(&self) -> &'static str {
-        match self {
-            AdminClient::Plain => "http",
-            AdminClient::Tls { .. } => "https",
+        match self.transport {
+            Transport::Plain => "http",
+            Transport::Tls { .. } => "https",
         }
     }
 
@@ -202,7 +255,7 @@ impl AdminClient {
             ))
         })
         .await?;
-        send(stream, addr, method, path, body)
+        send(stream, addr, method, path, body, self.token.as_deref())
             .await
             .map_err(|e| self.explain(e))
     }
@@ -214,9 +267,9 @@ impl AdminClient {
     ) -> std::result::Result<Box<dyn Io>, String> {
         let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
         let _ = tcp.set_nodelay(true);
-        match self {
-            AdminClient::Plain => Ok(Box::new(tcp)),
-            AdminClient::Tls { connector, cluster } => {
+        match &self.transport {
+            Transport::Plain => Ok(Box::new(tcp)),
+            Transport::Tls { connector, cluster } => {
                 let name = crate::tls::node_name(cluster, node);
                 let server_name = ServerName::try_from(name.clone())
                     .map_err(|e| format!("{name} is not a DNS name: {e}"))?;
@@ -233,8 +286,8 @@ impl AdminClient {
     /// the client's certificate says so only after the client's side of the
     /// handshake is done, so its refusal surfaces as the first read failing.
     fn explain(&self, e: String) -> String {
-        match (self, e.find("received fatal alert")) {
-            (AdminClient::Tls { .. }, Some(at)) => format!(
+        match (&self.transport, e.find("received fatal alert")) {
+            (Transport::Tls { .. }, Some(at)) => format!(
                 "the node refused the TLS connection ({}): is the client certificate signed by the cluster's CA?",
                 &e[at..]
             ),
@@ -275,6 +328,7 @@ async fn send(
     method: Method,
     path: &str,
     body: Vec<u8>,
+    token: Option<&str>,
 ) -> std::result::Result<Response, String> {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(FuturesIo::new(stream))
         .await
@@ -283,11 +337,15 @@ async fn send(
         let _ = conn.await;
     });
     let len = body.len();
-    let req = Request::builder()
+    let mut req = Request::builder()
         .method(method)
         .uri(path)
         .header(HOST, addr.to_string())
-        .header(CONTENT_LENGTH, len)
+        .header(CONTENT_LENGTH, len);
+    if let Some(token) = token {
+        req = req.header("x-consul-token", token);
+    }
+    let req = req
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
     let resp = sender.send_request(req).await.map_err(error_chain)?;

@@ -133,7 +133,17 @@ struct RawFile {
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
+    acl: RawAcl,
+    #[serde(default)]
     node: Vec<RawNode>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAcl {
+    enabled: Option<bool>,
+    default_policy: Option<String>,
+    metrics_need_token: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -305,6 +315,19 @@ impl Default for Limits {
     }
 }
 
+/// The `[acl]` table. Off by default: every client has every right.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AclSettings {
+    /// Requests must present a token whose policies allow them.
+    pub enabled: bool,
+    /// What a request may do that no rule of its token speaks of:
+    /// `true` for `default_policy = "allow"`.
+    pub default_allow: bool,
+    /// `/metrics` needs a token with `operator = "read"` (otherwise it is
+    /// open, as `/health` and `/ready` are).
+    pub metrics_need_token: bool,
+}
+
 impl RaftTiming {
     /// The shortest election timeout raft may pick.
     pub fn election_timeout(&self) -> Duration {
@@ -367,6 +390,8 @@ pub struct ClusterConfig {
     pub limits: Limits,
     /// Mutual TLS between peers, if the file has a `[tls]` table.
     pub tls: Option<TlsFiles>,
+    /// The `[acl]` table: tokens and policies.
+    pub acl: AclSettings,
     /// Every member, sorted by id.
     pub nodes: Vec<NodeConfig>,
 }
@@ -607,6 +632,21 @@ impl ClusterConfig {
             Some(t) => Some(parse_tls(t, &name, nodes.len(), path).map_err(|(f, r)| err(&f, r))?),
         };
 
+        let acl = AclSettings {
+            enabled: raw.acl.enabled.unwrap_or(false),
+            default_allow: match raw.acl.default_policy.as_deref() {
+                None | Some("allow") => true,
+                Some("deny") => false,
+                Some(other) => {
+                    return Err(err(
+                        "acl.default_policy",
+                        format!("must be \"allow\" or \"deny\", not {other:?}"),
+                    ))
+                }
+            },
+            metrics_need_token: raw.acl.metrics_need_token.unwrap_or(false),
+        };
+
         Ok(ClusterConfig {
             name,
             quorum_wait_timeout,
@@ -618,6 +658,7 @@ impl ClusterConfig {
             store,
             limits,
             tls,
+            acl,
             nodes,
         })
     }
@@ -1005,6 +1046,29 @@ admin = "127.0.0.1:8101"
         assert_eq!(c.ids(), vec![1, 2]);
         assert_eq!(c.raft.election_ticks, DEFAULT_ELECTION_TICKS);
         assert_eq!(c.node_data_dir(2), PathBuf::from("target/x/node-2"));
+    }
+
+    #[test]
+    fn the_acl_table_is_validated() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(
+            c.acl,
+            AclSettings {
+                enabled: false,
+                default_allow: true,
+                metrics_need_token: false
+            }
+        );
+        let on = format!("{GOOD}\n[acl]\nenabled = true\ndefault_policy = \"deny\"\n");
+        let c = parse(&on).unwrap();
+        assert!(c.acl.enabled && !c.acl.default_allow);
+        let (field, reason) = config_error(&format!("{GOOD}\n[acl]\ndefault_policy = \"maybe\"\n"));
+        assert_eq!(field, "acl.default_policy");
+        assert!(reason.contains("\"allow\" or \"deny\""), "{reason}");
+        let (_, reason) = config_error(&format!("{GOOD}\n[acl]\nenabled = \"yes\"\n"));
+        assert!(reason.contains("bool"), "{reason}");
+        let (_, reason) = config_error(&format!("{GOOD}\n[acl]\ntokens = 1\n"));
+        assert!(reason.contains("tokens"), "{reason}");
     }
 
     #[test]

@@ -375,6 +375,11 @@ impl ClusterCoordinator {
             http::spawn(
                 admin_listener,
                 Api::Serving(AdminState {
+                    acl_cache: Default::default(),
+                    data_dir: options
+                        .data_dir
+                        .clone()
+                        .unwrap_or_else(|| config.node_data_dir(node_id)),
                     config: config.clone(),
                     node_id,
                     health: health.clone(),

@@ -101,7 +101,7 @@ pub fn frames(data: &[u8]) {
     });
 }
 
-/// The KV routes' request decoding. The first byte picks the method, the
+/// The KV and ACL routes' request decoding. The first byte picks the method, the
 /// bytes up to the first newline are the request target (path and query),
 /// the rest is the body. What decodes must be a request the store accepts:
 /// a valid, unreserved key for a write, and a Raft entry that decodes to
@@ -174,6 +174,8 @@ pub fn http(data: &[u8]) {
                 roundtrip(vec![op]);
             }
         }
+    } else if let Some(rest) = path.strip_prefix("/v1/acl/") {
+        acl_route(&method, rest, query, body);
     } else if path == "/v1/txn" {
         let _ = kv::consistency(&parse_query(query));
         match txn::parse(body, MAX_VALUE) {
@@ -190,6 +192,62 @@ pub fn http(data: &[u8]) {
                 roundtrip(ops);
             }
         }
+    }
+}
+
+/// The ACL routes: the route, the token's presentation, the body of a
+/// policy or a token, and the rules. What decodes must make sense: a
+/// policy's rules parse, and a refusal is a 4xx.
+fn acl_route(method: &hyper::Method, rest: &str, query: &str, body: &[u8]) {
+    use crate::http::acl::{decode_body, decode_policy, decode_route, decode_token, AclRoute};
+    let pairs = crate::http::parse_query(query);
+    let text = std::str::from_utf8(body).ok();
+    let _ = crate::acl::presented_token(text, text, crate::http::param(&pairs, "token"));
+    if let Some(t) = text {
+        let _ = crate::acl::Rules::parse(t);
+    }
+    let route = match decode_route(method, rest) {
+        Ok(r) => r,
+        Err(e) => {
+            assert!(e.status.is_client_error(), "{}", e.status);
+            return;
+        }
+    };
+    if !route.has_body() {
+        return;
+    }
+    let value = match decode_body(body) {
+        Ok(v) => v,
+        Err(e) => {
+            assert!(e.status.is_client_error(), "{}", e.status);
+            return;
+        }
+    };
+    let refused = |e: crate::http::ApiError| assert!(e.status.is_client_error(), "{}", e.status);
+    match route {
+        AclRoute::CreatePolicy | AclRoute::UpdatePolicy(_) => {
+            let id = match &route {
+                AclRoute::UpdatePolicy(id) => Some(id.as_str()),
+                _ => None,
+            };
+            match decode_policy(id, &value) {
+                Ok(p) => assert!(crate::acl::Rules::parse(&p.rules).is_ok(), "{p:?}"),
+                Err(e) => refused(e),
+            }
+        }
+        AclRoute::CreateToken | AclRoute::UpdateToken(_) => {
+            let create = route == AclRoute::CreateToken;
+            match decode_token(&value, create) {
+                Ok(t) if create => {
+                    for id in [&t.accessor, &t.secret].into_iter().flatten() {
+                        assert!(crate::acl::is_uuid(id), "{id:?}");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => refused(e),
+            }
+        }
+        _ => {}
     }
 }
 

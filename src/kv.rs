@@ -172,6 +172,18 @@ impl KvService {
         Ok(self.replica.propose(cmd.encode()).await?)
     }
 
+    /// Proposes `ops` as one cluster command, which may write the reserved
+    /// prefix (the ACL system's rows), and waits until it is applied here.
+    pub async fn write_cluster(&self, ops: Vec<KvOp>) -> Result<Committed, KvError> {
+        let cmd = Command {
+            max_store_bytes: self.settings.max_store_bytes,
+            from_client: false,
+            ops,
+            reads: self.read_limits(),
+        };
+        Ok(self.replica.propose(cmd.encode()).await?)
+    }
+
     /// The replica, for membership changes.
     pub fn replica(&self) -> &ReplicaHandle {
         &self.replica

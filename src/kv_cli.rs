@@ -109,6 +109,8 @@ pub struct Target {
     /// Ask this node instead of the first one that answers.
     #[arg(long, value_name = "ID")]
     node: Option<u64>,
+    #[command(flatten)]
+    token: crate::client::TokenArg,
 }
 
 /// The time a request may take (a blocking query waits up to [`WATCH_WAIT`]).
@@ -270,6 +272,7 @@ impl Target {
     ) -> Result<Response> {
         let (config, nodes) = self.nodes()?;
         AdminClient::for_cli(&config)?
+            .with_token(self.token.secret())
             .first_answer(&config.name, &nodes, method, path, body, timeout)
             .map_err(Error::Request)
     }
@@ -309,6 +312,9 @@ fn refused(r: &Response) -> Error {
             crate::status::NEEDS_CLIENT_CERT,
             r.error_text()
         ));
+    }
+    if r.status == 403 {
+        return crate::acl_cli::refused(r);
     }
     Error::Request(format!(
         "the node answered {}: {}",

@@ -20,6 +20,8 @@
 //! and per-peer senders, the health monitor and its probers, and the admin
 //! server.
 
+pub mod acl;
+pub mod acl_cli;
 pub mod budget;
 pub mod cli;
 pub mod client;

@@ -65,6 +65,8 @@ pub struct Target {
     /// The cluster file [default: $QUORUMD_CLUSTER, else /etc/quorumd/cluster.toml].
     #[arg(long, value_name = "FILE")]
     cluster: Option<PathBuf>,
+    #[command(flatten)]
+    token: crate::client::TokenArg,
 }
 
 /// A node to add.
@@ -258,6 +260,7 @@ impl Target {
     fn ask(&self, method: Method, path: &str, body: Vec<u8>) -> Result<Response> {
         let config = ClusterConfig::load(&crate::cli::cluster_file(self.cluster.clone())?)?;
         AdminClient::for_cli(&config)?
+            .with_token(self.token.secret())
             .first_answer(&config.name, &config.nodes, method, path, body, TIMEOUT)
             .map_err(Error::Request)
     }

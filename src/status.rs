@@ -373,7 +373,8 @@ pub fn to_json(config: &ClusterConfig, report: &Report) -> Value {
 /// Runs the command: prints the table (or JSON), then fails if the cluster
 /// is unwell.
 pub fn run(config: &ClusterConfig, file: &str, as_json: bool) -> Result<()> {
-    let client = AdminClient::for_cli(config)?;
+    let client =
+        AdminClient::for_cli(config)?.with_token(crate::client::TokenArg::default().secret());
     let report = collect(config, &client);
     let none_answered = report
         .views

@@ -1,5 +1,6 @@
 //! "Compatible with Consul's KV API" means a real Consul client works
-//! unchanged: this test drives a 3-node cluster with py-consul, from PyPI.
+//! unchanged: these tests drive a 3-node cluster with py-consul, from PyPI,
+//! without ACLs and with them (tokens through py-consul's `token=`).
 //!
 //! The test sets up its own throwaway virtualenv under `target/` (created
 //! once, reused while it holds the pinned version) with `python3 -m venv`
@@ -97,6 +98,35 @@ fn py_consul_sessions_and_locks_work_unchanged() {
     assert!(
         out.status.success() && stdout.trim() == "OK",
         "py-consul sessions failed against quorumd:\n{stdout}\n{stderr}\n{}",
+        c.diagnostics()
+    );
+}
+
+#[test]
+fn py_consul_presents_acl_tokens_unchanged() {
+    let python = venv();
+    let mut c = TestCluster::new(Spec::new("py-consul-acl", 3));
+    let mut file = std::fs::read_to_string(&c.config).expect("read the cluster file");
+    file.push_str("\n[acl]\nenabled = true\ndefault_policy = \"deny\"\n");
+    std::fs::write(&c.config, file).expect("write the cluster file");
+    c.start_all();
+    c.wait_for("a leader every node knows", || {
+        c.ids()
+            .iter()
+            .all(|&id| c.get(id, "/ready").is_ok_and(|r| r.status == 200))
+    });
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/pyconsul_acl.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .args(c.ids().iter().map(|&id| c.admin(id).to_string()))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the py-consul script");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.trim() == "OK",
+        "py-consul with tokens failed against quorumd:\n{stdout}\n{stderr}\n{}",
         c.diagnostics()
     );
 }

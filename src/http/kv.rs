@@ -15,7 +15,13 @@
 //! plus up to a sixteenth of jitter, as Consul does). Every answer carries
 //! `X-Consul-Index`, `X-Consul-KnownLeader` and `X-Consul-LastContact`.
 //!
-//! `dc`, `ns`, `partition` and `token` are accepted and ignored; the session
+//! With ACLs on, a read needs `read` on the key, `?keys` lists only what
+//! the token may `list`, `?recurse` returns only what it may `read`, a
+//! write needs `write`, and a recursive delete `write` on everything under
+//! the prefix; see [`crate::http::acl`]. A blocking query checks the token
+//! again each time it wakes.
+//!
+//! `dc`, `ns` and `partition` are accepted and ignored; the session
 //! parameters `acquire` and `release` answer 400.
 
 use std::time::{Duration, Instant};
@@ -27,6 +33,7 @@ use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
+use crate::http::acl::AclCheck;
 use crate::http::{
     kv_error, method_not_allowed, param, parse_query, read_body, reply, text, AdminState, ApiError,
 };
@@ -54,9 +61,25 @@ pub async fn handle(state: &AdminState, req: Request<Incoming>, raw_key: &str) -
         return resp;
     }
     let decoded = decode(method, raw_key, req.uri().query().unwrap_or(""));
+    let acl = AclCheck::of(state, &req);
+    if let (Some(check), Ok(request)) = (&acl, &decoded) {
+        if !matches!(request, KvRequest::Get(_)) {
+            match check.fresh(state).await {
+                Ok(a) if may_write(&a, request) => {}
+                Ok(_) => return with_leader(crate::http::acl::denied().response(), &state.kv),
+                Err(e) => return with_leader(e.response(), &state.kv),
+            }
+        }
+    }
     let mut resp = match decoded {
         Err(e) => e.response(),
-        Ok(KvRequest::Get(get)) => serve_get(&state.kv, get).await,
+        Ok(KvRequest::Get(get)) => {
+            let mut acl = acl;
+            if let Some(check) = acl.as_mut() {
+                check.prepare(&state.kv).await;
+            }
+            serve_get(&state.kv, get, acl).await
+        }
         Ok(KvRequest::Put {
             key,
             flags,
@@ -91,6 +114,21 @@ pub async fn handle(state: &AdminState, req: Request<Incoming>, raw_key: &str) -
         Ok(KvRequest::Delete(op)) => write(&state.kv, vec![op]).await,
     };
     leader_headers(&mut resp, &state.kv);
+    resp
+}
+
+/// May the token make this write? Every kind of request is named, so that
+/// a new one cannot pass unchecked; a read is checked in its own read.
+fn may_write(a: &crate::acl::Authorizer, request: &KvRequest) -> bool {
+    match request {
+        KvRequest::Get(_) => true,
+        KvRequest::Put { key, .. } => a.key_write(key),
+        KvRequest::Delete(op) => crate::http::acl::txn_allowed(a, std::slice::from_ref(op)),
+    }
+}
+
+fn with_leader(mut resp: Resp, kv: &KvService) -> Resp {
+    leader_headers(&mut resp, kv);
     resp
 }
 
@@ -244,6 +282,8 @@ enum Found {
     TooLarge(u64),
     /// The buffer budget had no room for the answer in time.
     Busy(u64),
+    /// The token may not read this (or cannot be used).
+    Denied(ApiError),
 }
 fn decode_get(key: String, pairs: &[(String, String)]) -> Result<GetRequest, ApiError> {
     let recurse = param(pairs, "recurse").is_some();
@@ -277,7 +317,7 @@ fn decode_get(key: String, pairs: &[(String, String)]) -> Result<GetRequest, Api
     })
 }
 
-async fn serve_get(kv: &KvService, get: GetRequest) -> Resp {
+async fn serve_get(kv: &KvService, get: GetRequest, acl: Option<AclCheck>) -> Resp {
     let GetRequest {
         query,
         consistency,
@@ -316,6 +356,7 @@ async fn serve_get(kv: &KvService, get: GetRequest) -> Resp {
             None
         };
         let q = query.clone();
+        let acl = acl.clone();
         let (budget, max_bytes, timeout) = (
             kv.budget().clone(),
             kv.limits().max_response_bytes,
@@ -323,7 +364,19 @@ async fn serve_get(kv: &KvService, get: GetRequest) -> Resp {
         );
         let listing = kv
             .read(consistency, move |t| {
+                // The token is checked in the same read as the data: a
+                // linearizable read sees every revocation committed before.
+                let authz = match acl.as_ref().map(|c| c.resolve(t)).transpose() {
+                    Ok(a) => a,
+                    Err(e) => return Ok(denied(t, e)),
+                };
+                let may = |want: crate::acl::Access, key: &str| {
+                    authz.as_ref().is_none_or(|a| a.key(key, want))
+                };
                 Ok(match q {
+                    Query::One(k) if !may(crate::acl::Access::Read, &k) => {
+                        denied(t, crate::http::acl::denied())
+                    }
                     // The reserved prefix is the cluster's: invisible here.
                     Query::One(k) => map_listing(t.client_get(&k)?, Found::One),
                     Query::Tree(p) => {
@@ -335,21 +388,29 @@ async fn serve_get(kv: &KvService, get: GetRequest) -> Resp {
                         };
                         let mut out = Vec::with_capacity(estimate as usize);
                         out.push(b'[');
+                        let mut shown = 0usize;
                         let listing = t.client_list_each(&p, |e| {
+                            // As Consul: a listing leaves out what the
+                            // token may not read.
+                            if !may(crate::acl::Access::Read, &e.key) {
+                                return;
+                            }
                             if out.len() > 1 {
                                 out.push(b',');
                             }
+                            shown += 1;
                             // Writing JSON into a Vec cannot fail.
                             let _ = serde_json::to_writer(&mut out, &entry_json(&e));
                         })?;
                         out.push(b']');
-                        let found =
-                            (listing.value > 0).then(|| crate::budget::reserved_bytes(out, share));
+                        let found = (listing.value > 0 && shown > 0)
+                            .then(|| crate::budget::reserved_bytes(out, share));
                         map_listing(listing, |_| Found::Rendered(found))
                     }
                     Query::Keys(p, sep) => match t.client_keys(&p, sep.as_deref(), max_bytes)? {
                         Err(_) => too_large(t, max_bytes),
-                        Ok(listing) => {
+                        Ok(mut listing) => {
+                            listing.value.retain(|k| may(crate::acl::Access::List, k));
                             let rendered = (!listing.value.is_empty())
                                 .then(|| Bytes::from(json!(listing.value).to_string()));
                             map_listing(listing, |_| Found::Rendered(rendered))
@@ -366,6 +427,7 @@ async fn serve_get(kv: &KvService, get: GetRequest) -> Resp {
         // prefix may have left no tombstone, but a single key's index is its
         // own (or the store's, when it is absent), which only grows.
         let done = min_index == 0
+            || matches!(listing.value, Found::Denied(_))
             || listing.index > min_index
             || (prefix && min_index < listing.floor)
             || Instant::now() >= deadline;
@@ -389,6 +451,14 @@ async fn serve_get(kv: &KvService, get: GetRequest) -> Resp {
 fn too_large(t: &crate::store::machine::ReadTables, limit: u64) -> Listing<Found> {
     Listing {
         value: Found::TooLarge(limit),
+        index: t.state().index.max(1),
+        floor: 0,
+    }
+}
+
+fn denied(t: &crate::store::machine::ReadTables, e: ApiError) -> Listing<Found> {
+    Listing {
+        value: Found::Denied(e),
         index: t.state().index.max(1),
         floor: 0,
     }
@@ -476,6 +546,7 @@ fn render(listing: Listing<Found>, raw: bool) -> Resp {
         }
         Found::TooLarge(limit) => return answer_too_large(limit),
         Found::Busy(capacity) => return budget_busy(capacity),
+        Found::Denied(e) => return e.response(),
     };
     with_index(resp, index)
 }

@@ -129,6 +129,8 @@ fn record_json(m: &Member, alive: bool) -> Value {
 /// A change request, read whole before it runs or is forwarded.
 pub struct ChangeRequest {
     method: Method,
+    /// The ACL token it came with, passed on to the leader.
+    token: Option<String>,
     /// The path and query, as asked.
     path: String,
     body: Bytes,
@@ -162,6 +164,7 @@ async fn on_leader<'a>(
     change: impl Fn(&'a AdminState, ChangeRequest) -> Pending<'a>,
 ) -> Resp {
     let method = req.method().clone();
+    let token = crate::http::acl::token_of(&req);
     let path = req
         .uri()
         .path_and_query()
@@ -171,7 +174,12 @@ async fn on_leader<'a>(
         Ok(b) => Bytes::copy_from_slice(&b),
         Err(e) => return error(e.status, e.sentence),
     };
-    let request = ChangeRequest { method, path, body };
+    let request = ChangeRequest {
+        method,
+        token,
+        path,
+        body,
+    };
     let deadline = std::time::Instant::now() + state.config.store.request_timeout;
     let mut asked: Vec<u64> = Vec::new();
     loop {
@@ -239,7 +247,7 @@ async fn forward(
             asked_before[asked_before.len() - 1]
         )
     };
-    let client = state.peer_client();
+    let client = state.peer_client().with_token(request.token.clone());
     let exchange = async {
         Some(
             client

@@ -8,6 +8,14 @@
 //! | `/v1/txn` | [`txn`]: Consul's transaction API, KV verbs only |
 //! | `/admin/cluster/members` | [`members`]: the membership, changed at runtime |
 //! | `/ui/` | [`ui`]: the dashboard, one embedded page |
+//! | `/v1/acl/*` | [`acl`]: Consul's ACL API, tokens and policies |
+//!
+//! **ACLs.** With `[acl] enabled`, a request's token (see [`acl`]) decides
+//! its rights: KV and txn by key, the members API by `operator = "write"`,
+//! the status routes by `operator = "read"`, `/metrics` too if
+//! `metrics_need_token`. `/health`, `/ready` and the dashboard's page stay
+//! open. With `[tls]`, the client certificate is checked first: it admits
+//! the connection, the token then decides.
 //!
 //! Unknown routes get 404 and other methods 405. The cluster routes answer
 //! errors as JSON `{"error": ...}`; the Consul routes answer a short sentence
@@ -31,6 +39,7 @@
 //! a write that makes no progress for [`WRITE_STALL_TIMEOUT`] closes the
 //! connection.
 
+pub mod acl;
 pub mod cluster;
 pub mod kv;
 pub mod members;
@@ -125,6 +134,10 @@ pub struct AdminState {
     pub config: Arc<ClusterConfig>,
     /// This node's id.
     pub node_id: u64,
+    /// This node's state directory (`<data_dir>/node-N`, or `--data-dir`).
+    pub data_dir: std::path::PathBuf,
+    /// Tokens resolved here, until the next ACL write applies.
+    pub acl_cache: acl::AclCache,
     /// Peer health.
     pub health: HealthHandle,
     /// The `__meta/0` replica.
@@ -146,7 +159,7 @@ impl AdminState {
     pub fn peer_client(&self) -> AdminClient {
         self.https
             .as_ref()
-            .map_or(AdminClient::Plain, |h| h.client.clone())
+            .map_or_else(AdminClient::plain, |h| h.client.clone())
     }
 }
 
@@ -526,6 +539,15 @@ fn over_limit(why: &str) -> Response<Full<Bytes>> {
 
 async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
+    if let Some(rest) = path.strip_prefix("/v1/acl/") {
+        let rest = rest.to_string();
+        return acl::handle(state, req, &rest).await;
+    }
+    if state.config.acl.enabled {
+        if let Err(resp) = operator_check(state, &req, &path).await {
+            return resp;
+        }
+    }
     if let Some(key) = path.strip_prefix("/v1/kv/") {
         let key = key.to_string();
         return kv::handle(state, req, &key).await;
@@ -555,6 +577,27 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
         }
     }
     cluster::handle(state, &req, &path).await
+}
+
+/// With ACLs on: the members API needs `operator = "write"`, the status
+/// routes and the dashboard's `/ui/nodes` `operator = "read"`, and
+/// `/metrics` too when the file says so.
+async fn operator_check(
+    state: &AdminState,
+    req: &Request<Incoming>,
+    path: &str,
+) -> std::result::Result<(), Response<Full<Bytes>>> {
+    let want = if path.starts_with("/admin/cluster/members") {
+        crate::acl::Access::Write
+    } else if path.starts_with("/admin/cluster/")
+        || path == "/ui/nodes"
+        || (path == "/metrics" && state.config.acl.metrics_need_token)
+    {
+        crate::acl::Access::Read
+    } else {
+        return Ok(());
+    };
+    acl::require_operator(state, req, want).await
 }
 
 /// The routes of a node without state: `/health`, `/ready` (503),

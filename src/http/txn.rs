@@ -35,6 +35,7 @@ async fn serve(state: &AdminState, req: Request<Incoming>) -> Resp {
     }
     let kv = &state.kv;
     let pairs = query_pairs(&req);
+    let acl = crate::http::acl::AclCheck::of(state, &req);
     let parsed = async {
         let consistency = consistency(&pairs)?;
         // Consul caps the whole request at the value limit (txn_max_req_len).
@@ -46,6 +47,15 @@ async fn serve(state: &AdminState, req: Request<Incoming>) -> Resp {
         Ok(ok) => ok,
         Err(e) => return e.response(),
     };
+    // With ACLs on, one op the token may not run refuses the whole
+    // transaction, before anything is proposed.
+    if let Some(check) = acl {
+        match check.fresh(state).await {
+            Ok(a) if crate::http::acl::txn_allowed(&a, &ops) => {}
+            Ok(_) => return crate::http::acl::denied().response(),
+            Err(e) => return e.response(),
+        }
+    }
     let budget = kv.budget().clone();
     let timeout = kv.settings().request_timeout;
     let reads = ops.iter().any(|op| {

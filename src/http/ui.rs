@@ -56,7 +56,8 @@ pub async fn handle(state: &AdminState, req: &Request<Incoming>, rest: &str) -> 
         }
         "/" | "/index.html" => page(),
         "/nodes" => {
-            let mut resp = reply(StatusCode::OK, nodes(state).await);
+            let token = crate::http::acl::token_of(req);
+            let mut resp = reply(StatusCode::OK, nodes(state, token).await);
             resp.headers_mut()
                 .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
             resp
@@ -102,7 +103,7 @@ struct Row {
 }
 
 /// The body of `/ui/nodes`.
-async fn nodes(state: &AdminState) -> Value {
+async fn nodes(state: &AdminState, token: Option<String>) -> Value {
     let rows: Vec<Row> = match crate::membership::Membership::applied(&state.kv).await {
         Ok(m) if !m.members.is_empty() => m
             .members
@@ -128,8 +129,8 @@ async fn nodes(state: &AdminState) -> Value {
     };
     let now = Instant::now();
     let peers = state.health.peers().await;
-    // Every other member's status, asked at once.
-    let client = state.peer_client();
+    // Every other member's status, asked at once, with the request's token.
+    let client = state.peer_client().with_token(token);
     let asks: Vec<_> = rows
         .iter()
         .filter(|r| r.id != state.node_id)

@@ -142,6 +142,19 @@ pub fn https_within(
     request(addr, tls, method, path, body, timeout)
 }
 
+/// [`https_within`] with more request headers (`(name, value)` pairs).
+pub fn request_with_headers(
+    addr: SocketAddr,
+    tls: Option<&Https>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> std::io::Result<Response> {
+    request_with(addr, tls, method, path, headers, body, timeout)
+}
+
 fn request(
     addr: SocketAddr,
     tls: Option<&Https>,
@@ -150,12 +163,27 @@ fn request(
     body: &[u8],
     timeout: Duration,
 ) -> std::io::Result<Response> {
+    request_with(addr, tls, method, path, &[], body, timeout)
+}
+
+fn request_with(
+    addr: SocketAddr,
+    tls: Option<&Https>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> std::io::Result<Response> {
     let mut s = connect(addr, tls, timeout, timeout)?;
-    let body_headers = if (method == "GET" || method == "HEAD") && body.is_empty() {
+    let mut body_headers = if (method == "GET" || method == "HEAD") && body.is_empty() {
         String::new()
     } else {
         format!("Content-Length: {}\r\n", body.len())
     };
+    for (name, value) in headers {
+        body_headers.push_str(&format!("{name}: {value}\r\n"));
+    }
     write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\n{body_headers}Connection: close\r\n\r\n"

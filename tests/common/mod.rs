@@ -34,7 +34,9 @@ mod keep_alive;
 pub mod peer;
 // Each test binary uses a different subset.
 #[allow(unused_imports)]
-pub use http::{http, http_body, http_within, https_within, tls_client, Https, Response};
+pub use http::{
+    http, http_body, http_within, https_within, request_with_headers, tls_client, Https, Response,
+};
 pub use keep_alive::KeepAlive;
 
 /// The binary under test, built by cargo for this test run.
