@@ -59,6 +59,11 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::kv_cli::KvCommand,
     },
+    /// Save, restore and inspect backups of the whole store.
+    Snapshot {
+        #[command(subcommand)]
+        command: crate::snapshot_cli::SnapshotCommand,
+    },
     /// Validate a cluster file (and its `[tls]` files) and print a summary.
     Check {
         /// The cluster file.
@@ -145,6 +150,7 @@ pub fn run(cli: Cli, started: Instant) -> Result<()> {
             Ok(())
         }
         Command::Kv { command } => crate::kv_cli::run(command),
+        Command::Snapshot { command } => crate::snapshot_cli::run(command),
         Command::Member { command } => crate::member_cli::run(command),
         Command::Check { file } => {
             let config = ClusterConfig::load(&file)?;

@@ -172,6 +172,11 @@ impl KvService {
         Ok(self.replica.propose(cmd.encode()).await?)
     }
 
+    /// The state machine's store, for backups.
+    pub fn store(&self) -> &Arc<StateStore> {
+        &self.store
+    }
+
     /// The replica, for membership changes.
     pub fn replica(&self) -> &ReplicaHandle {
         &self.replica

@@ -20,6 +20,7 @@
 //! and per-peer senders, the health monitor and its probers, and the admin
 //! server.
 
+pub mod backup;
 pub mod budget;
 pub mod cli;
 pub mod client;
@@ -40,6 +41,7 @@ pub mod notify;
 pub mod quorum;
 pub mod raft;
 pub mod runtime;
+pub mod snapshot_cli;
 pub mod status;
 pub mod store;
 pub mod tls;

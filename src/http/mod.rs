@@ -7,6 +7,7 @@
 //! | `/v1/kv/<key>` | [`kv`]: Consul's KV API |
 //! | `/v1/txn` | [`txn`]: Consul's transaction API, KV verbs only |
 //! | `/admin/cluster/members` | [`members`]: the membership, changed at runtime |
+//! | `/v1/snapshot` | [`snapshot`]: backup and restore |
 //! | `/ui/` | [`ui`]: the dashboard, one embedded page |
 //!
 //! Unknown routes get 404 and other methods 405. The cluster routes answer
@@ -34,6 +35,7 @@
 pub mod cluster;
 pub mod kv;
 pub mod members;
+pub mod snapshot;
 pub mod txn;
 pub mod ui;
 
@@ -534,6 +536,9 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
     }
     if path == "/v1/txn" {
         return txn::handle(state, req).await;
+    }
+    if path == "/v1/snapshot" {
+        return snapshot::handle(state, req).await;
     }
     if let Some(rest) = path.strip_prefix("/ui") {
         if rest.is_empty() || rest.starts_with('/') {

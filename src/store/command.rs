@@ -71,6 +71,16 @@ pub enum KvOp {
     /// `delete-tree`: deletes every key under the prefix (reserved keys
     /// excepted, when the command comes from a client).
     DeleteTree { prefix: String },
+    /// A backup's restore, once its keys are staged under `staging` by
+    /// earlier entries: every key outside `keep` and `staging` goes, and
+    /// each staged key moves to its own name (written at this entry's
+    /// index), unless it falls under `keep`. It fails, changing nothing,
+    /// unless exactly `keys` keys are staged. Never sent by a client.
+    Restore {
+        staging: String,
+        keep: Vec<String>,
+        keys: u64,
+    },
 }
 
 impl KvOp {
@@ -83,6 +93,7 @@ impl KvOp {
                 | KvOp::Delete { .. }
                 | KvOp::DeleteCas { .. }
                 | KvOp::DeleteTree { .. }
+                | KvOp::Restore { .. }
         )
     }
 
@@ -98,12 +109,16 @@ impl KvOp {
             | KvOp::Delete { key }
             | KvOp::DeleteCas { key, .. } => key,
             KvOp::GetTree { prefix } | KvOp::DeleteTree { prefix } => prefix,
+            KvOp::Restore { staging, .. } => staging,
         }
     }
 
     /// True if the op names a prefix rather than one key.
     pub fn is_tree(&self) -> bool {
-        matches!(self, KvOp::GetTree { .. } | KvOp::DeleteTree { .. })
+        matches!(
+            self,
+            KvOp::GetTree { .. } | KvOp::DeleteTree { .. } | KvOp::Restore { .. }
+        )
     }
 }
 

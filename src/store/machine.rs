@@ -673,6 +673,48 @@ impl<'a, T: ReadableTable<&'static str, &'static [u8]>> Overlay<'a, T> {
         Ok(Ok(()))
     }
 
+    /// [`KvOp::Restore`]: `Ok(Err(why))` when the staged keys are not the
+    /// ones announced, before anything is written.
+    fn restore(
+        &mut self,
+        staging: &str,
+        keep: &[String],
+        keys: u64,
+    ) -> Result<std::result::Result<(), String>> {
+        let kept = |key: &str| keep.iter().any(|p| key.starts_with(p.as_str()));
+        let mut doomed = Vec::new();
+        let mut staged = Vec::new();
+        self.scan("", |key, row| {
+            if key.starts_with(staging) {
+                let entry = row.entry(key)?;
+                staged.push((key.to_string(), row.meta(key)?.size(key), entry));
+            } else if !kept(key) {
+                doomed.push((key.to_string(), row.meta(key)?.size(key)));
+            }
+            Ok(true)
+        })?;
+        if staged.len() as u64 != keys {
+            return Ok(Err(format!(
+                "the restore staged {} keys, its backup holds {keys} (another restore ran \
+                 meanwhile); nothing was changed",
+                staged.len()
+            )));
+        }
+        for (key, size) in doomed {
+            self.delete(&key, size);
+        }
+        for (staged_key, size, entry) in staged {
+            self.delete(&staged_key, size);
+            let key = &staged_key[staging.len()..];
+            if !kept(key) {
+                let old = self.meta(key)?;
+                self.set(key, entry.value.as_deref().unwrap_or_default(), entry.flags, old);
+            }
+        }
+        self.prefixes.push(String::new());
+        Ok(Ok(()))
+    }
+
     /// Runs every op; collects the results, or every failure. Reads past
     /// the command's [`ReadLimits`] fail the whole command at once.
     fn run(&mut self, cmd: &Command) -> Result<Outcome> {
@@ -780,6 +822,15 @@ impl<'a, T: ReadableTable<&'static str, &'static [u8]>> Overlay<'a, T> {
                         self.delete(&key, size);
                     }
                     self.prefixes.push(prefix.clone());
+                }
+                KvOp::Restore {
+                    staging,
+                    keep,
+                    keys,
+                } => {
+                    if let Err(e) = self.restore(staging, keep, *keys)? {
+                        fail(e);
+                    }
                 }
             }
         }
