@@ -110,7 +110,9 @@ pub fn encode(meta: &Meta, data: &[u8]) -> Vec<u8> {
 /// what is wrong with it.
 pub fn decode(bytes: &[u8]) -> Result<Backup, String> {
     if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
-        return Err("it is not a quorumd backup (its first bytes are not \"QUORUMDB\")".to_string());
+        return Err(
+            "it is not a quorumd backup (its first bytes are not \"QUORUMDB\")".to_string(),
+        );
     }
     let short = || {
         format!(
@@ -126,14 +128,24 @@ pub fn decode(bytes: &[u8]) -> Result<Backup, String> {
         ));
     }
     let mut at = MAGIC.len() + 1;
-    let meta_len = u32::from_le_bytes(take(bytes, &mut at, 4).ok_or_else(short)?.try_into().expect("4"));
+    let meta_len = u32::from_le_bytes(
+        take(bytes, &mut at, 4)
+            .ok_or_else(short)?
+            .try_into()
+            .expect("4"),
+    );
     if meta_len > MAX_META_BYTES {
         return Err(format!(
             "it is damaged: its header claims {meta_len} bytes (at most {MAX_META_BYTES})"
         ));
     }
     let meta_bytes = take(bytes, &mut at, meta_len as usize).ok_or_else(short)?;
-    let data_len = u64::from_le_bytes(take(bytes, &mut at, 8).ok_or_else(short)?.try_into().expect("8"));
+    let data_len = u64::from_le_bytes(
+        take(bytes, &mut at, 8)
+            .ok_or_else(short)?
+            .try_into()
+            .expect("8"),
+    );
     let data_len = usize::try_from(data_len).map_err(|_| short())?;
     let data = take(bytes, &mut at, data_len).ok_or_else(short)?;
     let crc_bytes = take(bytes, &mut at, 4).ok_or_else(short)?;
@@ -311,8 +323,9 @@ pub async fn restore(
     force: bool,
 ) -> Result<Restored, RestoreError> {
     let (name, id) = running;
-    let same = backup.meta.cluster == name
-        && (backup.meta.cluster_id.is_none() || id.is_none() || backup.meta.cluster_id.as_deref() == id);
+    // A cluster not yet given its id (in its first moments) cannot prove it
+    // is the backup's.
+    let same = backup.meta.cluster == name && backup.meta.cluster_id.as_deref() == id;
     if !same && !force {
         return Err(RestoreError::OtherCluster(format!(
             "the backup is of cluster '{}' (id {}), and this is cluster '{name}' (id {}); pass \
@@ -473,6 +486,69 @@ pub fn run_scheduled(
     })
 }
 
+/// Runs the `[backup]` schedule until shutdown: every `interval`, if this
+/// node leads, it writes a backup into `dir` and keeps the newest `keep`.
+/// A failure is a warning and a count in `/metrics`, never a crash.
+pub fn spawn_schedule(
+    schedule: crate::config::BackupSchedule,
+    cluster: String,
+    node_id: u64,
+    kv: KvService,
+    metrics: Arc<crate::metrics::Metrics>,
+    shutdown: flume::Receiver<()>,
+) -> async_executor::Task<()> {
+    crate::runtime::spawn(async move {
+        log::info!(
+            "scheduled backups: every {} into {} while this node leads, keeping {}",
+            humantime::format_duration(schedule.interval),
+            schedule.dir.display(),
+            schedule.keep
+        );
+        loop {
+            let slept =
+                crate::runtime::or_shutdown(&shutdown, async_io::Timer::after(schedule.interval))
+                    .await;
+            if slept.is_none() {
+                return;
+            }
+            if kv.gauge().leader() != Some(node_id) {
+                continue;
+            }
+            let store = kv.store().clone();
+            let (dir, keep, name) = (schedule.dir.clone(), schedule.keep, cluster.clone());
+            let ran =
+                blocking::unblock(move || run_scheduled(&store, &name, node_id, &dir, keep)).await;
+            match ran {
+                Ok(done) => {
+                    log::info!(
+                        "scheduled backup written: {} ({} bytes, {} ms){}",
+                        done.file.display(),
+                        done.bytes,
+                        done.took.as_millis(),
+                        if done.removed.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; removed {} older", done.removed.len())
+                        }
+                    );
+                    let now = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0.0, |d| d.as_secs_f64());
+                    metrics.backup_written(now, done.bytes, done.took);
+                }
+                Err(e) => {
+                    log::warn!(
+                        "scheduled backup into {} failed: {e}; the next is due in {}",
+                        schedule.dir.display(),
+                        humantime::format_duration(schedule.interval)
+                    );
+                    metrics.backup_failed();
+                }
+            }
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -515,7 +591,9 @@ mod tests {
                 "{len}: {e}"
             );
         }
-        assert!(decode(b"hello world").unwrap_err().contains("not a quorumd backup"));
+        assert!(decode(b"hello world")
+            .unwrap_err()
+            .contains("not a quorumd backup"));
         let mut long = good.clone();
         long.push(0);
         assert!(decode(&long).unwrap_err().contains("follow the end"));
@@ -529,7 +607,11 @@ mod tests {
         write_atomic(&f, b"one").unwrap();
         write_atomic(&f, b"two").unwrap();
         assert_eq!(std::fs::read(&f).unwrap(), b"two");
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temporary file left");
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            1,
+            "no temporary file left"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

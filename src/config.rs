@@ -124,8 +124,36 @@ struct RawFile {
     store: RawStore,
     #[serde(default)]
     limits: RawLimits,
+    backup: Option<RawBackup>,
     #[serde(default)]
     node: Vec<RawNode>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackup {
+    dir: PathBuf,
+    interval: Option<toml::Value>,
+    keep: Option<usize>,
+}
+
+/// `backup.interval`: between 100 ms and 7 days.
+pub const BACKUP_INTERVAL_RANGE: DurationRange = ms(100)..=secs(7 * 24 * 3600);
+/// Default time between two scheduled backups.
+pub const DEFAULT_BACKUP_INTERVAL: Duration = Duration::from_secs(3600);
+/// Default number of scheduled backups kept.
+pub const DEFAULT_BACKUP_KEEP: usize = 24;
+
+/// The `[backup]` table: the leader writes a backup every `interval` into
+/// `dir` on its own box, keeping the newest `keep`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupSchedule {
+    /// Where the backups go; relative to the cluster file's directory.
+    pub dir: PathBuf,
+    /// Time between two backups.
+    pub interval: Duration,
+    /// How many backups are kept (at least 1).
+    pub keep: usize,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -351,6 +379,8 @@ pub struct ClusterConfig {
     pub limits: Limits,
     /// Mutual TLS between peers, if the file has a `[tls]` table.
     pub tls: Option<TlsFiles>,
+    /// Scheduled backups, if the file has a `[backup]` table.
+    pub backup: Option<BackupSchedule>,
     /// Every member, sorted by id.
     pub nodes: Vec<NodeConfig>,
 }
@@ -591,6 +621,29 @@ impl ClusterConfig {
             Some(t) => Some(parse_tls(t, &name, nodes.len(), path).map_err(|(f, r)| err(&f, r))?),
         };
 
+        let backup = match raw.backup {
+            None => None,
+            Some(b) => {
+                if b.dir.as_os_str().is_empty() {
+                    return Err(err("backup.dir", "must not be empty".into()));
+                }
+                let keep = b.keep.unwrap_or(DEFAULT_BACKUP_KEEP);
+                if keep == 0 {
+                    return Err(err("backup.keep", "must be at least 1".into()));
+                }
+                Some(BackupSchedule {
+                    dir: path.parent().unwrap_or(Path::new("")).join(b.dir),
+                    interval: duration(
+                        "backup.interval",
+                        &b.interval,
+                        DEFAULT_BACKUP_INTERVAL,
+                        BACKUP_INTERVAL_RANGE,
+                    )?,
+                    keep,
+                })
+            }
+        };
+
         Ok(ClusterConfig {
             name,
             quorum_wait_timeout,
@@ -602,6 +655,7 @@ impl ClusterConfig {
             store,
             limits,
             tls,
+            backup,
             nodes,
         })
     }

@@ -297,6 +297,17 @@ impl ClusterCoordinator {
             config.store.clone(),
             config.limits.clone(),
         );
+        if let Some(schedule) = config.backup.clone() {
+            crate::backup::spawn_schedule(
+                schedule,
+                config.name.clone(),
+                node_id,
+                kv.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            )
+            .detach();
+        }
         let upkeep =
             crate::membership::spawn_upkeep(config.clone(), meta.clone(), store, shutdown.clone());
 

@@ -80,8 +80,8 @@ impl Target {
 /// Reads and checks a backup file; the error names the file and what is
 /// wrong with it.
 pub fn read_backup(file: &Path) -> Result<Backup> {
-    let bytes = std::fs::read(file)
-        .map_err(|e| Error::io(format!("cannot read {}", file.display()), e))?;
+    let bytes =
+        std::fs::read(file).map_err(|e| Error::io(format!("cannot read {}", file.display()), e))?;
     backup::decode(&bytes).map_err(|why| {
         Error::Request(format!(
             "{} is refused: {why}; nothing was changed",

@@ -23,7 +23,9 @@ use serde_json::json;
 
 use crate::backup::{self, RestoreError};
 use crate::http::kv::{consistency, leader_headers};
-use crate::http::{kv_error, method_not_allowed, param, query_pairs, read_body, reply, text, AdminState};
+use crate::http::{
+    kv_error, method_not_allowed, param, query_pairs, read_body, reply, text, AdminState,
+};
 use crate::kv::{Consistency, KvError};
 use crate::membership::CLUSTER_ID_KEY;
 
@@ -61,8 +63,7 @@ async fn save(state: &AdminState, req: &Request<Incoming>) -> Resp {
     let cluster = state.config.name.clone();
     let node_id = state.node_id;
     let started = std::time::Instant::now();
-    let taken =
-        blocking::unblock(move || backup::take_backup(&store, &cluster, node_id)).await;
+    let taken = blocking::unblock(move || backup::take_backup(&store, &cluster, node_id)).await;
     match taken {
         Ok(bytes) => {
             let meta = backup::decode(&bytes).map(|b| b.meta);

@@ -708,7 +708,12 @@ impl<'a, T: ReadableTable<&'static str, &'static [u8]>> Overlay<'a, T> {
             let key = &staged_key[staging.len()..];
             if !kept(key) {
                 let old = self.meta(key)?;
-                self.set(key, entry.value.as_deref().unwrap_or_default(), entry.flags, old);
+                self.set(
+                    key,
+                    entry.value.as_deref().unwrap_or_default(),
+                    entry.flags,
+                    old,
+                );
             }
         }
         self.prefixes.push(String::new());
