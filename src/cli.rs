@@ -64,11 +64,16 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::snapshot_cli::SnapshotCommand,
     },
-    /// Validate a cluster file (and its `[tls]` files) and print a summary.
+    /// Validate a cluster file (and its `[tls]` files) and print a summary;
+    /// with --data, verify a node's data dir offline instead.
     Check {
         /// The cluster file.
-        #[arg(value_name = "FILE")]
-        file: PathBuf,
+        #[arg(value_name = "FILE", required_unless_present = "data")]
+        file: Option<PathBuf>,
+        /// Verify this data dir (every page and record checksum, every row),
+        /// on a copy: the dir is never changed.
+        #[arg(long, value_name = "DIR", conflicts_with = "file")]
+        data: Option<PathBuf>,
     },
     /// Write a CA, a certificate and key per node, and a client pair, for the
     /// cluster's `[tls]` table.
@@ -152,7 +157,15 @@ pub fn run(cli: Cli, started: Instant) -> Result<()> {
         Command::Kv { command } => crate::kv_cli::run(command),
         Command::Snapshot { command } => crate::snapshot_cli::run(command),
         Command::Member { command } => crate::member_cli::run(command),
-        Command::Check { file } => {
+        Command::Check {
+            data: Some(dir), ..
+        } => {
+            print!("{}", crate::datacheck::check(&dir)?);
+            Ok(())
+        }
+        Command::Check { file, .. } => {
+            let file =
+                file.ok_or_else(|| Error::Usage("quorumd check needs FILE or --data DIR".into()))?;
             let config = ClusterConfig::load(&file)?;
             let tls = crate::tls::check(&config)?;
             print!("{}", summary(&config));

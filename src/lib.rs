@@ -26,6 +26,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod coordinator;
+pub mod datacheck;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -277,3 +277,108 @@ fn scheduled_backups_rotate_to_keep_the_newest() {
         metrics.body
     );
 }
+
+/// Every offset of `needle` in `hay`.
+fn find_all(hay: &[u8], needle: &[u8]) -> Vec<usize> {
+    hay.windows(needle.len())
+        .enumerate()
+        .filter(|(_, w)| *w == needle)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+#[test]
+fn a_flipped_byte_in_each_file_kind_is_refused_naming_the_file_and_what_to_do() {
+    let (mut c, leader) = formed();
+    let canary = "ROTTEN-BYTE-CANARY-0123456789";
+    for i in 0..20 {
+        put(&c, leader, &format!("rot/{i}"), &format!("{canary}-{i}"));
+    }
+    let victim = IDS.into_iter().find(|&i| i != leader).unwrap();
+    c.wait_for("the victim to hold every key", || {
+        keys_on(&c, victim).len() == 20
+    });
+    c.signal(victim, 15);
+    assert_eq!(c.wait_exit(victim, Duration::from_secs(15)), 0);
+    let dir = c.data_dir(victim);
+    let dir_s = dir.to_str().unwrap().to_string();
+
+    let ok = run_bin(&["check", "--data", &dir_s], CLI_BOUND);
+    assert_eq!(ok.code, 0, "{}{}", ok.stdout, ok.stderr);
+    assert!(
+        ok.stdout.contains("20 keys") && ok.stdout.contains(": ok"),
+        "{}",
+        ok.stdout
+    );
+
+    let mut files = vec![dir.join("raft.redb")];
+    let mut wal: Vec<_> = std::fs::read_dir(dir.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    wal.sort();
+    files.extend(wal);
+    let mut flipped_kinds = BTreeSet::new();
+    for f in files {
+        let original = std::fs::read(&f).unwrap();
+        let at = find_all(&original, canary.as_bytes());
+        if at.is_empty() {
+            continue;
+        }
+        let mut bad = original.clone();
+        for a in &at {
+            bad[a + 3] ^= 0x20;
+        }
+        std::fs::write(&f, &bad).unwrap();
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        let kind = if name.ends_with(".wal") {
+            "wal"
+        } else {
+            "redb"
+        };
+        flipped_kinds.insert(kind);
+
+        let out = run_bin(&["check", "--data", &dir_s], CLI_BOUND);
+        assert_eq!(
+            out.code, 1,
+            "check missed a flipped byte in {name}: {}{}",
+            out.stdout, out.stderr
+        );
+        assert!(
+            out.stderr.contains(&name),
+            "check does not name {name}: {}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains("quorumd member replace"),
+            "{}",
+            out.stderr
+        );
+
+        let before = c.stderr(victim).len();
+        c.start_node(victim);
+        let code = c.wait_exit(victim, Duration::from_secs(20));
+        let said = c.stderr_since(victim, before);
+        assert_eq!(
+            code, 1,
+            "the node started on a flipped byte in {name}: {said}"
+        );
+        assert!(
+            said.contains(&name) && said.contains("quorumd member replace"),
+            "{said}"
+        );
+        assert!(!said.contains("panicked"), "{said}");
+
+        std::fs::write(&f, &original).unwrap();
+    }
+    assert!(
+        flipped_kinds.contains("wal") && flipped_kinds.contains("redb"),
+        "{flipped_kinds:?}"
+    );
+    // Whole again, the node starts and serves.
+    c.start_node(victim);
+    c.wait_for("the victim to serve again", || {
+        c.get(victim, "/v1/kv/?keys&stale")
+            .is_ok_and(|r| r.status == 200 && r.body.matches("rot/").count() == 20)
+    });
+}
