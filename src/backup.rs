@@ -322,6 +322,9 @@ pub async fn restore(
     running: (&str, Option<&str>),
     force: bool,
 ) -> Result<Restored, RestoreError> {
+    if let Some(why) = crate::diskguard::full_reason() {
+        return Err(RestoreError::Cluster(KvError::DiskFull(why)));
+    }
     let (name, id) = running;
     // A cluster not yet given its id (in its first moments) cannot prove it
     // is the backup's.

@@ -27,6 +27,7 @@ pub mod client;
 pub mod config;
 pub mod coordinator;
 pub mod datacheck;
+pub mod diskguard;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -66,6 +66,8 @@ pub struct Metrics {
 /// The scheduled backups' metrics.
 #[derive(Debug)]
 struct BackupMetrics {
+    disk_full: Gauge,
+    disk_free: Gauge,
     last_success: Gauge<f64, std::sync::atomic::AtomicU64>,
     last_bytes: Gauge,
     last_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -76,12 +78,25 @@ struct BackupMetrics {
 impl BackupMetrics {
     fn register(registry: &mut Registry) -> BackupMetrics {
         let b = BackupMetrics {
+            disk_full: Gauge::default(),
+            disk_free: Gauge::default(),
             last_success: Gauge::default(),
             last_bytes: Gauge::default(),
             last_seconds: Gauge::default(),
             runs: Counter::default(),
             failures: Counter::default(),
         };
+        registry.register(
+            "disk_full",
+            "1 while the data dir's filesystem has less free space than the node keeps in \
+             reserve (NOSPACE): writes through this node are refused",
+            b.disk_full.clone(),
+        );
+        registry.register(
+            "disk_free_bytes",
+            "Free bytes on the data dir's filesystem at the last look",
+            b.disk_free.clone(),
+        );
         registry.register(
             "backup_last_success_timestamp_seconds",
             "Unix time of the last scheduled backup written by this node (0: none yet)",
@@ -337,6 +352,12 @@ impl Metrics {
         self.backup.last_bytes.set(bytes as i64);
         self.backup.last_seconds.set(took.as_secs_f64());
         self.backup.runs.inc();
+    }
+
+    /// Records the full-disk guard's last look.
+    pub fn set_disk(&self, full: bool, free: u64) {
+        self.backup.disk_full.set(i64::from(full));
+        self.backup.disk_free.set(free.min(i64::MAX as u64) as i64);
     }
 
     /// Records a scheduled backup that failed.

@@ -667,11 +667,12 @@ pub fn kv_error(e: &KvError, write: bool, timeout: Duration) -> Response<Full<By
             the write's outcome was known: it may or may not have been applied"
             .to_string(),
         (KvError::Storage(reason), _) => format!("storage failure: {reason}"),
+        (KvError::DiskFull(why), _) => why.clone(),
     };
-    let status = if matches!(e, KvError::Stopped) {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::INTERNAL_SERVER_ERROR
+    let status = match e {
+        KvError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+        KvError::DiskFull(_) => StatusCode::INSUFFICIENT_STORAGE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     text(status, sentence)
 }

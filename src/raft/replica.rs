@@ -83,6 +83,8 @@ pub const INLINE_APPLY_BYTES: usize = 256 * 1024;
 /// so this bounds what a restart replays, and it is how often a page of the
 /// store is rewritten on disk, however many puts changed it.
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
+/// A full disk's refusals are logged at most once per this interval.
+pub const DISK_FULL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// ... or once this many bytes of entries were applied since the last one.
 pub const CHECKPOINT_BYTES: u64 = 8 * 1024 * 1024;
 /// Ticks a read-index request may wait for its answer before it is asked
@@ -547,6 +549,8 @@ pub struct PartitionReplica {
     timing: RaftTiming,
     request_timeout: Duration,
     ticks: u64,
+    /// When a refusal for a full disk was last logged.
+    disk_full_logged: Option<Instant>,
     incarnation: u64,
     next_request: u64,
     proposals: HashMap<u64, Proposal>,
@@ -708,6 +712,7 @@ impl PartitionReplica {
                 timing: timing.clone(),
                 request_timeout: settings.request_timeout,
                 ticks: 0,
+                disk_full_logged: None,
                 incarnation: fastrand::u64(..),
                 next_request: 1,
                 proposals: HashMap::new(),
@@ -835,6 +840,7 @@ impl PartitionReplica {
                 self.node.tick();
                 self.on_tick();
             }
+            ReplicaMsg::Raft(m) if self.refused_for_full_disk(&m) => {}
             ReplicaMsg::Raft(m) => {
                 if m.get_msg_type() == MessageType::MsgSnapshot {
                     self.check_snapshot(m);
@@ -1156,7 +1162,58 @@ impl PartitionReplica {
         .detach();
     }
 
+    /// While the disk is full ([`crate::diskguard`]), what would make this
+    /// node write its log from a peer is dropped: appends, snapshots and
+    /// forwarded proposals. A follower so stops acknowledging; heartbeats
+    /// still answer, so no election starts.
+    fn refused_for_full_disk(&mut self, m: &Message) -> bool {
+        let refused = crate::diskguard::is_full()
+            && matches!(
+                m.get_msg_type(),
+                MessageType::MsgAppend | MessageType::MsgSnapshot | MessageType::MsgPropose
+            );
+        if refused && self.disk_full_logged.is_none_or(|t| t.elapsed() >= DISK_FULL_LOG_INTERVAL) {
+            self.disk_full_logged = Some(Instant::now());
+            warn!(
+                "{}: not accepting {:?} from node {}: {}",
+                self.group,
+                m.get_msg_type(),
+                m.from,
+                crate::diskguard::full_reason().unwrap_or_default()
+            );
+        }
+        refused
+    }
+
+    /// A leader whose disk is full hands its leadership to a peer, so the
+    /// cluster keeps taking writes.
+    fn hand_off_if_disk_full(&mut self) {
+        let raft = &self.node.raft;
+        if !crate::diskguard::is_full()
+            || raft.state != StateRole::Leader
+            || raft.lead_transferee.is_some()
+        {
+            return;
+        }
+        let me = raft.id;
+        let others: Vec<u64> = raft
+            .prs()
+            .conf()
+            .voters()
+            .ids()
+            .iter()
+            .filter(|&id| id != me)
+            .collect();
+        if let Some(to) = self.transfer_leadership(&others) {
+            warn!(
+                "{}: this node's disk is full: leadership goes to node {to}",
+                self.group
+            );
+        }
+    }
+
     fn on_tick(&mut self) {
+        self.hand_off_if_disk_full();
         self.maybe_checkpoint();
         self.finish_handoff();
         self.leave_joint();

@@ -1,0 +1,167 @@
+//! The full-disk guard: etcd's NOSPACE alarm, for the data dir's
+//! filesystem.
+//!
+//! A task looks at the filesystem's free space every [`CHECK_INTERVAL`].
+//! Below [`RESERVE_BYTES`] the alarm goes up; it goes down once the free
+//! space is back above twice that. While it is up:
+//!
+//! - client writes through this node fail at once with 507 and a sentence
+//!   naming the full filesystem (nothing is proposed);
+//! - the replica accepts no appends, snapshots or forwarded proposals from
+//!   its peers: a follower stops acknowledging (the leader retries it once
+//!   the alarm is down, as for a slow follower), and still answers
+//!   heartbeats, so no election starts;
+//! - a leader hands its leadership to a peer, so the others keep taking
+//!   writes;
+//! - reads keep working (`?stale` on this node; consistent reads wherever
+//!   the leader is).
+//!
+//! The reserve is room for what is already under way: a new 1 MiB log
+//! segment and the store's growth between two checkpoints. A write that
+//! still meets ENOSPC on the log (the disk filled faster than the check)
+//! is retried by the log writer until space returns, never dropped
+//! (`src/raft/log/writer.rs`).
+//!
+//! The alarm is process-wide state (one data dir per process), read by the
+//! replica, the KV service and the HTTP API without a handle through every
+//! layer: it imports nothing of the crate.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Free space below which the alarm goes up.
+pub const RESERVE_BYTES: u64 = 16 * 1024 * 1024;
+/// How often the free space is looked at.
+pub const CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
+static FULL: AtomicBool = AtomicBool::new(false);
+static FREE: AtomicU64 = AtomicU64::new(u64::MAX);
+static DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// True while the alarm is up.
+pub fn is_full() -> bool {
+    FULL.load(Ordering::Relaxed)
+}
+
+/// The sentence that says why writes are refused, while the alarm is up.
+pub fn full_reason() -> Option<String> {
+    if !is_full() {
+        return None;
+    }
+    let dir = DIR
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .unwrap_or_default();
+    let free = FREE.load(Ordering::Relaxed);
+    Some(format!(
+        "the disk is full: the filesystem of the data dir {} has {} free, below the {} the node \
+         keeps in reserve; writes through this node are refused until space returns",
+        dir.display(),
+        human(free),
+        human(RESERVE_BYTES)
+    ))
+}
+
+/// Free bytes at the last look (`u64::MAX` before the first).
+pub fn free_bytes() -> u64 {
+    FREE.load(Ordering::Relaxed)
+}
+
+fn human(bytes: u64) -> String {
+    if bytes >= 1 << 20 {
+        format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+    } else {
+        format!("{} KiB", bytes / 1024)
+    }
+}
+
+/// Free bytes for an unprivileged writer on `dir`'s filesystem.
+pub fn free_space(dir: &Path) -> std::io::Result<u64> {
+    let st = rustix::fs::statvfs(dir)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Records a look at the free space; returns true if the alarm changed.
+pub fn observe(free: u64) -> bool {
+    FREE.store(free, Ordering::Relaxed);
+    let was = is_full();
+    let now = if was {
+        free < RESERVE_BYTES * 2
+    } else {
+        free < RESERVE_BYTES
+    };
+    FULL.store(now, Ordering::Relaxed);
+    was != now
+}
+
+/// Raises the alarm at once: a write met ENOSPC.
+pub fn raise() {
+    FREE.store(0, Ordering::Relaxed);
+    FULL.store(true, Ordering::Relaxed);
+}
+
+/// True if `e`'s text is the kernel's ENOSPC ("No space left on device",
+/// os error 28): the storage layers report I/O errors as sentences.
+pub fn is_enospc_text(text: &str) -> bool {
+    text.contains("(os error 28)")
+}
+
+/// Watches `dir`'s filesystem until `stop` closes; logs each change of the
+/// alarm and calls `changed(full, free)`.
+pub fn watch(
+    dir: PathBuf,
+    stop: flume::Receiver<()>,
+    changed: impl Fn(bool, u64) + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    *DIR.lock().unwrap_or_else(|e| e.into_inner()) = Some(dir.clone());
+    // A thread of its own: statvfs is a syscall that a stalled disk can
+    // hold up, and it must never stall the executor.
+    std::thread::Builder::new()
+        .name("disk-guard".into())
+        .spawn(move || loop {
+            match free_space(&dir) {
+                Ok(free) => {
+                    if observe(free) {
+                        if is_full() {
+                            log::warn!(
+                                "NOSPACE: {}",
+                                full_reason().unwrap_or_default()
+                            );
+                        } else {
+                            log::info!(
+                                "disk space is back on the filesystem of {} ({} free): writes \
+                                 are accepted again",
+                                dir.display(),
+                                human(free)
+                            );
+                        }
+                    }
+                    changed(is_full(), free);
+                }
+                Err(e) => log::debug!("cannot stat the filesystem of {}: {e}", dir.display()),
+            }
+            match stop.recv_timeout(CHECK_INTERVAL) {
+                Err(flume::RecvTimeoutError::Timeout) => {}
+                _ => return,
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_alarm_has_hysteresis() {
+        assert!(observe(RESERVE_BYTES - 1));
+        assert!(is_full());
+        assert!(full_reason().unwrap().contains("the disk is full"));
+        assert!(!observe(RESERVE_BYTES + 1), "still within twice the reserve");
+        assert!(observe(RESERVE_BYTES * 2 + 1));
+        assert!(!is_full() && full_reason().is_none());
+        assert!(is_enospc_text("cannot write x: No space left on device (os error 28)"));
+    }
+}
