@@ -28,8 +28,8 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 /// Free space below which the alarm goes up.
 pub const RESERVE_BYTES: u64 = 16 * 1024 * 1024;
@@ -126,10 +126,7 @@ pub fn watch(
                 Ok(free) => {
                     if observe(free) {
                         if is_full() {
-                            log::warn!(
-                                "NOSPACE: {}",
-                                full_reason().unwrap_or_default()
-                            );
+                            log::warn!("NOSPACE: {}", full_reason().unwrap_or_default());
                         } else {
                             log::info!(
                                 "disk space is back on the filesystem of {} ({} free): writes \
@@ -150,6 +147,68 @@ pub fn watch(
         })
 }
 
+/// When the log's current fsync began, in microseconds after [`epoch`]
+/// (0: none under way).
+static SYNC_STARTED_US: AtomicU64 = AtomicU64::new(0);
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// The log writer begins an fsync.
+pub fn sync_begins() {
+    let us = epoch().elapsed().as_micros().max(1) as u64;
+    SYNC_STARTED_US.store(us, Ordering::Relaxed);
+}
+
+/// The log writer's fsync returned.
+pub fn sync_ends() {
+    SYNC_STARTED_US.store(0, Ordering::Relaxed);
+}
+
+/// How long the log's current fsync has been under way (zero when none
+/// is): the stall detector of a leader reads it.
+pub fn sync_stalled_for() -> Duration {
+    match SYNC_STARTED_US.load(Ordering::Relaxed) {
+        0 => Duration::ZERO,
+        started => epoch()
+            .elapsed()
+            .saturating_sub(Duration::from_micros(started)),
+    }
+}
+
+/// The test-only slow-disk fault: in debug builds, with
+/// `QUORUMD_FAULT_FSYNC_DELAY` set (a duration such as `300ms`), every
+/// fsync of the log first sleeps that long; with
+/// `QUORUMD_FAULT_FSYNC_DELAY_FILE` set too, only while that file exists,
+/// so a test can start and stop the stalls. Release builds have no such
+/// hook.
+pub fn inject_fsync_delay() {
+    #[cfg(debug_assertions)]
+    {
+        static FAULT: OnceLock<Option<(Duration, Option<PathBuf>)>> = OnceLock::new();
+        let fault = FAULT.get_or_init(|| {
+            let delay = std::env::var("QUORUMD_FAULT_FSYNC_DELAY").ok()?;
+            let delay = humantime::parse_duration(&delay).ok()?;
+            let file = std::env::var_os("QUORUMD_FAULT_FSYNC_DELAY_FILE").map(PathBuf::from);
+            log::warn!(
+                "test fault: every fsync of the log sleeps {}{}",
+                humantime::format_duration(delay),
+                file.as_ref()
+                    .map(|f| format!(" while {} exists", f.display()))
+                    .unwrap_or_default()
+            );
+            Some((delay, file))
+        });
+        if let Some((delay, file)) = fault {
+            if file.as_ref().is_none_or(|f| f.exists()) {
+                std::thread::sleep(*delay);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,9 +218,14 @@ mod tests {
         assert!(observe(RESERVE_BYTES - 1));
         assert!(is_full());
         assert!(full_reason().unwrap().contains("the disk is full"));
-        assert!(!observe(RESERVE_BYTES + 1), "still within twice the reserve");
+        assert!(
+            !observe(RESERVE_BYTES + 1),
+            "still within twice the reserve"
+        );
         assert!(observe(RESERVE_BYTES * 2 + 1));
         assert!(!is_full() && full_reason().is_none());
-        assert!(is_enospc_text("cannot write x: No space left on device (os error 28)"));
+        assert!(is_enospc_text(
+            "cannot write x: No space left on device (os error 28)"
+        ));
     }
 }

@@ -1172,7 +1172,11 @@ impl PartitionReplica {
                 m.get_msg_type(),
                 MessageType::MsgAppend | MessageType::MsgSnapshot | MessageType::MsgPropose
             );
-        if refused && self.disk_full_logged.is_none_or(|t| t.elapsed() >= DISK_FULL_LOG_INTERVAL) {
+        if refused
+            && self
+                .disk_full_logged
+                .is_none_or(|t| t.elapsed() >= DISK_FULL_LOG_INTERVAL)
+        {
             self.disk_full_logged = Some(Instant::now());
             warn!(
                 "{}: not accepting {:?} from node {}: {}",
@@ -1212,8 +1216,42 @@ impl PartitionReplica {
         }
     }
 
+    /// A leader whose log fsync has not returned for twice the election
+    /// timeout (the longest a follower waits before it campaigns) hands
+    /// its leadership to its most up-to-date peer: the others commit
+    /// without it, but its own clients wait on its disk. Shorter stalls
+    /// only slow the writes that wait for this disk.
+    fn hand_off_if_disk_stalled(&mut self) {
+        let stalled = crate::diskguard::sync_stalled_for();
+        let raft = &self.node.raft;
+        if stalled <= self.timing.election_timeout() * 2
+            || raft.state != StateRole::Leader
+            || raft.lead_transferee.is_some()
+        {
+            return;
+        }
+        let me = raft.id;
+        let others: Vec<u64> = raft
+            .prs()
+            .conf()
+            .voters()
+            .ids()
+            .iter()
+            .filter(|&id| id != me)
+            .collect();
+        if let Some(to) = self.transfer_leadership(&others) {
+            warn!(
+                "{}: the log's fsync has stalled for {} ms, longer than twice the election \
+                 timeout: leadership goes to node {to}",
+                self.group,
+                stalled.as_millis()
+            );
+        }
+    }
+
     fn on_tick(&mut self) {
         self.hand_off_if_disk_full();
+        self.hand_off_if_disk_stalled();
         self.maybe_checkpoint();
         self.finish_handoff();
         self.leave_joint();
@@ -1868,7 +1906,9 @@ impl PartitionReplica {
     /// [`CHECKPOINT_INTERVAL`], or once [`CHECKPOINT_BYTES`] were applied,
     /// or when compaction waits for it.
     fn maybe_checkpoint(&mut self) {
-        if self.store_busy || self.applied <= self.checkpointed {
+        // On a full disk the store's file could not grow: the log keeps
+        // every entry since the last checkpoint until space returns.
+        if self.store_busy || self.applied <= self.checkpointed || crate::diskguard::is_full() {
             return;
         }
         let due = self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL

@@ -362,6 +362,7 @@ impl RaftLog {
         if self.active.synced >= pos {
             return Ok(());
         }
+        crate::diskguard::inject_fsync_delay();
         self.active.file.sync_data().map_err(|e| {
             io_err(
                 &self.dir,

@@ -211,7 +211,10 @@ fn run_batch(
     }
     if sync {
         let started = Instant::now();
-        log.sync()?;
+        crate::diskguard::sync_begins();
+        let synced = log.sync();
+        crate::diskguard::sync_ends();
+        synced?;
         observer.synced(started.elapsed(), writes);
     }
     for reply in replies {
