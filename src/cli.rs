@@ -70,8 +70,8 @@ pub enum Command {
         /// The cluster file.
         #[arg(value_name = "FILE", required_unless_present = "data")]
         file: Option<PathBuf>,
-        /// Verify this data dir (every page and record checksum, every row),
-        /// on a copy: the dir is never changed.
+        /// Verify this data dir of a stopped node (every page and record
+        /// checksum, every row), on a copy: the data is never changed.
         #[arg(long, value_name = "DIR", conflicts_with = "file")]
         data: Option<PathBuf>,
     },
@@ -273,6 +273,15 @@ pub fn summary(config: &ClusterConfig) -> String {
         l.peer_handshakes_per_address
     );
     let _ = writeln!(s, "  data_dir={}", config.data_dir.display());
+    if let Some(b) = &config.backup {
+        let _ = writeln!(
+            s,
+            "  backup: every {} into {} (keep {})",
+            humantime::format_duration(b.interval),
+            b.dir.display(),
+            b.keep
+        );
+    }
     for n in &config.nodes {
         let _ = writeln!(s, "  node {}: addr={} admin={}", n.id, n.addr, n.admin);
     }

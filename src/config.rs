@@ -1034,6 +1034,38 @@ admin = "127.0.0.1:8101"
     }
 
     #[test]
+    fn the_backup_table_is_optional_and_checked() {
+        let c = ClusterConfig::parse(GOOD, Path::new("/etc/q/c.toml")).unwrap();
+        assert_eq!(c.backup, None);
+        let with = |table: &str| format!("{GOOD}\n[backup]\n{table}\n");
+        let c = ClusterConfig::parse(&with("dir = \"b\""), Path::new("/etc/q/c.toml")).unwrap();
+        assert_eq!(
+            c.backup,
+            Some(BackupSchedule {
+                dir: PathBuf::from("/etc/q/b"),
+                interval: DEFAULT_BACKUP_INTERVAL,
+                keep: DEFAULT_BACKUP_KEEP,
+            })
+        );
+        let c = parse(&with("dir = \"/b\"\ninterval = \"10m\"\nkeep = 3")).unwrap();
+        let b = c.backup.unwrap();
+        assert_eq!((b.interval, b.keep), (Duration::from_secs(600), 3));
+        assert_eq!(
+            config_error(&with("dir = \"b\"\nkeep = 0")).0,
+            "backup.keep"
+        );
+        assert_eq!(
+            config_error(&with("dir = \"b\"\ninterval = \"1ms\"")).0,
+            "backup.interval"
+        );
+        assert_eq!(config_error(&with("dir = \"\"")).0, "backup.dir");
+        assert!(config_error(&with("interval = \"1h\"")).1.contains("dir"));
+        assert!(config_error(&with("dir = \"b\"\nevery = \"1h\""))
+            .1
+            .contains("every"));
+    }
+
+    #[test]
     fn a_relative_data_dir_is_relative_to_the_file() {
         let c = ClusterConfig::parse(GOOD, Path::new("/etc/q/c.toml")).unwrap();
         assert_eq!(c.node_data_dir(1), PathBuf::from("/etc/q/target/x/node-1"));

@@ -1,8 +1,8 @@
 //! `quorumd check --data DIR`: verifies a node's data dir offline.
 //!
-//! The check works on a copy of the dir's files (in a temporary dir beside
-//! no one), so it never repairs, truncates or locks the original, and it
-//! runs while the node is stopped or running. On the copy it does what a
+//! The check works on a private copy of the dir's files, so it never
+//! repairs or truncates the original; it holds the dir's lock meanwhile, so
+//! it refuses the dir of a running node (stop it first). On the copy it does what a
 //! start does — `raft.redb` opened with every page checksum verified, the
 //! write-ahead log read with every record's CRC checked and reconciled with
 //! the state machine — and then reads every row of the store and checks it
@@ -29,6 +29,11 @@ pub fn check(dir: &Path) -> Result<String> {
             dir.display()
         )));
     }
+    // A running node rewrites its files while the copy is made, which
+    // could look like damage: its lock says it runs. Held for the check,
+    // the lock also keeps the node from starting meanwhile (and makes the
+    // copy private: the umask becomes 0077).
+    let _lock = crate::raft::storage::lock(dir)?;
     let copy = tempfile_dir()?;
     let result = check_copy(dir, &copy);
     let _ = std::fs::remove_dir_all(&copy);

@@ -298,10 +298,13 @@ fn a_flipped_byte_in_each_file_kind_is_refused_naming_the_file_and_what_to_do() 
     c.wait_for("the victim to hold every key", || {
         keys_on(&c, victim).len() == 20
     });
-    c.signal(victim, 15);
-    assert_eq!(c.wait_exit(victim, Duration::from_secs(15)), 0);
     let dir = c.data_dir(victim);
     let dir_s = dir.to_str().unwrap().to_string();
+    let running = run_bin(&["check", "--data", &dir_s], CLI_BOUND);
+    assert_eq!(running.code, 1, "{}{}", running.stdout, running.stderr);
+    assert!(running.stderr.contains("locked"), "{}", running.stderr);
+    c.signal(victim, 15);
+    assert_eq!(c.wait_exit(victim, Duration::from_secs(15)), 0);
 
     let ok = run_bin(&["check", "--data", &dir_s], CLI_BOUND);
     assert_eq!(ok.code, 0, "{}{}", ok.stdout, ok.stderr);

@@ -1609,4 +1609,63 @@ mod tests {
         assert_eq!(Record::decode(&r.encode()).unwrap(), r);
         assert!(Record::decode(&[0; 31]).is_err());
     }
+
+    #[test]
+    fn a_restore_swaps_the_staged_keys_in_whole_and_keeps_the_membership() {
+        let db = db();
+        apply(
+            &db,
+            2,
+            vec![
+                set("__quorumd/members/1", "me"),
+                set("__quorumd/sessions/s", "kept-out"),
+                set("old", "gone"),
+                set("both", "old"),
+            ],
+        );
+        let staging = "__quorumd/restore/00ff/";
+        apply(
+            &db,
+            3,
+            vec![
+                set(&format!("{staging}both"), "new"),
+                set(&format!("{staging}fresh"), "f"),
+                set(&format!("{staging}__quorumd/members/9"), "theirs"),
+                set(&format!("{staging}__quorumd/sessions/t"), "restored"),
+            ],
+        );
+        let restore = |keys| KvOp::Restore {
+            staging: staging.into(),
+            keep: vec!["__quorumd/members/".into()],
+            keys,
+        };
+        // The wrong count changes nothing.
+        let (out, _) = apply(&db, 4, vec![restore(3)]);
+        assert!(errors(out)[0].contains("staged 4 keys"));
+        assert_eq!(
+            read(&db).get("old").unwrap().value.unwrap().value.unwrap(),
+            b"gone"
+        );
+
+        let (out, touched) = apply(&db, 5, vec![restore(4)]);
+        assert!(matches!(out, Outcome::Committed(_)), "{out:?}");
+        assert!(touched.contains(&Touched::Prefix(String::new())));
+        let all = read(&db).keys("", None, BIG).unwrap().unwrap().value;
+        assert_eq!(
+            all,
+            vec![
+                "__quorumd/members/1",
+                "__quorumd/sessions/t",
+                "both",
+                "fresh"
+            ]
+        );
+        let both = read(&db).get("both").unwrap().value.unwrap();
+        assert_eq!(both.value.as_deref(), Some(&b"new"[..]));
+        assert_eq!((both.create_index, both.modify_index), (5, 5));
+        assert_eq!(
+            read(&db).state().bytes,
+            ("both".len() + 3 + "fresh".len() + 1) as u64
+        );
+    }
 }
