@@ -199,3 +199,75 @@ fn a_follower_with_a_full_disk_stops_acknowledging_and_recovers() {
 fn a_leader_with_a_full_disk_hands_over_and_recovers() {
     run_full_disk(true);
 }
+
+/// Values of this size fill the disk in a few dozen writes.
+const BIG_VALUE: usize = 256 * 1024;
+
+#[test]
+fn three_nodes_on_one_filling_disk_refuse_writes_keep_reads_and_recover() {
+    // Every node's data dir on one tmpfs, filled by the writes themselves,
+    // as an SD card fills; 24 MiB of it held by a file an operator can
+    // delete to make room.
+    let mut c = TestCluster::new(Spec::new("onedisk", 3));
+    let Some(fs) = Tmpfs::mount(&c.dir.path().join("sd-card"), "64m") else {
+        return;
+    };
+    let junk = fs.dir.join("old-logs");
+    std::fs::write(&junk, vec![0x5Au8; 24 << 20]).unwrap();
+    for id in IDS {
+        let dir = fs.dir.join(format!("node-{id}"));
+        c.start_node_with(id, &["--data-dir", dir.to_str().unwrap()]);
+    }
+    let (_, term_before) = c.wait_agreed_leader(&IDS);
+    let value = vec![b'v'; BIG_VALUE];
+    let mut written = 0;
+    let mut refused = None;
+    for i in 0..400 {
+        let r = c.kv_put(1 + (i % 3), &format!("big/{i:03}"), &value);
+        match r.status {
+            200 => written += 1,
+            507 => {
+                refused = Some(r.body);
+                break;
+            }
+            // A write racing a leadership hand-off may time out; it is
+            // retried by the next iteration's key.
+            _ => {}
+        }
+    }
+    let refused = refused.expect("the disk never filled");
+    assert!(refused.contains("the disk is full") && refused.contains("sd-card"), "{refused}");
+    assert!(written > 0);
+    for id in IDS {
+        assert!(c.is_running(id), "node {id} exited:\n{}", c.stderr(id));
+        assert_eq!(
+            c.kv_get(id, "big/000", "&stale").map(|v| v.len()),
+            Some(BIG_VALUE),
+            "node {id} lost a write"
+        );
+    }
+    // No election storm: the nodes may pass leadership once each.
+    std::thread::sleep(Duration::from_secs(2));
+    let terms: Vec<u64> = IDS
+        .iter()
+        .filter_map(|&id| status_of(&c, id).and_then(|s| s["term"].as_u64()))
+        .collect();
+    let max_term = terms.iter().copied().max().unwrap_or(term_before);
+    assert!(max_term <= term_before + 4, "terms went from {term_before} to {max_term}");
+
+    // The operator makes room: every node lowers its alarm and takes writes.
+    std::fs::remove_file(&junk).unwrap();
+    c.wait_for("every node to lower its alarm", || {
+        IDS.iter()
+            .all(|&id| status_of(&c, id).is_some_and(|s| s["disk_full"].is_null()))
+    });
+    c.wait_for("a write to succeed again", || {
+        c.kv_put(2, "after", b"ok").status == 200
+    });
+    for id in IDS {
+        c.wait_for("every node to hold the new write", || {
+            c.kv_get(id, "after", "&stale").as_deref() == Some("ok")
+        });
+        assert!(c.is_running(id));
+    }
+}

@@ -85,6 +85,8 @@ pub const INLINE_APPLY_BYTES: usize = 256 * 1024;
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
 /// A full disk's refusals are logged at most once per this interval.
 pub const DISK_FULL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// A leader hands off for a full disk at most once per this interval.
+pub const DISK_FULL_HANDOFF_INTERVAL: Duration = Duration::from_secs(30);
 /// ... or once this many bytes of entries were applied since the last one.
 pub const CHECKPOINT_BYTES: u64 = 8 * 1024 * 1024;
 /// Ticks a read-index request may wait for its answer before it is asked
@@ -551,6 +553,8 @@ pub struct PartitionReplica {
     ticks: u64,
     /// When a refusal for a full disk was last logged.
     disk_full_logged: Option<Instant>,
+    /// When this node last handed off its leadership for a full disk.
+    disk_full_handoff: Option<Instant>,
     incarnation: u64,
     next_request: u64,
     proposals: HashMap<u64, Proposal>,
@@ -713,6 +717,7 @@ impl PartitionReplica {
                 request_timeout: settings.request_timeout,
                 ticks: 0,
                 disk_full_logged: None,
+                disk_full_handoff: None,
                 incarnation: fastrand::u64(..),
                 next_request: 1,
                 proposals: HashMap::new(),
@@ -1190,15 +1195,22 @@ impl PartitionReplica {
     }
 
     /// A leader whose disk is full hands its leadership to a peer, so the
-    /// cluster keeps taking writes.
+    /// cluster keeps taking writes; at most once per
+    /// [`DISK_FULL_HANDOFF_INTERVAL`], so that nodes whose disks are all
+    /// full (one filesystem for every data dir) do not pass leadership
+    /// round and round.
     fn hand_off_if_disk_full(&mut self) {
         let raft = &self.node.raft;
         if !crate::diskguard::is_full()
             || raft.state != StateRole::Leader
             || raft.lead_transferee.is_some()
+            || self
+                .disk_full_handoff
+                .is_some_and(|t| t.elapsed() < DISK_FULL_HANDOFF_INTERVAL)
         {
             return;
         }
+        self.disk_full_handoff = Some(Instant::now());
         let me = raft.id;
         let others: Vec<u64> = raft
             .prs()
