@@ -241,8 +241,8 @@ pub fn take_backup(store: &StateStore, cluster: &str, node_id: u64) -> crate::Re
     Ok(encode(&meta, data))
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file beside it, fsync,
-/// rename over `path`, fsync of the directory. A reader sees the old file or
+/// Writes `bytes` to `path` atomically, mode 0600: a temporary file beside
+/// it, fsync, rename over `path`, fsync of the directory. A reader sees the old file or
 /// the whole new one; a crash leaves at most a stray temporary file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = match path.parent() {
@@ -258,7 +258,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         std::process::id()
     ));
     let written = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        // A backup holds every value: readable by its owner only.
+        let mut f = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?
+        };
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);

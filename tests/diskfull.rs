@@ -236,7 +236,10 @@ fn three_nodes_on_one_filling_disk_refuse_writes_keep_reads_and_recover() {
         }
     }
     let refused = refused.expect("the disk never filled");
-    assert!(refused.contains("the disk is full") && refused.contains("sd-card"), "{refused}");
+    assert!(
+        refused.contains("the disk is full") && refused.contains("sd-card"),
+        "{refused}"
+    );
     assert!(written > 0);
     for id in IDS {
         assert!(c.is_running(id), "node {id} exited:\n{}", c.stderr(id));
@@ -253,7 +256,10 @@ fn three_nodes_on_one_filling_disk_refuse_writes_keep_reads_and_recover() {
         .filter_map(|&id| status_of(&c, id).and_then(|s| s["term"].as_u64()))
         .collect();
     let max_term = terms.iter().copied().max().unwrap_or(term_before);
-    assert!(max_term <= term_before + 4, "terms went from {term_before} to {max_term}");
+    assert!(
+        max_term <= term_before + 4,
+        "terms went from {term_before} to {max_term}"
+    );
 
     // The operator makes room: every node lowers its alarm and takes writes.
     std::fs::remove_file(&junk).unwrap();

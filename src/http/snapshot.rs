@@ -59,6 +59,16 @@ async fn save(state: &AdminState, req: &Request<Incoming>) -> Resp {
             return kv_error(&KvError::from(e), false, kv.settings().request_timeout);
         }
     }
+    // The snapshot and the file are built in memory: their room comes out
+    // of the buffer budget first (about twice the store's bytes, with the
+    // rows' framing).
+    let store = kv.store().clone();
+    let bytes = blocking::unblock(move || store.read(|t| Ok(t.state().bytes))).await;
+    let need = bytes.unwrap_or(0).saturating_mul(3).saturating_add(1 << 20);
+    let timeout = kv.settings().request_timeout;
+    let Some(_share) = kv.budget().reserve(need, timeout).await else {
+        return crate::http::kv::budget_busy(kv.budget().capacity());
+    };
     let store = kv.store().clone();
     let cluster = state.config.name.clone();
     let node_id = state.node_id;
@@ -114,9 +124,7 @@ async fn restore(state: &AdminState, req: Request<Incoming>) -> Resp {
         Ok(b) => b,
         Err(e) => return e.response(),
     };
-    let bytes = body.to_vec();
-    drop(body);
-    let decoded = blocking::unblock(move || backup::decode(&bytes)).await;
+    let decoded = blocking::unblock(move || backup::decode(&body)).await;
     let backup = match decoded {
         Ok(b) => b,
         Err(why) => {
