@@ -1,9 +1,10 @@
 //! The full-disk guard: etcd's NOSPACE alarm, for the data dir's
 //! filesystem.
 //!
-//! A task looks at the filesystem's free space every [`CHECK_INTERVAL`].
-//! Below [`RESERVE_BYTES`] the alarm goes up; it goes down once the free
-//! space is back above twice that. While it is up:
+//! A thread looks at the filesystem's free space every [`CHECK_INTERVAL`].
+//! Below the reserve (an eighth of the filesystem, from
+//! [`MIN_RESERVE_BYTES`] to [`RESERVE_BYTES`]) the alarm goes up; it goes
+//! down once the free space is back above twice that. While it is up:
 //!
 //! - client writes through this node fail at once with 507 and a sentence
 //!   naming the full filesystem (nothing is proposed);
@@ -31,13 +32,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// Free space below which the alarm goes up.
+/// Free space below which the alarm goes up, on a filesystem of 128 MiB
+/// or more; an eighth of a smaller one, and at least [`MIN_RESERVE_BYTES`].
 pub const RESERVE_BYTES: u64 = 16 * 1024 * 1024;
+/// The smallest reserve: two log segments.
+pub const MIN_RESERVE_BYTES: u64 = 2 * 1024 * 1024;
 /// How often the free space is looked at.
 pub const CHECK_INTERVAL: Duration = Duration::from_millis(250);
 
 static FULL: AtomicBool = AtomicBool::new(false);
 static FREE: AtomicU64 = AtomicU64::new(u64::MAX);
+static RESERVE: AtomicU64 = AtomicU64::new(RESERVE_BYTES);
 static DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
 
 /// True while the alarm is up.
@@ -61,7 +66,7 @@ pub fn full_reason() -> Option<String> {
          keeps in reserve; writes through this node are refused until space returns",
         dir.display(),
         human(free),
-        human(RESERVE_BYTES)
+        human(RESERVE.load(Ordering::Relaxed))
     ))
 }
 
@@ -78,21 +83,39 @@ fn human(bytes: u64) -> String {
     }
 }
 
-/// Free bytes for an unprivileged writer on `dir`'s filesystem.
-pub fn free_space(dir: &Path) -> std::io::Result<u64> {
+/// Free bytes for an unprivileged writer on `dir`'s filesystem, and its
+/// size.
+pub fn free_space(dir: &Path) -> std::io::Result<(u64, u64)> {
     let st = rustix::fs::statvfs(dir)?;
-    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+    Ok((
+        st.f_bavail.saturating_mul(st.f_frsize),
+        st.f_blocks.saturating_mul(st.f_frsize),
+    ))
+}
+
+/// The reserve on a filesystem of `size` bytes.
+pub fn reserve_for(size: u64) -> u64 {
+    (size / 8).clamp(MIN_RESERVE_BYTES, RESERVE_BYTES)
+}
+
+/// Whether the alarm is up after a look that found `free` bytes, given
+/// whether it `was` and the `reserve`: up below the reserve, down above
+/// twice it.
+pub fn next_state(was: bool, free: u64, reserve: u64) -> bool {
+    if was {
+        free < reserve.saturating_mul(2)
+    } else {
+        free < reserve
+    }
 }
 
 /// Records a look at the free space; returns true if the alarm changed.
-pub fn observe(free: u64) -> bool {
+pub fn observe(free: u64, size: u64) -> bool {
+    let reserve = reserve_for(size);
+    RESERVE.store(reserve, Ordering::Relaxed);
     FREE.store(free, Ordering::Relaxed);
     let was = is_full();
-    let now = if was {
-        free < RESERVE_BYTES * 2
-    } else {
-        free < RESERVE_BYTES
-    };
+    let now = next_state(was, free, reserve);
     FULL.store(now, Ordering::Relaxed);
     was != now
 }
@@ -123,8 +146,8 @@ pub fn watch(
         .name("disk-guard".into())
         .spawn(move || loop {
             match free_space(&dir) {
-                Ok(free) => {
-                    if observe(free) {
+                Ok((free, size)) => {
+                    if observe(free, size) {
                         if is_full() {
                             log::warn!("NOSPACE: {}", full_reason().unwrap_or_default());
                         } else {
@@ -213,19 +236,23 @@ pub fn inject_fsync_delay() {
 mod tests {
     use super::*;
 
+    // Pure functions only: the alarm itself is process-wide, and other
+    // tests of the crate run beside these.
     #[test]
-    fn the_alarm_has_hysteresis() {
-        assert!(observe(RESERVE_BYTES - 1));
-        assert!(is_full());
-        assert!(full_reason().unwrap().contains("the disk is full"));
-        assert!(
-            !observe(RESERVE_BYTES + 1),
-            "still within twice the reserve"
-        );
-        assert!(observe(RESERVE_BYTES * 2 + 1));
-        assert!(!is_full() && full_reason().is_none());
+    fn the_alarm_has_hysteresis_and_a_reserve_that_fits_the_disk() {
+        let r = RESERVE_BYTES;
+        assert!(next_state(false, r - 1, r));
+        assert!(!next_state(false, r, r));
+        assert!(next_state(true, r + 1, r), "still within twice the reserve");
+        assert!(!next_state(true, 2 * r, r));
+        assert_eq!(reserve_for(64 << 30), RESERVE_BYTES);
+        assert_eq!(reserve_for(48 << 20), 6 << 20);
+        assert_eq!(reserve_for(4 << 20), MIN_RESERVE_BYTES);
         assert!(is_enospc_text(
             "cannot write x: No space left on device (os error 28)"
+        ));
+        assert!(!is_enospc_text(
+            "cannot write x: Input/output error (os error 5)"
         ));
     }
 }
