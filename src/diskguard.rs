@@ -2,9 +2,10 @@
 //! filesystem.
 //!
 //! A thread looks at the filesystem's free space every [`CHECK_INTERVAL`].
-//! Below the reserve (an eighth of the filesystem, from
+//! Below the reserve (a quarter of the filesystem, from
 //! [`MIN_RESERVE_BYTES`] to [`RESERVE_BYTES`]) the alarm goes up; it goes
-//! down once the free space is back above twice that. While it is up:
+//! down once the free space is back to one and a half times that. While it
+//! is up:
 //!
 //! - client writes through this node fail at once with 507 and a sentence
 //!   naming the full filesystem (nothing is proposed);
@@ -32,13 +33,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// Free space below which the alarm goes up, on a filesystem of 128 MiB
-/// or more; an eighth of a smaller one, and at least [`MIN_RESERVE_BYTES`].
+/// Free space below which the alarm goes up, on a filesystem of 64 MiB
+/// or more; a quarter of a smaller one, and at least [`MIN_RESERVE_BYTES`].
 pub const RESERVE_BYTES: u64 = 16 * 1024 * 1024;
-/// The smallest reserve: two log segments.
-pub const MIN_RESERVE_BYTES: u64 = 2 * 1024 * 1024;
+/// The smallest reserve.
+pub const MIN_RESERVE_BYTES: u64 = 4 * 1024 * 1024;
 /// How often the free space is looked at.
 pub const CHECK_INTERVAL: Duration = Duration::from_millis(250);
+/// How often, once the free space is under four times the reserve.
+pub const CLOSE_CHECK_INTERVAL: Duration = Duration::from_millis(25);
 
 static FULL: AtomicBool = AtomicBool::new(false);
 static FREE: AtomicU64 = AtomicU64::new(u64::MAX);
@@ -95,15 +98,15 @@ pub fn free_space(dir: &Path) -> std::io::Result<(u64, u64)> {
 
 /// The reserve on a filesystem of `size` bytes.
 pub fn reserve_for(size: u64) -> u64 {
-    (size / 8).clamp(MIN_RESERVE_BYTES, RESERVE_BYTES)
+    (size / 4).clamp(MIN_RESERVE_BYTES, RESERVE_BYTES)
 }
 
 /// Whether the alarm is up after a look that found `free` bytes, given
-/// whether it `was` and the `reserve`: up below the reserve, down above
-/// twice it.
+/// whether it `was` and the `reserve`: up below the reserve, down from one
+/// and a half times it.
 pub fn next_state(was: bool, free: u64, reserve: u64) -> bool {
     if was {
-        free < reserve.saturating_mul(2)
+        free < reserve.saturating_add(reserve / 2)
     } else {
         free < reserve
     }
@@ -118,6 +121,18 @@ pub fn observe(free: u64, size: u64) -> bool {
     let now = next_state(was, free, reserve);
     FULL.store(now, Ordering::Relaxed);
     was != now
+}
+
+/// Looks at the free space now (one `statvfs`, which reads no disk): a
+/// client write calls it before it is proposed, so a burst of writes
+/// between two looks of the thread cannot run past the reserve.
+pub fn check_now() {
+    let dir = DIR.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    if let Some(dir) = dir {
+        if let Ok((free, size)) = free_space(&dir) {
+            observe(free, size);
+        }
+    }
 }
 
 /// Raises the alarm at once: a write met ENOSPC.
@@ -163,7 +178,14 @@ pub fn watch(
                 }
                 Err(e) => log::debug!("cannot stat the filesystem of {}: {e}", dir.display()),
             }
-            match stop.recv_timeout(CHECK_INTERVAL) {
+            let close =
+                FREE.load(Ordering::Relaxed) < RESERVE.load(Ordering::Relaxed).saturating_mul(4);
+            let interval = if close {
+                CLOSE_CHECK_INTERVAL
+            } else {
+                CHECK_INTERVAL
+            };
+            match stop.recv_timeout(interval) {
                 Err(flume::RecvTimeoutError::Timeout) => {}
                 _ => return,
             }
@@ -243,10 +265,14 @@ mod tests {
         let r = RESERVE_BYTES;
         assert!(next_state(false, r - 1, r));
         assert!(!next_state(false, r, r));
-        assert!(next_state(true, r + 1, r), "still within twice the reserve");
-        assert!(!next_state(true, 2 * r, r));
+        assert!(
+            next_state(true, r + r / 4, r),
+            "still within one and a half times the reserve"
+        );
+        assert!(!next_state(true, r + r / 2, r));
         assert_eq!(reserve_for(64 << 30), RESERVE_BYTES);
-        assert_eq!(reserve_for(48 << 20), 6 << 20);
+        assert_eq!(reserve_for(48 << 20), 12 << 20);
+        assert_eq!(reserve_for(24 << 20), 6 << 20);
         assert_eq!(reserve_for(4 << 20), MIN_RESERVE_BYTES);
         assert!(is_enospc_text(
             "cannot write x: No space left on device (os error 28)"

@@ -167,6 +167,7 @@ impl KvService {
     /// Proposes `ops` as one client command and waits until it is applied
     /// on this node.
     pub async fn write(&self, ops: Vec<KvOp>) -> Result<Committed, KvError> {
+        crate::diskguard::check_now();
         if let Some(why) = crate::diskguard::full_reason() {
             return Err(KvError::DiskFull(why));
         }

@@ -205,16 +205,16 @@ const BIG_VALUE: usize = 256 * 1024;
 
 #[test]
 fn three_nodes_on_one_filling_disk_refuse_writes_keep_reads_and_recover() {
-    // Every node's data dir on one 24 MiB tmpfs, filled by the writes
-    // themselves, as an SD card fills (before, all three nodes exited after
-    // 8 writes); 6 MiB of it held by a file an operator can delete to make
-    // room.
+    // Every node's data dir on one 32 MiB tmpfs, filled by the writes
+    // themselves, as an SD card fills (before, on 24 MiB, all three nodes
+    // exited after 8 writes); 12 MiB of it held by a file an operator can
+    // delete to make room.
     let mut c = TestCluster::new(Spec::new("onedisk", 3));
-    let Some(fs) = Tmpfs::mount(&c.dir.path().join("sd-card"), "24m") else {
+    let Some(fs) = Tmpfs::mount(&c.dir.path().join("sd-card"), "32m") else {
         return;
     };
     let junk = fs.dir.join("old-logs");
-    std::fs::write(&junk, vec![0x5Au8; 6 << 20]).unwrap();
+    std::fs::write(&junk, vec![0x5Au8; 12 << 20]).unwrap();
     for id in IDS {
         let dir = fs.dir.join(format!("node-{id}"));
         c.start_node_with(id, &["--data-dir", dir.to_str().unwrap()]);
