@@ -80,14 +80,20 @@ impl Target {
 /// Reads and checks a backup file; the error names the file and what is
 /// wrong with it.
 pub fn read_backup(file: &Path) -> Result<Backup> {
+    read_checked(file).map(|(b, _)| b)
+}
+
+/// The checked backup and the file's bytes.
+fn read_checked(file: &Path) -> Result<(Backup, Vec<u8>)> {
     let bytes =
         std::fs::read(file).map_err(|e| Error::io(format!("cannot read {}", file.display()), e))?;
-    backup::decode(&bytes).map_err(|why| {
+    let b = backup::decode(&bytes).map_err(|why| {
         Error::Request(format!(
             "{} is refused: {why}; nothing was changed",
             file.display()
         ))
-    })
+    })?;
+    Ok((b, bytes))
 }
 
 /// What `inspect` prints.
@@ -155,9 +161,7 @@ pub fn run(command: SnapshotCommand) -> Result<()> {
             force,
             file,
         } => {
-            let b = read_backup(&file)?;
-            let bytes = std::fs::read(&file)
-                .map_err(|e| Error::io(format!("cannot read {}", file.display()), e))?;
+            let (b, bytes) = read_checked(&file)?;
             let path = if force {
                 "/v1/snapshot?force"
             } else {
