@@ -132,10 +132,38 @@ struct RawFile {
     store: RawStore,
     #[serde(default)]
     limits: RawLimits,
+    backup: Option<RawBackup>,
     #[serde(default)]
     acl: RawAcl,
     #[serde(default)]
     node: Vec<RawNode>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackup {
+    dir: PathBuf,
+    interval: Option<toml::Value>,
+    keep: Option<usize>,
+}
+
+/// `backup.interval`: between 100 ms and 7 days.
+pub const BACKUP_INTERVAL_RANGE: DurationRange = ms(100)..=secs(7 * 24 * 3600);
+/// Default time between two scheduled backups.
+pub const DEFAULT_BACKUP_INTERVAL: Duration = Duration::from_secs(3600);
+/// Default number of scheduled backups kept.
+pub const DEFAULT_BACKUP_KEEP: usize = 24;
+
+/// The `[backup]` table: the leader writes a backup every `interval` into
+/// `dir` on its own box, keeping the newest `keep`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupSchedule {
+    /// Where the backups go; relative to the cluster file's directory.
+    pub dir: PathBuf,
+    /// Time between two backups.
+    pub interval: Duration,
+    /// How many backups are kept (at least 1).
+    pub keep: usize,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -392,6 +420,8 @@ pub struct ClusterConfig {
     pub tls: Option<TlsFiles>,
     /// The `[acl]` table: tokens and policies.
     pub acl: AclSettings,
+    /// Scheduled backups, if the file has a `[backup]` table.
+    pub backup: Option<BackupSchedule>,
     /// Every member, sorted by id.
     pub nodes: Vec<NodeConfig>,
 }
@@ -646,6 +676,28 @@ impl ClusterConfig {
             },
             metrics_need_token: raw.acl.metrics_need_token.unwrap_or(false),
         };
+        let backup = match raw.backup {
+            None => None,
+            Some(b) => {
+                if b.dir.as_os_str().is_empty() {
+                    return Err(err("backup.dir", "must not be empty".into()));
+                }
+                let keep = b.keep.unwrap_or(DEFAULT_BACKUP_KEEP);
+                if keep == 0 {
+                    return Err(err("backup.keep", "must be at least 1".into()));
+                }
+                Some(BackupSchedule {
+                    dir: path.parent().unwrap_or(Path::new("")).join(b.dir),
+                    interval: duration(
+                        "backup.interval",
+                        &b.interval,
+                        DEFAULT_BACKUP_INTERVAL,
+                        BACKUP_INTERVAL_RANGE,
+                    )?,
+                    keep,
+                })
+            }
+        };
 
         Ok(ClusterConfig {
             name,
@@ -659,6 +711,7 @@ impl ClusterConfig {
             limits,
             tls,
             acl,
+            backup,
             nodes,
         })
     }
@@ -1069,6 +1122,38 @@ admin = "127.0.0.1:8101"
         assert!(reason.contains("bool"), "{reason}");
         let (_, reason) = config_error(&format!("{GOOD}\n[acl]\ntokens = 1\n"));
         assert!(reason.contains("tokens"), "{reason}");
+    }
+
+    #[test]
+    fn the_backup_table_is_optional_and_checked() {
+        let c = ClusterConfig::parse(GOOD, Path::new("/etc/q/c.toml")).unwrap();
+        assert_eq!(c.backup, None);
+        let with = |table: &str| format!("{GOOD}\n[backup]\n{table}\n");
+        let c = ClusterConfig::parse(&with("dir = \"b\""), Path::new("/etc/q/c.toml")).unwrap();
+        assert_eq!(
+            c.backup,
+            Some(BackupSchedule {
+                dir: PathBuf::from("/etc/q/b"),
+                interval: DEFAULT_BACKUP_INTERVAL,
+                keep: DEFAULT_BACKUP_KEEP,
+            })
+        );
+        let c = parse(&with("dir = \"/b\"\ninterval = \"10m\"\nkeep = 3")).unwrap();
+        let b = c.backup.unwrap();
+        assert_eq!((b.interval, b.keep), (Duration::from_secs(600), 3));
+        assert_eq!(
+            config_error(&with("dir = \"b\"\nkeep = 0")).0,
+            "backup.keep"
+        );
+        assert_eq!(
+            config_error(&with("dir = \"b\"\ninterval = \"1ms\"")).0,
+            "backup.interval"
+        );
+        assert_eq!(config_error(&with("dir = \"\"")).0, "backup.dir");
+        assert!(config_error(&with("interval = \"1h\"")).1.contains("dir"));
+        assert!(config_error(&with("dir = \"b\"\nevery = \"1h\""))
+            .1
+            .contains("every"));
     }
 
     #[test]

@@ -188,6 +188,18 @@ impl ClusterCoordinator {
         let router = Router::default();
         let sink: Arc<dyn RaftSink> = Arc::new(router.clone());
         let metrics = Arc::new(Metrics::new());
+        {
+            let dir = options
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| config.node_data_dir(node_id));
+            let m = metrics.clone();
+            if let Err(e) = crate::diskguard::watch(dir, shutdown.clone(), move |full, free| {
+                m.set_disk(full, free)
+            }) {
+                warn!("cannot start the full-disk guard: {e}");
+            }
+        }
         // Every task below is one the node cannot run without: `supervise`
         // turns a panic or an early end into a fatal error (exit 1).
         let essential = |what: &str, task| supervise(what, task, &shutdown, &fatal_tx);
@@ -297,6 +309,17 @@ impl ClusterCoordinator {
             config.store.clone(),
             config.limits.clone(),
         );
+        if let Some(schedule) = config.backup.clone() {
+            crate::backup::spawn_schedule(
+                schedule,
+                config.name.clone(),
+                node_id,
+                kv.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            )
+            .detach();
+        }
         let upkeep =
             crate::membership::spawn_upkeep(config.clone(), meta.clone(), store, shutdown.clone());
 

@@ -73,7 +73,10 @@ pub enum Error {
     DataDirLocked { dir: PathBuf, holder: String },
 
     /// The storage file exists but is damaged; the node never starts empty.
-    #[error("storage file {file} is damaged: {reason}")]
+    #[error(
+        "storage file {file} is damaged: {reason}; {advice}",
+        advice = crate::datacheck::DAMAGE_ADVICE
+    )]
     StorageCorrupt { file: PathBuf, reason: String },
 
     /// Any other storage failure (I/O, fsync). Fatal: never acknowledged.

@@ -59,6 +59,10 @@ pub enum KvError {
     /// The store failed; the node stops.
     #[error("storage failure: {0}")]
     Storage(String),
+    /// The data dir's filesystem is full ([`crate::diskguard`]); the write
+    /// was not proposed.
+    #[error("{0}")]
+    DiskFull(String),
 }
 
 impl From<RequestError> for KvError {
@@ -163,6 +167,10 @@ impl KvService {
     /// Proposes `ops` as one client command and waits until it is applied
     /// on this node.
     pub async fn write(&self, ops: Vec<KvOp>) -> Result<Committed, KvError> {
+        crate::diskguard::check_now();
+        if let Some(why) = crate::diskguard::full_reason() {
+            return Err(KvError::DiskFull(why));
+        }
         let cmd = Command {
             max_store_bytes: self.settings.max_store_bytes,
             from_client: true,
@@ -182,6 +190,11 @@ impl KvService {
             reads: self.read_limits(),
         };
         Ok(self.replica.propose(cmd.encode()).await?)
+    }
+
+    /// The state machine's store, for backups.
+    pub fn store(&self) -> &Arc<StateStore> {
+        &self.store
     }
 
     /// The replica, for membership changes.

@@ -22,11 +22,14 @@
 
 pub mod acl;
 pub mod acl_cli;
+pub mod backup;
 pub mod budget;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod coordinator;
+pub mod datacheck;
+pub mod diskguard;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -44,6 +47,7 @@ pub mod quorum;
 pub mod raft;
 pub mod runtime;
 pub mod session;
+pub mod snapshot_cli;
 pub mod status;
 pub mod store;
 pub mod tls;

@@ -60,6 +60,70 @@ pub struct Metrics {
     log_entries: Gauge,
     applied_index: Gauge,
     disk: DiskMetrics,
+    backup: BackupMetrics,
+}
+
+/// The scheduled backups' metrics.
+#[derive(Debug)]
+struct BackupMetrics {
+    disk_full: Gauge,
+    disk_free: Gauge,
+    last_success: Gauge<f64, std::sync::atomic::AtomicU64>,
+    last_bytes: Gauge,
+    last_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    runs: Counter,
+    failures: Counter,
+}
+
+impl BackupMetrics {
+    fn register(registry: &mut Registry) -> BackupMetrics {
+        let b = BackupMetrics {
+            disk_full: Gauge::default(),
+            disk_free: Gauge::default(),
+            last_success: Gauge::default(),
+            last_bytes: Gauge::default(),
+            last_seconds: Gauge::default(),
+            runs: Counter::default(),
+            failures: Counter::default(),
+        };
+        registry.register(
+            "disk_full",
+            "1 while the data dir's filesystem has less free space than the node keeps in \
+             reserve (NOSPACE): writes through this node are refused",
+            b.disk_full.clone(),
+        );
+        registry.register(
+            "disk_free_bytes",
+            "Free bytes on the data dir's filesystem at the last look",
+            b.disk_free.clone(),
+        );
+        registry.register(
+            "backup_last_success_timestamp_seconds",
+            "Unix time of the last scheduled backup written by this node (0: none yet)",
+            b.last_success.clone(),
+        );
+        registry.register(
+            "backup_last_size_bytes",
+            "Size of the last scheduled backup written by this node",
+            b.last_bytes.clone(),
+        );
+        registry.register(
+            "backup_last_duration_seconds",
+            "Time to take and write the last scheduled backup",
+            b.last_seconds.clone(),
+        );
+        registry.register(
+            "backup_runs",
+            "Scheduled backups written by this node",
+            b.runs.clone(),
+        );
+        registry.register(
+            "backup_failures",
+            "Scheduled backups of this node that failed",
+            b.failures.clone(),
+        );
+        b
+    }
 }
 
 /// The write path's stages, named as an operator of etcd expects them.
@@ -234,8 +298,10 @@ impl Metrics {
             applied_index.clone(),
         );
         let disk = DiskMetrics::register(&mut registry);
+        let backup = BackupMetrics::register(&mut registry);
         Metrics {
             disk,
+            backup,
             snapshots_installed,
             snapshots_built,
             compactions,
@@ -278,6 +344,25 @@ impl Metrics {
     /// Records the number of live peers.
     pub fn set_peers_alive(&self, n: usize) {
         self.peers_alive.set(n as i64);
+    }
+
+    /// Records a scheduled backup written at `unix_seconds`.
+    pub fn backup_written(&self, unix_seconds: f64, bytes: u64, took: Duration) {
+        self.backup.last_success.set(unix_seconds);
+        self.backup.last_bytes.set(bytes as i64);
+        self.backup.last_seconds.set(took.as_secs_f64());
+        self.backup.runs.inc();
+    }
+
+    /// Records the full-disk guard's last look.
+    pub fn set_disk(&self, full: bool, free: u64) {
+        self.backup.disk_full.set(i64::from(full));
+        self.backup.disk_free.set(free.min(i64::MAX as u64) as i64);
+    }
+
+    /// Records a scheduled backup that failed.
+    pub fn backup_failed(&self) {
+        self.backup.failures.inc();
     }
 
     /// Records how long bootstrap took.

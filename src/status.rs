@@ -407,6 +407,26 @@ pub fn run(config: &ClusterConfig, file: &str, as_json: bool) -> Result<()> {
             &failures,
         )));
     }
+    let full: Vec<String> = report
+        .views
+        .iter()
+        .filter_map(|v| {
+            let s = v.status.as_ref().ok()?;
+            let why = s["disk_full"].as_str()?;
+            Some(format!("node {}: NOSPACE: {why}", v.node.id))
+        })
+        .collect();
+    if !as_json {
+        for line in &full {
+            println!("{line}");
+        }
+    }
+    if !full.is_empty() {
+        return Err(Error::Unhealthy(format!(
+            "{} of the members has a full disk (NOSPACE)",
+            full.len()
+        )));
+    }
     match verdict(&report.views) {
         Ok(leader) => {
             if !as_json {

@@ -129,7 +129,9 @@ fn check_static(line: &Line, targets: &[String]) {
         Some("quorumd") => {
             let mut path = vec![words[1]];
             if let Some(sub) = words.get(2).filter(|w| !w.starts_with('-')) {
-                if help(&[words[1], sub]).is_some() && matches!(words[1], "kv" | "member") {
+                if help(&[words[1], sub]).is_some()
+                    && matches!(words[1], "kv" | "member" | "snapshot")
+                {
                     path.push(sub);
                 }
             }

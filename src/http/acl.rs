@@ -283,9 +283,12 @@ pub fn txn_allowed(a: &Authorizer, ops: &[KvOp]) -> bool {
         // the holder a read.
         KvOp::Lock { key, .. } | KvOp::Unlock { key, .. } => a.key_write(key),
         KvOp::CheckSession { key, .. } => a.key_read(key),
-        // The session routes build these, never a client's txn; should one
-        // come through here, only an operator may run it.
-        KvOp::SessionCreate { .. } | KvOp::SessionRenew { .. } | KvOp::SessionDestroy { .. } => {
+        // The session and snapshot routes build these, never a client's txn;
+        // should one come through here, only an operator may run it.
+        KvOp::SessionCreate { .. }
+        | KvOp::SessionRenew { .. }
+        | KvOp::SessionDestroy { .. }
+        | KvOp::Restore { .. } => {
             a.operator(crate::acl::Access::Write)
         }
     })

@@ -122,6 +122,7 @@ pub async fn status_json(state: &AdminState) -> Value {
         "applied_index": status.as_ref().map(|s| s.applied_index),
         "applied_hash": status.as_ref().and_then(|s| s.applied_hash).map(|h| format!("{h:016x}")),
         "snapshot_index": status.as_ref().map(|s| s.snapshot_index),
+        "disk_full": crate::diskguard::full_reason(),
     })
 }
 

@@ -7,6 +7,7 @@
 //! | `/v1/kv/<key>` | [`kv`]: Consul's KV API |
 //! | `/v1/txn` | [`txn`]: Consul's transaction API, KV verbs only |
 //! | `/admin/cluster/members` | [`members`]: the membership, changed at runtime |
+//! | `/v1/snapshot` | [`snapshot`]: backup and restore |
 //! | `/ui/` | [`ui`]: the dashboard, one embedded page |
 //! | `/v1/acl/*` | [`acl`]: Consul's ACL API, tokens and policies |
 //!
@@ -44,6 +45,7 @@ pub mod cluster;
 pub mod kv;
 pub mod members;
 pub mod session;
+pub mod snapshot;
 pub mod txn;
 pub mod ui;
 
@@ -565,6 +567,9 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
     if let Some(rest) = path.strip_prefix("/v1/status/") {
         return session::status(state, &req, rest).await;
     }
+    if path == "/v1/snapshot" {
+        return snapshot::handle(state, req).await;
+    }
     if let Some(rest) = path.strip_prefix("/ui") {
         if rest.is_empty() || rest.starts_with('/') {
             return ui::handle(state, &req, rest).await;
@@ -713,11 +718,12 @@ pub fn kv_error(e: &KvError, write: bool, timeout: Duration) -> Response<Full<By
             the write's outcome was known: it may or may not have been applied"
             .to_string(),
         (KvError::Storage(reason), _) => format!("storage failure: {reason}"),
+        (KvError::DiskFull(why), _) => why.clone(),
     };
-    let status = if matches!(e, KvError::Stopped) {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::INTERNAL_SERVER_ERROR
+    let status = match e {
+        KvError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+        KvError::DiskFull(_) => StatusCode::INSUFFICIENT_STORAGE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     text(status, sentence)
 }

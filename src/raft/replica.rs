@@ -83,6 +83,10 @@ pub const INLINE_APPLY_BYTES: usize = 256 * 1024;
 /// so this bounds what a restart replays, and it is how often a page of the
 /// store is rewritten on disk, however many puts changed it.
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
+/// A full disk's refusals are logged at most once per this interval.
+pub const DISK_FULL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// A leader hands off for a full disk at most once per this interval.
+pub const DISK_FULL_HANDOFF_INTERVAL: Duration = Duration::from_secs(30);
 /// ... or once this many bytes of entries were applied since the last one.
 pub const CHECKPOINT_BYTES: u64 = 8 * 1024 * 1024;
 /// ... or once this many apply transactions were committed since the last
@@ -553,6 +557,10 @@ pub struct PartitionReplica {
     timing: RaftTiming,
     request_timeout: Duration,
     ticks: u64,
+    /// When a refusal for a full disk was last logged.
+    disk_full_logged: Option<Instant>,
+    /// When this node last handed off its leadership for a full disk.
+    disk_full_handoff: Option<Instant>,
     incarnation: u64,
     next_request: u64,
     proposals: HashMap<u64, Proposal>,
@@ -716,6 +724,8 @@ impl PartitionReplica {
                 timing: timing.clone(),
                 request_timeout: settings.request_timeout,
                 ticks: 0,
+                disk_full_logged: None,
+                disk_full_handoff: None,
                 incarnation: fastrand::u64(..),
                 next_request: 1,
                 proposals: HashMap::new(),
@@ -844,6 +854,7 @@ impl PartitionReplica {
                 self.node.tick();
                 self.on_tick();
             }
+            ReplicaMsg::Raft(m) if self.refused_for_full_disk(&m) => {}
             ReplicaMsg::Raft(m) => {
                 if m.get_msg_type() == MessageType::MsgSnapshot {
                     self.check_snapshot(m);
@@ -1165,7 +1176,103 @@ impl PartitionReplica {
         .detach();
     }
 
+    /// While the disk is full ([`crate::diskguard`]), what would make this
+    /// node write its log from a peer is dropped: appends, snapshots and
+    /// forwarded proposals. A follower so stops acknowledging; heartbeats
+    /// still answer, so no election starts.
+    fn refused_for_full_disk(&mut self, m: &Message) -> bool {
+        let refused = crate::diskguard::is_full()
+            && matches!(
+                m.get_msg_type(),
+                MessageType::MsgAppend | MessageType::MsgSnapshot | MessageType::MsgPropose
+            );
+        if refused
+            && self
+                .disk_full_logged
+                .is_none_or(|t| t.elapsed() >= DISK_FULL_LOG_INTERVAL)
+        {
+            self.disk_full_logged = Some(Instant::now());
+            warn!(
+                "{}: not accepting {:?} from node {}: {}",
+                self.group,
+                m.get_msg_type(),
+                m.from,
+                crate::diskguard::full_reason().unwrap_or_default()
+            );
+        }
+        refused
+    }
+
+    /// A leader whose disk is full hands its leadership to a peer, so the
+    /// cluster keeps taking writes; at most once per
+    /// [`DISK_FULL_HANDOFF_INTERVAL`], so that nodes whose disks are all
+    /// full (one filesystem for every data dir) do not pass leadership
+    /// round and round.
+    fn hand_off_if_disk_full(&mut self) {
+        let raft = &self.node.raft;
+        if !crate::diskguard::is_full()
+            || raft.state != StateRole::Leader
+            || raft.lead_transferee.is_some()
+            || self
+                .disk_full_handoff
+                .is_some_and(|t| t.elapsed() < DISK_FULL_HANDOFF_INTERVAL)
+        {
+            return;
+        }
+        self.disk_full_handoff = Some(Instant::now());
+        let me = raft.id;
+        let others: Vec<u64> = raft
+            .prs()
+            .conf()
+            .voters()
+            .ids()
+            .iter()
+            .filter(|&id| id != me)
+            .collect();
+        if let Some(to) = self.transfer_leadership(&others) {
+            warn!(
+                "{}: this node's disk is full: leadership goes to node {to}",
+                self.group
+            );
+        }
+    }
+
+    /// A leader whose log fsync has not returned for twice the election
+    /// timeout (the longest a follower waits before it campaigns) hands
+    /// its leadership to its most up-to-date peer: the others commit
+    /// without it, but its own clients wait on its disk. Shorter stalls
+    /// only slow the writes that wait for this disk.
+    fn hand_off_if_disk_stalled(&mut self) {
+        let stalled = crate::diskguard::sync_stalled_for();
+        let raft = &self.node.raft;
+        if stalled <= self.timing.election_timeout() * 2
+            || raft.state != StateRole::Leader
+            || raft.lead_transferee.is_some()
+        {
+            return;
+        }
+        let me = raft.id;
+        let others: Vec<u64> = raft
+            .prs()
+            .conf()
+            .voters()
+            .ids()
+            .iter()
+            .filter(|&id| id != me)
+            .collect();
+        if let Some(to) = self.transfer_leadership(&others) {
+            warn!(
+                "{}: the log's fsync has stalled for {} ms, longer than twice the election \
+                 timeout: leadership goes to node {to}",
+                self.group,
+                stalled.as_millis()
+            );
+        }
+    }
+
     fn on_tick(&mut self) {
+        self.hand_off_if_disk_full();
+        self.hand_off_if_disk_stalled();
         self.maybe_checkpoint();
         self.finish_handoff();
         self.leave_joint();
@@ -1821,7 +1928,9 @@ impl PartitionReplica {
     /// [`CHECKPOINT_INTERVAL`], or once [`CHECKPOINT_BYTES`] were applied,
     /// or when compaction waits for it.
     fn maybe_checkpoint(&mut self) {
-        if self.store_busy || self.applied <= self.checkpointed {
+        // On a full disk the store's file could not grow: the log keeps
+        // every entry since the last checkpoint until space returns.
+        if self.store_busy || self.applied <= self.checkpointed || crate::diskguard::is_full() {
             return;
         }
         let due = self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL

@@ -117,6 +117,16 @@ pub enum KvOp {
         now_ms: u64,
         if_index: Option<u64>,
     },
+    /// A backup's restore, once its keys are staged under `staging` by
+    /// earlier entries: every key outside `keep` and `staging` goes, and
+    /// each staged key moves to its own name (written at this entry's
+    /// index), unless it falls under `keep`. It fails, changing nothing,
+    /// unless exactly `keys` keys are staged. Never sent by a client.
+    Restore {
+        staging: String,
+        keep: Vec<String>,
+        keys: u64,
+    },
 }
 
 impl KvOp {
@@ -134,6 +144,7 @@ impl KvOp {
                 | KvOp::SessionCreate { .. }
                 | KvOp::SessionRenew { .. }
                 | KvOp::SessionDestroy { .. }
+                | KvOp::Restore { .. }
         )
     }
 
@@ -163,12 +174,16 @@ impl KvOp {
             | KvOp::SessionRenew { id }
             | KvOp::SessionDestroy { id, .. } => id,
             KvOp::GetTree { prefix } | KvOp::DeleteTree { prefix } => prefix,
+            KvOp::Restore { staging, .. } => staging,
         }
     }
 
     /// True if the op names a prefix rather than one key.
     pub fn is_tree(&self) -> bool {
-        matches!(self, KvOp::GetTree { .. } | KvOp::DeleteTree { .. })
+        matches!(
+            self,
+            KvOp::GetTree { .. } | KvOp::DeleteTree { .. } | KvOp::Restore { .. }
+        )
     }
 }
 

@@ -289,6 +289,26 @@ impl StateStore {
         Ok((store, legacy))
     }
 
+    /// The identity stored in `dir`'s store, read with every page checksum
+    /// verified (for `quorumd check --data`, on a copy of the dir).
+    pub fn stored_identity(dir: &Path) -> Result<StoreIdentity> {
+        let file = dir.join(DB_FILE);
+        let db = guarded(&file, || {
+            Database::builder()
+                .set_check_integrity_on_open(true)
+                .open(&file)
+        })?
+        .map_err(|e| redb_err(dir, &file, "cannot open", e))?;
+        let store = StateStore {
+            dir: dir.to_path_buf(),
+            file,
+            db,
+            applied: std::sync::Mutex::new(None),
+            transactions: std::sync::OnceLock::new(),
+        };
+        guarded(&store.file, || store.read_identity())?
+    }
+
     /// Counts every write transaction this store commits from now on in
     /// `counter`, so that an operator can see what a write costs the file
     /// (an apply, a checkpoint). The first counter given is kept.

@@ -816,6 +816,53 @@ impl<'a, T: ReadableTable<&'static str, &'static [u8]>> Overlay<'a, T> {
         Ok(Ok(()))
     }
 
+    /// [`KvOp::Restore`]: `Ok(Err(why))` when the staged keys are not the
+    /// ones announced, before anything is written.
+    fn restore(
+        &mut self,
+        staging: &str,
+        keep: &[String],
+        keys: u64,
+    ) -> Result<std::result::Result<(), String>> {
+        let kept = |key: &str| keep.iter().any(|p| key.starts_with(p.as_str()));
+        let mut doomed = Vec::new();
+        let mut staged = Vec::new();
+        self.scan("", |key, row| {
+            if key.starts_with(staging) {
+                let entry = row.entry(key)?;
+                staged.push((key.to_string(), row.meta(key)?.size(key), entry));
+            } else if !kept(key) {
+                doomed.push((key.to_string(), row.meta(key)?.size(key)));
+            }
+            Ok(true)
+        })?;
+        if staged.len() as u64 != keys {
+            return Ok(Err(format!(
+                "the restore staged {} keys, its backup holds {keys} (another restore ran \
+                 meanwhile); nothing was changed",
+                staged.len()
+            )));
+        }
+        for (key, size) in doomed {
+            self.delete(&key, size);
+        }
+        for (staged_key, size, entry) in staged {
+            self.delete(&staged_key, size);
+            let key = &staged_key[staging.len()..];
+            if !kept(key) {
+                let old = self.meta(key)?;
+                self.set(
+                    key,
+                    entry.value.as_deref().unwrap_or_default(),
+                    entry.flags,
+                    old,
+                );
+            }
+        }
+        self.prefixes.push(String::new());
+        Ok(Ok(()))
+    }
+
     /// Runs every op; collects the results, or every failure. Reads past
     /// the command's [`ReadLimits`] fail the whole command at once.
     fn run(&mut self, cmd: &Command) -> Result<Outcome> {
@@ -1042,6 +1089,15 @@ impl<'a, T: ReadableTable<&'static str, &'static [u8]>> Overlay<'a, T> {
                         if if_index.is_none_or(|i| i == e.modify_index) {
                             self.end_session(id, e, *now_ms)?;
                         }
+                    }
+                }
+                KvOp::Restore {
+                    staging,
+                    keep,
+                    keys,
+                } => {
+                    if let Err(e) = self.restore(staging, keep, *keys)? {
+                        fail(e);
                     }
                 }
             }
@@ -1913,5 +1969,64 @@ mod tests {
         assert!(read(&db).get("k").unwrap().value.is_none());
         let (o, _) = apply(&db, 15, vec![KvOp::SessionRenew { id: "b".into() }]);
         assert!(!committed(&o));
+    }
+
+    #[test]
+    fn a_restore_swaps_the_staged_keys_in_whole_and_keeps_the_membership() {
+        let db = db();
+        apply(
+            &db,
+            2,
+            vec![
+                set("__quorumd/members/1", "me"),
+                set("__quorumd/sessions/s", "kept-out"),
+                set("old", "gone"),
+                set("both", "old"),
+            ],
+        );
+        let staging = "__quorumd/restore/00ff/";
+        apply(
+            &db,
+            3,
+            vec![
+                set(&format!("{staging}both"), "new"),
+                set(&format!("{staging}fresh"), "f"),
+                set(&format!("{staging}__quorumd/members/9"), "theirs"),
+                set(&format!("{staging}__quorumd/sessions/t"), "restored"),
+            ],
+        );
+        let restore = |keys| KvOp::Restore {
+            staging: staging.into(),
+            keep: vec!["__quorumd/members/".into()],
+            keys,
+        };
+        // The wrong count changes nothing.
+        let (out, _) = apply(&db, 4, vec![restore(3)]);
+        assert!(errors(out)[0].contains("staged 4 keys"));
+        assert_eq!(
+            read(&db).get("old").unwrap().value.unwrap().value.unwrap(),
+            b"gone"
+        );
+
+        let (out, touched) = apply(&db, 5, vec![restore(4)]);
+        assert!(matches!(out, Outcome::Committed(_)), "{out:?}");
+        assert!(touched.contains(&Touched::Prefix(String::new())));
+        let all = read(&db).keys("", None, BIG).unwrap().unwrap().value;
+        assert_eq!(
+            all,
+            vec![
+                "__quorumd/members/1",
+                "__quorumd/sessions/t",
+                "both",
+                "fresh"
+            ]
+        );
+        let both = read(&db).get("both").unwrap().value.unwrap();
+        assert_eq!(both.value.as_deref(), Some(&b"new"[..]));
+        assert_eq!((both.create_index, both.modify_index), (5, 5));
+        assert_eq!(
+            read(&db).state().bytes,
+            ("both".len() + 3 + "fresh".len() + 1) as u64
+        );
     }
 }

@@ -362,6 +362,7 @@ impl RaftLog {
         if self.active.synced >= pos {
             return Ok(());
         }
+        crate::diskguard::inject_fsync_delay();
         self.active.file.sync_data().map_err(|e| {
             io_err(
                 &self.dir,
@@ -516,7 +517,12 @@ fn make_segment(
 ) -> Result<Active> {
     let path = segment_path(dir, seq);
     let tmp = path.with_extension("tmp");
-    let err = |what: &str, e| io_err(dir, format!("cannot {what} {}", tmp.display()), e);
+    // A failed segment leaves no half-made file behind to hold the space
+    // (on a full disk, the write is tried again once space returns).
+    let err = |what: &str, e| {
+        let _ = fs::remove_file(&tmp);
+        io_err(dir, format!("cannot {what} {}", tmp.display()), e)
+    };
     let mut head = Vec::new();
     Record::Header { seq }.encode_into(&mut head);
     Record::Base {

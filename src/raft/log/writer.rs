@@ -82,7 +82,8 @@ impl LogWriter {
                 while let Ok(first) = rx.recv() {
                     let mut batch = vec![first];
                     batch.extend(rx.try_iter());
-                    if let Err(e) = run_batch(&mut log, batch, &report, &*observer) {
+                    let stopped = || rx.is_disconnected();
+                    if let Err(e) = run_batch(&mut log, batch, &report, &*observer, &stopped) {
                         error!("the Raft log failed: {e}");
                         report(Event::Failed(e));
                         return;
@@ -147,11 +148,43 @@ impl Drop for LogWriter {
     }
 }
 
+/// How long the writer waits before it tries again a write that met a full
+/// disk.
+pub const DISK_FULL_RETRY: Duration = Duration::from_millis(500);
+
+/// Writes `write`; a write that meets a full disk (ENOSPC, which only a new
+/// segment can meet: a segment is zero-filled when made) is tried again
+/// until space returns, raising the full-disk alarm meanwhile. Nothing of
+/// it was written, so nothing is acknowledged until it succeeds. Gives up
+/// only when the replica is gone.
+fn write_retrying(log: &mut RaftLog, write: &LogWrite, stopped: &dyn Fn() -> bool) -> Result<()> {
+    let mut warned = false;
+    loop {
+        match log.write(write) {
+            Err(e) if crate::diskguard::is_enospc_text(&e.to_string()) && !stopped() => {
+                crate::diskguard::raise();
+                if !warned {
+                    log::warn!("{e}: the log waits for space, then writes again");
+                    warned = true;
+                }
+                std::thread::sleep(DISK_FULL_RETRY);
+            }
+            other => {
+                if warned && other.is_ok() {
+                    log::info!("the Raft log is written again: disk space is back");
+                }
+                return other;
+            }
+        }
+    }
+}
+
 fn run_batch(
     log: &mut RaftLog,
     batch: Vec<Request>,
     report: &impl Fn(Event) -> bool,
     observer: &dyn SyncObserver,
+    stopped: &dyn Fn() -> bool,
 ) -> Result<()> {
     let mut persisted = None;
     let mut sync = false;
@@ -162,13 +195,13 @@ fn run_batch(
         match req {
             Request::Write { number, mut write } => {
                 sync |= std::mem::take(&mut write.sync);
-                log.write(&write)?;
+                write_retrying(log, &write, stopped)?;
                 writes += 1;
                 persisted = Some(number);
             }
             Request::WriteNow { mut write, reply } => {
                 write.sync = false;
-                log.write(&write)?;
+                write_retrying(log, &write, stopped)?;
                 sync = true;
                 writes += 1;
                 replies.push(reply);
@@ -178,7 +211,10 @@ fn run_batch(
     }
     if sync {
         let started = Instant::now();
-        log.sync()?;
+        crate::diskguard::sync_begins();
+        let synced = log.sync();
+        crate::diskguard::sync_ends();
+        synced?;
         observer.synced(started.elapsed(), writes);
     }
     for reply in replies {
