@@ -634,3 +634,42 @@ fn the_npm_consul_client_presents_tokens_unchanged() {
         c.diagnostics()
     );
 }
+
+#[test]
+fn with_tls_the_certificate_admits_and_the_token_decides() {
+    let c = cluster("acl-tls", "deny", |s| s.with_tls());
+    let ask = |tls: Option<&common::Https>, headers: &[(&str, &str)], method: &str, path: &str| {
+        request_with_headers(c.admin(1), tls, method, path, headers, b"1", TIMEOUT)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    };
+    let with_cert = c.https(1).expect("a TLS cluster");
+    let without_cert = common::Https {
+        config: common::tls_client(
+            &c.dir.path().join(common::CERTS_SUBDIR).join("ca.pem"),
+            None,
+        ),
+        server_name: with_cert.server_name.clone(),
+    };
+    let root = ok(ask(Some(&with_cert), &[], "PUT", "/v1/acl/bootstrap"))["SecretID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let token = [("X-Consul-Token", root.as_str())];
+    // No certificate: 401 whatever the token.
+    let r = ask(Some(&without_cert), &token, "PUT", "/v1/kv/k");
+    assert_eq!(r.status, 401, "{}", r.body);
+    // A certificate without a token: the anonymous token's rights (none).
+    denied(
+        &ask(Some(&with_cert), &[], "PUT", "/v1/kv/k"),
+        "a certificate alone",
+    );
+    // Both: the token's rights.
+    let r = ask(Some(&with_cert), &token, "PUT", "/v1/kv/k");
+    assert_eq!((r.status, r.body.trim()), (200, "true"), "{}", r.body);
+    // The CLI presents client_cert and --token together.
+    let (code, out, err) = cli(&c, &["kv", "get", "--", "--token", &root, "k"], &[]);
+    assert_eq!((code, out.trim()), (0, "1"), "{err}");
+    let (code, _, err) = cli(&c, &["kv", "get", "--", "k"], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("Permission denied"), "{err}");
+}
