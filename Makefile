@@ -73,9 +73,14 @@ ui-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 			--no-install-recommends chromium chromium-driver curl >/dev/null; }
 
-# The npm `consul` client, for tests/acl.rs; node and npm must be on PATH.
+# The npm `consul` client, for tests/acl.rs (Debian's nodejs and npm are
+# installed first when missing; CI runs as root).
 NODE_CONSUL := consul@2.0.1
 node-deps:
+	@command -v npm >/dev/null 2>&1 || { \
+		echo "installing nodejs and npm for the ACL tests' npm consul client"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends nodejs npm >/dev/null; }
 	@test -f target/node-consul/node_modules/consul/package.json || { \
 		echo "installing $(NODE_CONSUL) into target/node-consul for the ACL tests"; \
 		mkdir -p target/node-consul && npm install --prefix target/node-consul --no-audit \
