@@ -529,7 +529,8 @@ pub fn spawn_schedule(
             let store = kv.store().clone();
             let (dir, keep, name) = (schedule.dir.clone(), schedule.keep, cluster.clone());
             let ran =
-                crate::runtime::unblock(move || run_scheduled(&store, &name, node_id, &dir, keep)).await;
+                crate::runtime::unblock(move || run_scheduled(&store, &name, node_id, &dir, keep))
+                    .await;
             match ran {
                 Ok(done) => {
                     log::info!(

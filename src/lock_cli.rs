@@ -57,6 +57,8 @@ pub struct Target {
     /// Ask this node first (the session is bound to the node that answers).
     #[arg(long, value_name = "ID")]
     node: Option<u64>,
+    #[command(flatten)]
+    token: crate::client::TokenArg,
 }
 
 /// `quorumd lock`'s arguments.
@@ -129,7 +131,7 @@ impl Target {
             nodes.insert(0, first);
         }
         Ok(Api {
-            client: AdminClient::for_cli(&config)?,
+            client: AdminClient::for_cli(&config)?.with_token(self.token.secret()),
             cluster: config.name.clone(),
             nodes,
         })

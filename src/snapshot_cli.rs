@@ -58,6 +58,8 @@ pub struct Target {
     /// Ask this node instead of the first one that answers.
     #[arg(long, value_name = "ID")]
     node: Option<u64>,
+    #[command(flatten)]
+    token: crate::client::TokenArg,
 }
 
 /// A save or a restore may take this long (a restore of 100,000 keys is a
@@ -72,6 +74,7 @@ impl Target {
             None => config.nodes.clone(),
         };
         AdminClient::for_cli(&config)?
+            .with_token(self.token.secret())
             .first_answer(&config.name, &nodes, method, path, body, REQUEST_TIMEOUT)
             .map_err(Error::Request)
     }

@@ -673,3 +673,115 @@ fn with_tls_the_certificate_admits_and_the_token_decides() {
     assert_eq!(code, 1);
     assert!(err.contains("Permission denied"), "{err}");
 }
+
+#[test]
+fn sessions_and_backups_need_their_rights() {
+    let mut c = TestCluster::new(Spec::new("acl-sessions", 1));
+    let mut file = std::fs::read_to_string(&c.config).unwrap();
+    file.push_str("\n[acl]\nenabled = true\ndefault_policy = \"deny\"\n");
+    std::fs::write(&c.config, file).unwrap();
+    c.start_all();
+    c.wait_for("ready", || {
+        c.get(1, "/ready").is_ok_and(|r| r.status == 200)
+    });
+    let root = bootstrap(&c, 1);
+    policy(
+        &c,
+        &root,
+        "sessions-read",
+        json!({"session_prefix": {"": {"policy": "read"}}, "key_prefix": {"job/": {"policy": "write"}}}),
+    );
+    policy(
+        &c,
+        &root,
+        "sessions-write",
+        json!({"session": {"node-1": {"policy": "write"}}, "key_prefix": {"job/": {"policy": "write"}}}),
+    );
+    let (_, reader) = token(&c, &root, &["sessions-read"], json!({}));
+    let (_, writer) = token(&c, &root, &["sessions-write"], json!({}));
+    let create = br#"{"Name": "job", "TTL": "30s"}"#;
+
+    denied(
+        &c.call(1, "PUT", "/v1/session/create", create),
+        "a session without a token",
+    );
+    denied(
+        &with(&c, 1, &reader, "PUT", "/v1/session/create", create),
+        "a session created with read rights",
+    );
+    let id = ok(with(&c, 1, &writer, "PUT", "/v1/session/create", create))["ID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The reader sees it; a token without session rules sees nothing.
+    let seen = ok(with(&c, 1, &reader, "GET", "/v1/session/list", b""));
+    assert_eq!(seen.as_array().map(Vec::len), Some(1), "{seen}");
+    let hidden = ok(c.call(1, "GET", "/v1/session/list", b""));
+    assert_eq!(hidden, json!([]), "an anonymous listing shows no session");
+    denied(
+        &with(
+            &c,
+            1,
+            &reader,
+            "PUT",
+            &format!("/v1/session/renew/{id}"),
+            b"",
+        ),
+        "a renew with read rights",
+    );
+    denied(
+        &with(
+            &c,
+            1,
+            &reader,
+            "PUT",
+            &format!("/v1/session/destroy/{id}"),
+            b"",
+        ),
+        "a destroy with read rights",
+    );
+    let acquired = with(
+        &c,
+        1,
+        &writer,
+        "PUT",
+        &format!("/v1/kv/job/leader?acquire={id}"),
+        b"me",
+    );
+    assert_eq!((acquired.status, acquired.body.trim()), (200, "true"));
+    denied(
+        &with(
+            &c,
+            1,
+            &writer,
+            "PUT",
+            &format!("/v1/kv/other?acquire={id}"),
+            b"me",
+        ),
+        "an acquire outside the token's keys",
+    );
+    ok(with(
+        &c,
+        1,
+        &writer,
+        "PUT",
+        &format!("/v1/session/destroy/{id}"),
+        b"",
+    ));
+
+    // A backup holds every key and the ACL rows: a management token only.
+    denied(
+        &with(&c, 1, &writer, "GET", "/v1/snapshot", b""),
+        "a backup with a non-management token",
+    );
+    denied(
+        &with(&c, 1, &writer, "PUT", "/v1/snapshot", b"QBAK"),
+        "a restore with a non-management token",
+    );
+    let r = with(&c, 1, &root, "GET", "/v1/snapshot", b"");
+    assert_eq!(
+        r.status, 200,
+        "a backup with the management token: {}",
+        r.body
+    );
+}

@@ -288,9 +288,7 @@ pub fn txn_allowed(a: &Authorizer, ops: &[KvOp]) -> bool {
         KvOp::SessionCreate { .. }
         | KvOp::SessionRenew { .. }
         | KvOp::SessionDestroy { .. }
-        | KvOp::Restore { .. } => {
-            a.operator(crate::acl::Access::Write)
-        }
+        | KvOp::Restore { .. } => a.operator(crate::acl::Access::Write),
     })
 }
 

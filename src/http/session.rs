@@ -12,6 +12,10 @@
 //!
 //! The reads take `?index`/`?wait` (blocking queries) and `?stale` as
 //! `/v1/kv` does, and answer `X-Consul-Index`.
+//!
+//! With `[acl] enabled`, the token's `session`/`session_prefix` rules on the
+//! session's node decide, as in Consul: `write` to create, renew or destroy
+//! a session, `read` to see one (lists show only what the token may read).
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +25,7 @@ use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Map, Value};
 
+use crate::acl::{Access, Authorizer};
 use crate::http::kv::{consistency, leader_headers, parse_go_duration, DEFAULT_WAIT, MAX_WAIT};
 use crate::http::{
     kv_error, method_not_allowed, param, query_pairs, read_body, reply, text, AdminState, ApiError,
@@ -59,13 +64,33 @@ async fn serve(state: &AdminState, req: Request<Incoming>, rest: &str) -> Resp {
     let method = req.method().clone();
     let put = method == Method::PUT;
     let get = method == Method::GET || method == Method::HEAD;
+    let known = matches!(
+        verb,
+        "create" | "destroy" | "renew" | "info" | "list" | "node"
+    );
+    let authz = if known && (put || get) {
+        match crate::http::acl::authorize(state, &req).await {
+            Ok(a) => a,
+            Err(e) => return e.response(),
+        }
+    } else {
+        Authorizer::allow_all()
+    };
     match (verb, put, get) {
-        ("create", true, _) => create(state, req).await,
-        ("destroy", true, _) => destroy(&state.kv, arg).await,
-        ("renew", true, _) => renew(&state.kv, arg).await,
+        ("create", true, _) => create(state, req, &authz).await,
+        ("destroy" | "renew", true, _) => {
+            if let Some(denied) = may_change(&state.kv, arg, &authz).await {
+                return denied;
+            }
+            if verb == "destroy" {
+                destroy(&state.kv, arg).await
+            } else {
+                renew(&state.kv, arg).await
+            }
+        }
         ("info" | "list" | "node", _, true) => {
             let pairs = query_pairs(&req);
-            read(state, verb, arg, &pairs).await
+            read(state, verb, arg, &pairs, &authz).await
         }
         ("create" | "destroy" | "renew", ..) => {
             method_not_allowed(&format!("/v1/session/{verb}"), &method, "PUT", false)
@@ -202,7 +227,29 @@ pub fn parse_create(body: &[u8], this_node: u64) -> Result<SessionSpec, ApiError
     })
 }
 
-async fn create(state: &AdminState, req: Request<Incoming>) -> Resp {
+/// `Some(403)` unless `authz` may write sessions of the node session `id`
+/// is bound to. An unknown id passes: the route answers it as Consul does.
+async fn may_change(kv: &KvService, id: &str, authz: &Authorizer) -> Option<Resp> {
+    if session::valid_id(id) {
+        let row = session::row_key(id);
+        let found = kv
+            .read(crate::kv::Consistency::Stale, move |t| t.get(&row))
+            .await;
+        if let Ok(l) = found {
+            let node = l
+                .value
+                .as_ref()
+                .and_then(|e| SessionSpec::decode(e.value.as_deref()?).ok())
+                .map(|spec| session::node_name(spec.node));
+            if node.is_some_and(|n| !authz.session(&n, Access::Write)) {
+                return Some(crate::http::acl::denied().response());
+            }
+        }
+    }
+    None
+}
+
+async fn create(state: &AdminState, req: Request<Incoming>, authz: &Authorizer) -> Resp {
     let kv = &state.kv;
     let body = match read_body(req, MAX_BODY, "the session", kv.budget()).await {
         Ok(b) => b,
@@ -212,6 +259,9 @@ async fn create(state: &AdminState, req: Request<Incoming>) -> Resp {
         Ok(s) => s,
         Err(e) => return e.response(),
     };
+    if !authz.session(&session::node_name(spec.node), Access::Write) {
+        return crate::http::acl::denied().response();
+    }
     let id = session::new_id();
     let limits = kv.limits();
     let op = KvOp::SessionCreate {
@@ -366,7 +416,13 @@ pub async fn all_sessions(
     .await
 }
 
-async fn read(state: &AdminState, verb: &str, arg: &str, pairs: &[(String, String)]) -> Resp {
+async fn read(
+    state: &AdminState,
+    verb: &str,
+    arg: &str,
+    pairs: &[(String, String)],
+    authz: &Authorizer,
+) -> Resp {
     let kv = &state.kv;
     let consistency = match consistency(pairs) {
         Ok(c) => c,
@@ -445,6 +501,7 @@ async fn read(state: &AdminState, verb: &str, arg: &str, pairs: &[(String, Strin
                         "node" => Some(s["Node"].as_str().unwrap_or("")) == node.as_deref(),
                         _ => true,
                     })
+                    .filter(|s| authz.session(s["Node"].as_str().unwrap_or(""), Access::Read))
                     .collect();
                 return with_index(reply(StatusCode::OK, Value::Array(chosen)), listing.index);
             }

@@ -38,6 +38,20 @@ static RESTORING: AtomicBool = AtomicBool::new(false);
 
 /// Serves `/v1/snapshot`.
 pub async fn handle(state: &AdminState, req: Request<Incoming>) -> Resp {
+    // A backup holds every key and the ACL system's rows, and a restore
+    // replaces them all: with `[acl] enabled`, only a management token may
+    // do either, as in Consul.
+    if matches!(*req.method(), Method::GET | Method::PUT) {
+        match crate::http::acl::authorize(state, &req).await {
+            Ok(a) if a.is_management() => {}
+            Ok(_) => {
+                let mut resp = crate::http::acl::denied().response();
+                leader_headers(&mut resp, &state.kv);
+                return resp;
+            }
+            Err(e) => return e.response(),
+        }
+    }
     let mut resp = match *req.method() {
         Method::GET => save(state, &req).await,
         Method::PUT => restore(state, req).await,
@@ -73,7 +87,8 @@ async fn save(state: &AdminState, req: &Request<Incoming>) -> Resp {
     let cluster = state.config.name.clone();
     let node_id = state.node_id;
     let started = std::time::Instant::now();
-    let taken = crate::runtime::unblock(move || backup::take_backup(&store, &cluster, node_id)).await;
+    let taken =
+        crate::runtime::unblock(move || backup::take_backup(&store, &cluster, node_id)).await;
     match taken {
         Ok(bytes) => {
             let meta = backup::decode(&bytes).map(|b| b.meta);
