@@ -518,7 +518,7 @@ async fn bootstrap(state: &AdminState) -> Resp {
         Ok(m) => m,
         Err(resp) => return resp,
     };
-    let reset_file = state.config.node_data_dir(state.node_id).join(RESET_FILE);
+    let reset_file = state.data_dir.join(RESET_FILE);
     let refused = |index: u64| {
         text(
             StatusCode::FORBIDDEN,
