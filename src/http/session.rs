@@ -229,12 +229,18 @@ pub fn parse_create(body: &[u8], this_node: u64) -> Result<SessionSpec, ApiError
 
 /// `Some(403)` unless `authz` may write sessions of the node session `id`
 /// is bound to. An unknown id passes: the route answers it as Consul does.
+/// The row is read linearizably (skipped for a management token, and with
+/// ACLs off, which may do anything): a follower that has not applied the
+/// session yet would otherwise let any token end it.
 async fn may_change(kv: &KvService, id: &str, authz: &Authorizer) -> Option<Resp> {
-    if session::valid_id(id) {
+    if !authz.is_management() && session::valid_id(id) {
         let row = session::row_key(id);
         let found = kv
-            .read(crate::kv::Consistency::Stale, move |t| t.get(&row))
+            .read(crate::kv::Consistency::Linearizable, move |t| t.get(&row))
             .await;
+        if let Err(e) = &found {
+            return Some(kv_error(e, false, kv.settings().request_timeout));
+        }
         if let Ok(l) = found {
             let node = l
                 .value
