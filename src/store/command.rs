@@ -11,7 +11,13 @@ use serde::{Deserialize, Serialize};
 /// The encoding version of [`Command`] written today: the version byte, a
 /// byte of [`hints`](Command::hints), then postcard. Version 1 (no hints, no
 /// read limits) is still read.
-pub const COMMAND_VERSION: u8 = 2;
+pub const COMMAND_VERSION: u8 = 3;
+/// The version of a command whose ops a node of the release before sessions,
+/// ACLs and restores knows: plain KV commands are still written as version
+/// 2, so that such a node keeps applying them during a rolling upgrade.
+/// A command with a newer op is version 3, which that node cannot mistake
+/// for one it knows.
+const COMMAND_VERSION_2: u8 = 2;
 
 /// The command has a `get-tree` or `delete-tree`: applying it may scan.
 pub const HINT_TREE: u8 = 1;
@@ -130,6 +136,24 @@ pub enum KvOp {
 }
 
 impl KvOp {
+    /// True for the ops of command version 2 (before sessions, ACLs and
+    /// restores).
+    fn known_to_version_2(&self) -> bool {
+        matches!(
+            self,
+            KvOp::Set { .. }
+                | KvOp::Cas { .. }
+                | KvOp::Get { .. }
+                | KvOp::GetOrEmpty { .. }
+                | KvOp::GetTree { .. }
+                | KvOp::CheckIndex { .. }
+                | KvOp::CheckNotExists { .. }
+                | KvOp::Delete { .. }
+                | KvOp::DeleteCas { .. }
+                | KvOp::DeleteTree { .. }
+        )
+    }
+
     /// True if the op changes the store.
     pub fn is_write(&self) -> bool {
         matches!(
@@ -214,7 +238,12 @@ struct CommandV1 {
 impl Command {
     /// Encodes the command as entry data.
     pub fn encode(&self) -> Vec<u8> {
-        let out = vec![COMMAND_VERSION, self.hints()];
+        let version = if self.ops.iter().all(KvOp::known_to_version_2) {
+            COMMAND_VERSION_2
+        } else {
+            COMMAND_VERSION
+        };
+        let out = vec![version, self.hints()];
         // Serializing plain data into a Vec cannot fail.
         postcard::to_extend(self, out).expect("a command always encodes")
     }
@@ -240,10 +269,18 @@ impl Command {
     /// entry may have any op, so it has every hint.
     pub fn hints_of(data: &[u8]) -> u8 {
         match data {
-            [COMMAND_VERSION, hints, ..] => *hints,
+            [COMMAND_VERSION | COMMAND_VERSION_2, hints, ..] => *hints,
             [1, ..] => HINT_TREE | HINT_READS,
             _ => 0,
         }
+    }
+
+    /// The version of entry data written by a newer release than this one,
+    /// if it is: such an entry must stop the node, never be skipped (the
+    /// nodes that understand it apply it, and a node that skipped it would
+    /// hold other data than they do).
+    pub fn newer_version(data: &[u8]) -> Option<u8> {
+        data.first().copied().filter(|&v| v > COMMAND_VERSION)
     }
 
     /// Decodes entry data written by [`Command::encode`] (or by a node of
@@ -252,7 +289,7 @@ impl Command {
         let malformed = |e: postcard::Error| format!("malformed command: {e}");
         match data.split_first() {
             None => Err("empty command".to_string()),
-            Some((&COMMAND_VERSION, rest)) => match rest.split_first() {
+            Some((&(COMMAND_VERSION | COMMAND_VERSION_2), rest)) => match rest.split_first() {
                 Some((_, body)) => postcard::from_bytes(body).map_err(malformed),
                 None => Err("malformed command: no hints byte".to_string()),
             },
@@ -275,6 +312,40 @@ impl Command {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_ops_are_version_3_and_plain_kv_stays_version_2() {
+        let command = |ops| Command {
+            max_store_bytes: 1 << 20,
+            from_client: true,
+            ops,
+            reads: ReadLimits::UNLIMITED,
+        };
+        let set = KvOp::Set {
+            key: "a".into(),
+            value: b"v".to_vec(),
+            flags: 0,
+        };
+        let plain = command(vec![set.clone()]);
+        assert_eq!(
+            plain.encode()[0],
+            2,
+            "an older node still reads a plain KV command"
+        );
+        let lock = command(vec![
+            set,
+            KvOp::CheckSession {
+                key: "a".into(),
+                session: "s".into(),
+            },
+        ]);
+        let bytes = lock.encode();
+        assert_eq!(bytes[0], 3);
+        assert_eq!(Command::decode(&bytes).unwrap(), lock);
+        assert_eq!(Command::decode(&plain.encode()).unwrap(), plain);
+        assert_eq!(Command::newer_version(&bytes), None);
+        assert_eq!(Command::newer_version(&[4, 0]), Some(4));
+    }
 
     #[test]
     fn commands_roundtrip_and_bad_data_is_an_error() {

@@ -502,6 +502,17 @@ impl StateStore {
                     _ => None,
                 };
                 if let Some((data, context)) = carried {
+                    if let Some(v) = Command::newer_version(data) {
+                        return Err(Error::Storage {
+                            dir: self.dir.clone(),
+                            reason: format!(
+                                "entry {} was written by a newer release of quorumd (command \
+                                 version {v}; this one reads up to {}): upgrade this node",
+                                entry.index,
+                                crate::store::command::COMMAND_VERSION
+                            ),
+                        });
+                    }
                     let (outcome, touched) = match Command::decode(data) {
                         Ok(cmd) => kv
                             .apply(entry.index, &cmd, batch.answer.contains(&entry.index))
