@@ -227,7 +227,7 @@ impl Reaper {
 /// expires: its TTL plus a tenth, so it never expires before the TTL a
 /// client counts from its renew, and well within twice the TTL.
 pub fn ttl_deadline(ttl_ms: u64) -> Duration {
-    Duration::from_millis(ttl_ms + ttl_ms / 10)
+    Duration::from_millis(ttl_ms.saturating_add(ttl_ms / 10))
 }
 
 /// Runs the reaper until `shutdown`: on the leader, every

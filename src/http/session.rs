@@ -383,7 +383,7 @@ pub fn session_json(id: &str, e: &crate::store::KvEntry) -> Option<Value> {
         "Checks": checks,
         "NodeChecks": checks,
         "ServiceChecks": null,
-        "LockDelay": spec.lock_delay_ms * 1_000_000,
+        "LockDelay": spec.lock_delay_ms.saturating_mul(1_000_000),
         "Behavior": spec.behavior.name(),
         "TTL": if spec.ttl_ms == 0 { String::new() } else { format!("{}s", spec.ttl_ms / 1000) },
         "Namespace": "default",
