@@ -214,12 +214,40 @@ pub fn run(opts: &Options, interrupt: &AtomicBool) -> Result<Outcome> {
     }
     fs::create_dir_all(&opts.out).map_err(Error::io(&opts.out))?;
     let out = fs::canonicalize(&opts.out).map_err(Error::io(&opts.out))?;
+    clear_earlier_run(&out)?;
     let result = run_in(opts, &out, interrupt);
     if let Err(e) = &result {
         eprintln!("chaos: {e}");
         eprintln!("chaos: results so far in {}", out.display());
     }
     result
+}
+
+/// Removes what an earlier run left in `out`: its data dir and its node
+/// logs. The logs are appended to across a node's restarts, and the
+/// invariant checks read each one whole, so an earlier run's lines would
+/// look like this run's node going back in time.
+fn clear_earlier_run(out: &Path) -> Result<()> {
+    let entries = fs::read_dir(out).map_err(Error::io(out))?;
+    let mut cleared = false;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        if name == "data" {
+            fs::remove_dir_all(&path).map_err(Error::io(&path))?;
+            cleared = true;
+        } else if name.starts_with("node-") && name.ends_with(".log") {
+            fs::remove_file(&path).map_err(Error::io(&path))?;
+            cleared = true;
+        }
+    }
+    if cleared {
+        eprintln!(
+            "chaos: removed the data and node logs of an earlier run in {}",
+            out.display()
+        );
+    }
+    Ok(())
 }
 
 fn run_in(opts: &Options, out: &Path, interrupt: &AtomicBool) -> Result<Outcome> {
