@@ -349,25 +349,24 @@ pub async fn restore(
         )));
     }
     let keep = kept_prefixes();
-    let staging = format!("{STAGING_PREFIX}{:016x}/", fastrand::u64(..));
+    let nonce = format!("{:016x}", fastrand::u64(..));
+    let staging = format!("{STAGING_PREFIX}{nonce}/");
+    let marker = format!("{RESTORED_PREFIX}{nonce}");
     let max_store_bytes = kv.settings().max_store_bytes;
-    let propose = |ops: Vec<KvOp>| async move {
-        let cmd = Command {
-            max_store_bytes,
-            from_client: false,
-            ops,
-            reads: crate::store::command::ReadLimits::UNLIMITED,
-        };
-        kv.replica()
-            .propose(cmd.encode())
-            .await
-            .map_err(|e| RestoreError::Cluster(e.into()))
+    let command = |ops: Vec<KvOp>| Command {
+        max_store_bytes,
+        from_client: false,
+        ops,
+        reads: crate::store::command::ReadLimits::UNLIMITED,
     };
     let mut entries = 0u64;
     // Leftovers of a restore cut short.
-    propose(vec![KvOp::DeleteTree {
-        prefix: STAGING_PREFIX.to_string(),
-    }])
+    propose_retrying(
+        kv,
+        &command(vec![KvOp::DeleteTree {
+            prefix: STAGING_PREFIX.to_string(),
+        }]),
+    )
     .await?;
     entries += 1;
     let mut staged = 0u64;
@@ -375,7 +374,8 @@ pub async fn restore(
     let mut chunk_bytes = 0usize;
     let mut rows = Vec::new();
     crate::store::snapshot::each_row(&backup.data, |key, record| {
-        if !key.starts_with(STAGING_PREFIX) && !keep.iter().any(|p| key.starts_with(p.as_str())) {
+        let internal = key.starts_with(STAGING_PREFIX) || key.starts_with(RESTORED_PREFIX);
+        if !internal && !keep.iter().any(|p| key.starts_with(p.as_str())) {
             rows.push((key, record.value, record.flags));
         }
         Ok(())
@@ -385,7 +385,7 @@ pub async fn restore(
     for (i, (key, value, flags)) in rows.into_iter().enumerate() {
         let size = staging.len() + key.len() + value.len() + 24;
         if !chunk.is_empty() && chunk_bytes + size > CHUNK_BYTES {
-            propose(std::mem::take(&mut chunk)).await?;
+            propose_retrying(kv, &command(std::mem::take(&mut chunk))).await?;
             entries += 1;
             chunk_bytes = 0;
         }
@@ -397,38 +397,133 @@ pub async fn restore(
         chunk_bytes += size;
         staged += 1;
         if i + 1 == total {
-            propose(std::mem::take(&mut chunk)).await?;
+            propose_retrying(kv, &command(std::mem::take(&mut chunk))).await?;
             entries += 1;
         }
     }
-    let done = propose(vec![KvOp::Restore {
+    let swap = command(vec![KvOp::Restore {
         staging,
         keep,
         keys: staged,
-    }])
-    .await?;
+        marker: marker.clone(),
+    }]);
     entries += 1;
-    match done.outcome {
-        Outcome::Committed(_) => Ok(Restored {
-            index: done.index,
-            keys: backup.meta.keys,
-            rows: staged,
-            entries,
-        }),
-        Outcome::RolledBack(errors) => Err(RestoreError::Failed(
-            errors
-                .into_iter()
-                .map(|e| e.what)
-                .collect::<Vec<_>>()
-                .join("; "),
-        )),
-        Outcome::QuotaExceeded { size, limit } => Err(RestoreError::Failed(format!(
+    let restored = |index| Restored {
+        index,
+        keys: backup.meta.keys,
+        rows: staged,
+        entries,
+    };
+    for attempt in 0..=PROPOSE_RETRIES {
+        match kv.replica().propose(swap.encode()).await {
+            Ok(done) => match done.outcome {
+                Outcome::Committed(_) => return Ok(restored(done.index)),
+                // A retry of a swap that had happened: its keys are gone.
+                Outcome::RolledBack(_) if attempt > 0 => {
+                    if let Some(index) = swapped_at(kv, &marker).await? {
+                        return Ok(restored(index));
+                    }
+                    return Err(RestoreError::Failed(outcome_text(done.outcome)));
+                }
+                other => return Err(RestoreError::Failed(outcome_text(other))),
+            },
+            Err(e) if is_transient(e) => {
+                // The swap of a large store may take longer to apply than
+                // a request waits, and a busy cluster may change leaders:
+                // it may have committed, so look for its marker before
+                // proposing it again.
+                log::info!("restore: the swap's outcome is unknown ({e}); checking");
+                if let Some(index) = wait_for_marker(kv, &marker, SWAP_APPLY_WAIT).await? {
+                    return Ok(restored(index));
+                }
+            }
+            Err(e) => return Err(RestoreError::Cluster(e.into())),
+        }
+    }
+    Err(RestoreError::Failed(format!(
+        "the swap of the staged keys did not commit in {} tries: the cluster keeps its \
+         keys",
+        PROPOSE_RETRIES + 1
+    )))
+}
+
+/// The prefix of the marker a restore's swap writes.
+pub const RESTORED_PREFIX: &str = "__quorumd/restored/";
+/// How often a restore proposes an entry whose outcome was unknown.
+pub const PROPOSE_RETRIES: usize = 5;
+/// How long a restore looks for its swap's marker after the swap's own
+/// request ended without an answer, before it proposes the swap again.
+pub const SWAP_APPLY_WAIT: Duration = Duration::from_secs(60);
+
+/// Failures after which the entry may or may not have committed, and a
+/// retry is safe (restore entries are idempotent).
+fn is_transient(e: crate::raft::RequestError) -> bool {
+    use crate::raft::RequestError as E;
+    matches!(e, E::LeaderLost | E::TimedOut | E::NoLeader)
+}
+
+/// Proposes `cmd`, again on an unknown outcome (staging writes and the
+/// cleanup are idempotent).
+async fn propose_retrying(
+    kv: &KvService,
+    cmd: &Command,
+) -> Result<crate::raft::Committed, RestoreError> {
+    let mut attempt = 0;
+    loop {
+        match kv.replica().propose(cmd.encode()).await {
+            Ok(done) => return Ok(done),
+            Err(e) if is_transient(e) && attempt < PROPOSE_RETRIES => {
+                attempt += 1;
+                log::info!("restore: an entry's outcome is unknown ({e}); proposing it again");
+                async_io::Timer::after(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(RestoreError::Cluster(e.into())),
+        }
+    }
+}
+
+fn outcome_text(outcome: Outcome) -> String {
+    match outcome {
+        Outcome::Committed(_) => "committed".to_string(),
+        Outcome::RolledBack(errors) => errors
+            .into_iter()
+            .map(|e| e.what)
+            .collect::<Vec<_>>()
+            .join("; "),
+        Outcome::QuotaExceeded { size, limit } => format!(
             "the backup's keys take {size} bytes, more than store.max_store_bytes ({limit}); \
              nothing was changed"
-        ))),
-        Outcome::Invalid(why) => Err(RestoreError::Failed(format!(
-            "the cluster could not read the restore entry ({why}); nothing was changed"
-        ))),
+        ),
+        Outcome::Invalid(why) => {
+            format!("the cluster could not read the restore entry ({why}); nothing was changed")
+        }
+    }
+}
+
+/// The index at which this node applied the swap that wrote `marker`, if
+/// it did.
+async fn swapped_at(kv: &KvService, marker: &str) -> Result<Option<u64>, RestoreError> {
+    let (store, key) = (kv.store().clone(), marker.to_string());
+    blocking::unblock(move || store.read(|t| Ok(t.get(&key)?.value.map(|e| e.modify_index))))
+        .await
+        .map_err(|e| RestoreError::Cluster(KvError::Storage(e.to_string())))
+}
+
+/// Looks for `marker` on this node for up to `wait`.
+async fn wait_for_marker(
+    kv: &KvService,
+    marker: &str,
+    wait: Duration,
+) -> Result<Option<u64>, RestoreError> {
+    let deadline = Instant::now() + wait;
+    loop {
+        if let Some(index) = swapped_at(kv, marker).await? {
+            return Ok(Some(index));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        async_io::Timer::after(Duration::from_millis(100)).await;
     }
 }
 

@@ -385,3 +385,87 @@ fn a_flipped_byte_in_each_file_kind_is_refused_naming_the_file_and_what_to_do() 
             .is_ok_and(|r| r.status == 200 && r.body.matches("rot/").count() == 20)
     });
 }
+
+#[test]
+fn a_backup_of_100000_keys_restores_through_raft_on_every_node() {
+    // 100,000 keys of 100 B: about 15 MB of backup, far past one 4 MiB
+    // peer frame, so the restore must travel in many entries.
+    let (c, leader) = formed();
+    let value = base64_100();
+    for start in (0..100_000).step_by(64) {
+        let ops: Vec<String> = (start..(start + 64).min(100_000))
+            .map(|i| format!(r#"{{"KV":{{"Verb":"set","Key":"many/{i:06}","Value":"{value}"}}}}"#))
+            .collect();
+        let body = format!("[{}]", ops.join(","));
+        // Sets are idempotent: a batch whose outcome is unknown (a busy
+        // machine can cost a leadership) is sent again.
+        let mut last = String::new();
+        let ok = (0..10).any(|_| {
+            let r = c.call(leader, "PUT", "/v1/txn", body.as_bytes());
+            last = r.body;
+            r.status == 200
+        });
+        assert!(ok, "batch at {start}: {last}");
+    }
+    let backup = file(&c, "many.qbak");
+    let saved = cli(&c, &["save", &backup]);
+    assert_eq!(saved.code, 0, "{}", saved.stderr);
+    assert!(saved.stdout.contains("100000 keys"), "{}", saved.stdout);
+    assert!(std::fs::metadata(&backup).unwrap().len() > 4 << 20);
+    // Later writes the restore must undo.
+    for i in 0..10 {
+        let r = c.call(leader, "DELETE", &format!("/v1/kv/many/{i:06}"), b"");
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    put(&c, leader, "many/000010", "changed");
+    put(&c, leader, "later", "x");
+
+    let (_, term_before) = c.wait_agreed_leader(&IDS);
+    let restored = cli(&c, &["restore", &backup]);
+    assert_eq!(restored.code, 0, "{}{}", restored.stdout, restored.stderr);
+    let (_, term_after) = c.wait_agreed_leader(&IDS);
+    eprintln!("terms: {term_before} -> {term_after}");
+    for id in IDS {
+        c.wait_for(
+            "every node to hold the 100,000 keys and nothing else",
+            || {
+                let keys = keys_on(&c, id);
+                keys.len() == 100_000 && keys.contains("many/000000") && !keys.contains("later")
+            },
+        );
+        assert_eq!(
+            c.kv_get(id, "many/000010", "&stale").map(|v| v.len()),
+            Some(100)
+        );
+    }
+    let entries = c.stderr(leader).contains("backup restored")
+        || IDS
+            .iter()
+            .any(|&id| c.stderr(id).contains("backup restored"));
+    assert!(entries, "the node that restored logs it");
+}
+
+/// 100 bytes, base64-encoded.
+fn base64_100() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    // 100 bytes of 'A' (0x41): base64 of 99 bytes is 132 chars, plus the
+    // last byte's 4 chars with padding.
+    let bytes = [0x41u8; 100];
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for k in 0..4 {
+            if k > chunk.len() {
+                out.push('=');
+            } else {
+                out.push(ALPHABET[((n >> (18 - 6 * k)) & 63) as usize] as char);
+            }
+        }
+    }
+    out
+}

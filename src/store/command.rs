@@ -126,12 +126,15 @@ pub enum KvOp {
     /// A backup's restore, once its keys are staged under `staging` by
     /// earlier entries: every key outside `keep` and `staging` goes, and
     /// each staged key moves to its own name (written at this entry's
-    /// index), unless it falls under `keep`. It fails, changing nothing,
-    /// unless exactly `keys` keys are staged. Never sent by a client.
+    /// index), unless it falls under `keep`; then `marker` is written, so
+    /// the proposer can tell the swap happened. It fails, changing
+    /// nothing, unless exactly `keys` keys are staged. Never sent by a
+    /// client.
     Restore {
         staging: String,
         keep: Vec<String>,
         keys: u64,
+        marker: String,
     },
 }
 

@@ -823,6 +823,7 @@ impl<'a, T: ReadableTable<&'static str, &'static [u8]>> Overlay<'a, T> {
         staging: &str,
         keep: &[String],
         keys: u64,
+        marker: &str,
     ) -> Result<std::result::Result<(), String>> {
         let kept = |key: &str| keep.iter().any(|p| key.starts_with(p.as_str()));
         let mut doomed = Vec::new();
@@ -859,6 +860,8 @@ impl<'a, T: ReadableTable<&'static str, &'static [u8]>> Overlay<'a, T> {
                 );
             }
         }
+        let old = self.meta(marker)?;
+        self.set(marker, b"", 0, old);
         self.prefixes.push(String::new());
         Ok(Ok(()))
     }
@@ -1095,8 +1098,9 @@ impl<'a, T: ReadableTable<&'static str, &'static [u8]>> Overlay<'a, T> {
                     staging,
                     keep,
                     keys,
+                    marker,
                 } => {
-                    if let Err(e) = self.restore(staging, keep, *keys)? {
+                    if let Err(e) = self.restore(staging, keep, *keys, marker)? {
                         fail(e);
                     }
                 }
@@ -1999,6 +2003,7 @@ mod tests {
             staging: staging.into(),
             keep: vec!["__quorumd/members/".into()],
             keys,
+            marker: "__quorumd/restored/00ff".into(),
         };
         // The wrong count changes nothing.
         let (out, _) = apply(&db, 4, vec![restore(3)]);
@@ -2016,6 +2021,7 @@ mod tests {
             all,
             vec![
                 "__quorumd/members/1",
+                "__quorumd/restored/00ff",
                 "__quorumd/sessions/t",
                 "both",
                 "fresh"
