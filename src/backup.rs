@@ -504,7 +504,7 @@ fn outcome_text(outcome: Outcome) -> String {
 /// it did.
 async fn swapped_at(kv: &KvService, marker: &str) -> Result<Option<u64>, RestoreError> {
     let (store, key) = (kv.store().clone(), marker.to_string());
-    blocking::unblock(move || store.read(|t| Ok(t.get(&key)?.value.map(|e| e.modify_index))))
+    crate::runtime::unblock(move || store.read(|t| Ok(t.get(&key)?.value.map(|e| e.modify_index))))
         .await
         .map_err(|e| RestoreError::Cluster(KvError::Storage(e.to_string())))
 }
