@@ -406,6 +406,7 @@ pub async fn restore(
         keep,
         keys: staged,
         marker: marker.clone(),
+        now_ms: crate::session::now_ms(),
     }]);
     entries += 1;
     let restored = |index| Restored {

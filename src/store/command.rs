@@ -135,6 +135,9 @@ pub enum KvOp {
         keep: Vec<String>,
         keys: u64,
         marker: String,
+        /// The proposer's wall clock (Unix ms): the lock-delay of the locks
+        /// the restore frees starts here (the state machine reads no clock).
+        now_ms: u64,
     },
 }
 

@@ -818,16 +818,43 @@ impl<'a, T: ReadableTable<&'static str, &'static [u8]>> Overlay<'a, T> {
 
     /// [`KvOp::Restore`]: `Ok(Err(why))` when the staged keys are not the
     /// ones announced, before anything is written.
+    ///
+    /// Besides `keep`, two rules:
+    /// - **Sessions end.** Every session, the running cluster's and the
+    ///   backup's, is gone after a restore, and the restored keys are held
+    ///   by none: a holder learns it at its next renew (404), and each key a
+    ///   running session held stays refused for that session's lock-delay
+    ///   from `now_ms`, so that no new holder overlaps the old one. (Bringing
+    ///   the backup's holders back would hand locks to processes that may be
+    ///   long gone, or to two at once.)
+    /// - **ACLs never open by restore.** When the running cluster was
+    ///   bootstrapped and the backup was not, the running cluster's ACL
+    ///   rows stay; otherwise the backup's replace them.
     fn restore(
         &mut self,
         staging: &str,
         keep: &[String],
         keys: u64,
         marker: &str,
+        now_ms: u64,
     ) -> Result<std::result::Result<(), String>> {
-        let kept = |key: &str| keep.iter().any(|p| key.starts_with(p.as_str()));
+        use crate::session::{delay_key, SessionSpec, DELAY_PREFIX, HELD_PREFIX, SESSIONS_PREFIX};
+        let acl_kept = self.meta(crate::acl::BOOTSTRAP_KEY)?.is_some()
+            && self
+                .meta(&format!("{staging}{}", crate::acl::BOOTSTRAP_KEY))?
+                .is_none();
+        let kept = |key: &str| {
+            keep.iter().any(|p| key.starts_with(p.as_str()))
+                || (acl_kept && key.starts_with(crate::acl::ACL_PREFIX))
+        };
+        let session_row = |key: &str| {
+            key.starts_with(SESSIONS_PREFIX)
+                || key.starts_with(HELD_PREFIX)
+                || key.starts_with(DELAY_PREFIX)
+        };
         let mut doomed = Vec::new();
         let mut staged = Vec::new();
+        let mut lock_delays = std::collections::BTreeMap::new();
         self.scan("", |key, row| {
             if key.starts_with(staging) {
                 let entry = row.entry(key)?;
@@ -835,8 +862,31 @@ impl<'a, T: ReadableTable<&'static str, &'static [u8]>> Overlay<'a, T> {
             } else if !kept(key) {
                 doomed.push((key.to_string(), row.meta(key)?.size(key)));
             }
+            if let Some(id) = key.strip_prefix(SESSIONS_PREFIX) {
+                let delay = row
+                    .entry(key)?
+                    .value
+                    .as_deref()
+                    .and_then(|v| SessionSpec::decode(v).ok())
+                    .map_or(0, |s| s.lock_delay_ms);
+                if delay > 0 {
+                    lock_delays.insert(format!("{HELD_PREFIX}{id}/"), delay);
+                }
+            }
             Ok(true)
         })?;
+        // The keys the running sessions hold, each with its holder's
+        // lock-delay.
+        let mut delayed = Vec::new();
+        for (held_prefix, delay) in &lock_delays {
+            self.scan(held_prefix, |key, _| {
+                delayed.push((
+                    key[held_prefix.len()..].to_string(),
+                    now_ms.saturating_add(*delay),
+                ));
+                Ok(true)
+            })?;
+        }
         if staged.len() as u64 != keys {
             return Ok(Err(format!(
                 "the restore staged {} keys, its backup holds {keys} (another restore ran \
@@ -850,7 +900,7 @@ impl<'a, T: ReadableTable<&'static str, &'static [u8]>> Overlay<'a, T> {
         for (staged_key, size, entry) in staged {
             self.delete(&staged_key, size);
             let key = &staged_key[staging.len()..];
-            if !kept(key) {
+            if !kept(key) && !session_row(key) {
                 let old = self.meta(key)?;
                 self.set(
                     key,
@@ -859,6 +909,9 @@ impl<'a, T: ReadableTable<&'static str, &'static [u8]>> Overlay<'a, T> {
                     old,
                 );
             }
+        }
+        for (key, until) in delayed {
+            self.put_row(&delay_key(&key), until.to_le_bytes().to_vec())?;
         }
         let old = self.meta(marker)?;
         self.set(marker, b"", 0, old);
@@ -1099,8 +1152,9 @@ impl<'a, T: ReadableTable<&'static str, &'static [u8]>> Overlay<'a, T> {
                     keep,
                     keys,
                     marker,
+                    now_ms,
                 } => {
-                    if let Err(e) = self.restore(staging, keep, *keys, marker)? {
+                    if let Err(e) = self.restore(staging, keep, *keys, marker, *now_ms)? {
                         fail(e);
                     }
                 }
@@ -2004,6 +2058,7 @@ mod tests {
             keep: vec!["__quorumd/members/".into()],
             keys,
             marker: "__quorumd/restored/00ff".into(),
+            now_ms: 0,
         };
         // The wrong count changes nothing.
         let (out, _) = apply(&db, 4, vec![restore(3)]);
@@ -2022,10 +2077,10 @@ mod tests {
             vec![
                 "__quorumd/members/1",
                 "__quorumd/restored/00ff",
-                "__quorumd/sessions/t",
                 "both",
                 "fresh"
-            ]
+            ],
+            "the membership is kept, and no session survives a restore"
         );
         let both = read(&db).get("both").unwrap().value.unwrap();
         assert_eq!(both.value.as_deref(), Some(&b"new"[..]));
@@ -2034,5 +2089,88 @@ mod tests {
             read(&db).state().bytes,
             ("both".len() + 3 + "fresh".len() + 1) as u64
         );
+    }
+
+    #[test]
+    fn a_restore_ends_every_session_with_its_lock_delay_and_never_opens_the_acls() {
+        use crate::session::{Behavior, SessionSpec};
+        let db = db();
+        let session = |id: &str| KvOp::SessionCreate {
+            id: id.into(),
+            session: SessionSpec {
+                name: "job".into(),
+                node: 1,
+                ttl_ms: 10_000,
+                lock_delay_ms: 15_000,
+                behavior: Behavior::Release,
+                node_check: false,
+            },
+            max_sessions: 100,
+            max_per_node: 100,
+        };
+        let lock = |id: &str, now_ms| KvOp::Lock {
+            key: "job".into(),
+            value: b"mine".to_vec(),
+            flags: 0,
+            session: id.into(),
+            now_ms,
+        };
+        apply(&db, 2, vec![session("s1")]);
+        let (out, _) = apply(&db, 3, vec![lock("s1", 1_000)]);
+        assert!(matches!(out, Outcome::Committed(_)), "{out:?}");
+        apply(
+            &db,
+            4,
+            vec![
+                set(crate::acl::BOOTSTRAP_KEY, "yes"),
+                set("__quorumd/acl/token/now", "current"),
+            ],
+        );
+        // A backup taken before the ACL bootstrap, with a session of its own.
+        let staging = "__quorumd/restore/01/";
+        apply(
+            &db,
+            5,
+            vec![
+                set(&format!("{staging}job"), "theirs"),
+                set(&format!("{staging}__quorumd/acl/token/old"), "revoked"),
+                set(&format!("{staging}__quorumd/sessions/s0"), "{}"),
+            ],
+        );
+        let (out, _) = apply(
+            &db,
+            6,
+            vec![KvOp::Restore {
+                staging: staging.into(),
+                keep: vec![],
+                keys: 3,
+                marker: "__quorumd/restored/01".into(),
+                now_ms: 5_000,
+            }],
+        );
+        assert!(matches!(out, Outcome::Committed(_)), "{out:?}");
+        let all = read(&db).keys("", None, BIG).unwrap().unwrap().value;
+        assert_eq!(
+            all,
+            vec![
+                "__quorumd/acl/bootstrap",
+                "__quorumd/acl/token/now",
+                "__quorumd/lockdelay/job",
+                "__quorumd/restored/01",
+                "job"
+            ],
+            "the running ACLs stay, no session survives, the freed lock is delayed"
+        );
+        let job = read(&db).get("job").unwrap().value.unwrap();
+        assert_eq!(
+            (job.value.as_deref(), job.session.as_str()),
+            (Some(&b"theirs"[..]), "")
+        );
+        // The old holder's lock-delay runs from the restore: 5 s + 15 s.
+        apply(&db, 7, vec![session("s2")]);
+        let (out, _) = apply(&db, 8, vec![lock("s2", 19_999)]);
+        assert!(errors(out)[0].contains("lock-delay"));
+        let (out, _) = apply(&db, 9, vec![lock("s2", 20_000)]);
+        assert!(matches!(out, Outcome::Committed(_)), "{out:?}");
     }
 }
