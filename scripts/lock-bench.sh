@@ -42,7 +42,9 @@ pick_base() {
     local listening
     listening=$(ss -Hltn 2>/dev/null | awk '{print $4}' | sed 's/.*://')
     while :; do
-        base=$((20000 + RANDOM % 20000))
+        # Below the kernel's ephemeral ports (32768 and up), so that no
+        # outgoing connection holds one of them.
+        base=$((12000 + RANDOM % 20000))
         local p clash=0
         for p in $(seq $((base + 1)) $((base + 40))); do
             grep -qx "$p" <<<"$listening" && { clash=1; break; }
@@ -107,8 +109,9 @@ e_start() {
             >"$work/e$i.log" 2>&1 &
         epid[i]=$!; pids+=("${epid[i]}")
     done
+    local eps="127.0.0.1:$((base + 31)),127.0.0.1:$((base + 32)),127.0.0.1:$((base + 33))"
     for _ in $(seq 100); do
-        etcdctl --endpoints "127.0.0.1:$((base + 31))" put /ready 1 >/dev/null 2>&1 && return 0
+        etcdctl --endpoints "$eps" endpoint health >/dev/null 2>&1 && return 0
         sleep 0.1
     done
     echo "$0: etcd cluster did not form" >&2; exit 1

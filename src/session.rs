@@ -287,6 +287,7 @@ pub fn spawn_reaper(
                 .into_iter()
                 .map(|id| (id, id == node_id || live.contains(&id)))
                 .collect();
+            let mut ops = Vec::new();
             for (seen, why) in reaper.due(Instant::now(), &sessions, &nodes) {
                 let reason = match why {
                     Verdict::Expired => "its TTL lapsed without a renew".to_string(),
@@ -297,13 +298,18 @@ pub fn spawn_reaper(
                     ),
                 };
                 log::info!("ending session {}: {reason}", seen.id);
-                let op = crate::store::KvOp::SessionDestroy {
+                ops.push(crate::store::KvOp::SessionDestroy {
                     id: seen.id.clone(),
                     now_ms: now_ms(),
                     if_index: Some(seen.modify_index),
-                };
-                if let Err(e) = kv.write(vec![op]).await {
-                    log::warn!("could not end session {}: {e}", seen.id);
+                });
+            }
+            // Many at once (a node with many sessions failed): a few entries,
+            // not one each. An end that a renew overtook does nothing, so
+            // the batch never fails as a whole.
+            for batch in ops.chunks(crate::store::MAX_TXN_OPS) {
+                if let Err(e) = kv.write(batch.to_vec()).await {
+                    log::warn!("could not end {} session(s): {e}", batch.len());
                 }
             }
         }

@@ -1,6 +1,7 @@
 //! "Compatible with Consul's KV API" means a real Consul client works
 //! unchanged: these tests drive a 3-node cluster with py-consul, from PyPI,
-//! without ACLs and with them (tokens through py-consul's `token=`).
+//! without ACLs and with them (tokens through py-consul's `token=`), and with
+//! the npm `consul` client.
 //!
 //! The test sets up its own throwaway virtualenv under `target/` (created
 //! once, reused while it holds the pinned version) with `python3 -m venv`
@@ -16,7 +17,12 @@ use common::{Spec, TestCluster};
 /// The client library and the version the test pins.
 const PY_CONSUL: &str = "py-consul==1.8.0";
 
+/// Tests run on threads of one process: one of them makes the virtualenv
+/// or the `node_modules` while the others wait.
+static SETUP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn venv() -> PathBuf {
+    let _one = SETUP.lock().unwrap_or_else(|e| e.into_inner());
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
@@ -98,6 +104,59 @@ fn py_consul_sessions_and_locks_work_unchanged() {
     assert!(
         out.status.success() && stdout.trim() == "OK",
         "py-consul sessions failed against quorumd:\n{stdout}\n{stderr}\n{}",
+        c.diagnostics()
+    );
+}
+
+/// The npm `consul` client the session test pins.
+const NPM_CONSUL: &str = "consul@2.0.1";
+
+/// A throwaway `node_modules` under `target/` with the npm client (made
+/// once, reused while it holds the pinned version).
+fn node_modules() -> PathBuf {
+    let _one = SETUP.lock().unwrap_or_else(|e| e.into_inner());
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    // Where `make node-deps` installs it too.
+    let dir = target.join("node-consul");
+    let ready = dir.join("node_modules/consul/package.json");
+    if !ready.exists() {
+        std::fs::create_dir_all(&dir).expect("make the npm dir");
+        let out = Command::new("npm")
+            .args(["install", "--silent", "--no-audit", "--no-fund", NPM_CONSUL])
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("npm: cannot run");
+        assert!(
+            out.status.success(),
+            "npm install failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    dir.join("node_modules")
+}
+
+#[test]
+fn the_npm_consul_client_runs_sessions_and_locks_unchanged() {
+    let modules = node_modules();
+    let mut c = TestCluster::new(Spec::new("npm-consul-sessions", 3));
+    c.start_all();
+    c.wait_agreed_leader(&[1, 2, 3]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/npmconsul_sessions.js");
+    let out = Command::new("node")
+        .arg(&script)
+        .args(c.ids().iter().map(|&id| c.admin(id).to_string()))
+        .env("NODE_PATH", &modules)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the npm consul script");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.trim() == "OK",
+        "the npm consul client failed against quorumd:\n{stdout}\n{stderr}\n{}",
         c.diagnostics()
     );
 }

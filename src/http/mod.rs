@@ -6,6 +6,7 @@
 //! | `/admin/cluster/*`, `/health`, `/ready`, `/metrics` | [`cluster`] |
 //! | `/v1/kv/<key>` | [`kv`]: Consul's KV API |
 //! | `/v1/txn` | [`txn`]: Consul's transaction API, KV verbs only |
+//! | `/v1/session/*`, `/v1/status/*` | [`session`]: Consul's sessions and status |
 //! | `/admin/cluster/members` | [`members`]: the membership, changed at runtime |
 //! | `/v1/snapshot` | [`snapshot`]: backup and restore |
 //! | `/ui/` | [`ui`]: the dashboard, one embedded page |
