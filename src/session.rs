@@ -230,8 +230,28 @@ pub fn ttl_deadline(ttl_ms: u64) -> Duration {
     Duration::from_millis(ttl_ms.saturating_add(ttl_ms / 10))
 }
 
-/// Runs the reaper until `shutdown`: on the leader, every
-/// [`REAP_INTERVAL`], ends the sessions that are due.
+/// Every session, as the leader's store holds it.
+async fn read_sessions(kv: &crate::kv::KvService) -> Result<Vec<Seen>, crate::kv::KvError> {
+    kv.read(crate::kv::Consistency::Stale, |t| {
+        let mut out = Vec::new();
+        t.list_each(SESSIONS_PREFIX, |e| {
+            if let Some(spec) = e.value.as_deref().and_then(|v| SessionSpec::decode(v).ok()) {
+                out.push(Seen {
+                    id: e.key[SESSIONS_PREFIX.len()..].to_string(),
+                    modify_index: e.modify_index,
+                    spec,
+                });
+            }
+        })?;
+        Ok(out)
+    })
+    .await
+}
+
+/// Runs the reaper until `shutdown`: on the leader, while sessions exist,
+/// every [`REAP_INTERVAL`], ends the sessions that are due. Without
+/// sessions, or on a follower, it sleeps until a write under the sessions'
+/// prefix or a change of role wakes it.
 pub fn spawn_reaper(
     config: std::sync::Arc<crate::config::ClusterConfig>,
     node_id: u64,
@@ -240,43 +260,66 @@ pub fn spawn_reaper(
     shutdown: flume::Receiver<()>,
 ) -> crate::runtime::Task<()> {
     crate::runtime::spawn(async move {
+        use crate::runtime::or_shutdown;
+        let Some(statuses) = kv.replica().subscribe().await else {
+            return;
+        };
+        let is_leader = |s: &crate::raft::replica::ReplicaStatus| s.role == raft::StateRole::Leader;
         let mut reaper = Reaper::default();
+        let mut leading = false;
         loop {
-            let tick = async_io::Timer::after(REAP_INTERVAL);
-            if crate::runtime::or_shutdown(&shutdown, tick).await.is_none() {
-                return;
+            while let Ok(s) = statuses.try_recv() {
+                leading = is_leader(&s);
             }
-            let leading = matches!(
-                kv.replica().status().await,
-                Some(s) if s.role == raft::StateRole::Leader
-            );
             if !leading {
+                // A follower reaps nothing: it waits for a change of role
+                // instead of polling (an idle node stays asleep).
                 reaper.reset();
+                match or_shutdown(&shutdown, statuses.recv_async()).await {
+                    Some(Ok(s)) => leading = is_leader(&s),
+                    _ => return,
+                }
                 continue;
             }
-            let Ok(sessions) = kv
-                .read(crate::kv::Consistency::Stale, |t| {
-                    let mut out = Vec::new();
-                    t.list_each(SESSIONS_PREFIX, |e| {
-                        if let Some(spec) =
-                            e.value.as_deref().and_then(|v| SessionSpec::decode(v).ok())
-                        {
-                            out.push(Seen {
-                                id: e.key[SESSIONS_PREFIX.len()..].to_string(),
-                                modify_index: e.modify_index,
-                                spec,
-                            });
-                        }
-                    })?;
-                    Ok(out)
-                })
-                .await
-            else {
+            let Ok(sessions) = read_sessions(&kv).await else {
+                let pause = async_io::Timer::after(REAP_INTERVAL);
+                if or_shutdown(&shutdown, pause).await.is_none() {
+                    return;
+                }
                 continue;
             };
             if sessions.is_empty() {
+                // Nothing to time: wait for a write under the sessions'
+                // prefix or a change of role, not for a timer. The second
+                // read catches a session created before the watch was in.
                 reaper.reset();
-                continue;
+                let watch = kv.watch(SESSIONS_PREFIX, true).await.ok();
+                if read_sessions(&kv).await.is_ok_and(|s| !s.is_empty()) {
+                    continue;
+                }
+                let woke = futures_lite::future::or(
+                    async {
+                        if let Some(w) = &watch {
+                            let _ = w.recv_async().await;
+                        } else {
+                            async_io::Timer::after(REAP_INTERVAL).await;
+                        }
+                        true
+                    },
+                    async {
+                        match statuses.recv_async().await {
+                            Ok(s) => {
+                                leading = is_leader(&s);
+                                true
+                            }
+                            Err(_) => false,
+                        }
+                    },
+                );
+                match or_shutdown(&shutdown, woke).await {
+                    Some(true) => continue,
+                    _ => return,
+                }
             }
             let members: Vec<u64> = match crate::membership::Membership::applied(&kv).await {
                 Ok(m) if !m.members.is_empty() => m.members.keys().copied().collect(),
@@ -311,6 +354,10 @@ pub fn spawn_reaper(
                 if let Err(e) = kv.write(batch.to_vec()).await {
                     log::warn!("could not end {} session(s): {e}", batch.len());
                 }
+            }
+            let tick = async_io::Timer::after(REAP_INTERVAL);
+            if or_shutdown(&shutdown, tick).await.is_none() {
+                return;
             }
         }
     })
