@@ -38,6 +38,16 @@ pub const DEFAULT_LOCK_DELAY: Duration = Duration::from_secs(15);
 /// How long the health view must say a node is down before the sessions
 /// bound to it end.
 pub const NODE_GRACE: Duration = Duration::from_secs(5);
+/// A node whose process is gone on its kernel's word (silent for
+/// [`GONE_QUIET`], and its peer port refuses connections) ends its sessions
+/// once that has lasted this long, without waiting for `peer_timeout` and
+/// [`NODE_GRACE`]. A node restarted within it keeps them.
+pub const GONE_GRACE: Duration = Duration::from_secs(1);
+/// How long a node must have been silent before the reaper asks its port.
+/// The leader hears every live member each Raft tick.
+pub const GONE_QUIET: Duration = Duration::from_millis(300);
+/// How long the reaper's connect to a silent node's port may take.
+const GONE_PROBE_TIMEOUT: Duration = Duration::from_millis(100);
 /// How often the leader's reaper looks at the sessions.
 pub const REAP_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -158,6 +168,7 @@ pub struct Seen {
 pub struct Reaper {
     timers: HashMap<String, (u64, Instant)>,
     down_since: HashMap<u64, Instant>,
+    refused_since: HashMap<u64, Instant>,
 }
 
 /// Why the reaper ends a session.
@@ -172,6 +183,16 @@ impl Reaper {
     pub fn reset(&mut self) {
         self.timers.clear();
         self.down_since.clear();
+        self.refused_since.clear();
+    }
+
+    /// Records which nodes' ports refuse connections now (see
+    /// [`GONE_GRACE`]); call it before [`Reaper::due`].
+    pub fn refusing(&mut self, now: Instant, refusing: &std::collections::HashSet<u64>) {
+        self.refused_since.retain(|id, _| refusing.contains(id));
+        for &id in refusing {
+            self.refused_since.entry(id).or_insert(now);
+        }
     }
 
     /// The sessions to end now. `nodes` maps each member id to whether the
@@ -207,12 +228,15 @@ impl Reaper {
                 continue;
             }
             if s.spec.node_check {
+                let past = |since: Option<&Instant>, grace| {
+                    since.is_some_and(|since| now.duration_since(*since) >= grace)
+                };
                 let failed = match nodes.get(&s.spec.node) {
                     None => true,
-                    Some(_) => self
-                        .down_since
-                        .get(&s.spec.node)
-                        .is_some_and(|since| now.duration_since(*since) >= NODE_GRACE),
+                    Some(_) => {
+                        past(self.down_since.get(&s.spec.node), NODE_GRACE)
+                            || past(self.refused_since.get(&s.spec.node), GONE_GRACE)
+                    }
                 };
                 if failed {
                     out.push((s.clone(), Verdict::NodeFailed));
@@ -321,10 +345,33 @@ pub fn spawn_reaper(
                     _ => return,
                 }
             }
-            let members: Vec<u64> = match crate::membership::Membership::applied(&kv).await {
-                Ok(m) if !m.members.is_empty() => m.members.keys().copied().collect(),
-                _ => config.nodes.iter().map(|n| n.id).collect(),
-            };
+            let members: Vec<(u64, std::net::SocketAddr)> =
+                match crate::membership::Membership::applied(&kv).await {
+                    Ok(m) if !m.members.is_empty() => {
+                        m.members.values().map(|(m, _)| (m.id, m.addr)).collect()
+                    }
+                    _ => config.nodes.iter().map(|n| (n.id, n.addr)).collect(),
+                };
+            // Nodes with sessions bound that have gone quiet: is their
+            // process gone, on their kernel's word?
+            let mut refusing = std::collections::HashSet::new();
+            for &(id, addr) in &members {
+                let bound = sessions
+                    .iter()
+                    .any(|s| s.spec.node_check && s.spec.node == id);
+                if id == node_id || !bound {
+                    continue;
+                }
+                let quiet = health
+                    .last_answer(id)
+                    .await
+                    .is_none_or(|t| t.elapsed() >= GONE_QUIET);
+                if quiet && crate::transport::refuses(addr, GONE_PROBE_TIMEOUT).await {
+                    refusing.insert(id);
+                }
+            }
+            reaper.refusing(Instant::now(), &refusing);
+            let members: Vec<u64> = members.into_iter().map(|(id, _)| id).collect();
             let live = health.live_peers().await;
             let nodes: HashMap<u64, bool> = members
                 .into_iter()
@@ -335,9 +382,11 @@ pub fn spawn_reaper(
                 let reason = match why {
                     Verdict::Expired => "its TTL lapsed without a renew".to_string(),
                     Verdict::NodeFailed => format!(
-                        "its node {} is down past the {} grace, or no longer a member",
+                        "its node {} is down past the {} grace, its process is gone (its \
+                         port refused connections for {}), or it is no longer a member",
                         seen.spec.node,
-                        humantime::format_duration(NODE_GRACE)
+                        humantime::format_duration(NODE_GRACE),
+                        humantime::format_duration(GONE_GRACE)
                     ),
                 };
                 log::info!("ending session {}: {reason}", seen.id);
@@ -434,5 +483,26 @@ mod tests {
         );
         let removed: HashMap<u64, bool> = [(1, true)].into();
         assert_eq!(r.due(t0, &s, &removed).len(), 1);
+    }
+
+    #[test]
+    fn a_node_whose_port_refuses_past_the_short_grace_ends_its_sessions() {
+        let mut r = Reaper::default();
+        let t0 = Instant::now();
+        let s = vec![seen("a", 5, 0, 2, true)];
+        // The health view still says alive: only the refusals count.
+        let alive: HashMap<u64, bool> = [(1, true), (2, true)].into();
+        r.refusing(t0, &[2].into());
+        assert!(r.due(t0, &s, &alive).is_empty());
+        // Back within the grace (a restart): the clock starts again.
+        r.refusing(t0 + GONE_GRACE / 2, &Default::default());
+        r.refusing(t0 + GONE_GRACE, &[2].into());
+        assert!(r.due(t0 + GONE_GRACE, &s, &alive).is_empty());
+        assert!(r
+            .due(t0 + GONE_GRACE + GONE_GRACE / 2, &s, &alive)
+            .is_empty());
+        let due = r.due(t0 + 2 * GONE_GRACE, &s, &alive);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].1, Verdict::NodeFailed);
     }
 }
