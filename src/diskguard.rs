@@ -1,7 +1,9 @@
 //! The full-disk guard: etcd's NOSPACE alarm, for the data dir's
 //! filesystem.
 //!
-//! A thread looks at the filesystem's free space every [`CHECK_INTERVAL`].
+//! A thread looks at the filesystem's free space every [`CHECK_INTERVAL`]
+//! (every [`FAR_CHECK_INTERVAL`] while there is plenty, every
+//! [`CLOSE_CHECK_INTERVAL`] near the reserve).
 //! Below the reserve (a quarter of the filesystem, from
 //! [`MIN_RESERVE_BYTES`] to [`RESERVE_BYTES`]) the alarm goes up; it goes
 //! down once the free space is back to one and a half times that. While it
@@ -42,6 +44,11 @@ pub const MIN_RESERVE_BYTES: u64 = 4 * 1024 * 1024;
 pub const CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// How often, once the free space is under four times the reserve.
 pub const CLOSE_CHECK_INTERVAL: Duration = Duration::from_millis(25);
+/// How often while more than sixteen times the reserve is free: filling
+/// that much within a second takes more than this node can write (and
+/// client writes look at the free space themselves). An idle node's
+/// wakeups are what its idle CPU is made of.
+pub const FAR_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 static FULL: AtomicBool = AtomicBool::new(false);
 static FREE: AtomicU64 = AtomicU64::new(u64::MAX);
@@ -178,12 +185,16 @@ pub fn watch(
                 }
                 Err(e) => log::debug!("cannot stat the filesystem of {}: {e}", dir.display()),
             }
-            let close =
-                FREE.load(Ordering::Relaxed) < RESERVE.load(Ordering::Relaxed).saturating_mul(4);
-            let interval = if close {
+            let (free, reserve) = (
+                FREE.load(Ordering::Relaxed),
+                RESERVE.load(Ordering::Relaxed),
+            );
+            let interval = if free < reserve.saturating_mul(4) {
                 CLOSE_CHECK_INTERVAL
-            } else {
+            } else if free < reserve.saturating_mul(16) {
                 CHECK_INTERVAL
+            } else {
+                FAR_CHECK_INTERVAL
             };
             match stop.recv_timeout(interval) {
                 Err(flume::RecvTimeoutError::Timeout) => {}

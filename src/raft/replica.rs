@@ -94,7 +94,7 @@ pub const CHECKPOINT_BYTES: u64 = 8 * 1024 * 1024;
 /// commit, so every apply until the next checkpoint takes fresh pages (a
 /// leaf and the branches above it): this bounds how far the file grows
 /// past the data it holds.
-pub const CHECKPOINT_TRANSACTIONS: u64 = 256;
+pub const CHECKPOINT_TRANSACTIONS: u64 = 1024;
 /// Ticks a read-index request may wait for its answer before it is asked
 /// again (a leader drops it until it has committed an entry of its term).
 pub const READ_INDEX_RETRY_TICKS: u64 = 2;
