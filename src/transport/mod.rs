@@ -1005,7 +1005,7 @@ pub async fn probe(
 /// see their streams reset while its listener may still accept for a moment.
 /// A connect that is accepted and then reset at once, before the other side
 /// could even read our hello, is that moment; the probe then asks again
-/// (at most [`REFUSAL_PROBES`] times). A live node leaves an accepted
+/// (at most four times). A live node leaves an accepted
 /// connection open, waiting for the hello, and the probe answers `false`.
 pub async fn refuses(addr: SocketAddr, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
