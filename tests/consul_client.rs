@@ -9,6 +9,9 @@
 
 mod common;
 
+/// The longest a client script may run: a sanity bound for a busy machine.
+const SCRIPT_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -71,16 +74,16 @@ fn py_consul_works_against_a_three_node_cluster_unchanged() {
     c.start_all();
     c.wait_agreed_leader(&[1, 2, 3]);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/pyconsul_kv.py");
-    let out = Command::new(&python)
-        .arg(&script)
-        .args(c.ids().iter().map(|&id| c.admin(id).to_string()))
-        .stdin(Stdio::null())
-        .output()
-        .expect("run the py-consul script");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let out = common::run_within(
+        Command::new(&python)
+            .arg(&script)
+            .args(c.ids().iter().map(|&id| c.admin(id).to_string())),
+        "run the py-consul script",
+        SCRIPT_LIMIT,
+    );
+    let (stdout, stderr) = (&out.stdout, &out.stderr);
     assert!(
-        out.status.success() && stdout.trim() == "OK",
+        out.code == 0 && stdout.trim() == "OK",
         "py-consul failed against quorumd:\n{stdout}\n{stderr}\n{}",
         c.diagnostics()
     );
@@ -93,16 +96,16 @@ fn py_consul_sessions_and_locks_work_unchanged() {
     c.start_all();
     c.wait_agreed_leader(&[1, 2, 3]);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/pyconsul_sessions.py");
-    let out = Command::new(&python)
-        .arg(&script)
-        .args(c.ids().iter().map(|&id| c.admin(id).to_string()))
-        .stdin(Stdio::null())
-        .output()
-        .expect("run the py-consul script");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let out = common::run_within(
+        Command::new(&python)
+            .arg(&script)
+            .args(c.ids().iter().map(|&id| c.admin(id).to_string())),
+        "run the py-consul script",
+        SCRIPT_LIMIT,
+    );
+    let (stdout, stderr) = (&out.stdout, &out.stderr);
     assert!(
-        out.status.success() && stdout.trim() == "OK",
+        out.code == 0 && stdout.trim() == "OK",
         "py-consul sessions failed against quorumd:\n{stdout}\n{stderr}\n{}",
         c.diagnostics()
     );
@@ -145,17 +148,17 @@ fn the_npm_consul_client_runs_sessions_and_locks_unchanged() {
     c.start_all();
     c.wait_agreed_leader(&[1, 2, 3]);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/npmconsul_sessions.js");
-    let out = Command::new("node")
-        .arg(&script)
-        .args(c.ids().iter().map(|&id| c.admin(id).to_string()))
-        .env("NODE_PATH", &modules)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run the npm consul script");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let out = common::run_within(
+        Command::new("node")
+            .arg(&script)
+            .args(c.ids().iter().map(|&id| c.admin(id).to_string()))
+            .env("NODE_PATH", &modules),
+        "run the npm consul script",
+        SCRIPT_LIMIT,
+    );
+    let (stdout, stderr) = (&out.stdout, &out.stderr);
     assert!(
-        out.status.success() && stdout.trim() == "OK",
+        out.code == 0 && stdout.trim() == "OK",
         "the npm consul client failed against quorumd:\n{stdout}\n{stderr}\n{}",
         c.diagnostics()
     );
@@ -175,16 +178,16 @@ fn py_consul_presents_acl_tokens_unchanged() {
             .all(|&id| c.get(id, "/ready").is_ok_and(|r| r.status == 200))
     });
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/pyconsul_acl.py");
-    let out = Command::new(&python)
-        .arg(&script)
-        .args(c.ids().iter().map(|&id| c.admin(id).to_string()))
-        .stdin(Stdio::null())
-        .output()
-        .expect("run the py-consul script");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let out = common::run_within(
+        Command::new(&python)
+            .arg(&script)
+            .args(c.ids().iter().map(|&id| c.admin(id).to_string())),
+        "run the py-consul script",
+        SCRIPT_LIMIT,
+    );
+    let (stdout, stderr) = (&out.stdout, &out.stderr);
     assert!(
-        out.status.success() && stdout.trim() == "OK",
+        out.code == 0 && stdout.trim() == "OK",
         "py-consul with tokens failed against quorumd:\n{stdout}\n{stderr}\n{}",
         c.diagnostics()
     );

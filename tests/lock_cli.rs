@@ -15,7 +15,17 @@ use common::{Spec, TestCluster};
 struct Locker(Child);
 
 impl Drop for Locker {
+    /// SIGTERM first: `quorumd lock` then stops its CMD (a SIGKILL would
+    /// leave CMD running); SIGKILL only if it has not exited in 10 s.
     fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+            let until = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < until && matches!(self.0.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -157,7 +167,7 @@ fn a_semaphore_of_two_admits_two_holders_at_a_time() {
                 &c,
                 1 + i % 3,
                 &["-n", "2", "--lock-delay", "0s", "--ttl", "10s"],
-                &holder_script(&log, &format!("s{i}"), "1"),
+                &holder_script(&log, &format!("s{i}"), "3"),
             )
         })
         .collect();

@@ -641,7 +641,11 @@ async fn write(kv: &KvService, ops: Vec<KvOp>) -> Resp {
             Outcome::RolledBack(errors)
                 if errors.iter().any(|e| e.what.starts_with("invalid session")) =>
             {
-                text(StatusCode::INTERNAL_SERVER_ERROR, errors[0].what.clone())
+                let why = errors
+                    .iter()
+                    .find(|e| e.what.starts_with("invalid session"))
+                    .map_or_else(String::new, |e| e.what.clone());
+                text(StatusCode::INTERNAL_SERVER_ERROR, why)
             }
             Outcome::RolledBack(_) => {
                 with_index(reply(StatusCode::OK, json!(false)), committed.index)

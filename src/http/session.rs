@@ -214,9 +214,8 @@ pub fn parse_create(body: &[u8], this_node: u64) -> Result<SessionSpec, ApiError
             ));
         }
     }
-    if !node_check && ttl == Duration::ZERO {
-        // Consul allows it; such a session lives until destroyed.
-    }
+    // `"Checks": []` with no TTL is allowed, as in Consul: such a session
+    // lives until it is destroyed.
     Ok(SessionSpec {
         name,
         node,

@@ -920,17 +920,24 @@ pub struct Finished {
 /// Runs `quorumd ARGS...` to completion with `RUST_LOG=info`. A process still
 /// running after `timeout` is killed and reported as such in the panic.
 pub fn run_bin(args: &[&str], timeout: Duration) -> Finished {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env("RUST_LOG", "info");
+    run_within(&mut cmd, &format!("quorumd {}", args.join(" ")), timeout)
+}
+
+/// Runs `cmd` (stdin closed) and waits up to `timeout` for it to exit; past
+/// that it is killed and the test fails with what it printed. `what` names
+/// it in that message.
+pub fn run_within(cmd: &mut Command, what: &str, timeout: Duration) -> Finished {
     let dir = tempfile::tempdir().expect("temp dir");
     let out_path = dir.path().join("stdout");
     let err_path = dir.path().join("stderr");
-    let mut child = Command::new(BIN)
-        .args(args)
-        .env("RUST_LOG", "info")
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(File::create(&out_path).expect("stdout file"))
         .stderr(File::create(&err_path).expect("stderr file"))
         .spawn()
-        .expect("spawn quorumd");
+        .unwrap_or_else(|e| panic!("cannot run `{what}`: {e}"));
     let mut status = None;
     wait_until(timeout, || {
         status = child.try_wait().ok().flatten();
@@ -947,8 +954,7 @@ pub fn run_bin(args: &[&str], timeout: Duration) -> Finished {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
-                "`quorumd {}` still running after {timeout:?}\nstdout:\n{}\nstderr:\n{}",
-                args.join(" "),
+                "`{what}` still running after {timeout:?}\nstdout:\n{}\nstderr:\n{}",
                 read(&out_path),
                 read(&err_path)
             );
