@@ -24,8 +24,10 @@ use futures_lite::FutureExt as _;
 use crate::error::Error;
 
 /// The most worker threads [`unblock`] keeps. A job beyond them waits for
-/// one to finish.
-const MAX_WORKERS: usize = 16;
+/// one to finish, so the bound is high: some jobs wait (a listing for its
+/// share of the buffer budget, up to the request timeout), and a short cap
+/// would queue quick reads behind them. Idle workers cost no wakeups.
+const MAX_WORKERS: usize = 128;
 
 type Job = Box<dyn FnOnce() + Send>;
 
