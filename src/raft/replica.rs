@@ -1730,10 +1730,23 @@ impl PartitionReplica {
     async fn install_snapshot(&mut self, mut ready: raft::Ready) -> Result<()> {
         let snapshot = ready.snapshot().clone();
         let meta = snapshot.get_metadata().clone();
-        // Batches waiting to apply hold entries the snapshot covers.
+        // Batches waiting to apply hold entries the snapshot covers. Only
+        // what frees the store is handled meanwhile; the rest waits until the
+        // install is done. A Raft message stepped now could make raft restore
+        // a newer snapshot than this Ready's, and persisting this one would
+        // then abort raft-rs ("unstable.snap has different index"; seen in a
+        // chaos run, two snapshots 3 entries apart).
+        let mut deferred = Vec::new();
         while self.store_busy {
             match self.inbox.recv_async().await {
-                Ok(msg) => self.handle(msg)?,
+                Ok(
+                    msg @ (ReplicaMsg::Applied(_)
+                    | ReplicaMsg::Checkpointed(_)
+                    | ReplicaMsg::SnapshotBuilt(_)
+                    | ReplicaMsg::Persisted(_)
+                    | ReplicaMsg::LogFailed(_)),
+                ) => self.handle(msg)?,
+                Ok(msg) => deferred.push(msg),
                 Err(_) => break,
             }
         }
@@ -1810,6 +1823,9 @@ impl PartitionReplica {
         self.read_states(read_states);
         self.apply(committed)?;
         self.release_reads();
+        for msg in deferred {
+            self.handle(msg)?;
+        }
         Ok(())
     }
 
