@@ -829,20 +829,26 @@ impl PartitionReplica {
         // The writer reports into the inbox: keep emptying it, so that it
         // never waits for room while it finishes. (The inbox stays open until
         // the driver returns: tasks that watch the replica see it stop then.)
+        // Once every sender is gone the inbox answers at once, forever: then
+        // only `done` is awaited. (Polling both again would never yield, and
+        // the one executor thread could not run the task `done` waits on: a
+        // node that hung on SIGTERM when the whole cluster stopped at once.)
         loop {
-            let drained = futures_lite::future::or(
+            let step = futures_lite::future::or(
                 async {
                     (&mut done).await;
-                    true
+                    None
                 },
-                async {
-                    let _ = inbox.recv_async().await;
-                    false
-                },
+                async { Some(inbox.recv_async().await.is_ok()) },
             )
             .await;
-            if drained {
-                break;
+            match step {
+                None => break,
+                Some(true) => {}
+                Some(false) => {
+                    done.await;
+                    break;
+                }
             }
         }
     }
