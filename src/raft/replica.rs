@@ -1041,15 +1041,7 @@ impl PartitionReplica {
             return;
         }
         let me = raft.id;
-        let mut voters: Vec<u64> = raft
-            .prs()
-            .conf()
-            .voters()
-            .ids()
-            .iter()
-            .filter(|&id| id != peer)
-            .collect();
-        voters.sort_unstable();
+        let voters = self.voters_except(peer);
         let Some(rank) = voters.iter().position(|&id| id == me) else {
             return;
         };
@@ -1085,18 +1077,7 @@ impl PartitionReplica {
         if raft.state != StateRole::Follower || raft.term != term || !leaderless {
             return;
         }
-        let first = {
-            let mut voters: Vec<u64> = raft
-                .prs()
-                .conf()
-                .voters()
-                .ids()
-                .iter()
-                .filter(|&id| id != peer)
-                .collect();
-            voters.sort_unstable();
-            voters.first() == Some(&raft.id)
-        };
+        let first = self.voters_except(peer).first() == Some(&raft.id);
         if !first {
             if let Err(e) = self.node.campaign() {
                 debug!("{}: pre-vote not started: {e}", self.group);
@@ -1226,21 +1207,29 @@ impl PartitionReplica {
             return;
         }
         self.disk_full_handoff = Some(Instant::now());
-        let me = raft.id;
-        let others: Vec<u64> = raft
-            .prs()
-            .conf()
-            .voters()
-            .ids()
-            .iter()
-            .filter(|&id| id != me)
-            .collect();
+        let others = self.voters_except(raft.id);
         if let Some(to) = self.transfer_leadership(&others) {
             warn!(
                 "{}: this node's disk is full: leadership goes to node {to}",
                 self.group
             );
         }
+    }
+
+    /// The voters of the applied configuration other than `skip`, sorted.
+    fn voters_except(&self, skip: u64) -> Vec<u64> {
+        let mut voters: Vec<u64> = self
+            .node
+            .raft
+            .prs()
+            .conf()
+            .voters()
+            .ids()
+            .iter()
+            .filter(|&id| id != skip)
+            .collect();
+        voters.sort_unstable();
+        voters
     }
 
     /// A leader whose log fsync has not returned for twice the election
@@ -1257,15 +1246,7 @@ impl PartitionReplica {
         {
             return;
         }
-        let me = raft.id;
-        let others: Vec<u64> = raft
-            .prs()
-            .conf()
-            .voters()
-            .ids()
-            .iter()
-            .filter(|&id| id != me)
-            .collect();
+        let others = self.voters_except(raft.id);
         if let Some(to) = self.transfer_leadership(&others) {
             warn!(
                 "{}: the log's fsync has stalled for {} ms, longer than twice the election \
