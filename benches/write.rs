@@ -357,8 +357,9 @@ impl System for Quorumd {
 
     /// One checkpoint on every node that started after the writes: a
     /// checkpoint still running now is let finish first (they take
-    /// milliseconds), then the next one is awaited. Then the log writer
-    /// has had its chance to delete what the checkpoint released.
+    /// milliseconds), then the next one is awaited. Then the nodes are let
+    /// rest: a node that applied nothing for a second compacts its log down
+    /// to its tail, and the log writer deletes what that released.
     fn settle(&self) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(300));
         let before = self.checkpoints()?;
@@ -373,7 +374,7 @@ impl System for Quorumd {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        std::thread::sleep(Duration::from_millis(300));
+        std::thread::sleep(Duration::from_millis(1500));
         Ok(())
     }
 

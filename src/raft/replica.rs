@@ -95,6 +95,17 @@ pub const CHECKPOINT_BYTES: u64 = 8 * 1024 * 1024;
 /// leaf and the branches above it): this bounds how far the file grows
 /// past the data it holds.
 pub const CHECKPOINT_TRANSACTIONS: u64 = 1024;
+/// ... or once the store's file took this many more bytes of disk since the
+/// last one. Puts that land in one leaf of the tree (new keys in order)
+/// free the pages they take within the same interval, so the transaction
+/// bound alone is plenty for them; puts spread over the tree each take a
+/// leaf and its branches afresh, and this bound catches them long before.
+pub const CHECKPOINT_GROWTH: u64 = 1024 * 1024;
+/// A node that applied nothing for this long, with everything it applied
+/// checkpointed, is at rest: it compacts its log down to the tail it keeps
+/// for lagging followers, so that a quiet node's log (on disk and in
+/// memory) is small whatever the last burst of writes left.
+pub const AT_REST: Duration = Duration::from_secs(1);
 /// Ticks a read-index request may wait for its answer before it is asked
 /// again (a leader drops it until it has committed an entry of its term).
 pub const READ_INDEX_RETRY_TICKS: u64 = 2;
@@ -603,6 +614,10 @@ pub struct PartitionReplica {
     applied_bytes: u64,
     /// Apply transactions since the last checkpoint.
     applies: u64,
+    /// The store file's size on disk when the last checkpoint started.
+    checkpoint_disk: u64,
+    /// When the last entry was applied (see [`AT_REST`]).
+    last_apply: Instant,
 }
 
 /// A configuration change as data: the consensus layer proposes it and
@@ -708,6 +723,7 @@ impl PartitionReplica {
             node.raft.raft_log.last_index(),
             recovered.conf_state.voters
         );
+        let checkpoint_disk = store.disk_bytes();
         Ok((
             PartitionReplica {
                 group,
@@ -747,6 +763,8 @@ impl PartitionReplica {
                 last_checkpoint: Instant::now(),
                 applied_bytes: 0,
                 applies: 0,
+                checkpoint_disk,
+                last_apply: Instant::now(),
             },
             handle,
         ))
@@ -1261,6 +1279,7 @@ impl PartitionReplica {
         self.hand_off_if_disk_full();
         self.hand_off_if_disk_stalled();
         self.maybe_checkpoint();
+        self.compact_at_rest();
         self.finish_handoff();
         self.leave_joint();
         let now = Instant::now();
@@ -1892,6 +1911,7 @@ impl PartitionReplica {
     /// raft.
     fn applied_to(&mut self, written: Written) {
         if written.applied_index > self.applied {
+            self.last_apply = Instant::now();
             self.applied = written.applied_index;
             self.applied_hash = written.applied_hash;
             self.node.advance_apply_to(self.applied);
@@ -1939,7 +1959,8 @@ impl PartitionReplica {
         let due = self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL
             || self.applied_bytes >= CHECKPOINT_BYTES
             || self.applies >= CHECKPOINT_TRANSACTIONS
-            || self.compaction_waits();
+            || self.compaction_waits()
+            || self.store.disk_bytes() >= self.checkpoint_disk + CHECKPOINT_GROWTH;
         if !due {
             return;
         }
@@ -1947,6 +1968,7 @@ impl PartitionReplica {
         self.last_checkpoint = Instant::now();
         self.applied_bytes = 0;
         self.applies = 0;
+        self.checkpoint_disk = self.store.disk_bytes();
         let (store, own, metrics) = (self.store.clone(), self.own.clone(), self.metrics.clone());
         crate::runtime::spawn(async move {
             let done = crate::runtime::unblock(move || {
@@ -1971,9 +1993,46 @@ impl PartitionReplica {
     /// Compacts the log in memory and lets the writer delete old segments,
     /// up to what the last checkpoint made durable.
     fn maybe_compact(&mut self) {
-        let Some((index, _)) = self.compaction(self.applied.min(self.checkpointed)) else {
+        if let Some((index, _)) = self.compaction(self.applied.min(self.checkpointed)) {
+            self.compact_to(index);
+        }
+    }
+
+    /// At rest (see [`AT_REST`]), compacts the log down to its tail. A
+    /// leader keeps what a follower it still replicates to has not matched,
+    /// so that a follower that was down a short while catches up from the
+    /// log, not from a snapshot (the size rule of [`Self::compaction`] still
+    /// bounds that log).
+    fn compact_at_rest(&mut self) {
+        if self.store_busy
+            || self.applied != self.checkpointed
+            || self.last_apply.elapsed() < AT_REST
+        {
+            return;
+        }
+        let Some(mut index) = self.tail_start(self.applied) else {
             return;
         };
+        if self.node.raft.state == StateRole::Leader {
+            let own = self.node.raft.id;
+            let lagging = self
+                .node
+                .raft
+                .prs()
+                .iter()
+                .filter(|(id, _)| **id != own)
+                .map(|(_, pr)| pr.matched)
+                .min();
+            if let Some(matched) = lagging {
+                index = index.min(matched);
+            }
+        }
+        if index > self.node.store().snapshot_index() {
+            self.compact_to(index);
+        }
+    }
+
+    fn compact_to(&mut self, index: u64) {
         let view = self.node.mut_store();
         view.compact(index);
         debug!("{}: log compacted up to {index}", self.group);
@@ -2001,17 +2060,24 @@ impl PartitionReplica {
         {
             return None;
         }
-        // Keep up to `tail_entries` entries, and no more than `tail_bytes`.
+        let to = self.tail_start(applied)?;
+        Some((to, view.term_of(to)?))
+    }
+
+    /// The first index of the tail kept after compacting at `applied`: up to
+    /// a tenth of `snapshot_entries` entries, and no more than a tenth of
+    /// `snapshot_bytes`. `None` if the log holds no more than that.
+    fn tail_start(&self, applied: u64) -> Option<u64> {
+        let view = self.node.store();
+        let tail_entries = (self.timing.snapshot_entries / 10).max(1);
+        let tail_bytes = self.timing.snapshot_bytes / 10;
         let mut to = applied
             .saturating_sub(tail_entries)
             .max(view.snapshot_index());
         while to < applied && view.bytes_after(to) > tail_bytes + view.bytes_after(applied) {
             to += (applied - to).div_ceil(2);
         }
-        if to <= view.snapshot_index() {
-            return None;
-        }
-        Some((to, view.term_of(to)?))
+        (to > view.snapshot_index()).then_some(to)
     }
 
     /// True if this run of this node made the proposal or read.

@@ -573,6 +573,13 @@ impl StateStore {
         Ok(written)
     }
 
+    /// The bytes the store's file occupies on disk (its allocated blocks,
+    /// as `du` counts them); 0 if it cannot be read.
+    pub fn disk_bytes(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(&self.file).map_or(0, |m| m.blocks() * 512)
+    }
+
     /// Makes everything applied so far durable (one fsync); returns the
     /// applied index that is now durable.
     pub fn checkpoint(&self) -> Result<u64> {
