@@ -167,17 +167,18 @@ impl KvService {
     /// Proposes `ops` as one client command and waits until it is applied
     /// on this node.
     pub async fn write(&self, ops: Vec<KvOp>) -> Result<Committed, KvError> {
-        crate::diskguard::check_now();
-        if let Some(why) = crate::diskguard::full_reason() {
-            return Err(KvError::DiskFull(why));
-        }
         let cmd = Command {
             max_store_bytes: self.settings.max_store_bytes,
             from_client: true,
             ops,
             reads: self.read_limits(),
         };
-        Ok(self.replica.propose(cmd.encode()).await?)
+        let data = cmd.encode();
+        crate::diskguard::check_now(data.len() as u64);
+        if let Some(why) = crate::diskguard::full_reason() {
+            return Err(KvError::DiskFull(why));
+        }
+        Ok(self.replica.propose(data).await?)
     }
 
     /// Proposes `ops` as one cluster command, which may write the reserved
