@@ -542,6 +542,68 @@ fn metric(c: &TestCluster, id: u64, name: &str) -> u64 {
 }
 
 #[test]
+fn a_node_at_rest_compacts_its_log_to_the_tail_but_a_leader_keeps_what_a_follower_lacks() {
+    // A tail of 100 entries; the size rule would compact only past 1,100.
+    let spec = Spec::new("kv-rest", 3).raft("snapshot_entries = 1000");
+    let (mut c, leader) = formed(spec);
+    let f = others(leader);
+    let (down, up) = (f[0], f[1]);
+    for i in 0..300 {
+        assert_eq!(c.kv_put(leader, &format!("r/{i:04}"), b"v").status, 200);
+    }
+    // At rest (checkpointed, nothing applied for a second), every node
+    // keeps only the tail.
+    c.wait_for("every node to compact its log down to the tail", || {
+        IDS.iter().all(|&id| {
+            let s = c.status(id);
+            let (applied, compacted) = (
+                s["applied_index"].as_u64().unwrap_or(0),
+                s["snapshot_index"].as_u64().unwrap_or(0),
+            );
+            applied >= 300 && compacted + 100 >= applied
+        })
+    });
+    assert!(metric(&c, leader, "quorumd_raft_log_entries ") <= 100);
+
+    // A stopped follower: the leader keeps what it has not matched, the
+    // other follower compacts as before.
+    let down_last = c.status(down)["commit_index"].as_u64().unwrap();
+    c.signal(down, libc::SIGTERM);
+    assert_eq!(c.wait_exit(down, WAIT), 0);
+    for i in 300..600 {
+        assert_eq!(c.kv_put(leader, &format!("r/{i:04}"), b"v").status, 200);
+    }
+    let last = c.status(leader)["commit_index"].as_u64().unwrap();
+    c.wait_for("the running follower to compact at rest", || {
+        c.status(up)["snapshot_index"].as_u64().unwrap_or(0) + 100 >= last
+    });
+    // The leader rested as long as the follower did.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let kept = c.status(leader)["snapshot_index"].as_u64().unwrap();
+    assert!(
+        kept <= down_last,
+        "the leader compacted to {kept}, past what node {down} holds ({down_last})"
+    );
+
+    // So the stopped node catches up from the log, with no snapshot, and
+    // then the leader compacts too.
+    c.start_node(down);
+    c.wait_agreed_leader(&IDS);
+    c.wait_for("the restarted node reports every key", || {
+        let r = c.call(down, "GET", "/v1/kv/r/?keys&stale", b"");
+        r.status == 200 && json(&r).as_array().map(Vec::len) == Some(600)
+    });
+    assert_eq!(
+        metric(&c, down, "quorumd_raft_snapshots_installed_total "),
+        0
+    );
+    assert_eq!(metric(&c, leader, "quorumd_raft_snapshots_built_total "), 0);
+    c.wait_for("the leader to compact once every follower matched", || {
+        c.status(leader)["snapshot_index"].as_u64().unwrap_or(0) + 100 >= last
+    });
+}
+
+#[test]
 fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
     let spec = Spec::new("kv-snapshot", 3).raft("snapshot_entries = 100");
     let (mut c, leader) = formed(spec);

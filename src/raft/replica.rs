@@ -2037,6 +2037,7 @@ impl PartitionReplica {
         view.compact(index);
         debug!("{}: log compacted up to {index}", self.group);
         self.metrics.compacted();
+        self.metrics.set_log(view.held().0, self.applied);
         self.log.release(index);
         self.pending_apply.push_back(ApplyBatch {
             reap: Some(index),
