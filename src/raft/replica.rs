@@ -100,7 +100,7 @@ pub const CHECKPOINT_TRANSACTIONS: u64 = 1024;
 /// free the pages they take within the same interval, so the transaction
 /// bound alone is plenty for them; puts spread over the tree each take a
 /// leaf and its branches afresh, and this bound catches them long before.
-pub const CHECKPOINT_GROWTH: u64 = 1024 * 1024;
+pub const CHECKPOINT_GROWTH: u64 = 256 * 1024;
 /// A node that applied nothing for this long, with everything it applied
 /// checkpointed, is at rest: it compacts its log down to the tail it keeps
 /// for lagging followers, so that a quiet node's log (on disk and in
