@@ -45,9 +45,10 @@ pub const CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// How often, once the free space is under four times the reserve.
 pub const CLOSE_CHECK_INTERVAL: Duration = Duration::from_millis(25);
 /// How often while more than sixteen times the reserve is free: filling
-/// that much within a second takes more than this node can write (and
-/// client writes look at the free space themselves when they could). An idle node's
-/// wakeups are what its idle CPU is made of.
+/// that much within a second takes more than this node can write (and a
+/// client write looks at the free space itself once the writes since the
+/// last look could). An idle node's wakeups are what its idle CPU is made
+/// of.
 pub const FAR_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 static FULL: AtomicBool = AtomicBool::new(false);
@@ -317,6 +318,7 @@ mod tests {
         assert!(needs_look(1, 16 * mib, 16 * mib, false));
         assert!(needs_look(0, 8 * mib, 16 * mib, false));
     }
+
     #[test]
     fn the_alarm_has_hysteresis_and_a_reserve_that_fits_the_disk() {
         let r = RESERVE_BYTES;
