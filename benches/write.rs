@@ -6,7 +6,7 @@
 //! quorumd's Consul KV API, etcd's v3 JSON gateway. What it measures, in
 //! order (docs/benchmarks-write.md says more):
 //!
-//! 1. **Idle** CPU (utime + stime from `/proc/PID/stat`, % of one core) and
+//! 1. **Idle** CPU (time on a CPU from `/proc/PID/task/*/schedstat`, % of one core) and
 //!    RSS (`VmRSS`) of every node over one window, both clusters fresh and
 //!    idle at once, nobody polling them.
 //! 2. **Disk bytes written per put**: `QUORUMD_BENCH_DISK_PUTS` (2,000)
@@ -53,7 +53,7 @@ use std::time::{Duration, Instant};
 use common::{KeepAlive, Spec, TestCluster, BIN};
 use serde_json::{json, Value};
 use shared::etcd::{b64, Etcd};
-use shared::{clock_ticks, cpu_ticks, env_num, percentile, proc_rss_mib, which};
+use shared::{env_num, on_cpu_ns, percentile, proc_rss_mib, which};
 
 /// Value size of the wrk runs.
 const WRK_VALUE_BYTES: usize = 64;
@@ -575,11 +575,10 @@ fn idle(systems: &mut [(&dyn System, &mut Figures)], window: Duration) {
     }
     // Past bootstrap and the first heartbeats.
     std::thread::sleep(Duration::from_secs(2));
-    let hz = clock_ticks().unwrap_or(100.0);
     let ticks = |sys: &dyn System| -> Vec<Option<u64>> {
         sys.nodes()
             .into_iter()
-            .map(|n| cpu_ticks(sys.pid(n)?).ok())
+            .map(|n| on_cpu_ns(sys.pid(n)?).ok())
             .collect()
     };
     let before: Vec<_> = systems.iter().map(|(s, _)| ticks(*s)).collect();
@@ -590,7 +589,8 @@ fn idle(systems: &mut [(&dyn System, &mut Figures)], window: Duration) {
         for ((n, b), a) in sys.nodes().into_iter().zip(before).zip(ticks(*sys)) {
             match (b, a, sys.pid(n).and_then(proc_rss_mib)) {
                 (Some(b), Some(a), Some(rss)) => {
-                    f.idle_cpu_pct.push((a - b) as f64 / hz / secs * 100.0);
+                    f.idle_cpu_pct
+                        .push(a.saturating_sub(b) as f64 / 1e9 / secs * 100.0);
                     f.idle_rss_mib.push(rss);
                 }
                 _ => f.notes.push(format!("idle: no /proc figures for node {n}")),

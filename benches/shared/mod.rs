@@ -50,6 +50,28 @@ pub fn percentile(samples: &[f64], p: f64) -> f64 {
     s[((s.len() - 1) as f64 * p).round() as usize]
 }
 
+/// Time the threads of `pid` spent on a CPU, in ns: the sum of each
+/// thread's `schedstat`. Exact, where utime and stime are sampled at each
+/// clock tick (10 ms), which a process that wakes often for a few
+/// microseconds at a time meets only by chance. A thread that ended takes
+/// its time with it.
+pub fn on_cpu_ns(pid: u32) -> Result<u64, String> {
+    let dir = format!("/proc/{pid}/task");
+    let mut total = 0;
+    for entry in std::fs::read_dir(&dir).map_err(|e| format!("{dir}: {e}"))? {
+        let entry = entry.map_err(|e| format!("{dir}: {e}"))?;
+        let Ok(text) = std::fs::read_to_string(entry.path().join("schedstat")) else {
+            continue; // the thread ended meanwhile
+        };
+        total += text
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| format!("{}: bad schedstat", entry.path().display()))?;
+    }
+    Ok(total)
+}
+
 /// utime + stime of `pid`, in clock ticks.
 pub fn cpu_ticks(pid: u32) -> Result<u64, String> {
     let path = format!("/proc/{pid}/stat");
