@@ -138,6 +138,9 @@ pub fn observe(free: u64, size: u64) -> bool {
 /// reach the reserve.
 const WRITE_AMPLIFICATION: u64 = 16;
 
+/// What [`check_now`] counts for a write smaller than this.
+const MIN_WRITE_BYTES: u64 = 4096;
+
 /// Bytes proposed through [`check_now`] since the last look.
 static PROPOSED: AtomicU64 = AtomicU64::new(0);
 
@@ -148,6 +151,8 @@ static PROPOSED: AtomicU64 = AtomicU64::new(0);
 /// it. Far from the reserve this is an atomic add: a `statvfs` per write
 /// cost a busy leader 2 % of its CPU.
 pub fn check_now(bytes: u64) {
+    // A write takes at least a page of the log and of the store.
+    let bytes = bytes.max(MIN_WRITE_BYTES);
     let since = PROPOSED
         .fetch_add(bytes, Ordering::Relaxed)
         .saturating_add(bytes);

@@ -101,6 +101,9 @@ pub const CHECKPOINT_TRANSACTIONS: u64 = 1024;
 /// bound alone is plenty for them; puts spread over the tree each take a
 /// leaf and its branches afresh, and this bound catches them long before.
 pub const CHECKPOINT_GROWTH: u64 = 256 * 1024;
+/// The file's size is looked at (a `stat`) once per this many apply
+/// transactions, not on each.
+pub const GROWTH_CHECK_APPLIES: u64 = 16;
 /// A node that applied nothing for this long, with everything it applied
 /// checkpointed, is at rest: it compacts its log down to the tail it keeps
 /// for lagging followers, so that a quiet node's log (on disk and in
@@ -876,7 +879,7 @@ impl PartitionReplica {
             ReplicaMsg::Tick => {
                 self.ticks += 1;
                 self.node.tick();
-                self.on_tick();
+                self.on_tick()?;
             }
             ReplicaMsg::Raft(m) if self.refused_for_full_disk(&m) => {}
             ReplicaMsg::Raft(m) => {
@@ -1275,11 +1278,14 @@ impl PartitionReplica {
         }
     }
 
-    fn on_tick(&mut self) {
+    fn on_tick(&mut self) -> Result<()> {
         self.hand_off_if_disk_full();
         self.hand_off_if_disk_stalled();
         self.maybe_checkpoint();
-        self.compact_at_rest();
+        if self.compact_at_rest() {
+            // Its tombstone reap: nothing else would apply it at rest.
+            self.drain_applies()?;
+        }
         self.finish_handoff();
         self.leave_joint();
         let now = Instant::now();
@@ -1341,6 +1347,7 @@ impl PartitionReplica {
             }
         }
         self.watchers.retain(|w| !w.fired.is_disconnected());
+        Ok(())
     }
 
     fn propose(&mut self, data: Vec<u8>, reply: flume::Sender<WriteResult>) {
@@ -1774,6 +1781,7 @@ impl PartitionReplica {
             })
             .await?;
         self.checkpointed = meta.index;
+        self.checkpoint_disk = self.store.disk_bytes();
         let mut hard_state_written = None;
         {
             let view = self.node.mut_store();
@@ -1960,7 +1968,8 @@ impl PartitionReplica {
             || self.applied_bytes >= CHECKPOINT_BYTES
             || self.applies >= CHECKPOINT_TRANSACTIONS
             || self.compaction_waits()
-            || self.store.disk_bytes() >= self.checkpoint_disk + CHECKPOINT_GROWTH;
+            || (self.applies.is_multiple_of(GROWTH_CHECK_APPLIES)
+                && self.store.disk_bytes() >= self.checkpoint_disk + CHECKPOINT_GROWTH);
         if !due {
             return;
         }
@@ -2003,15 +2012,16 @@ impl PartitionReplica {
     /// so that a follower that was down a short while catches up from the
     /// log, not from a snapshot (the size rule of [`Self::compaction`] still
     /// bounds that log).
-    fn compact_at_rest(&mut self) {
+    /// Returns true if it compacted.
+    fn compact_at_rest(&mut self) -> bool {
         if self.store_busy
             || self.applied != self.checkpointed
             || self.last_apply.elapsed() < AT_REST
         {
-            return;
+            return false;
         }
         let Some(mut index) = self.tail_start(self.applied) else {
-            return;
+            return false;
         };
         if self.node.raft.state == StateRole::Leader {
             let own = self.node.raft.id;
@@ -2027,9 +2037,15 @@ impl PartitionReplica {
                 index = index.min(matched);
             }
         }
-        if index > self.node.store().snapshot_index() {
-            self.compact_to(index);
+        // In steps of a tenth of the tail at least: a leader whose
+        // slowest follower catches up would otherwise compact (and wake
+        // every blocking query) on each tick.
+        let step = (self.timing.snapshot_entries / 100).max(1);
+        if index < self.node.store().snapshot_index() + step {
+            return false;
         }
+        self.compact_to(index);
+        true
     }
 
     fn compact_to(&mut self, index: u64) {
