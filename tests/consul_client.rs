@@ -67,26 +67,35 @@ fn venv() -> PathBuf {
     python
 }
 
+/// Runs the client script `tests/clients/<script>` with `program`, the
+/// admin address of every node as its arguments, and asserts that it exits
+/// 0 having printed `OK`; `what` names the client in the failure.
+fn run_client(c: &TestCluster, program: &Path, script: &str, env: &[(&str, &Path)], what: &str) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/clients")
+        .join(script);
+    let mut cmd = Command::new(program);
+    cmd.arg(&script)
+        .args(c.ids().iter().map(|&id| c.admin(id).to_string()));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = common::run_within(&mut cmd, &format!("run the {what} script"), SCRIPT_LIMIT);
+    let (stdout, stderr) = (&out.stdout, &out.stderr);
+    assert!(
+        out.code == 0 && stdout.trim() == "OK",
+        "{what} failed against quorumd:\n{stdout}\n{stderr}\n{}",
+        c.diagnostics()
+    );
+}
+
 #[test]
 fn py_consul_works_against_a_three_node_cluster_unchanged() {
     let python = venv();
     let mut c = TestCluster::new(Spec::new("py-consul", 3));
     c.start_all();
     c.wait_agreed_leader(&[1, 2, 3]);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/pyconsul_kv.py");
-    let out = common::run_within(
-        Command::new(&python)
-            .arg(&script)
-            .args(c.ids().iter().map(|&id| c.admin(id).to_string())),
-        "run the py-consul script",
-        SCRIPT_LIMIT,
-    );
-    let (stdout, stderr) = (&out.stdout, &out.stderr);
-    assert!(
-        out.code == 0 && stdout.trim() == "OK",
-        "py-consul failed against quorumd:\n{stdout}\n{stderr}\n{}",
-        c.diagnostics()
-    );
+    run_client(&c, &python, "pyconsul_kv.py", &[], "py-consul");
 }
 
 #[test]
@@ -95,19 +104,12 @@ fn py_consul_sessions_and_locks_work_unchanged() {
     let mut c = TestCluster::new(Spec::new("py-consul-sessions", 3));
     c.start_all();
     c.wait_agreed_leader(&[1, 2, 3]);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/pyconsul_sessions.py");
-    let out = common::run_within(
-        Command::new(&python)
-            .arg(&script)
-            .args(c.ids().iter().map(|&id| c.admin(id).to_string())),
-        "run the py-consul script",
-        SCRIPT_LIMIT,
-    );
-    let (stdout, stderr) = (&out.stdout, &out.stderr);
-    assert!(
-        out.code == 0 && stdout.trim() == "OK",
-        "py-consul sessions failed against quorumd:\n{stdout}\n{stderr}\n{}",
-        c.diagnostics()
+    run_client(
+        &c,
+        &python,
+        "pyconsul_sessions.py",
+        &[],
+        "py-consul sessions",
     );
 }
 
@@ -147,20 +149,12 @@ fn the_npm_consul_client_runs_sessions_and_locks_unchanged() {
     let mut c = TestCluster::new(Spec::new("npm-consul-sessions", 3));
     c.start_all();
     c.wait_agreed_leader(&[1, 2, 3]);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/npmconsul_sessions.js");
-    let out = common::run_within(
-        Command::new("node")
-            .arg(&script)
-            .args(c.ids().iter().map(|&id| c.admin(id).to_string()))
-            .env("NODE_PATH", &modules),
-        "run the npm consul script",
-        SCRIPT_LIMIT,
-    );
-    let (stdout, stderr) = (&out.stdout, &out.stderr);
-    assert!(
-        out.code == 0 && stdout.trim() == "OK",
-        "the npm consul client failed against quorumd:\n{stdout}\n{stderr}\n{}",
-        c.diagnostics()
+    run_client(
+        &c,
+        Path::new("node"),
+        "npmconsul_sessions.js",
+        &[("NODE_PATH", &modules)],
+        "the npm consul client",
     );
 }
 
@@ -177,18 +171,5 @@ fn py_consul_presents_acl_tokens_unchanged() {
             .iter()
             .all(|&id| c.get(id, "/ready").is_ok_and(|r| r.status == 200))
     });
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/pyconsul_acl.py");
-    let out = common::run_within(
-        Command::new(&python)
-            .arg(&script)
-            .args(c.ids().iter().map(|&id| c.admin(id).to_string())),
-        "run the py-consul script",
-        SCRIPT_LIMIT,
-    );
-    let (stdout, stderr) = (&out.stdout, &out.stderr);
-    assert!(
-        out.code == 0 && stdout.trim() == "OK",
-        "py-consul with tokens failed against quorumd:\n{stdout}\n{stderr}\n{}",
-        c.diagnostics()
-    );
+    run_client(&c, &python, "pyconsul_acl.py", &[], "py-consul with tokens");
 }
