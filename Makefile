@@ -9,9 +9,15 @@ CARGO ?= cargo
 # libm.so or ld.so: about 1.3 MiB less resident memory per node, and one
 # file to copy onto a device. It never resolves names (addresses are
 # ip:port), so static glibc's NSS limits do not apply.
+#
+# It is linked by GNU ld with scripts/no-eh-frame.ld, which drops the unwind
+# tables (.eh_frame) that std and glibc bring: with panic = "abort" nothing
+# unwinds, and they were about 800 KB of the binary. (rust-lld, the default
+# linker, refuses to discard them.)
 TARGET := $(shell rustc -vV | sed -n 's/^host: //p')
 ifneq (,$(findstring linux-gnu,$(TARGET)))
-RELEASE_RUSTFLAGS := -C target-feature=+crt-static
+RELEASE_RUSTFLAGS := -C target-feature=+crt-static -C link-arg=-fuse-ld=bfd \
+	-C link-arg=-Wl,-T,$(CURDIR)/scripts/no-eh-frame.ld
 endif
 RELEASE_BIN := target/$(TARGET)/release/quorumd
 export QUORUMD := $(CURDIR)/$(RELEASE_BIN)
@@ -114,5 +120,7 @@ FUZZ_SECONDS ?= 60
 fuzz:
 	scripts/fuzz.sh $(FUZZ_SECONDS)
 
+# Every bench, on the release binary `make build` makes; `make bench
+# BENCH=write` runs one of benches/ alone.
 bench:
-	RUSTFLAGS="$(RELEASE_RUSTFLAGS)" $(CARGO) bench --target $(TARGET) -p quorumd
+	RUSTFLAGS="$(RELEASE_RUSTFLAGS)" $(CARGO) bench --target $(TARGET) -p quorumd $(if $(BENCH),--bench $(BENCH))
