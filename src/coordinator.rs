@@ -387,7 +387,7 @@ impl ClusterCoordinator {
             "the tick driver",
             spawn_tick_driver(
                 router,
-                config.raft.tick_interval,
+                &config.raft,
                 start_ticks,
                 shutdown.clone(),
             ),

@@ -14,7 +14,7 @@ use log::debug;
 use crate::config::{RaftTiming, StoreSettings};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::raft::replica::{PartitionReplica, ReplicaHandle, ReplicaMsg};
+use crate::raft::replica::{Gauge, PartitionReplica, ReplicaHandle, ReplicaMsg};
 use crate::raft::storage::NodeStorage;
 use crate::transport::wire::GroupId;
 use crate::transport::{PeerSenders, RaftSink};
@@ -26,7 +26,7 @@ use crate::transport::{PeerSenders, RaftSink};
 /// which is simpler than routing every frame through one more task.
 #[derive(Clone, Default)]
 pub struct Router {
-    inboxes: Arc<RwLock<HashMap<GroupId, flume::Sender<ReplicaMsg>>>>,
+    inboxes: Arc<RwLock<HashMap<GroupId, Inbox>>>,
     /// Raft messages that arrived before their group was created, at most
     /// [`EARLY_MESSAGES`]: a node without state answers its peers while it
     /// is still creating `__meta/0`, and a vote request or a heartbeat
@@ -34,6 +34,13 @@ pub struct Router {
     /// heartbeat interval (seen as 3-node bootstraps of 60-270 ms instead
     /// of 15).
     early: Arc<std::sync::Mutex<Vec<(GroupId, ReplicaMsg)>>>,
+}
+
+/// A replica's inbox, and its gauge (which tells the tick driver whether a
+/// tick may wait).
+struct Inbox {
+    tx: flume::Sender<ReplicaMsg>,
+    gauge: Arc<Gauge>,
 }
 
 /// How many Raft messages the router holds for groups not created yet.
@@ -45,7 +52,7 @@ impl Router {
     pub fn deliver(&self, group: &GroupId, msg: ReplicaMsg) -> bool {
         let inboxes = self.inboxes.read().unwrap_or_else(|e| e.into_inner());
         match inboxes.get(group) {
-            Some(tx) => tx.try_send(msg).is_ok(),
+            Some(inbox) => inbox.tx.try_send(msg).is_ok(),
             None => {
                 // Snapshots are large and only sent to a group that exists.
                 let small = matches!(&msg, ReplicaMsg::Raft(m)
@@ -62,21 +69,29 @@ impl Router {
         }
     }
 
-    /// Sends a tick to every replica. A full inbox skips this tick; a stalled
-    /// replica never receives a burst of catch-up ticks.
-    pub fn tick_all(&self) {
-        self.broadcast(|| ReplicaMsg::Tick);
+    /// Sends a tick to every replica, except a quiet follower that heard
+    /// from its leader within the last `window`: it runs the tick when the
+    /// leader's next message wakes it (see [`Gauge::defer_tick`]). A full
+    /// inbox skips this tick; a stalled replica never receives a burst of
+    /// catch-up ticks.
+    pub fn tick_all(&self, window: Duration) {
+        let inboxes = self.inboxes.read().unwrap_or_else(|e| e.into_inner());
+        for inbox in inboxes.values() {
+            if !inbox.gauge.defer_tick(window) {
+                let _ = inbox.tx.try_send(ReplicaMsg::Tick);
+            }
+        }
     }
 
     /// Delivers a message made by `msg` to every replica, without waiting.
     pub fn broadcast(&self, msg: impl Fn() -> ReplicaMsg) {
         let inboxes = self.inboxes.read().unwrap_or_else(|e| e.into_inner());
-        for tx in inboxes.values() {
-            let _ = tx.try_send(msg());
+        for inbox in inboxes.values() {
+            let _ = inbox.tx.try_send(msg());
         }
     }
 
-    fn register(&self, group: GroupId, tx: flume::Sender<ReplicaMsg>) {
+    fn register(&self, group: GroupId, tx: flume::Sender<ReplicaMsg>, gauge: Arc<Gauge>) {
         let mut inboxes = self.inboxes.write().unwrap_or_else(|e| e.into_inner());
         // Under the write lock, so that no early message slips in between.
         let mut early = self.early.lock().unwrap_or_else(|e| e.into_inner());
@@ -84,7 +99,7 @@ impl Router {
             let _ = tx.try_send(msg);
         }
         drop(early);
-        inboxes.insert(group, tx);
+        inboxes.insert(group, Inbox { tx, gauge });
     }
 }
 
@@ -162,7 +177,8 @@ impl RaftGroupManager {
             self.peers.clone(),
             self.metrics.clone(),
         )?;
-        self.router.register(group.clone(), handle.sender());
+        self.router
+            .register(group.clone(), handle.sender(), handle.shared_gauge());
         // The replica is a task the node cannot run without: if it fails or
         // panics, `fatal` hears of it and the node exits.
         let task = crate::runtime::spawn(replica.run(shutdown.clone()));
@@ -189,9 +205,12 @@ impl RaftGroupManager {
     }
 }
 
-/// Sends a tick to every replica each `interval` until `shutdown` closes,
-/// from the moment `start` receives a message (or its sender is gone).
-/// Each wait starts after the previous tick, so a stall never causes a burst.
+/// Ticks every replica each tick interval until `shutdown` closes, from the
+/// moment `start` receives a message (or its sender is gone). Each wait
+/// starts after the previous tick, so a stall never causes a burst. A quiet
+/// follower's tick waits for its leader's next heartbeat
+/// ([`Router::tick_all`]), so an idle follower is woken once per heartbeat,
+/// not twice.
 ///
 /// The coordinator opens `start` once a quorum is live: before that no
 /// election can succeed, and a follower whose election timer ran during a
@@ -200,7 +219,7 @@ impl RaftGroupManager {
 /// 3-node bootstrap that node 1 should have won, after a 330 ms wait).
 pub fn spawn_tick_driver(
     router: Router,
-    interval: Duration,
+    timing: &RaftTiming,
     start: flume::Receiver<()>,
     shutdown: flume::Receiver<()>,
 ) -> crate::runtime::Task<()> {
@@ -209,6 +228,7 @@ pub fn spawn_tick_driver(
     // timerfd) on top of the one that fires it, and the tick is most of
     // what an idle node does. Here a tick is one wakeup of this thread and
     // one of the executor's.
+    let (interval, window) = (timing.tick_interval, defer_window(timing));
     let (done_tx, done) = flume::bounded::<()>(1);
     let ticker = std::thread::Builder::new()
         .name("raft-tick".into())
@@ -229,7 +249,7 @@ pub fn spawn_tick_driver(
             let mut wait = interval.mul_f64(fastrand::f64());
             while let Err(flume::RecvTimeoutError::Timeout) = shutdown.recv_timeout(wait) {
                 wait = interval;
-                router.tick_all();
+                router.tick_all(window);
             }
         });
     if let Err(e) = ticker {
@@ -238,4 +258,34 @@ pub fn spawn_tick_driver(
     crate::runtime::spawn(async move {
         let _ = done.recv_async().await;
     })
+}
+
+/// How long after its leader's last message a quiet follower's tick may
+/// wait for the next one ([`Gauge::defer_tick`]). A little over one tick, so
+/// that heartbeats that come a few milliseconds late (both nodes' tick
+/// threads wake with some jitter) still carry the tick; but never as long
+/// as `election_ticks - 1` ticks, so that the tick on which an election
+/// could first fire after the leader falls silent is always delivered on
+/// time: the election timeout is not stretched.
+pub fn defer_window(timing: &RaftTiming) -> Duration {
+    let interval = timing.tick_interval;
+    let most = interval * (timing.election_ticks.saturating_sub(1).max(1) as u32);
+    (interval + interval / 4).min(most)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deferred_tick_never_reaches_the_first_election_tick() {
+        let timing = |election_ticks| RaftTiming {
+            tick_interval: Duration::from_millis(100),
+            election_ticks,
+            ..RaftTiming::default()
+        };
+        assert_eq!(defer_window(&timing(2)), Duration::from_millis(100));
+        assert_eq!(defer_window(&timing(3)), Duration::from_millis(125));
+        assert_eq!(defer_window(&timing(10)), Duration::from_millis(125));
+    }
 }

@@ -34,7 +34,7 @@
 //! executor.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -306,8 +306,14 @@ pub struct Gauge {
     epoch: Instant,
     leader: AtomicU64,
     role: AtomicU8,
-    /// Milliseconds after `epoch` of the last message from the leader.
-    contact_ms: AtomicU64,
+    /// Microseconds after `epoch` of the last message from the leader.
+    contact_us: AtomicU64,
+    /// The replica is a follower with nothing of its own waiting on a tick
+    /// (see [`Gauge::defer_tick`]).
+    quiet: AtomicBool,
+    /// Ticks the tick driver held back; the replica runs them before the
+    /// next message it handles.
+    owed_ticks: AtomicU64,
 }
 
 impl Default for Gauge {
@@ -316,7 +322,9 @@ impl Default for Gauge {
             epoch: Instant::now(),
             leader: AtomicU64::new(0),
             role: AtomicU8::new(0),
-            contact_ms: AtomicU64::new(0),
+            contact_us: AtomicU64::new(0),
+            quiet: AtomicBool::new(false),
+            owed_ticks: AtomicU64::new(0),
         }
     }
 }
@@ -335,8 +343,41 @@ impl Gauge {
         if self.role.load(Ordering::Relaxed) == 1 {
             return Duration::ZERO;
         }
-        let at = Duration::from_millis(self.contact_ms.load(Ordering::Relaxed));
+        let at = Duration::from_micros(self.contact_us.load(Ordering::Relaxed));
         self.epoch.elapsed().saturating_sub(at)
+    }
+
+    /// Called by the tick driver for each tick. True if the tick need not
+    /// wake the replica now: it is a quiet follower that heard from its
+    /// leader less than `window` ago. The tick is then owed, and the replica
+    /// runs it (in order, before that message) when its next message
+    /// arrives, which is the leader's next heartbeat in a healthy cluster,
+    /// or with the next tick the driver does deliver.
+    ///
+    /// An idle follower is then woken by the heartbeats alone, not also by
+    /// the ticks. Raft sees the same ticks in the same order, and the window
+    /// ends before the tick on which an election could first fire after the
+    /// leader falls silent (`raft::defer_window`), so the election timeout
+    /// is not stretched.
+    pub(crate) fn defer_tick(&self, window: Duration) -> bool {
+        if !self.quiet.load(Ordering::Acquire) {
+            return false;
+        }
+        let now = self.epoch.elapsed().as_micros() as u64;
+        let heard = self.contact_us.load(Ordering::Acquire);
+        if now.saturating_sub(heard) >= window.as_micros() as u64 {
+            return false;
+        }
+        self.owed_ticks.fetch_add(1, Ordering::AcqRel);
+        true
+    }
+
+    fn take_owed_ticks(&self) -> u64 {
+        self.owed_ticks.swap(0, Ordering::AcqRel)
+    }
+
+    fn set_quiet(&self, quiet: bool) {
+        self.quiet.store(quiet, Ordering::Release);
     }
 
     fn set(&self, role: StateRole, leader: u64) {
@@ -346,8 +387,8 @@ impl Gauge {
     }
 
     fn contact(&self) {
-        let now = self.epoch.elapsed().as_millis() as u64;
-        self.contact_ms.store(now, Ordering::Relaxed);
+        let now = self.epoch.elapsed().as_micros() as u64;
+        self.contact_us.store(now, Ordering::Release);
     }
 }
 
@@ -465,6 +506,10 @@ impl ReplicaHandle {
 
     pub(crate) fn sender(&self) -> flume::Sender<ReplicaMsg> {
         self.tx.clone()
+    }
+
+    pub(crate) fn shared_gauge(&self) -> Arc<Gauge> {
+        self.gauge.clone()
     }
 }
 
@@ -803,6 +848,7 @@ impl PartitionReplica {
             let Some(first) = first else {
                 return Ok(());
             };
+            self.run_owed_ticks()?;
             self.handle(first)?;
             for _ in 1..MAX_INBOX_BATCH {
                 match self.inbox.try_recv() {
@@ -826,7 +872,38 @@ impl PartitionReplica {
             }
             self.publish();
             self.maybe_build_snapshot();
+            self.gauge.set_quiet(self.quiet());
         }
+    }
+
+    /// Runs the ticks the tick driver held back (see [`Gauge::defer_tick`]).
+    fn run_owed_ticks(&mut self) -> Result<()> {
+        let owed = self.gauge.take_owed_ticks();
+        if owed == 0 {
+            return Ok(());
+        }
+        for _ in 0..owed {
+            self.ticks += 1;
+            self.node.tick();
+        }
+        self.on_tick()
+    }
+
+    /// A follower with a leader and nothing of its own that a tick would
+    /// move: no proposal or read waiting, no apply or checkpoint under way,
+    /// no snapshot being checked. Its ticks may wait for the leader's next
+    /// heartbeat.
+    fn quiet(&self) -> bool {
+        let raft = &self.node.raft;
+        raft.state == StateRole::Follower
+            && raft.leader_id != raft::INVALID_ID
+            && self.proposals.is_empty()
+            && self.reads_queued.is_empty()
+            && self.reads_asked.is_empty()
+            && self.reads_ready.is_empty()
+            && self.pending_apply.is_empty()
+            && !self.store_busy
+            && self.checking_snapshots.is_empty()
     }
 
     /// Stops the log writer (it syncs what it holds) and checkpoints the
