@@ -82,6 +82,7 @@ struct Knobs {
     disk_puts: u64,
     kills: u64,
     etcd_kills: u64,
+    pauses: u64,
     idle_seconds: u64,
 }
 
@@ -94,6 +95,7 @@ fn main() {
         disk_puts: env_num("QUORUMD_BENCH_DISK_PUTS", 2000).max(1),
         kills: env_num("QUORUMD_BENCH_KILLS", 20),
         etcd_kills: env_num("QUORUMD_BENCH_ETCD_KILLS", 5),
+        pauses: env_num("QUORUMD_BENCH_PAUSES", 5),
         idle_seconds: env_num("QUORUMD_BENCH_IDLE_SECONDS", 10).max(1),
     };
     let started = Instant::now();
@@ -195,6 +197,10 @@ struct Figures {
     dirs: Option<Dirs>,
     failover_ms: Vec<f64>,
     kills: u64,
+    /// SIGSTOP of the leader until the survivors agree (ms).
+    pause_ms: Vec<f64>,
+    /// The system's least election timeout (ms).
+    election_timeout_ms: f64,
     binary_bytes: Option<u64>,
     notes: Vec<String>,
 }
@@ -263,6 +269,11 @@ trait System: Sync {
     fn kill9(&mut self, node: u64);
     /// Reaps `node`, killed by [`System::kill9`], and starts it again.
     fn restart(&mut self, node: u64);
+    /// Sends `signal` to `node`.
+    fn signal(&mut self, node: u64, signal: i32);
+    /// The election timeout of this system's configuration (the least one,
+    /// before randomization).
+    fn election_timeout(&self) -> Duration;
 }
 
 /// The Prometheus sample `name` (no labels) in `text`.
@@ -399,6 +410,15 @@ impl System for Quorumd {
         self.c.wait_exit(node, Duration::from_secs(20));
         self.c.start_node(node);
     }
+
+    fn signal(&mut self, node: u64, signal: i32) {
+        self.c.signal(node, signal);
+    }
+
+    fn election_timeout(&self) -> Duration {
+        // The shipped timing: 3 ticks of 100 ms.
+        Duration::from_millis(300)
+    }
 }
 
 struct EtcdSystem {
@@ -517,6 +537,15 @@ impl System for EtcdSystem {
         self.e.signal_and_reap(node as usize, libc::SIGKILL);
         self.e.spawn(node as usize, "existing");
     }
+
+    fn signal(&mut self, node: u64, signal: i32) {
+        self.e.signal(node as usize, signal);
+    }
+
+    fn election_timeout(&self) -> Duration {
+        // etcd's default --election-timeout.
+        Duration::from_millis(1000)
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -555,7 +584,7 @@ fn measure(sys: &mut dyn System, f: &mut Figures, knobs: &Knobs, wrk: Option<&st
     eprintln!("{name}: {kills} kills of the leader");
     f.kills = kills;
     for i in 0..kills {
-        match failover(sys) {
+        match failover(sys, Fault::Kill) {
             Ok(d) => f.failover_ms.push(d.as_secs_f64() * 1e3),
             Err(e) => {
                 failed(f, &format!("failover {}", i + 1), e);
@@ -563,6 +592,26 @@ fn measure(sys: &mut dyn System, f: &mut Figures, knobs: &Knobs, wrk: Option<&st
             }
         }
     }
+    eprintln!("{name}: {} pauses (SIGSTOP) of the leader", knobs.pauses);
+    f.election_timeout_ms = sys.election_timeout().as_secs_f64() * 1e3;
+    for i in 0..knobs.pauses {
+        match failover(sys, Fault::Pause) {
+            Ok(d) => f.pause_ms.push(d.as_secs_f64() * 1e3),
+            Err(e) => {
+                failed(f, &format!("pause {}", i + 1), e);
+                break;
+            }
+        }
+    }
+}
+
+/// How [`failover`] takes the leader away.
+#[derive(Clone, Copy)]
+enum Fault {
+    /// `kill -9`: its peers' connections reset at once.
+    Kill,
+    /// SIGSTOP: the host looks silent; only the election timeout tells.
+    Pause,
 }
 
 /// Both clusters idle at once: CPU and RSS of every node over `window`.
@@ -837,9 +886,10 @@ fn keep_alive_latency(sys: &dyn System, f: &mut Figures) -> Result<(), String> {
     Ok(())
 }
 
-/// `kill -9` of the leader until both survivors report one and the same
-/// new leader; then the node is started again and the cluster let settle.
-fn failover(sys: &mut dyn System) -> Result<Duration, String> {
+/// `kill -9` (or SIGSTOP) of the leader until both survivors report one and
+/// the same new leader; then the node is started again (or continued) and
+/// the cluster let settle.
+fn failover(sys: &mut dyn System, fault: Fault) -> Result<Duration, String> {
     let old = sys.leader()?;
     let old_id = sys.id_of(old)?;
     let survivors: Vec<u64> = sys.nodes().into_iter().filter(|&n| n != old).collect();
@@ -849,7 +899,10 @@ fn failover(sys: &mut dyn System) -> Result<Duration, String> {
         sys.leader_seen(p);
     }
     let started = Instant::now();
-    sys.kill9(old);
+    match fault {
+        Fault::Kill => sys.kill9(old),
+        Fault::Pause => sys.signal(old, libc::SIGSTOP),
+    }
     let took = loop {
         let seen: Vec<Option<String>> = pollers.iter_mut().map(|p| sys.leader_seen(p)).collect();
         let elapsed = started.elapsed();
@@ -859,13 +912,19 @@ fn failover(sys: &mut dyn System) -> Result<Duration, String> {
             }
         }
         if elapsed > WAIT {
+            if let Fault::Pause = fault {
+                sys.signal(old, libc::SIGCONT);
+            }
             return Err(format!(
                 "no new leader within {WAIT:?}: survivors report {seen:?}"
             ));
         }
         std::thread::sleep(FAILOVER_POLL);
     };
-    sys.restart(old);
+    match fault {
+        Fault::Kill => sys.restart(old),
+        Fault::Pause => sys.signal(old, libc::SIGCONT),
+    }
     sys.leader()?;
     std::thread::sleep(REJOIN_REST);
     Ok(took)
@@ -949,6 +1008,7 @@ fn report(q: &Figures, e: Option<&Figures>, knobs: &Knobs) {
     );
     let disk = both(q.disk_per_put(), e_(&|f| f.disk_per_put()));
     let failover_median = median_of(&q.failover_ms);
+    let pause_median = median_of(&q.pause_ms);
     let binary = q.binary_bytes.map(|b| b as f64 / MIB);
     let dir_ratio = |f: &Figures| {
         let d = f.dirs.as_ref()?;
@@ -1016,6 +1076,26 @@ fn report(q: &Figures, e: Option<&Figures>, knobs: &Knobs) {
             both(failover_median, e_(&|f| median_of(&f.failover_ms))),
             "median ≤ 50 ms",
             failover_median.map(|m| m <= 50.0),
+        ),
+        row(
+            "SIGSTOP of the leader until the survivors agree: min / median / max",
+            |f| {
+                (!f.pause_ms.is_empty()).then(|| {
+                    let p = |x| format!("{:.0}", percentile(&f.pause_ms, x));
+                    format!(
+                        "{} / {} / {} ms ({} pauses; median {:.1}× its {:.0} ms election timeout)",
+                        p(0.0),
+                        p(0.5),
+                        p(1.0),
+                        f.pause_ms.len(),
+                        percentile(&f.pause_ms, 0.5) / f.election_timeout_ms,
+                        f.election_timeout_ms
+                    )
+                })
+            },
+            both(pause_median, e_(&|f| median_of(&f.pause_ms))),
+            "median ≤ 2 election timeouts",
+            pause_median.map(|m| m <= 2.0 * q.election_timeout_ms),
         ),
         row(
             format!(
