@@ -385,12 +385,7 @@ impl ClusterCoordinator {
         ));
         tasks.push(essential(
             "the tick driver",
-            spawn_tick_driver(
-                router,
-                &config.raft,
-                start_ticks,
-                shutdown.clone(),
-            ),
+            spawn_tick_driver(router, &config.raft, start_ticks, shutdown.clone()),
         ));
         let bootstrap_complete = Arc::new(AtomicBool::new(false));
         tasks.push(essential(

@@ -34,7 +34,7 @@
 //! executor.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -308,13 +308,23 @@ pub struct Gauge {
     role: AtomicU8,
     /// Microseconds after `epoch` of the last message from the leader.
     contact_us: AtomicU64,
-    /// The replica is a follower with nothing of its own waiting on a tick
-    /// (see [`Gauge::defer_tick`]).
-    quiet: AtomicBool,
-    /// Ticks the tick driver held back; the replica runs them before the
-    /// next message it handles.
-    owed_ticks: AtomicU64,
+    /// Microseconds after `epoch` of the last message from the leader that
+    /// reset the follower's election clock (an append, a heartbeat or a
+    /// snapshot), stamped as raft stepped it.
+    reset_us: AtomicU64,
+    /// What [`Gauge::defer_tick`] needs, in one word so that the tick
+    /// driver and the replica agree on it: [`QUIET`] while the replica is a
+    /// quiet follower waiting for its next message, the ticks it may still
+    /// be owed before its election could fire (bits 32 to 62), and the ticks
+    /// the driver held back so far (bits 0 to 31). The replica takes the
+    /// whole word (and so stops being quiet) as soon as it wakes.
+    ticks: AtomicU64,
 }
+
+/// The quiet bit of [`Gauge::ticks`].
+const QUIET: u64 = 1 << 63;
+/// The owed-ticks field of [`Gauge::ticks`].
+const OWED: u64 = (1 << 32) - 1;
 
 impl Default for Gauge {
     fn default() -> Self {
@@ -323,8 +333,8 @@ impl Default for Gauge {
             leader: AtomicU64::new(0),
             role: AtomicU8::new(0),
             contact_us: AtomicU64::new(0),
-            quiet: AtomicBool::new(false),
-            owed_ticks: AtomicU64::new(0),
+            reset_us: AtomicU64::new(0),
+            ticks: AtomicU64::new(0),
         }
     }
 }
@@ -347,37 +357,54 @@ impl Gauge {
         self.epoch.elapsed().saturating_sub(at)
     }
 
-    /// Called by the tick driver for each tick. True if the tick need not
-    /// wake the replica now: it is a quiet follower that heard from its
-    /// leader less than `window` ago. The tick is then owed, and the replica
-    /// runs it (in order, before that message) when its next message
-    /// arrives, which is the leader's next heartbeat in a healthy cluster,
-    /// or with the next tick the driver does deliver.
+    /// Called by the tick driver for each tick, when the replica's inbox
+    /// is empty. True if the tick need not wake the replica now: it is a
+    /// quiet follower whose election clock its leader reset less than
+    /// `window` ago, and the tick is not the one on which its election
+    /// could fire. The tick is then owed, and the replica runs it first (in
+    /// order: before the message) when its next message wakes it, which in
+    /// a healthy cluster is the leader's next heartbeat, or else the next
+    /// tick the driver does deliver.
     ///
     /// An idle follower is then woken by the heartbeats alone, not also by
-    /// the ticks. Raft sees the same ticks in the same order, and the window
-    /// ends before the tick on which an election could first fire after the
-    /// leader falls silent (`raft::defer_window`), so the election timeout
-    /// is not stretched.
+    /// the ticks. Raft sees the same ticks in the same order relative to the
+    /// leader's messages, and the tick that would start an election is
+    /// always delivered on time, so a silent leader is noticed as soon as
+    /// before. (One race remains: a tick that lands in the instant between a
+    /// message leaving the inbox and the replica waking runs just before
+    /// that message, not just after; if the message was the leader's last
+    /// heartbeat, the election comes one tick later.)
     pub(crate) fn defer_tick(&self, window: Duration) -> bool {
-        if !self.quiet.load(Ordering::Acquire) {
-            return false;
-        }
         let now = self.epoch.elapsed().as_micros() as u64;
-        let heard = self.contact_us.load(Ordering::Acquire);
-        if now.saturating_sub(heard) >= window.as_micros() as u64 {
+        let reset = self.reset_us.load(Ordering::Acquire);
+        if now.saturating_sub(reset) >= window.as_micros() as u64 {
             return false;
         }
-        self.owed_ticks.fetch_add(1, Ordering::AcqRel);
-        true
+        self.ticks
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
+                let (owed, budget) = (word & OWED, (word & !QUIET) >> 32);
+                (word & QUIET != 0 && owed + 1 < budget).then_some(word + 1)
+            })
+            .is_ok()
     }
 
-    fn take_owed_ticks(&self) -> u64 {
-        self.owed_ticks.swap(0, Ordering::AcqRel)
+    /// The replica woke: it is no longer quiet, and runs the ticks held
+    /// back for it.
+    fn wake(&self) -> u64 {
+        self.ticks.swap(0, Ordering::AcqRel) & OWED
     }
 
-    fn set_quiet(&self, quiet: bool) {
-        self.quiet.store(quiet, Ordering::Release);
+    /// The replica waits for its next message; `budget` is `Some(n)` if it
+    /// is a quiet follower whose election fires on the `n`th tick from now.
+    fn sleep(&self, budget: Option<u64>) {
+        let word = budget.map_or(0, |n| QUIET | (n.min(u32::MAX as u64 >> 1) << 32));
+        self.ticks.store(word, Ordering::Release);
+    }
+
+    /// The leader's message just stepped reset the election clock.
+    fn election_reset(&self) {
+        let now = self.epoch.elapsed().as_micros() as u64;
+        self.reset_us.store(now, Ordering::Release);
     }
 
     fn set(&self, role: StateRole, leader: u64) {
@@ -872,13 +899,13 @@ impl PartitionReplica {
             }
             self.publish();
             self.maybe_build_snapshot();
-            self.gauge.set_quiet(self.quiet());
+            self.gauge.sleep(self.tick_budget());
         }
     }
 
     /// Runs the ticks the tick driver held back (see [`Gauge::defer_tick`]).
     fn run_owed_ticks(&mut self) -> Result<()> {
-        let owed = self.gauge.take_owed_ticks();
+        let owed = self.gauge.wake();
         if owed == 0 {
             return Ok(());
         }
@@ -889,13 +916,15 @@ impl PartitionReplica {
         self.on_tick()
     }
 
-    /// A follower with a leader and nothing of its own that a tick would
-    /// move: no proposal or read waiting, no apply or checkpoint under way,
-    /// no snapshot being checked. Its ticks may wait for the leader's next
-    /// heartbeat.
-    fn quiet(&self) -> bool {
+    /// A quiet follower is one with a leader and nothing of its own that a
+    /// tick would move: no proposal or read waiting, no apply or checkpoint
+    /// under way, no snapshot being checked. Its ticks may wait for the
+    /// leader's next heartbeat.
+    /// Returns the ticks until its election would fire (see
+    /// [`Gauge::defer_tick`]); `None` for any other replica.
+    fn tick_budget(&self) -> Option<u64> {
         let raft = &self.node.raft;
-        raft.state == StateRole::Follower
+        let quiet = raft.state == StateRole::Follower
             && raft.leader_id != raft::INVALID_ID
             && self.proposals.is_empty()
             && self.reads_queued.is_empty()
@@ -903,7 +932,13 @@ impl PartitionReplica {
             && self.reads_ready.is_empty()
             && self.pending_apply.is_empty()
             && !self.store_busy
-            && self.checking_snapshots.is_empty()
+            && self.checking_snapshots.is_empty();
+        // raft campaigns on the tick that brings the elapsed count to the
+        // randomized timeout.
+        quiet.then(|| {
+            raft.randomized_election_timeout()
+                .saturating_sub(raft.election_elapsed) as u64
+        })
     }
 
     /// Stops the log writer (it syncs what it holds) and checkpoints the
@@ -1223,6 +1258,12 @@ impl PartitionReplica {
         let raft = &self.node.raft;
         if from == raft.leader_id && term == raft.term {
             self.gauge.contact();
+            if matches!(
+                kind,
+                MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
+            ) {
+                self.gauge.election_reset();
+            }
         }
     }
 
@@ -2471,5 +2512,34 @@ mod tests {
         small.set_msg_type(MessageType::MsgAppend);
         small.entries = vec![entry(1)].into();
         assert_eq!(split_append(small).len(), 1);
+    }
+
+    #[test]
+    fn a_quiet_follower_owes_ticks_but_never_the_one_its_election_fires_on() {
+        let hour = Duration::from_secs(3600);
+        let g = Gauge::default();
+        g.election_reset();
+        // Not quiet (a leader, a candidate, a busy follower): every tick is
+        // delivered.
+        assert!(!g.defer_tick(hour));
+        // Quiet, its election 3 ticks away: ticks 1 and 2 are held back,
+        // tick 3 is delivered.
+        g.sleep(Some(3));
+        assert!(g.defer_tick(hour));
+        assert!(g.defer_tick(hour));
+        assert!(!g.defer_tick(hour));
+        // Waking takes the held-back ticks and ends the quiet.
+        assert_eq!(g.wake(), 2);
+        assert!(!g.defer_tick(hour));
+        // One tick from its election: nothing is held back.
+        g.sleep(Some(1));
+        assert!(!g.defer_tick(hour));
+        assert_eq!(g.wake(), 0);
+        // Past the window since the leader last reset the election clock.
+        g.sleep(Some(5));
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(!g.defer_tick(Duration::from_millis(1)));
+        assert!(g.defer_tick(hour));
+        assert_eq!(g.wake(), 1);
     }
 }
