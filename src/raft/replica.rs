@@ -374,7 +374,7 @@ impl Gauge {
     /// message leaving the inbox and the replica waking runs just before
     /// that message, not just after; if the message was the leader's last
     /// heartbeat, the election comes one tick later.)
-    pub(crate) fn defer_tick(&self, window: Duration) -> bool {
+    pub fn defer_tick(&self, window: Duration) -> bool {
         let now = self.epoch.elapsed().as_micros() as u64;
         let reset = self.reset_us.load(Ordering::Acquire);
         if now.saturating_sub(reset) >= window.as_micros() as u64 {
