@@ -9,7 +9,8 @@
 //! - A watch fires once a later write touches a key or prefix; blocking
 //!   queries are built from it.
 //!
-//! Reads of the redb file run on worker threads (`runtime::unblock`), never on the executor.
+//! Reads of the redb file run on worker threads (`runtime::unblock`), except
+//! a single key's, which takes microseconds and runs on the executor.
 
 use std::sync::Arc;
 
@@ -149,7 +150,7 @@ impl KvService {
         self.replica.gauge()
     }
 
-    /// Runs a query with the given consistency.
+    /// Runs a query with the given consistency, on a worker thread.
     pub async fn read<T: Send + 'static>(
         &self,
         consistency: Consistency,
@@ -161,6 +162,23 @@ impl KvService {
         let store = self.store.clone();
         crate::runtime::unblock(move || store.read(query))
             .await
+            .map_err(|e| KvError::Storage(e.to_string()))
+    }
+
+    /// Runs a small query (a few point lookups, no listing, nothing that
+    /// waits) with the given consistency, right on the executor: like a
+    /// small apply, it takes microseconds, less than the hop to a worker
+    /// thread and back (two thread wakeups).
+    pub async fn read_small<T>(
+        &self,
+        consistency: Consistency,
+        query: impl FnOnce(&ReadTables) -> machine::Result<T>,
+    ) -> Result<T, KvError> {
+        if consistency == Consistency::Linearizable {
+            self.replica.read_index().await?;
+        }
+        self.store
+            .read(query)
             .map_err(|e| KvError::Storage(e.to_string()))
     }
 
