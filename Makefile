@@ -8,16 +8,11 @@ CARGO ?= cargo
 # proc-macros cargo builds for the host. A static quorumd maps no libc.so,
 # libm.so or ld.so: about 1.3 MiB less resident memory per node, and one
 # file to copy onto a device. It never resolves names (addresses are
-# ip:port), so static glibc's NSS limits do not apply.
-#
-# It is linked by GNU ld with scripts/no-eh-frame.ld, which drops the unwind
-# tables (.eh_frame) that std and glibc bring: with panic = "abort" nothing
-# unwinds, and they were about 800 KB of the binary. (rust-lld, the default
-# linker, refuses to discard them.)
+# ip:port), so static glibc's NSS limits do not apply. (build.rs also drops
+# the binary's unwind tables when it links: see there.)
 TARGET := $(shell rustc -vV | sed -n 's/^host: //p')
 ifneq (,$(findstring linux-gnu,$(TARGET)))
-RELEASE_RUSTFLAGS := -C target-feature=+crt-static -C link-arg=-fuse-ld=bfd \
-	-C link-arg=-Wl,-T,$(CURDIR)/scripts/no-eh-frame.ld
+RELEASE_RUSTFLAGS := -C target-feature=+crt-static
 endif
 RELEASE_BIN := target/$(TARGET)/release/quorumd
 export QUORUMD := $(CURDIR)/$(RELEASE_BIN)
