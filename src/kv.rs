@@ -9,8 +9,9 @@
 //! - A watch fires once a later write touches a key or prefix; blocking
 //!   queries are built from it.
 //!
-//! Reads of the redb file run on worker threads (`runtime::unblock`), except
-//! a single key's, which takes microseconds and runs on the executor.
+//! Reads of the redb file run on worker threads (`runtime::unblock`): a
+//! value may be large and its pages cold. Only reads of small rows of fixed
+//! bounds (a session's) run on the executor ([`KvService::read_small`]).
 
 use std::sync::Arc;
 
@@ -165,10 +166,11 @@ impl KvService {
             .map_err(|e| KvError::Storage(e.to_string()))
     }
 
-    /// Runs a small query (a few point lookups, no listing, nothing that
-    /// waits) with the given consistency, right on the executor: like a
-    /// small apply, it takes microseconds, less than the hop to a worker
-    /// thread and back (two thread wakeups).
+    /// Runs a small query (a few point lookups of rows of a fixed small
+    /// bound, never a client's value, no listing, nothing that waits) with
+    /// the given consistency, right on the executor: like a small apply, it
+    /// takes microseconds, less than the hop to a worker thread and back
+    /// (two thread wakeups).
     pub async fn read_small<T>(
         &self,
         consistency: Consistency,

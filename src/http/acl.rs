@@ -234,7 +234,7 @@ impl AclCheck {
         }
         state
             .kv
-            .read_small(Consistency::Stale, |t| Ok(check.resolve(t)))
+            .read(Consistency::Stale, move |t| Ok(check.resolve(t)))
             .await
             .map_err(failed)?
     }

@@ -362,7 +362,6 @@ async fn serve_get(kv: &KvService, get: GetRequest, acl: Option<AclCheck>) -> Re
             kv.limits().max_response_bytes,
             kv.settings().request_timeout,
         );
-        let point = matches!(query, Query::One(_));
         let run = move |t: &crate::store::machine::ReadTables| {
             // The token is checked in the same read as the data: a
             // linearizable read sees every revocation committed before.
@@ -418,12 +417,7 @@ async fn serve_get(kv: &KvService, get: GetRequest, acl: Option<AclCheck>) -> Re
                 },
             })
         };
-        // A single key is read on the executor, a listing on a worker.
-        let listing = if point {
-            kv.read_small(consistency, run).await
-        } else {
-            kv.read(consistency, run).await
-        };
+        let listing = kv.read(consistency, run).await;
         let listing = match listing {
             Ok(l) => l,
             Err(e) => return kv_error(&e, false, kv.settings().request_timeout),
