@@ -588,7 +588,9 @@ fn measure(sys: &mut dyn System, f: &mut Figures, knobs: &Knobs, wrk: Option<&st
             Ok(d) => f.failover_ms.push(d.as_secs_f64() * 1e3),
             Err(e) => {
                 failed(f, &format!("failover {}", i + 1), e);
-                break;
+                // The killed node may still be down: a pause now would
+                // measure a 1-node cluster's lack of quorum.
+                return;
             }
         }
     }
