@@ -936,6 +936,18 @@ fn failover(sys: &mut dyn System, fault: Fault) -> Result<Duration, String> {
 // Report
 // ---------------------------------------------------------------------------
 
+/// The percentiles `at` of `samples`, as "a / b / c" in whole units; `None`
+/// if there are none.
+fn spread(samples: &[f64], at: &[f64]) -> Option<String> {
+    (!samples.is_empty()).then(|| {
+        let parts: Vec<String> = at
+            .iter()
+            .map(|&p| format!("{:.0}", percentile(samples, p)))
+            .collect();
+        parts.join(" / ")
+    })
+}
+
 /// How a row shows one system's figures (`None`: not measured).
 type Cell = Box<dyn Fn(&Figures) -> Option<String>>;
 
@@ -1063,17 +1075,8 @@ fn report(q: &Figures, e: Option<&Figures>, knobs: &Knobs) {
         row(
             "kill -9 of the leader until the survivors agree: min / median / p90 / max",
             |f| {
-                (!f.failover_ms.is_empty()).then(|| {
-                    let p = |x| format!("{:.0}", percentile(&f.failover_ms, x));
-                    format!(
-                        "{} / {} / {} / {} ms ({} kills)",
-                        p(0.0),
-                        p(0.5),
-                        p(0.9),
-                        p(1.0),
-                        f.failover_ms.len()
-                    )
-                })
+                spread(&f.failover_ms, &[0.0, 0.5, 0.9, 1.0])
+                    .map(|s| format!("{s} ms ({} kills)", f.failover_ms.len()))
             },
             both(failover_median, e_(&|f| median_of(&f.failover_ms))),
             "median ≤ 50 ms",
@@ -1082,13 +1085,9 @@ fn report(q: &Figures, e: Option<&Figures>, knobs: &Knobs) {
         row(
             "SIGSTOP of the leader until the survivors agree: min / median / max",
             |f| {
-                (!f.pause_ms.is_empty()).then(|| {
-                    let p = |x| format!("{:.0}", percentile(&f.pause_ms, x));
+                spread(&f.pause_ms, &[0.0, 0.5, 1.0]).map(|s| {
                     format!(
-                        "{} / {} / {} ms ({} pauses; median {:.1}× its {:.0} ms election timeout)",
-                        p(0.0),
-                        p(0.5),
-                        p(1.0),
+                        "{s} ms ({} pauses; median {:.1}× its {:.0} ms election timeout)",
                         f.pause_ms.len(),
                         percentile(&f.pause_ms, 0.5) / f.election_timeout_ms,
                         f.election_timeout_ms
