@@ -268,6 +268,6 @@ pub fn spawn_tick_driver(
 /// threads wake with some jitter) still carry the tick. It bounds how late
 /// a held-back tick runs; the tick on which an election would fire is never
 /// held back at all.
-pub fn defer_window(timing: &RaftTiming) -> Duration {
+fn defer_window(timing: &RaftTiming) -> Duration {
     timing.tick_interval + timing.tick_interval / 4
 }

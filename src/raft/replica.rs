@@ -306,8 +306,8 @@ pub struct Gauge {
     epoch: Instant,
     leader: AtomicU64,
     role: AtomicU8,
-    /// Microseconds after `epoch` of the last message from the leader.
-    contact_us: AtomicU64,
+    /// Milliseconds after `epoch` of the last message from the leader.
+    contact_ms: AtomicU64,
     /// Microseconds after `epoch` of the last message from the leader that
     /// reset the follower's election clock (an append, a heartbeat or a
     /// snapshot), stamped as raft stepped it.
@@ -332,7 +332,7 @@ impl Default for Gauge {
             epoch: Instant::now(),
             leader: AtomicU64::new(0),
             role: AtomicU8::new(0),
-            contact_us: AtomicU64::new(0),
+            contact_ms: AtomicU64::new(0),
             reset_us: AtomicU64::new(0),
             ticks: AtomicU64::new(0),
         }
@@ -353,7 +353,7 @@ impl Gauge {
         if self.role.load(Ordering::Relaxed) == 1 {
             return Duration::ZERO;
         }
-        let at = Duration::from_micros(self.contact_us.load(Ordering::Relaxed));
+        let at = Duration::from_millis(self.contact_ms.load(Ordering::Relaxed));
         self.epoch.elapsed().saturating_sub(at)
     }
 
@@ -414,8 +414,8 @@ impl Gauge {
     }
 
     fn contact(&self) {
-        let now = self.epoch.elapsed().as_micros() as u64;
-        self.contact_us.store(now, Ordering::Release);
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.contact_ms.store(now, Ordering::Relaxed);
     }
 }
 
@@ -916,12 +916,11 @@ impl PartitionReplica {
         self.on_tick()
     }
 
-    /// A quiet follower is one with a leader and nothing of its own that a
-    /// tick would move: no proposal or read waiting, no apply or checkpoint
-    /// under way, no snapshot being checked. Its ticks may wait for the
-    /// leader's next heartbeat.
-    /// Returns the ticks until its election would fire (see
-    /// [`Gauge::defer_tick`]); `None` for any other replica.
+    /// For a quiet follower, the ticks until its election would fire (see
+    /// [`Gauge::defer_tick`]); `None` for any other replica. A quiet
+    /// follower has a leader and nothing of its own that a tick would move:
+    /// no proposal or read waiting, no apply or checkpoint under way, no
+    /// snapshot being checked.
     fn tick_budget(&self) -> Option<u64> {
         let raft = &self.node.raft;
         let quiet = raft.state == StateRole::Follower
