@@ -1787,8 +1787,21 @@ impl PartitionReplica {
             return Ok(());
         }
         let mut ready = self.node.ready();
-        self.send(ready.take_messages());
+        // A leader's Ready with entries to commit and none to replicate (in
+        // a quiet cluster, the Ready after a write's acks) applies first and
+        // sends after: its messages only carry the new commit index, and a
+        // write's client then waits for the apply alone, not for the sends
+        // to every follower as well. Entries to replicate go out first: they
+        // are on the next writes' critical path.
+        let answer_first = self.node.raft.state == StateRole::Leader
+            && ready.entries().is_empty()
+            && !ready.committed_entries().is_empty();
+        let mut messages = ready.take_messages();
+        if !answer_first {
+            self.send(std::mem::take(&mut messages));
+        }
         if !ready.snapshot().is_empty() {
+            self.send(std::mem::take(&mut messages));
             self.install_snapshot(ready).await?;
             // What the installed snapshot's Ready released (acks, entries
             // committed meanwhile) is one more Ready, handled now.
@@ -1818,13 +1831,14 @@ impl PartitionReplica {
         let persisted = coalesce_acks(ready.take_persisted_messages());
         if entries.is_empty() && hard_state.is_none() && self.unpersisted.is_empty() {
             // Nothing to wait for: no write of this Ready, none before it.
-            self.send(persisted);
             let committed = ready.take_committed_entries();
             let read_states = ready.take_read_states();
             self.node.advance_append_async(ready);
             self.node.on_persist_ready(number);
             self.read_states(read_states);
             self.apply(committed)?;
+            self.send(messages);
+            self.send(persisted);
         } else {
             if entries.is_empty() && hard_state.is_none() {
                 // Still in order behind the writes in flight.
@@ -1846,6 +1860,7 @@ impl PartitionReplica {
             self.node.advance_append_async(ready);
             self.read_states(read_states);
             self.apply(committed)?;
+            self.send(messages);
         }
         self.release_reads();
         Ok(())

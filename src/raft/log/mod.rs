@@ -121,6 +121,8 @@ struct Active {
     page: Vec<u8>,
     /// Every byte before this offset is durable.
     synced: u64,
+    /// The offset the last `Synced` record confirms.
+    marked: u64,
 }
 
 impl Active {
@@ -268,6 +270,7 @@ impl RaftLog {
                 page_start,
                 page,
                 synced: end,
+                marked: end,
             },
             last: replay.last(),
             hard_state: replay.hard_state.clone(),
@@ -358,6 +361,18 @@ impl RaftLog {
     /// Makes everything written durable (one `fdatasync`), then records
     /// that it is.
     pub fn sync(&mut self) -> Result<()> {
+        self.sync_data()?;
+        self.mark_synced()
+    }
+
+    /// The `fdatasync` of [`RaftLog::sync`] alone: once it returns,
+    /// everything written is durable and may be acknowledged. The writer
+    /// thread reports that first, and calls [`RaftLog::mark_synced`] after,
+    /// so that the mark's write is not on a put's critical path. The order
+    /// changes nothing on recovery: every intact record is replayed, and the
+    /// mark only tells damage inside durable data from a torn tail (the mark
+    /// of this sync was never durable before the next one either).
+    pub fn sync_data(&mut self) -> Result<()> {
         let pos = self.active.pos();
         if self.active.synced >= pos {
             return Ok(());
@@ -375,9 +390,20 @@ impl RaftLog {
             f.synced();
         }
         self.active.synced = pos;
-        // Not synced itself: it goes to the disk with the next sync, or
-        // with the kernel's writeback; a crash of the process keeps it.
-        self.append(&Record::Synced { offset: pos }.encode())
+        Ok(())
+    }
+
+    /// Appends the `Synced` record for the last [`RaftLog::sync_data`], if
+    /// it is not there yet. Not synced itself: it goes to the disk with the
+    /// next sync, or with the kernel's writeback; a crash of the process
+    /// keeps it.
+    pub fn mark_synced(&mut self) -> Result<()> {
+        let synced = self.active.synced;
+        if self.active.marked >= synced {
+            return Ok(());
+        }
+        self.active.marked = synced;
+        self.append(&Record::Synced { offset: synced }.encode())
     }
 
     /// Deletes the segments no longer needed once every entry up to `upto`
@@ -567,6 +593,7 @@ fn make_segment(
         page_start: 0,
         page: head,
         synced: end,
+        marked: end,
     })
 }
 

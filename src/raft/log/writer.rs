@@ -212,7 +212,7 @@ fn run_batch(
     if sync {
         let started = Instant::now();
         crate::diskguard::sync_begins();
-        let synced = log.sync();
+        let synced = log.sync_data();
         crate::diskguard::sync_ends();
         synced?;
         observer.synced(started.elapsed(), writes);
@@ -223,6 +223,8 @@ fn run_batch(
     if let Some(n) = persisted {
         report(Event::Persisted(n));
     }
+    // After the report: the mark is not part of what the report promises.
+    log.mark_synced()?;
     if let Some(upto) = release {
         log.release(upto)?;
     }
