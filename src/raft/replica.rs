@@ -675,6 +675,12 @@ pub struct PartitionReplica {
     /// by Ready number, oldest first, with the (term, vote) that write
     /// promises when it changes them (logged once durable).
     unpersisted: std::collections::VecDeque<Unpersisted>,
+    /// A new commit index that no log write carried yet: a Ready that only
+    /// moves the commit index writes nothing, and the next write of entries
+    /// carries it. Raft keeps the commit index in memory; on disk it only
+    /// saves a restart some replay, and recovery never starts below the
+    /// applied index the state machine made durable.
+    commit_unwritten: bool,
     /// Apply batches not yet applied: they wait while a checkpoint or a
     /// large batch runs off the executor, so that batches apply in order.
     pending_apply: std::collections::VecDeque<ApplyBatch>,
@@ -832,6 +838,7 @@ impl PartitionReplica {
                 applied: recovered.applied,
                 applied_hash: recovered.applied_hash,
                 unpersisted: Default::default(),
+                commit_unwritten: false,
                 pending_apply: Default::default(),
                 store_busy: false,
                 checkpointed: recovered.applied,
@@ -1813,7 +1820,7 @@ impl PartitionReplica {
         // forward, and the log refuses one that would not. An apply batch
         // carries the applied state, never a term or vote.
         let entries = ready.take_entries();
-        let hard_state = ready.hs().cloned();
+        let mut hard_state = ready.hs().cloned();
         let sync = ready.must_sync() || !entries.is_empty();
         let number = ready.number();
         let mut promise = None;
@@ -1826,6 +1833,18 @@ impl PartitionReplica {
                     promise = Some((hs.term, hs.vote));
                 }
                 view.set_hard_state(hs.clone());
+            }
+            // A commit index alone is not written (see `commit_unwritten`):
+            // after a write's acks, neither the leader nor a follower wakes
+            // its log thread.
+            if promise.is_none() && entries.is_empty() && hard_state.is_some() {
+                hard_state = None;
+                self.commit_unwritten = true;
+            } else if !entries.is_empty() && self.commit_unwritten && hard_state.is_none() {
+                hard_state = Some(view.hard_state().clone());
+            }
+            if hard_state.is_some() {
+                self.commit_unwritten = false;
             }
         }
         let persisted = coalesce_acks(ready.take_persisted_messages());
