@@ -990,6 +990,14 @@ impl PartitionReplica {
                 }
             }
         }
+        // What came in since the last receive goes now, before the inbox
+        // does: flume keeps a message queued in a channel whose receiver is
+        // gone for as long as a sender lives (the router's, a handle's), and
+        // with it the reply channel its requester awaits. A task that asked
+        // for a watch just as the replica stopped waited forever, and the
+        // node never exited on SIGTERM. Nothing else runs on the executor
+        // between this drain and the drop; later sends fail at once.
+        while inbox.try_recv().is_ok() {}
     }
 
     fn handle(&mut self, msg: ReplicaMsg) -> Result<()> {
