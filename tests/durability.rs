@@ -304,7 +304,8 @@ fn killed_follower_rejoins_and_catches_up() {
 
     let from = restart(&mut c, follower);
     // The log and the term are durable; the commit index is learned again
-    // from the leader (it is written without an fsync of its own).
+    // from the leader (a Ready that only moves it writes nothing, and the
+    // next write of entries carries it unsynced).
     let rec = wait_recovered(&c, follower, from);
     assert!(
         rec.term >= term_before && rec.last >= commit_before,

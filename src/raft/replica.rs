@@ -1829,7 +1829,13 @@ impl PartitionReplica {
         // carries the applied state, never a term or vote.
         let entries = ready.take_entries();
         let mut hard_state = ready.hs().cloned();
-        let sync = ready.must_sync() || !entries.is_empty();
+        // Committing a membership change makes the commit index durable
+        // before the next write (see below).
+        let commits_conf = ready
+            .committed_entries()
+            .iter()
+            .any(|e| e.get_entry_type() != EntryType::EntryNormal);
+        let sync = ready.must_sync() || !entries.is_empty() || commits_conf;
         let number = ready.number();
         let mut promise = None;
         {
@@ -1844,8 +1850,18 @@ impl PartitionReplica {
             }
             // A commit index alone is not written (see `commit_unwritten`):
             // after a write's acks, neither the leader nor a follower wakes
-            // its log thread.
-            if promise.is_none() && entries.is_empty() && hard_state.is_some() {
+            // its log thread. Except when it commits a membership change:
+            // then the hard state is written and synced. A node restarted
+            // with a commit index below the change would replay up to it
+            // only, run on the configuration before it (the state machine's
+            // last checkpoint), and raft's guard against campaigning with a
+            // committed change not yet applied would not see it. With a
+            // joint change (replacing a voter), two nodes restarted so could
+            // elect a leader of the old voter set while the others lead the
+            // new one.
+            if commits_conf {
+                hard_state = Some(view.hard_state().clone());
+            } else if promise.is_none() && entries.is_empty() && hard_state.is_some() {
                 hard_state = None;
                 self.commit_unwritten = true;
             } else if !entries.is_empty() && self.commit_unwritten && hard_state.is_none() {
