@@ -39,7 +39,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
-use raft::prelude::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType};
+use raft::prelude::{
+    ConfChange, ConfChangeV2, ConfState, Entry, EntryType, HardState, Message, MessageType,
+};
 use raft::{RawNode, SnapshotStatus, StateRole};
 use slog::Drain as _;
 
@@ -570,6 +572,45 @@ fn coalesce_acks(messages: Vec<Message>) -> Vec<Message> {
             }
         })
         .collect()
+}
+
+/// The hard state a Ready's log write carries, given the one the Ready
+/// brought (`from_ready`), the store's after it (`current`), whether it
+/// changes the term or vote (`promises`), whether the Ready writes entries,
+/// and whether it commits a membership change.
+///
+/// A commit index alone is not written (`commit_unwritten` is set): after a
+/// write's acks, neither the leader nor a follower wakes its log thread, and
+/// the next write of entries carries it. Except when the Ready commits a
+/// membership change: then the hard state is written (and the caller syncs
+/// it). A node restarted with a commit index below the change would replay
+/// up to it only, run on the configuration before it (the state machine's
+/// last checkpoint), and raft's guard against campaigning with a committed
+/// change not yet applied would not see it. With a joint change (replacing
+/// a voter), two nodes restarted so could elect a leader of the old voter
+/// set while the others lead the new one.
+fn hard_state_to_write(
+    from_ready: Option<HardState>,
+    current: &HardState,
+    promises: bool,
+    writes_entries: bool,
+    commits_conf: bool,
+    commit_unwritten: &mut bool,
+) -> Option<HardState> {
+    let write = if commits_conf {
+        Some(current.clone())
+    } else if !promises && !writes_entries && from_ready.is_some() {
+        *commit_unwritten = true;
+        None
+    } else if writes_entries && *commit_unwritten && from_ready.is_none() {
+        Some(current.clone())
+    } else {
+        from_ready
+    };
+    if write.is_some() {
+        *commit_unwritten = false;
+    }
+    write
 }
 
 /// Identifies a proposal in its entry's context, so that the node that
@@ -1830,7 +1871,7 @@ impl PartitionReplica {
         let entries = ready.take_entries();
         let mut hard_state = ready.hs().cloned();
         // Committing a membership change makes the commit index durable
-        // before the next write (see below).
+        // before the next write (see `hard_state_to_write`).
         let commits_conf = ready
             .committed_entries()
             .iter()
@@ -1848,28 +1889,14 @@ impl PartitionReplica {
                 }
                 view.set_hard_state(hs.clone());
             }
-            // A commit index alone is not written (see `commit_unwritten`):
-            // after a write's acks, neither the leader nor a follower wakes
-            // its log thread. Except when it commits a membership change:
-            // then the hard state is written and synced. A node restarted
-            // with a commit index below the change would replay up to it
-            // only, run on the configuration before it (the state machine's
-            // last checkpoint), and raft's guard against campaigning with a
-            // committed change not yet applied would not see it. With a
-            // joint change (replacing a voter), two nodes restarted so could
-            // elect a leader of the old voter set while the others lead the
-            // new one.
-            if commits_conf {
-                hard_state = Some(view.hard_state().clone());
-            } else if promise.is_none() && entries.is_empty() && hard_state.is_some() {
-                hard_state = None;
-                self.commit_unwritten = true;
-            } else if !entries.is_empty() && self.commit_unwritten && hard_state.is_none() {
-                hard_state = Some(view.hard_state().clone());
-            }
-            if hard_state.is_some() {
-                self.commit_unwritten = false;
-            }
+            hard_state = hard_state_to_write(
+                hard_state,
+                view.hard_state(),
+                promise.is_some(),
+                !entries.is_empty(),
+                commits_conf,
+                &mut self.commit_unwritten,
+            );
         }
         let persisted = coalesce_acks(ready.take_persisted_messages());
         if entries.is_empty() && hard_state.is_none() && self.unpersisted.is_empty() {
@@ -2569,6 +2596,74 @@ mod tests {
         small.set_msg_type(MessageType::MsgAppend);
         small.entries = vec![entry(1)].into();
         assert_eq!(split_append(small).len(), 1);
+    }
+
+    #[test]
+    fn a_commit_index_alone_waits_for_the_next_write_but_a_membership_change_does_not() {
+        let hs = |term: u64, vote: u64, commit: u64| HardState {
+            term,
+            vote,
+            commit,
+            ..Default::default()
+        };
+        let mut unwritten = false;
+        // A new term or vote is always written.
+        let vote = hard_state_to_write(
+            Some(hs(3, 2, 10)),
+            &hs(3, 2, 10),
+            true,
+            false,
+            false,
+            &mut unwritten,
+        );
+        assert_eq!(vote, Some(hs(3, 2, 10)));
+        assert!(!unwritten);
+        // A Ready that only moves the commit index writes nothing...
+        let commit = hard_state_to_write(
+            Some(hs(3, 2, 11)),
+            &hs(3, 2, 11),
+            false,
+            false,
+            false,
+            &mut unwritten,
+        );
+        assert_eq!(commit, None);
+        assert!(unwritten);
+        // ...and the next write of entries carries it.
+        let next = hard_state_to_write(None, &hs(3, 2, 11), false, true, false, &mut unwritten);
+        assert_eq!(next, Some(hs(3, 2, 11)));
+        assert!(!unwritten);
+        // Entries with nothing owed carry no hard state.
+        assert_eq!(
+            hard_state_to_write(None, &hs(3, 2, 11), false, true, false, &mut unwritten),
+            None
+        );
+        // A Ready that commits a membership change writes its commit index,
+        // even when it moves nothing else.
+        let conf = hard_state_to_write(
+            Some(hs(3, 2, 12)),
+            &hs(3, 2, 12),
+            false,
+            false,
+            true,
+            &mut unwritten,
+        );
+        assert_eq!(conf, Some(hs(3, 2, 12)));
+        assert!(!unwritten);
+        // Also when an earlier commit index was owed and this Ready's own
+        // hard state is unchanged.
+        hard_state_to_write(
+            Some(hs(3, 2, 13)),
+            &hs(3, 2, 13),
+            false,
+            false,
+            false,
+            &mut unwritten,
+        );
+        assert!(unwritten);
+        let owed = hard_state_to_write(None, &hs(3, 2, 14), false, false, true, &mut unwritten);
+        assert_eq!(owed, Some(hs(3, 2, 14)));
+        assert!(!unwritten);
     }
 
     #[test]
