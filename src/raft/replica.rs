@@ -2604,70 +2604,42 @@ mod tests {
 
     #[test]
     fn a_commit_index_alone_waits_for_the_next_write_but_a_membership_change_does_not() {
-        let hs = |term: u64, vote: u64, commit: u64| HardState {
-            term,
-            vote,
+        let hs = |commit: u64| HardState {
+            term: 3,
+            vote: 2,
             commit,
             ..Default::default()
         };
         let mut unwritten = false;
+        // One Ready: (what it brought, the store's hard state after it,
+        // promises a term or vote, writes entries, commits a membership
+        // change) -> (what its write carries, a commit index still owed).
+        let mut ready = |from: Option<HardState>, current: u64, promises, entries, conf| {
+            let write =
+                hard_state_to_write(from, &hs(current), promises, entries, conf, &mut unwritten);
+            (write, unwritten)
+        };
         // A new term or vote is always written.
-        let vote = hard_state_to_write(
-            Some(hs(3, 2, 10)),
-            &hs(3, 2, 10),
-            true,
-            false,
-            false,
-            &mut unwritten,
-        );
-        assert_eq!(vote, Some(hs(3, 2, 10)));
-        assert!(!unwritten);
-        // A Ready that only moves the commit index writes nothing...
-        let commit = hard_state_to_write(
-            Some(hs(3, 2, 11)),
-            &hs(3, 2, 11),
-            false,
-            false,
-            false,
-            &mut unwritten,
-        );
-        assert_eq!(commit, None);
-        assert!(unwritten);
-        // ...and the next write of entries carries it.
-        let next = hard_state_to_write(None, &hs(3, 2, 11), false, true, false, &mut unwritten);
-        assert_eq!(next, Some(hs(3, 2, 11)));
-        assert!(!unwritten);
-        // Entries with nothing owed carry no hard state.
         assert_eq!(
-            hard_state_to_write(None, &hs(3, 2, 11), false, true, false, &mut unwritten),
-            None
+            ready(Some(hs(10)), 10, true, false, false),
+            (Some(hs(10)), false)
         );
+        // A Ready that only moves the commit index writes nothing...
+        assert_eq!(ready(Some(hs(11)), 11, false, false, false), (None, true));
+        // ...and the next write of entries carries it.
+        assert_eq!(ready(None, 11, false, true, false), (Some(hs(11)), false));
+        // Entries with nothing owed carry no hard state.
+        assert_eq!(ready(None, 11, false, true, false), (None, false));
         // A Ready that commits a membership change writes its commit index,
         // even when it moves nothing else.
-        let conf = hard_state_to_write(
-            Some(hs(3, 2, 12)),
-            &hs(3, 2, 12),
-            false,
-            false,
-            true,
-            &mut unwritten,
+        assert_eq!(
+            ready(Some(hs(12)), 12, false, false, true),
+            (Some(hs(12)), false)
         );
-        assert_eq!(conf, Some(hs(3, 2, 12)));
-        assert!(!unwritten);
-        // Also when an earlier commit index was owed and this Ready's own
-        // hard state is unchanged.
-        hard_state_to_write(
-            Some(hs(3, 2, 13)),
-            &hs(3, 2, 13),
-            false,
-            false,
-            false,
-            &mut unwritten,
-        );
-        assert!(unwritten);
-        let owed = hard_state_to_write(None, &hs(3, 2, 14), false, false, true, &mut unwritten);
-        assert_eq!(owed, Some(hs(3, 2, 14)));
-        assert!(!unwritten);
+        // Also when an earlier commit index was owed and this Ready brought
+        // no hard state of its own.
+        assert_eq!(ready(Some(hs(13)), 13, false, false, false), (None, true));
+        assert_eq!(ready(None, 14, false, false, true), (Some(hs(14)), false));
     }
 
     #[test]
