@@ -254,9 +254,10 @@ async fn monitor(
     probers.set(&initial, &mut table);
     // Wakes the monitor when the first live peer would time out. It is re-armed
     // only when that moment moves earlier: answers arrive several times a
-    // second and re-arming a timer wakes the reactor thread, while a timer
-    // that fires early costs one look at the table.
-    let mut timer: Option<(Instant, async_io::Timer)> = None;
+    // second, and a timer that fires early costs one look at the table. It is
+    // the executor's own (`runtime::sleep`), as is the probers': an async-io
+    // timer would wake the reactor thread to arm it and again to fire.
+    let mut timer: Option<(Instant, crate::runtime::Sleep)> = None;
     loop {
         let deadline = table
             .values()
@@ -267,7 +268,7 @@ async fn monitor(
         match (deadline, &timer) {
             (None, _) => timer = None,
             (Some(at), Some((armed, _))) if *armed <= at => {}
-            (Some(at), _) => timer = Some((at, async_io::Timer::at(at))),
+            (Some(at), _) => timer = Some((at, crate::runtime::sleep_until(at))),
         }
         let wake = future::or(
             async {
@@ -436,7 +437,7 @@ async fn prober(
         } else {
             heartbeat_interval
         };
-        let stopped = or_shutdown(&shutdown, async_io::Timer::after(wait))
+        let stopped = or_shutdown(&shutdown, crate::runtime::sleep(wait))
             .await
             .is_none();
         if stopped {

@@ -10,14 +10,18 @@
 //! sleeps after every event. With a Raft tick every 25 ms that cost about
 //! 0.8 % of a core per idle node, four times the budget. Here the caller's
 //! thread only parks; the async-io thread alone waits in epoll. Raft's tick
-//! comes from a thread of its own (`raft::spawn_tick_driver`), not from a
-//! reactor timer, and work that blocks runs on this module's worker threads
-//! ([`unblock`]), which never wake while idle.
+//! is a [`Clock`] that this thread runs itself, when its park times out, not
+//! a reactor timer or a thread of its own, and work that blocks runs on this
+//! module's worker threads ([`unblock`]), which never wake while idle.
 
 use std::any::Any;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use futures_lite::FutureExt as _;
 
@@ -109,9 +113,153 @@ pub fn spawn<T: Send + 'static>(future: impl Future<Output = T> + Send + 'static
     EXECUTOR.spawn(future)
 }
 
-/// Runs the executor on the current thread until `future` completes.
+/// Runs the executor on the current thread until `future` completes. When
+/// no task is ready, the thread runs what the registered [`Clock`]s have
+/// due and parks until the earliest of their next deadlines, or until a
+/// task wakes.
 pub fn block_on<T>(future: impl Future<Output = T>) -> T {
-    futures_lite::future::block_on(EXECUTOR.run(future))
+    let (parker, unparker) = parking::pair();
+    let waker = Waker::from(unparker);
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(EXECUTOR.run(future));
+    loop {
+        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        // The executor also returns here after every 200 tasks it runs
+        // (it yields), so a busy thread still runs its clocks on time.
+        match run_clocks() {
+            Some(deadline) => {
+                parker.park_deadline(deadline);
+            }
+            None => parker.park(),
+        }
+    }
+}
+
+/// Work that falls due at moments in time, run by the thread inside
+/// [`block_on`] between its tasks. A clock fires without a thread or a
+/// reactor timer of its own: when it is due, the executor's thread wakes
+/// from its park by itself, which costs one wakeup where a timer thread
+/// that sends a message costs two (its own and the executor's).
+pub trait Clock: Send + Sync {
+    /// Does what is due at `now`, which must not block; returns when the
+    /// clock next has something to do, or `None` if nothing until a task
+    /// changes its state (the thread runs the clocks again after any task
+    /// has run).
+    fn run_due(&self, now: Instant) -> Option<Instant>;
+}
+
+/// The clocks [`block_on`] runs.
+static CLOCKS: Mutex<Vec<Arc<dyn Clock>>> = Mutex::new(Vec::new());
+
+/// Adds a clock that [`block_on`] runs until [`remove_clock`].
+pub fn add_clock(clock: Arc<dyn Clock>) {
+    CLOCKS.lock().unwrap_or_else(|e| e.into_inner()).push(clock);
+}
+
+/// Removes a clock added by [`add_clock`].
+pub fn remove_clock(clock: &Arc<dyn Clock>) {
+    let mut clocks = CLOCKS.lock().unwrap_or_else(|e| e.into_inner());
+    clocks.retain(|c| !Arc::ptr_eq(c, clock));
+}
+
+/// Runs every clock's due work and wakes the due [`sleep`]s; the earliest
+/// next deadline.
+fn run_clocks() -> Option<Instant> {
+    let clocks = CLOCKS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut timers = TIMERS.lock().unwrap_or_else(|e| e.into_inner());
+    if clocks.is_empty() && timers.is_empty() {
+        return None;
+    }
+    let now = Instant::now();
+    let mut due = Vec::new();
+    while let Some(entry) = timers.first_entry() {
+        if entry.key().0 > now {
+            break;
+        }
+        due.push(entry.remove());
+    }
+    let next_timer = timers.first_key_value().map(|((at, _), _)| *at);
+    // Woken outside the lock: nothing a wakeup does may wait on it.
+    drop(timers);
+    due.into_iter().for_each(Waker::wake);
+    clocks
+        .iter()
+        .filter_map(|c| c.run_due(now))
+        .chain(next_timer)
+        .min()
+}
+
+/// The pending [`sleep`]s, by deadline (and a number that tells equal
+/// deadlines apart).
+static TIMERS: Mutex<BTreeMap<(Instant, u64), Waker>> = Mutex::new(BTreeMap::new());
+
+/// Numbers the entries of [`TIMERS`].
+static TIMER_IDS: AtomicU64 = AtomicU64::new(0);
+
+/// Waits for `duration`, on the executor's own clock: the thread inside
+/// [`block_on`] wakes the task when its park times out. An async-io timer
+/// costs the reactor thread a wakeup to arm it and another to fire it, then
+/// the executor's; this costs the executor's wakeup alone, which is what a
+/// periodic wait on an idle node should cost. Only tasks of this executor
+/// may await it: nothing else fires it.
+pub fn sleep(duration: Duration) -> Sleep {
+    sleep_until(Instant::now() + duration)
+}
+
+/// Waits until `deadline`; see [`sleep`].
+pub fn sleep_until(deadline: Instant) -> Sleep {
+    Sleep {
+        deadline,
+        key: None,
+    }
+}
+
+/// The future of [`sleep`].
+#[derive(Debug)]
+pub struct Sleep {
+    deadline: Instant,
+    /// Its entry in [`TIMERS`], once polled.
+    key: Option<(Instant, u64)>,
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if Instant::now() >= self.deadline {
+            self.unregister();
+            return Poll::Ready(());
+        }
+        let mut timers = TIMERS.lock().unwrap_or_else(|e| e.into_inner());
+        match self.key.and_then(|key| timers.get_mut(&key)) {
+            Some(waker) => waker.clone_from(cx.waker()),
+            None => {
+                let key = (self.deadline, TIMER_IDS.fetch_add(1, Ordering::Relaxed));
+                timers.insert(key, cx.waker().clone());
+                self.key = Some(key);
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Sleep {
+    fn unregister(&mut self) {
+        if let Some(key) = self.key.take() {
+            TIMERS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
+        }
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        self.unregister();
+    }
 }
 
 /// Watches a task the node cannot run without. If it fails, or ends while
@@ -220,6 +368,60 @@ pub async fn or_shutdown<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sleeps_end_in_deadline_order_and_a_dropped_one_leaves_no_timer() {
+        let start = Instant::now();
+        let order = block_on(async {
+            let (tx, rx) = flume::unbounded();
+            let late = spawn({
+                let tx = tx.clone();
+                async move {
+                    sleep(Duration::from_millis(40)).await;
+                    let _ = tx.send(40);
+                }
+            });
+            let early = spawn(async move {
+                sleep(Duration::from_millis(10)).await;
+                let _ = tx.send(10);
+            });
+            late.await;
+            early.await;
+            rx.drain().collect::<Vec<_>>()
+        });
+        assert_eq!(order, [10, 40]);
+        assert!(start.elapsed() >= Duration::from_millis(40));
+        let key = block_on(async {
+            let mut long = sleep(Duration::from_secs(3600));
+            assert!(futures_lite::future::poll_once(&mut long).await.is_none());
+            long.key.expect("a pending sleep is registered")
+        });
+        let timers = TIMERS.lock().unwrap_or_else(|e| e.into_inner());
+        assert!(!timers.contains_key(&key), "a dropped sleep left its timer");
+    }
+
+    #[test]
+    fn block_on_runs_a_clock_when_its_deadline_comes() {
+        struct Every5ms(std::sync::atomic::AtomicUsize);
+        impl Clock for Every5ms {
+            fn run_due(&self, now: Instant) -> Option<Instant> {
+                self.0.fetch_add(1, Ordering::Relaxed);
+                Some(now + Duration::from_millis(5))
+            }
+        }
+        let clock = Arc::new(Every5ms(0.into()));
+        let added: Arc<dyn Clock> = clock.clone();
+        add_clock(added.clone());
+        // The clock's deadlines wake the thread while it waits 100 ms for a
+        // reactor timer.
+        block_on(async_io::Timer::after(Duration::from_millis(100)));
+        remove_clock(&added);
+        let runs = clock.0.load(Ordering::Relaxed);
+        assert!(
+            runs >= 5,
+            "the clock ran {runs} times in 100 ms of 5 ms deadlines"
+        );
+    }
 
     #[test]
     fn a_panic_means_what_its_context_says_and_is_internal_otherwise() {

@@ -6,8 +6,9 @@
 //! the tick driver reaches every replica through it.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use log::debug;
 
@@ -34,6 +35,69 @@ pub struct Router {
     /// heartbeat interval (seen as 3-node bootstraps of 60-270 ms instead
     /// of 15).
     early: Arc<std::sync::Mutex<Vec<(GroupId, ReplicaMsg)>>>,
+    /// Raft's tick instants, shared with every replica's gauge.
+    clock: Arc<TickClock>,
+}
+
+/// Raft's tick instants, numbered from 1 after the ticks start (every
+/// moment before is instant 0): instant `k` is `k - 1` tick intervals after
+/// the first, which falls a random part of an interval after the start. The
+/// tick driver and the replicas read the same numbers, so a quiet follower
+/// can tell how many ticks passed while nobody ticked it
+/// ([`Gauge::tick_due`]).
+#[derive(Debug)]
+pub struct TickClock {
+    base: Instant,
+    /// Nanoseconds from `base` to instant 1.
+    first_ns: AtomicU64,
+    /// The tick interval in nanoseconds; 0 until the ticks start.
+    interval_ns: AtomicU64,
+}
+
+impl Default for TickClock {
+    fn default() -> Self {
+        TickClock {
+            base: Instant::now(),
+            first_ns: AtomicU64::new(0),
+            interval_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+impl TickClock {
+    /// Starts the instants: instant 1 comes `phase` (0 to 1) of an
+    /// interval after now.
+    fn start(&self, interval: Duration, phase: f64) {
+        let now = self.base.elapsed() + interval.mul_f64(phase.clamp(0.0, 1.0));
+        self.first_ns
+            .store(now.as_nanos() as u64, Ordering::Release);
+        let interval = (interval.as_nanos() as u64).max(1);
+        self.interval_ns.store(interval, Ordering::Release);
+    }
+
+    /// The number of the last instant at or before `now`.
+    pub fn index(&self, now: Instant) -> u64 {
+        let interval = self.interval_ns.load(Ordering::Acquire);
+        if interval == 0 {
+            return 0;
+        }
+        let since = now.saturating_duration_since(self.base).as_nanos() as u64;
+        match since.checked_sub(self.first_ns.load(Ordering::Acquire)) {
+            Some(after_first) => 1 + after_first / interval,
+            None => 0,
+        }
+    }
+
+    /// When instant `k` (at least 1) comes; `None` before the start.
+    fn at(&self, k: u64) -> Option<Instant> {
+        let interval = self.interval_ns.load(Ordering::Acquire);
+        if interval == 0 {
+            return None;
+        }
+        let first = self.first_ns.load(Ordering::Acquire);
+        let ns = first.saturating_add(k.saturating_sub(1).saturating_mul(interval));
+        self.base.checked_add(Duration::from_nanos(ns))
+    }
 }
 
 /// A replica's inbox, and its gauge (which tells the tick driver whether a
@@ -69,20 +133,27 @@ impl Router {
         }
     }
 
-    /// Sends a tick to every replica, except a quiet follower with an
-    /// empty inbox whose leader reset its election clock within the last
-    /// `window`: it runs the tick when the leader's next message wakes it
-    /// (see [`Gauge::defer_tick`]). A message already waiting in the inbox
-    /// gets the tick queued behind it, as it would without deferral. A full
-    /// inbox skips this tick; a stalled replica never receives a burst of
-    /// catch-up ticks.
-    pub fn tick_all(&self, window: Duration) {
+    /// Ticks every replica for instant `k`, except a quiet follower whose
+    /// election is not due yet: it counts the ticks it missed when its
+    /// next message wakes it ([`Gauge::tick_due`]). A full inbox skips this
+    /// tick. Returns the next instant some replica needs ticked.
+    fn tick_at(&self, k: u64) -> Option<u64> {
         let inboxes = self.inboxes.read().unwrap_or_else(|e| e.into_inner());
+        let mut next = None::<u64>;
         for inbox in inboxes.values() {
-            if !(inbox.tx.is_empty() && inbox.gauge.defer_tick(window)) {
+            let (deliver, wanted) = inbox.gauge.tick_due(k);
+            if deliver {
                 let _ = inbox.tx.try_send(ReplicaMsg::Tick);
             }
+            next = Some(next.map_or(wanted, |n| n.min(wanted)));
         }
+        next
+    }
+
+    /// The next instant after `k` some replica needs ticked, ticking none.
+    fn next_tick(&self, k: u64) -> Option<u64> {
+        let inboxes = self.inboxes.read().unwrap_or_else(|e| e.into_inner());
+        inboxes.values().map(|i| i.gauge.next_tick(k)).min()
     }
 
     /// Delivers a message made by `msg` to every replica, without waiting.
@@ -101,6 +172,7 @@ impl Router {
             let _ = tx.try_send(msg);
         }
         drop(early);
+        gauge.use_clock(self.clock.clone());
         inboxes.insert(group, Inbox { tx, gauge });
     }
 }
@@ -207,12 +279,14 @@ impl RaftGroupManager {
     }
 }
 
-/// Ticks every replica each tick interval until `shutdown` closes, from the
-/// moment `start` receives a message (or its sender is gone). Each wait
-/// starts after the previous tick, so a stall never causes a burst. A quiet
-/// follower's tick waits for its leader's next heartbeat
-/// ([`Router::tick_all`]), so an idle follower is woken once per heartbeat,
-/// not twice.
+/// Ticks the replicas from the moment `start` receives a message (or its
+/// sender is gone) until `shutdown` closes. The ticks are a
+/// [`crate::runtime::Clock`]: the executor's thread runs them when its park
+/// times out, so a tick costs one wakeup, not a timer thread's and then the
+/// executor's. Instant `k` is ticked once, however late the thread gets to
+/// it, so a stall never causes a burst of catch-up ticks. A quiet follower is
+/// not ticked until its election would fire ([`Gauge::tick_due`]): while its
+/// leader's heartbeats come, nothing but them wakes it.
 ///
 /// The coordinator opens `start` once a quorum is live: before that no
 /// election can succeed, and a follower whose election timer ran during a
@@ -225,49 +299,113 @@ pub fn spawn_tick_driver(
     start: flume::Receiver<()>,
     shutdown: flume::Receiver<()>,
 ) -> crate::runtime::Task<()> {
-    // A thread of its own, not a timer on the reactor: each of async-io's
-    // timers is one more wakeup of the reactor thread (to re-arm its
-    // timerfd) on top of the one that fires it, and the tick is most of
-    // what an idle node does. Here a tick is one wakeup of this thread and
-    // one of the executor's.
-    let (interval, window) = (timing.tick_interval, defer_window(timing));
-    let (done_tx, done) = flume::bounded::<()>(1);
-    let ticker = std::thread::Builder::new()
-        .name("raft-tick".into())
-        .spawn(move || {
-            let _done = done_tx; // closes when this thread ends
-            let started = flume::Selector::new()
-                .recv(&start, |_| true)
-                .recv(&shutdown, |_| false)
-                .wait();
-            if !started {
-                return;
-            }
-            // A random phase: nodes started together would otherwise tick in
-            // step, their followers would time out on the same tick after a
-            // leader dies, and split the vote (seen as failovers of 600 ms
-            // and more). With independent phases two followers rarely fire
-            // within a round trip of each other.
-            let mut wait = interval.mul_f64(fastrand::f64());
-            while let Err(flume::RecvTimeoutError::Timeout) = shutdown.recv_timeout(wait) {
-                wait = interval;
-                router.tick_all(window);
-            }
-        });
-    if let Err(e) = ticker {
-        log::error!("cannot start the raft tick thread: {e}");
-    }
+    let interval = timing.tick_interval;
     crate::runtime::spawn(async move {
-        let _ = done.recv_async().await;
+        let started = futures_lite::future::or(
+            async {
+                let _ = start.recv_async().await;
+                true
+            },
+            async {
+                let _ = shutdown.recv_async().await;
+                false
+            },
+        )
+        .await;
+        if !started {
+            return;
+        }
+        // A random phase: nodes started together would otherwise tick in
+        // step, their followers would time out on the same tick after a
+        // leader dies, and split the vote (seen as failovers of 600 ms and
+        // more). With independent phases two followers rarely fire within a
+        // round trip of each other.
+        router.clock.start(interval, fastrand::f64());
+        let driver: Arc<dyn crate::runtime::Clock> = Arc::new(TickDriver {
+            router,
+            last: Mutex::new(0),
+        });
+        crate::runtime::add_clock(driver.clone());
+        let _ = shutdown.recv_async().await;
+        crate::runtime::remove_clock(&driver);
     })
 }
 
-/// How long after its leader's last heartbeat a quiet follower's tick may
-/// wait for the next one ([`Gauge::defer_tick`]): a little over one tick, so
-/// that heartbeats that come a few milliseconds late (both nodes' tick
-/// threads wake with some jitter) still carry the tick. It bounds how late
-/// a held-back tick runs; the tick on which an election would fire is never
-/// held back at all.
-fn defer_window(timing: &RaftTiming) -> Duration {
-    timing.tick_interval + timing.tick_interval / 4
+/// The ticks, as a clock of the executor's thread.
+struct TickDriver {
+    router: Router,
+    /// The last instant ticked.
+    last: Mutex<u64>,
+}
+
+impl crate::runtime::Clock for TickDriver {
+    fn run_due(&self, now: Instant) -> Option<Instant> {
+        let clock = &self.router.clock;
+        let k = clock.index(now);
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let next = if k > *last {
+            *last = k;
+            self.router.tick_at(k)
+        } else {
+            self.router.next_tick(*last)
+        };
+        clock.at(next?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tick_instants_count_intervals_from_a_random_first_one() {
+        let clock = TickClock::default();
+        let now = Instant::now();
+        // Before the start, every moment is instant 0 and none is due.
+        assert_eq!(clock.index(now + Duration::from_secs(5)), 0);
+        assert_eq!(clock.at(1), None);
+        clock.start(Duration::from_millis(100), 0.5);
+        let first = clock.at(1).expect("started");
+        let after_start = first.saturating_duration_since(now);
+        assert!(
+            after_start >= Duration::from_millis(50) && after_start < Duration::from_millis(60),
+            "instant 1 came {after_start:?} after the start, not half an interval"
+        );
+        assert_eq!(clock.index(first - Duration::from_nanos(1)), 0);
+        assert_eq!(clock.index(first), 1);
+        assert_eq!(clock.at(4), Some(first + Duration::from_millis(300)));
+        assert_eq!(clock.index(first + Duration::from_millis(299)), 3);
+        assert_eq!(clock.index(first + Duration::from_millis(300)), 4);
+    }
+
+    #[test]
+    fn the_driver_ticks_each_instant_once_and_a_quiet_follower_only_on_its_election() {
+        let router = Router::default();
+        let (tx, inbox) = flume::bounded(8);
+        let gauge = Arc::new(Gauge::default());
+        router.register(GroupId::meta(), tx, gauge.clone());
+        let driver = TickDriver {
+            router: router.clone(),
+            last: Mutex::new(0),
+        };
+        use crate::runtime::Clock as _;
+        // Not started: nothing due, no deadline.
+        assert_eq!(driver.run_due(Instant::now()), None);
+        router.clock.start(Duration::from_millis(100), 0.0);
+        let at = |k| router.clock.at(k).expect("started");
+        // A leader: one tick per instant, however late the driver runs.
+        assert_eq!(driver.run_due(at(1)), Some(at(2)));
+        assert_eq!(driver.run_due(at(1)), Some(at(2)));
+        assert_eq!(driver.run_due(at(5)), Some(at(6)));
+        assert_eq!(inbox.drain().count(), 2);
+        // Quiet at instant 5 with its election 4 ticks away: the next
+        // deadline is instant 9, and nothing is delivered before.
+        gauge.sleep_at(Some(4), 5);
+        assert_eq!(driver.run_due(at(5)), Some(at(9)));
+        assert_eq!(driver.run_due(at(7)), Some(at(9)));
+        assert!(inbox.is_empty());
+        assert_eq!(driver.run_due(at(9)), Some(at(10)));
+        assert!(matches!(inbox.try_recv(), Ok(ReplicaMsg::Tick)));
+        assert_eq!(gauge.wake_at(9), 3);
+    }
 }

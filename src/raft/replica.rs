@@ -51,6 +51,7 @@ use crate::metrics::Metrics;
 use crate::raft::log::writer::{self, LogWriter};
 use crate::raft::log::LogWrite;
 use crate::raft::log_view::LogView;
+use crate::raft::manager::TickClock;
 use crate::raft::storage::{Applied, NodeStorage, Written};
 use crate::runtime::or_shutdown;
 use crate::store::disk::{ApplyBatch, StateStore};
@@ -310,23 +311,31 @@ pub struct Gauge {
     role: AtomicU8,
     /// Milliseconds after `epoch` of the last message from the leader.
     contact_ms: AtomicU64,
-    /// Microseconds after `epoch` of the last message from the leader that
-    /// reset the follower's election clock (an append, a heartbeat or a
-    /// snapshot), stamped as raft stepped it.
-    reset_us: AtomicU64,
-    /// What [`Gauge::defer_tick`] needs, in one word so that the tick
-    /// driver and the replica agree on it: [`QUIET`] while the replica is a
-    /// quiet follower waiting for its next message, the ticks it may still
-    /// be owed before its election could fire (bits 32 to 62), and the ticks
-    /// the driver held back so far (bits 0 to 31). The replica takes the
-    /// whole word (and so stops being quiet) as soon as it wakes.
+    /// What [`Gauge::tick_due`] needs, in one word so that the tick driver
+    /// and the replica agree on it. While the replica is a quiet follower
+    /// waiting for its next message: [`QUIET`], the ticks until its
+    /// election would fire (bits 32 to 62), and the instant it went quiet
+    /// (bits 0 to 31, the low bits of the instant's number). Otherwise: the
+    /// ticks the driver found owed when it ticked a quiet follower's
+    /// election (bits 0 to 31). The replica takes the whole word (and so
+    /// stops being quiet) as soon as it wakes.
     ticks: AtomicU64,
+    /// The tick instants ([`Router`](super::manager::Router) sets it).
+    clock: std::sync::OnceLock<Arc<TickClock>>,
 }
 
 /// The quiet bit of [`Gauge::ticks`].
 const QUIET: u64 = 1 << 63;
-/// The owed-ticks field of [`Gauge::ticks`].
-const OWED: u64 = (1 << 32) - 1;
+/// The low field of [`Gauge::ticks`]: an instant or owed ticks.
+const LOW: u64 = (1 << 32) - 1;
+
+/// A quiet word's election budget (at least 1) and the instants passed from
+/// the one it went quiet at to `k` (negative if `k` is older).
+fn quiet_fields(word: u64, k: u64) -> (i64, i64) {
+    let budget = (((word & !QUIET) >> 32) as i64).max(1);
+    let passed = ((k & LOW) as u32).wrapping_sub((word & LOW) as u32) as i32;
+    (budget, passed as i64)
+}
 
 impl Default for Gauge {
     fn default() -> Self {
@@ -335,8 +344,8 @@ impl Default for Gauge {
             leader: AtomicU64::new(0),
             role: AtomicU8::new(0),
             contact_ms: AtomicU64::new(0),
-            reset_us: AtomicU64::new(0),
             ticks: AtomicU64::new(0),
+            clock: std::sync::OnceLock::new(),
         }
     }
 }
@@ -359,54 +368,88 @@ impl Gauge {
         self.epoch.elapsed().saturating_sub(at)
     }
 
-    /// Called by the tick driver for each tick, when the replica's inbox
-    /// is empty. True if the tick need not wake the replica now: it is a
-    /// quiet follower whose election clock its leader reset less than
-    /// `window` ago, and the tick is not the one on which its election
-    /// could fire. The tick is then owed, and the replica runs it first (in
-    /// order: before the message) when its next message wakes it, which in
-    /// a healthy cluster is the leader's next heartbeat, or else the next
-    /// tick the driver does deliver.
-    ///
-    /// An idle follower is then woken by the heartbeats alone, not also by
-    /// the ticks. Raft sees the same ticks in the same order relative to the
-    /// leader's messages, and the tick that would start an election is
-    /// always delivered on time, so a silent leader is noticed as soon as
-    /// before. (One race remains: a tick that lands in the instant between a
-    /// message leaving the inbox and the replica waking runs just before
-    /// that message, not just after; if the message was the leader's last
-    /// heartbeat, the election comes one tick later.)
-    pub fn defer_tick(&self, window: Duration) -> bool {
-        let now = self.epoch.elapsed().as_micros() as u64;
-        let reset = self.reset_us.load(Ordering::Acquire);
-        if now.saturating_sub(reset) >= window.as_micros() as u64 {
-            return false;
-        }
-        self.ticks
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
-                let (owed, budget) = (word & OWED, (word & !QUIET) >> 32);
-                (word & QUIET != 0 && owed + 1 < budget).then_some(word + 1)
-            })
-            .is_ok()
+    /// Ties the gauge to the node's tick instants.
+    pub(crate) fn use_clock(&self, clock: Arc<TickClock>) {
+        let _ = self.clock.set(clock);
     }
 
-    /// The replica woke: it is no longer quiet, and runs the ticks held
-    /// back for it.
+    /// The number of the current tick instant (0 before the ticks start).
+    fn instant(&self) -> u64 {
+        self.clock.get().map_or(0, |c| c.index(Instant::now()))
+    }
+
+    /// Called by the tick driver at instant `k`: whether to deliver the
+    /// tick, and the next instant this replica needs ticked.
+    ///
+    /// Every replica is ticked at every instant except a quiet follower,
+    /// which is ticked only on the instant its election would fire. The
+    /// ticks before that are owed: when a message wakes the replica, it
+    /// runs as many ticks as instants passed since it went quiet (never
+    /// the one its election fires on), then the message ([`Gauge::wake`]);
+    /// on its election's instant, the driver delivers them with the tick.
+    /// Raft sees the same ticks in the same order relative to its messages
+    /// as if every instant were delivered, so a silent leader is noticed
+    /// as soon as before; an idle follower is woken by its leader's
+    /// heartbeats alone.
+    pub fn tick_due(&self, k: u64) -> (bool, u64) {
+        let mut word = self.ticks.load(Ordering::Acquire);
+        loop {
+            if word & QUIET == 0 {
+                return (true, k + 1);
+            }
+            let (budget, passed) = quiet_fields(word, k);
+            if passed < budget {
+                return (false, k + (budget - passed) as u64);
+            }
+            // The election's tick: the ticks before it are owed.
+            let owed = (budget - 1) as u64;
+            match self
+                .ticks
+                .compare_exchange(word, owed, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return (true, k + 1),
+                Err(now) => word = now,
+            }
+        }
+    }
+
+    /// The next instant after `k` this replica needs ticked.
+    pub fn next_tick(&self, k: u64) -> u64 {
+        let word = self.ticks.load(Ordering::Acquire);
+        if word & QUIET == 0 {
+            return k + 1;
+        }
+        let (budget, passed) = quiet_fields(word, k);
+        k + (budget - passed).max(1) as u64
+    }
+
+    /// The replica woke: it is no longer quiet, and runs the ticks owed to
+    /// it ([`Gauge::tick_due`]).
     fn wake(&self) -> u64 {
-        self.ticks.swap(0, Ordering::AcqRel) & OWED
+        self.wake_at(self.instant())
+    }
+
+    pub(crate) fn wake_at(&self, k: u64) -> u64 {
+        let word = self.ticks.swap(0, Ordering::AcqRel);
+        if word & QUIET == 0 {
+            return word & LOW;
+        }
+        let (budget, passed) = quiet_fields(word, k);
+        passed.clamp(0, budget - 1) as u64
     }
 
     /// The replica waits for its next message; `budget` is `Some(n)` if it
     /// is a quiet follower whose election fires on the `n`th tick from now.
     fn sleep(&self, budget: Option<u64>) {
-        let word = budget.map_or(0, |n| QUIET | (n.min(u32::MAX as u64 >> 1) << 32));
-        self.ticks.store(word, Ordering::Release);
+        self.sleep_at(budget, self.instant());
     }
 
-    /// The leader's message just stepped reset the election clock.
-    fn election_reset(&self) {
-        let now = self.epoch.elapsed().as_micros() as u64;
-        self.reset_us.store(now, Ordering::Release);
+    pub(crate) fn sleep_at(&self, budget: Option<u64>, k: u64) {
+        let word = budget.map_or(0, |n| {
+            let n = n.clamp(1, i32::MAX as u64);
+            QUIET | (n << 32) | (k & LOW)
+        });
+        self.ticks.store(word, Ordering::Release);
     }
 
     fn set(&self, role: StateRole, leader: u64) {
@@ -951,7 +994,8 @@ impl PartitionReplica {
         }
     }
 
-    /// Runs the ticks the tick driver held back (see [`Gauge::defer_tick`]).
+    /// Runs the ticks owed since the replica went quiet (see
+    /// [`Gauge::tick_due`]).
     fn run_owed_ticks(&mut self) -> Result<()> {
         let owed = self.gauge.wake();
         if owed == 0 {
@@ -965,7 +1009,7 @@ impl PartitionReplica {
     }
 
     /// For a quiet follower, the ticks until its election would fire (see
-    /// [`Gauge::defer_tick`]); `None` for any other replica. A quiet
+    /// [`Gauge::tick_due`]); `None` for any other replica. A quiet
     /// follower has a leader and nothing of its own that a tick would move:
     /// no proposal or read waiting, no apply or checkpoint under way, no
     /// snapshot being checked.
@@ -1313,12 +1357,6 @@ impl PartitionReplica {
         let raft = &self.node.raft;
         if from == raft.leader_id && term == raft.term {
             self.gauge.contact();
-            if matches!(
-                kind,
-                MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
-            ) {
-                self.gauge.election_reset();
-            }
         }
     }
 
@@ -2643,31 +2681,45 @@ mod tests {
     }
 
     #[test]
-    fn a_quiet_follower_owes_ticks_but_never_the_one_its_election_fires_on() {
-        let hour = Duration::from_secs(3600);
+    fn a_quiet_follower_is_ticked_only_on_its_election_and_owes_the_ticks_before() {
         let g = Gauge::default();
-        g.election_reset();
-        // Not quiet (a leader, a candidate, a busy follower): every tick is
-        // delivered.
-        assert!(!g.defer_tick(hour));
-        // Quiet, its election 3 ticks away: ticks 1 and 2 are held back,
-        // tick 3 is delivered.
-        g.sleep(Some(3));
-        assert!(g.defer_tick(hour));
-        assert!(g.defer_tick(hour));
-        assert!(!g.defer_tick(hour));
-        // Waking takes the held-back ticks and ends the quiet.
-        assert_eq!(g.wake(), 2);
-        assert!(!g.defer_tick(hour));
-        // One tick from its election: nothing is held back.
-        g.sleep(Some(1));
-        assert!(!g.defer_tick(hour));
-        assert_eq!(g.wake(), 0);
-        // Past the window since the leader last reset the election clock.
-        g.sleep(Some(5));
-        std::thread::sleep(Duration::from_millis(5));
-        assert!(!g.defer_tick(Duration::from_millis(1)));
-        assert!(g.defer_tick(hour));
-        assert_eq!(g.wake(), 1);
+        // Not quiet (a leader, a candidate, a busy follower): ticked at
+        // every instant.
+        assert_eq!(g.tick_due(7), (true, 8));
+        assert_eq!(g.next_tick(7), 8);
+        // Quiet at instant 10, its election 3 ticks away: instants 11 and 12
+        // are not ticked, 13 is, with the two before it owed.
+        g.sleep_at(Some(3), 10);
+        assert_eq!(g.next_tick(10), 13);
+        assert_eq!(g.tick_due(11), (false, 13));
+        assert_eq!(g.tick_due(12), (false, 13));
+        assert_eq!(g.tick_due(13), (true, 14));
+        assert_eq!(g.wake_at(13), 2);
+        // Awake again: every instant.
+        assert_eq!(g.tick_due(14), (true, 15));
+        // A message wakes it first: it runs the instants passed, never the
+        // one its election fires on, however late it wakes.
+        for (woke_at, owed) in [(10, 0), (11, 1), (12, 2), (13, 2), (40, 2)] {
+            g.sleep_at(Some(3), 10);
+            assert_eq!(g.wake_at(woke_at), owed, "woke at instant {woke_at}");
+        }
+        // An instant older than the quiet one (the driver not caught up).
+        g.sleep_at(Some(3), 10);
+        assert_eq!(g.tick_due(9), (false, 13));
+        assert_eq!(g.wake_at(9), 0);
+        // One tick from its election, or past it (a learner's count runs
+        // on): ticked at the next instant, nothing owed.
+        for budget in [1, 0] {
+            g.sleep_at(Some(budget), 10);
+            assert_eq!(g.next_tick(10), 11);
+            assert_eq!(g.tick_due(11), (true, 12));
+            assert_eq!(g.wake_at(11), 0);
+        }
+        // The instant's low 32 bits wrap.
+        let k = u64::from(u32::MAX);
+        g.sleep_at(Some(3), k);
+        assert_eq!(g.tick_due(k + 2), (false, k + 3));
+        assert_eq!(g.tick_due(k + 3), (true, k + 4));
+        assert_eq!(g.wake_at(k + 3), 2);
     }
 }
