@@ -385,7 +385,7 @@ impl Gauge {
     /// which is ticked only on the instant its election would fire. The
     /// ticks before that are owed: when a message wakes the replica, it
     /// runs as many ticks as instants passed since it went quiet (never
-    /// the one its election fires on), then the message ([`Gauge::wake`]);
+    /// the one its election fires on), then the message;
     /// on its election's instant, the driver delivers them with the tick.
     /// Raft sees the same ticks in the same order relative to its messages
     /// as if every instant were delivered, so a silent leader is noticed
