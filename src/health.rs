@@ -4,7 +4,8 @@
 //! channel from two sources:
 //! - a prober task per peer, which does a full handshake ([`transport::probe`])
 //!   every `heartbeat_interval`, or every [`FAST_PROBE_INTERVAL`] while the peer
-//!   has not answered and the node is still bootstrapping;
+//!   has not answered and the node is still bootstrapping, on one connection
+//!   that it keeps from probe to probe while the peer answers;
 //! - the transport (through [`PeerAnswers`], which [`HealthHandle`]
 //!   implements), whenever a peer completes a handshake with us (so a peer
 //!   that starts later is seen the moment it dials in), and while Raft
@@ -386,6 +387,7 @@ async fn prober(
     let timeout = heartbeat_interval.min(transport::HANDSHAKE_TIMEOUT);
     let mut last_error: Option<String> = None;
     let mut attempts = 0;
+    let mut link = transport::ProbeLink::default();
     loop {
         // Raft traffic on a handshaken stream is an answer too (the
         // transport reports it). A peer heard from within the interval needs
@@ -399,7 +401,11 @@ async fn prober(
         let answered = if heard_lately {
             true
         } else {
-            let probed = or_shutdown(&shutdown, transport::probe(&me, id, addr, timeout)).await;
+            let probed = or_shutdown(
+                &shutdown,
+                transport::probe(&me, id, addr, timeout, &mut link),
+            )
+            .await;
             let Some(probed) = probed else { break };
             match probed {
                 Ok(_) => {

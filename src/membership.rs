@@ -483,8 +483,10 @@ pub async fn discover(
             .map(|n| {
                 let (me, id, addr) = (me.clone(), n.id, n.addr);
                 crate::runtime::spawn(async move {
-                    crate::transport::probe(&me, id, addr, std::time::Duration::from_millis(300))
-                        .await
+                    // One probe: its connection closes when the link drops.
+                    let mut link = crate::transport::ProbeLink::default();
+                    let wait = std::time::Duration::from_millis(300);
+                    crate::transport::probe(&me, id, addr, wait, &mut link).await
                 })
             })
             .collect();

@@ -116,23 +116,54 @@ pub fn spawn<T: Send + 'static>(future: impl Future<Output = T> + Send + 'static
 /// Runs the executor on the current thread until `future` completes. When
 /// no task is ready, the thread runs what the registered [`Clock`]s have
 /// due and parks until the earliest of their next deadlines, or until a
-/// task wakes.
+/// task wakes. When it wakes, it runs the clocks again before any task, so
+/// that what fell due while it was parked comes first.
 pub fn block_on<T>(future: impl Future<Output = T>) -> T {
     let (parker, unparker) = parking::pair();
-    let waker = Waker::from(unparker);
+    let waker = Waker::from(unparker.clone());
     let mut cx = Context::from_waker(&waker);
     let mut future = std::pin::pin!(EXECUTOR.run(future));
     loop {
+        run_clocks();
         if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
             return out;
         }
         // The executor also returns here after every 200 tasks it runs
         // (it yields), so a busy thread still runs its clocks on time.
+        // Listed as parked before the deadline is taken: a timer another
+        // thread adds after that unparks this one.
+        let _parked = Parked::enter(&unparker);
         match run_clocks() {
             Some(deadline) => {
                 parker.park_deadline(deadline);
             }
             None => parker.park(),
+        }
+    }
+}
+
+/// The threads parked in [`block_on`]. A [`sleep`] that becomes the
+/// earliest timer unparks them, so that none sleeps past it. (In the node,
+/// the only such thread is the one that polls the sleep, which is not
+/// parked then.)
+static PARKED: Mutex<Vec<parking::Unparker>> = Mutex::new(Vec::new());
+
+/// A thread's entry in [`PARKED`], removed on drop.
+struct Parked<'a>(&'a parking::Unparker);
+
+impl<'a> Parked<'a> {
+    fn enter(unparker: &'a parking::Unparker) -> Parked<'a> {
+        let mut parked = PARKED.lock().unwrap_or_else(|e| e.into_inner());
+        parked.push(unparker.clone());
+        Parked(unparker)
+    }
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        let mut parked = PARKED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = parked.iter().position(|u| u.same_parker(self.0)) {
+            parked.swap_remove(i);
         }
     }
 }
@@ -153,15 +184,24 @@ pub trait Clock: Send + Sync {
 /// The clocks [`block_on`] runs.
 static CLOCKS: Mutex<Vec<Arc<dyn Clock>>> = Mutex::new(Vec::new());
 
-/// Adds a clock that [`block_on`] runs until [`remove_clock`].
-pub fn add_clock(clock: Arc<dyn Clock>) {
-    CLOCKS.lock().unwrap_or_else(|e| e.into_inner()).push(clock);
+/// Adds a clock that [`block_on`] runs until the returned handle drops.
+#[must_use = "the clock is removed when its handle drops"]
+pub fn add_clock(clock: Arc<dyn Clock>) -> ClockHandle {
+    CLOCKS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(clock.clone());
+    ClockHandle(clock)
 }
 
-/// Removes a clock added by [`add_clock`].
-pub fn remove_clock(clock: &Arc<dyn Clock>) {
-    let mut clocks = CLOCKS.lock().unwrap_or_else(|e| e.into_inner());
-    clocks.retain(|c| !Arc::ptr_eq(c, clock));
+/// A clock added by [`add_clock`]; dropping it removes the clock.
+pub struct ClockHandle(Arc<dyn Clock>);
+
+impl Drop for ClockHandle {
+    fn drop(&mut self) {
+        let mut clocks = CLOCKS.lock().unwrap_or_else(|e| e.into_inner());
+        clocks.retain(|c| !Arc::ptr_eq(c, &self.0));
+    }
 }
 
 /// Runs every clock's due work and wakes the due [`sleep`]s; the earliest
@@ -239,6 +279,14 @@ impl Future for Sleep {
                 let key = (self.deadline, TIMER_IDS.fetch_add(1, Ordering::Relaxed));
                 timers.insert(key, cx.waker().clone());
                 self.key = Some(key);
+                let earliest = timers.first_key_value().is_some_and(|(k, _)| *k == key);
+                drop(timers);
+                if earliest {
+                    let parked = PARKED.lock().unwrap_or_else(|e| e.into_inner());
+                    parked.iter().for_each(|u| {
+                        u.unpark();
+                    });
+                }
             }
         }
         Poll::Pending
@@ -402,25 +450,33 @@ mod tests {
 
     #[test]
     fn block_on_runs_a_clock_when_its_deadline_comes() {
-        struct Every5ms(std::sync::atomic::AtomicUsize);
+        // Counts only its runs on this test's thread: other tests' threads
+        // in block_on run every clock too.
+        struct Every5ms(std::thread::ThreadId, std::sync::atomic::AtomicUsize);
         impl Clock for Every5ms {
             fn run_due(&self, now: Instant) -> Option<Instant> {
-                self.0.fetch_add(1, Ordering::Relaxed);
+                if std::thread::current().id() == self.0 {
+                    self.1.fetch_add(1, Ordering::Relaxed);
+                }
                 Some(now + Duration::from_millis(5))
             }
         }
-        let clock = Arc::new(Every5ms(0.into()));
-        let added: Arc<dyn Clock> = clock.clone();
-        add_clock(added.clone());
+        let clock = Arc::new(Every5ms(std::thread::current().id(), 0.into()));
+        let added = add_clock(clock.clone());
         // The clock's deadlines wake the thread while it waits 100 ms for a
         // reactor timer.
         block_on(async_io::Timer::after(Duration::from_millis(100)));
-        remove_clock(&added);
-        let runs = clock.0.load(Ordering::Relaxed);
+        drop(added);
+        let runs = clock.1.load(Ordering::Relaxed);
         assert!(
             runs >= 5,
             "the clock ran {runs} times in 100 ms of 5 ms deadlines"
         );
+        // Dropping the handle removed it.
+        let clocks = CLOCKS.lock().unwrap_or_else(|e| e.into_inner());
+        assert!(!clocks
+            .iter()
+            .any(|c| std::ptr::addr_eq(Arc::as_ptr(c), Arc::as_ptr(&clock))));
     }
 
     #[test]

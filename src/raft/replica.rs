@@ -373,9 +373,9 @@ impl Gauge {
         let _ = self.clock.set(clock);
     }
 
-    /// The number of the current tick instant (0 before the ticks start).
+    /// The last tick instant the driver handled (0 before the ticks start).
     fn instant(&self) -> u64 {
-        self.clock.get().map_or(0, |c| c.index(Instant::now()))
+        self.clock.get().map_or(0, |c| c.handled())
     }
 
     /// Called by the tick driver at instant `k`: whether to deliver the
@@ -384,13 +384,16 @@ impl Gauge {
     /// Every replica is ticked at every instant except a quiet follower,
     /// which is ticked only on the instant its election would fire. The
     /// ticks before that are owed: when a message wakes the replica, it
-    /// runs as many ticks as instants passed since it went quiet (never
-    /// the one its election fires on), then the message;
-    /// on its election's instant, the driver delivers them with the tick.
-    /// Raft sees the same ticks in the same order relative to its messages
-    /// as if every instant were delivered, so a silent leader is noticed
-    /// as soon as before; an idle follower is woken by its leader's
-    /// heartbeats alone.
+    /// first runs one tick for each instant the driver passed over since it
+    /// went quiet (never the one its election fires on); on its election's
+    /// instant, the driver delivers them with the tick. Each instant is one
+    /// tick, counted by the driver or by the replica. The executor's thread
+    /// runs the driver before any task when it wakes, so the owed ticks run
+    /// before the message that woke the replica, as a delivered tick would
+    /// have; only an instant that comes while the thread is busy is handled
+    /// after the tasks it is running, and may so count after a message
+    /// rather than before. A silent leader is noticed as soon as before, and
+    /// an idle follower is woken by its leader's heartbeats alone.
     pub fn tick_due(&self, k: u64) -> (bool, u64) {
         let mut word = self.ticks.load(Ordering::Acquire);
         loop {
@@ -425,7 +428,7 @@ impl Gauge {
 
     /// The replica woke: it is no longer quiet, and runs the ticks owed to
     /// it ([`Gauge::tick_due`]).
-    fn wake(&self) -> u64 {
+    pub(crate) fn wake(&self) -> u64 {
         self.wake_at(self.instant())
     }
 
@@ -440,7 +443,7 @@ impl Gauge {
 
     /// The replica waits for its next message; `budget` is `Some(n)` if it
     /// is a quiet follower whose election fires on the `n`th tick from now.
-    fn sleep(&self, budget: Option<u64>) {
+    pub(crate) fn sleep(&self, budget: Option<u64>) {
         self.sleep_at(budget, self.instant());
     }
 

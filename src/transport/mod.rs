@@ -401,6 +401,9 @@ struct Inbound {
     /// a sender whose drop tells that stream's reader it was replaced. Held
     /// briefly, never across an await.
     streams: Mutex<HashMap<u64, (u64, flume::Sender<()>)>>,
+    /// The current probe connection of each peer, the same way: a prober
+    /// keeps one, and a newer one replaces it.
+    probes: Mutex<HashMap<u64, (u64, flume::Sender<()>)>>,
     generation: AtomicU64,
 }
 
@@ -437,6 +440,7 @@ pub fn spawn_listener(
         snapshot_limit: wire::snapshot_limit(limits.max_store_bytes),
         refusals: RefusalLog::new(),
         streams: Mutex::new(HashMap::new()),
+        probes: Mutex::new(HashMap::new()),
         generation: AtomicU64::new(0),
     });
     crate::runtime::spawn(async move {
@@ -584,6 +588,7 @@ async fn serve_inbound(ctx: &Inbound, tcp: TcpStream, remote: SocketAddr, pendin
     ctx.answers.answered(from);
     ctx.peers.peer_up(from);
     if purpose == Purpose::Probe {
+        serve_probes(ctx, reader, from, remote).await;
         return;
     }
 
@@ -621,6 +626,59 @@ enum StreamEvent {
     Frame(std::result::Result<Frame, WireError>),
     Replaced,
     Idle,
+}
+
+/// Answers the later probes on a prober's connection: each `Hello` is
+/// checked and answered like the first, and counts as an answer from the
+/// peer. Ends when the prober hangs up, sends anything but a probe from the
+/// same node, is silent for [`INBOUND_IDLE_TIMEOUT`], or opens a newer probe
+/// connection (one per peer is kept, as for Raft streams).
+async fn serve_probes(
+    ctx: &Inbound,
+    mut reader: BufReader<PeerStream>,
+    from: u64,
+    remote: SocketAddr,
+) {
+    let generation = ctx.generation.fetch_add(1, Ordering::Relaxed);
+    let (replaced_tx, replaced) = flume::bounded::<()>(1);
+    ctx.probes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(from, (generation, replaced_tx));
+    loop {
+        // The read may be cancelled only when the connection ends anyway.
+        let hello = future::or(
+            async { within(INBOUND_IDLE_TIMEOUT, read_handshake_frame(&mut reader)).await },
+            async {
+                let _ = replaced.recv_async().await;
+                None
+            },
+        )
+        .await;
+        let Some(Ok(hello)) = hello else { break };
+        let answer = match check_hello(&ctx.me, &hello) {
+            Ok((Purpose::Probe, f)) if f == from => ack(&ctx.me),
+            Ok(_) => Frame::Reject {
+                code: RejectCode::Refused,
+                reason: format!("a probe connection of node {from} carries only its probes"),
+            },
+            Err((code, reason)) => {
+                ctx.refusals.refuse(Refusal::Identity, remote, &reason);
+                Frame::Reject { code, reason }
+            }
+        };
+        let refused = matches!(answer, Frame::Reject { .. });
+        let sent = within(HANDSHAKE_TIMEOUT, write_frame(reader.get_mut(), &answer)).await;
+        if refused || !matches!(sent, Some(Ok(()))) {
+            break;
+        }
+        ctx.answers.answered(from);
+    }
+    let mut probes = ctx.probes.lock().unwrap_or_else(|e| e.into_inner());
+    if probes.get(&from).is_some_and(|(g, _)| *g == generation) {
+        probes.remove(&from);
+    }
+    debug!("probe connection from peer {from} ({remote}) closed");
 }
 
 /// Reads Raft frames until the stream ends. Returns true if the peer closed
@@ -822,19 +880,25 @@ async fn accept_handshake(
             return Err((kind, code, reason));
         }
     };
-    let ack = Frame::Ack {
-        node_id: ctx.me.node_id,
-        cluster: ctx.me.cluster.clone(),
-        cluster_id: ctx.me.directory().cluster_id.unwrap_or_default(),
-    };
-    write_frame(reader.get_mut(), &ack).await.map_err(|e| {
-        (
-            Refusal::Handshake,
-            RejectCode::Refused,
-            format!("cannot answer the hello: {e}"),
-        )
-    })?;
+    write_frame(reader.get_mut(), &ack(&ctx.me))
+        .await
+        .map_err(|e| {
+            (
+                Refusal::Handshake,
+                RejectCode::Refused,
+                format!("cannot answer the hello: {e}"),
+            )
+        })?;
     Ok((reader, purpose, from))
+}
+
+/// The answer to an admitted `Hello`.
+fn ack(me: &Identity) -> Frame {
+    Frame::Ack {
+        node_id: me.node_id,
+        cluster: me.cluster.clone(),
+        cluster_id: me.directory().cluster_id.unwrap_or_default(),
+    }
 }
 
 /// Checks a `Hello` against our identity; returns its purpose and sender.
@@ -899,15 +963,7 @@ async fn dial(
         None => return Err("connect timed out".to_string().into()),
     };
     let _ = tcp.set_nodelay(true);
-    let dir = me.directory();
-    let hello = Frame::Hello {
-        purpose,
-        from: me.node_id,
-        to,
-        cluster: me.cluster.clone(),
-        cluster_id: dir.cluster_id.clone().unwrap_or_default(),
-        has_state: dir.has_state,
-    };
+    let hello = hello(me, to, purpose);
     let exchange = async {
         let mut stream = match &me.tls {
             None => PeerStream::Plain(tcp),
@@ -947,6 +1003,29 @@ async fn dial(
         None => return Err("no handshake answer within the timeout".to_string().into()),
         Some(result) => result?,
     };
+    Ok((stream, check_answer(me, to, answer)?))
+}
+
+/// Our `Hello` to node `to`.
+fn hello(me: &Identity, to: u64, purpose: Purpose) -> Frame {
+    let dir = me.directory();
+    Frame::Hello {
+        purpose,
+        from: me.node_id,
+        to,
+        cluster: me.cluster.clone(),
+        cluster_id: dir.cluster_id.unwrap_or_default(),
+        has_state: dir.has_state,
+    }
+}
+
+/// Checks node `to`'s answer to our `Hello`; returns its cluster id
+/// (`None` before its cluster formed).
+fn check_answer(
+    me: &Identity,
+    to: u64,
+    answer: Frame,
+) -> std::result::Result<Option<String>, DialError> {
     match answer {
         Frame::Ack {
             node_id,
@@ -961,7 +1040,7 @@ async fn dial(
                 .into());
             }
             let theirs = (!cluster_id.is_empty()).then_some(cluster_id);
-            if let (Some(t), Some(o)) = (&theirs, &dir.cluster_id) {
+            if let (Some(t), Some(o)) = (&theirs, &me.directory().cluster_id) {
                 if t != o {
                     return Err(DialError {
                         code: Some(RejectCode::OtherCluster),
@@ -971,7 +1050,7 @@ async fn dial(
                     });
                 }
             }
-            Ok((stream, theirs))
+            Ok(theirs)
         }
         Frame::Reject { code, reason } => Err(DialError {
             code: Some(code),
@@ -981,18 +1060,51 @@ async fn dial(
     }
 }
 
-/// Probes peer `to` at `addr`: a full handshake within `wait`, then hang up.
-/// Returns the peer's cluster id (`None` before its cluster formed); `Err`
-/// says why not, with the peer's refusal code if it refused.
+/// A prober's connection to one peer, kept from one probe to the next.
+#[derive(Default)]
+pub struct ProbeLink {
+    stream: Option<PeerStream>,
+}
+
+/// Probes peer `to` at `addr`: a `Hello` and its answer within `wait`, on
+/// the connection `link` kept from the last probe, or else on a new one
+/// (connect, TLS if configured, handshake), which `link` then keeps. A probe
+/// is a full handshake either way: the answer names the node and its
+/// cluster. A kept connection spares both nodes a connect and a TLS
+/// handshake per probe. Returns the peer's cluster id (`None` before its
+/// cluster formed); `Err` says why not, with the peer's refusal code if it
+/// refused.
 pub async fn probe(
     me: &Identity,
     to: u64,
     addr: SocketAddr,
     wait: Duration,
+    link: &mut ProbeLink,
 ) -> std::result::Result<Option<String>, DialError> {
-    let (mut stream, cluster_id) = dial(me, to, addr, Purpose::Probe, wait).await?;
-    // Close politely but never wait on it: the peer may be paused.
-    let _ = future::poll_once(stream.close()).await;
+    if let Some(mut stream) = link.stream.take() {
+        let exchange = async {
+            write_frame(&mut stream, &hello(me, to, Purpose::Probe))
+                .await
+                .map_err(|e| e.to_string())?;
+            read_handshake_frame(&mut stream)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match within(wait.min(HANDSHAKE_TIMEOUT), exchange).await {
+            // A live connection and no answer: the peer does not answer.
+            None => return Err("no handshake answer within the timeout".to_string().into()),
+            Some(Ok(answer)) => {
+                let cluster_id = check_answer(me, to, answer)?;
+                link.stream = Some(stream);
+                return Ok(cluster_id);
+            }
+            // The connection ended (the peer restarted, replaced it, or
+            // closes a probe after its first answer): dial again.
+            Some(Err(_)) => {}
+        }
+    }
+    let (stream, cluster_id) = dial(me, to, addr, Purpose::Probe, wait).await?;
+    link.stream = Some(stream);
     Ok(cluster_id)
 }
 
