@@ -193,3 +193,75 @@ fn second_signal_during_shutdown_exits_at_once() {
         c.signal(id, libc::SIGCONT);
     }
 }
+
+/// The local ports of the TCP sockets on this host (loopback included)
+/// whose remote port is `port`, in any state (a closed dialer's socket
+/// lingers in TIME_WAIT), from `/proc/net/tcp`.
+fn sockets_to(port: u16) -> std::collections::BTreeSet<u16> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    let port_of = |addr: &str| u16::from_str_radix(addr.rsplit(':').next()?, 16).ok();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace().skip(1);
+            let (local, remote) = (fields.next()?, fields.next()?);
+            (port_of(remote)? == port).then(|| port_of(local))?
+        })
+        .collect()
+}
+
+#[test]
+fn followers_probe_each_other_on_one_kept_connection() {
+    // Followers exchange no Raft traffic, so they probe each other every
+    // heartbeat interval (100 ms here). A probe is a Hello and its answer
+    // on a connection the prober keeps, not a new connection each time.
+    let (c, leader, _) = formed_cluster("probe-link");
+    let followers = others(&[1, 2, 3], leader);
+    for (viewer, peer) in [(followers[0], followers[1]), (followers[1], followers[0])] {
+        c.wait_for(&format!("node {viewer} sees node {peer} alive"), || {
+            c.sees_peer_alive(viewer, peer, true)
+        });
+    }
+    let ports: Vec<u16> = followers.iter().map(|&f| c.addr(f).port()).collect();
+    let seen = |ports: &[u16]| -> std::collections::BTreeSet<(u16, u16)> {
+        ports
+            .iter()
+            .flat_map(|&p| sockets_to(p).into_iter().map(move |l| (p, l)))
+            .collect()
+    };
+    let before = seen(&ports);
+    let mut during = before.clone();
+    let window = Instant::now();
+    while window.elapsed() < Duration::from_secs(3) {
+        during.extend(seen(&ports));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // 30 probe intervals; a dial per probe would show some 30 new sockets.
+    let new: Vec<_> = during.difference(&before).collect();
+    assert!(
+        new.len() <= 2,
+        "{} new connections to the followers' peer ports in 3 s: {new:?}\n{}",
+        new.len(),
+        c.diagnostics()
+    );
+    // And the probes go on answering: each follower still sees the other.
+    for (viewer, peer) in [(followers[0], followers[1]), (followers[1], followers[0])] {
+        assert!(
+            c.sees_peer_alive(viewer, peer, true),
+            "node {viewer} lost node {peer}"
+        );
+        let last = c
+            .try_peers(viewer)
+            .and_then(|ps| {
+                ps.into_iter()
+                    .find(|p| p["node_id"].as_u64() == Some(peer))
+                    .and_then(|p| p["last_heartbeat_ms_ago"].as_u64())
+            })
+            .expect("last_heartbeat_ms_ago");
+        assert!(
+            last < 1000,
+            "node {viewer} last heard from node {peer} {last} ms ago"
+        );
+    }
+}

@@ -54,8 +54,11 @@ pub struct TickClock {
     interval_ns: AtomicU64,
     /// The last instant the tick driver handled (ticked, or passed over
     /// for a quiet follower). Replicas count owed ticks up to it, not up
-    /// to the wall clock's instant, so that every instant is counted once:
-    /// by the driver or by the replica, never both, never neither.
+    /// to the wall clock's instant, so that each instant the driver handles
+    /// is counted once, by the driver or by the replica. (After a stall the
+    /// driver handles only the current instant: a replica it ticks gets one
+    /// tick for the instants missed, and a quiet follower counts them all,
+    /// so its election fires on resuming if its time passed meanwhile.)
     handled: AtomicU64,
 }
 

@@ -8,8 +8,10 @@
 //!   queue. A replica never waits on the network: when a queue is full the
 //!   message is dropped (Raft retransmits). The task reconnects with backoff and
 //!   reports every failed send to the sink as unreachable.
-//! - [`probe`] dials a peer, does the handshake and hangs up. It proves that the
-//!   expected node of this cluster is there, not merely that a port is open.
+//! - [`probe`] sends a peer a `Hello` and checks its answer, on a connection it
+//!   keeps from one probe to the next (dialled again when it ends, and after
+//!   [`PROBE_LINK_MAX_AGE`]). It proves that the expected node of this cluster
+//!   is there, not merely that a port is open.
 //!
 //! What a stray or hostile client can cost a node is bounded:
 //! - at most [`MAX_PENDING_HANDSHAKES`] connections from members' addresses
@@ -20,9 +22,11 @@
 //!   none;
 //! - the whole handshake (TLS, `Hello`, answer) must finish within
 //!   [`HANDSHAKE_TIMEOUT`], and a `Hello` is read with a 1 KiB limit;
-//! - a peer keeps at most one inbound Raft stream: a new one replaces the old;
+//! - a peer keeps at most one inbound Raft stream and one probe connection: a
+//!   new one replaces the old;
 //! - an inbound stream silent for [`INBOUND_IDLE_TIMEOUT`] is closed (senders
-//!   send a keepalive every [`KEEPALIVE_INTERVAL`] of idleness);
+//!   send a keepalive every [`KEEPALIVE_INTERVAL`] of idleness), and so is a
+//!   probe connection whose next `Hello` does not arrive whole within it;
 //! - a write that makes no progress for [`WRITE_TIMEOUT`] drops the
 //!   connection, and every wait ends when the node shuts down, so a paused
 //!   or black-holed peer never holds up SIGTERM;
@@ -1060,11 +1064,17 @@ fn check_answer(
     }
 }
 
-/// A prober's connection to one peer, kept from one probe to the next.
+/// A prober's connection to one peer, kept from one probe to the next, and
+/// when it was dialled.
 #[derive(Default)]
 pub struct ProbeLink {
-    stream: Option<PeerStream>,
+    stream: Option<(PeerStream, Instant)>,
 }
+
+/// A probe connection older than this is closed and dialled again, so that
+/// probes go on checking the peer's TLS certificate (its expiry, a new CA)
+/// from time to time, as they did when each dialled anew.
+pub const PROBE_LINK_MAX_AGE: Duration = Duration::from_secs(60);
 
 /// Probes peer `to` at `addr`: a `Hello` and its answer within `wait`, on
 /// the connection `link` kept from the last probe, or else on a new one
@@ -1081,7 +1091,12 @@ pub async fn probe(
     wait: Duration,
     link: &mut ProbeLink,
 ) -> std::result::Result<Option<String>, DialError> {
-    if let Some(mut stream) = link.stream.take() {
+    let started = Instant::now();
+    let kept = link
+        .stream
+        .take()
+        .filter(|(_, dialled)| dialled.elapsed() < PROBE_LINK_MAX_AGE);
+    if let Some((mut stream, dialled)) = kept {
         let exchange = async {
             write_frame(&mut stream, &hello(me, to, Purpose::Probe))
                 .await
@@ -1095,16 +1110,18 @@ pub async fn probe(
             None => return Err("no handshake answer within the timeout".to_string().into()),
             Some(Ok(answer)) => {
                 let cluster_id = check_answer(me, to, answer)?;
-                link.stream = Some(stream);
+                link.stream = Some((stream, dialled));
                 return Ok(cluster_id);
             }
             // The connection ended (the peer restarted, replaced it, or
-            // closes a probe after its first answer): dial again.
+            // closes a probe after its first answer): dial again, within
+            // what is left of `wait`.
             Some(Err(_)) => {}
         }
     }
-    let (stream, cluster_id) = dial(me, to, addr, Purpose::Probe, wait).await?;
-    link.stream = Some(stream);
+    let left = wait.saturating_sub(started.elapsed());
+    let (stream, cluster_id) = dial(me, to, addr, Purpose::Probe, left).await?;
+    link.stream = Some((stream, Instant::now()));
     Ok(cluster_id)
 }
 
