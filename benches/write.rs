@@ -6,7 +6,8 @@
 //! quorumd's Consul KV API, etcd's v3 JSON gateway. What it measures, in
 //! order (docs/benchmarks-write.md says more):
 //!
-//! 1. **Idle** CPU (time on a CPU from `/proc/PID/task/*/schedstat`, % of one core) and
+//! 1. **Idle** CPU (time on a CPU from `/proc/PID/task/*/schedstat`, % of one core),
+//!    wakeups (the times a thread was put on a CPU, from the same files) and
 //!    RSS (`VmRSS`) of every node over one window, both clusters fresh and
 //!    idle at once, nobody polling them.
 //! 2. **Disk bytes written per put**: `QUORUMD_BENCH_DISK_PUTS` (2,000)
@@ -53,7 +54,7 @@ use std::time::{Duration, Instant};
 use common::{KeepAlive, Spec, TestCluster, BIN};
 use serde_json::{json, Value};
 use shared::etcd::{b64, Etcd};
-use shared::{env_num, on_cpu_ns, percentile, proc_rss_mib, which};
+use shared::{env_num, on_cpu, percentile, proc_rss_mib, which};
 
 /// Value size of the wrk runs.
 const WRK_VALUE_BYTES: usize = 64;
@@ -186,6 +187,8 @@ struct Dirs {
 #[derive(Debug, Default)]
 struct Figures {
     idle_cpu_pct: Vec<f64>,
+    /// Times a thread of the node was put on a CPU, per second.
+    idle_wakeups_per_s: Vec<f64>,
     idle_rss_mib: Vec<f64>,
     put1: Option<WrkRun>,
     put16: Option<WrkRun>,
@@ -626,10 +629,10 @@ fn idle(systems: &mut [(&dyn System, &mut Figures)], window: Duration) {
     }
     // Past bootstrap and the first heartbeats.
     std::thread::sleep(Duration::from_secs(2));
-    let ticks = |sys: &dyn System| -> Vec<Option<u64>> {
+    let ticks = |sys: &dyn System| -> Vec<Option<(u64, u64)>> {
         sys.nodes()
             .into_iter()
-            .map(|n| on_cpu_ns(sys.pid(n)?).ok())
+            .map(|n| on_cpu(sys.pid(n)?).ok())
             .collect()
     };
     let before: Vec<_> = systems.iter().map(|(s, _)| ticks(*s)).collect();
@@ -641,7 +644,9 @@ fn idle(systems: &mut [(&dyn System, &mut Figures)], window: Duration) {
             match (b, a, sys.pid(n).and_then(proc_rss_mib)) {
                 (Some(b), Some(a), Some(rss)) => {
                     f.idle_cpu_pct
-                        .push(a.saturating_sub(b) as f64 / 1e9 / secs * 100.0);
+                        .push(a.0.saturating_sub(b.0) as f64 / 1e9 / secs * 100.0);
+                    f.idle_wakeups_per_s
+                        .push(a.1.saturating_sub(b.1) as f64 / secs);
                     f.idle_rss_mib.push(rss);
                 }
                 _ => f.notes.push(format!("idle: no /proc figures for node {n}")),
@@ -1016,6 +1021,10 @@ fn report(q: &Figures, e: Option<&Figures>, knobs: &Knobs) {
         (!q.idle_cpu_pct.is_empty()).then(|| mean(&q.idle_cpu_pct)),
         e_(&|f| (!f.idle_cpu_pct.is_empty()).then(|| mean(&f.idle_cpu_pct))),
     );
+    let wakeups = both(
+        (!q.idle_wakeups_per_s.is_empty()).then(|| mean(&q.idle_wakeups_per_s)),
+        e_(&|f| (!f.idle_wakeups_per_s.is_empty()).then(|| mean(&f.idle_wakeups_per_s))),
+    );
     let rss = both(
         (!q.idle_rss_mib.is_empty()).then(|| max(&q.idle_rss_mib)),
         e_(&|f| (!f.idle_rss_mib.is_empty()).then(|| max(&f.idle_rss_mib))),
@@ -1107,6 +1116,16 @@ fn report(q: &Figures, e: Option<&Figures>, knobs: &Knobs) {
             cpu,
             "≤ ¼ of etcd's",
             cpu.map(|(q, e)| q <= e / 4.0),
+        ),
+        row(
+            "… idle wakeups per node, mean of 3, per second (times a thread was put on a CPU)",
+            |f| {
+                (!f.idle_wakeups_per_s.is_empty())
+                    .then(|| format!("{:.0}", mean(&f.idle_wakeups_per_s)))
+            },
+            wakeups,
+            "",
+            None,
         ),
         row(
             "idle RSS per node, max of 3",

@@ -50,26 +50,32 @@ pub fn percentile(samples: &[f64], p: f64) -> f64 {
     s[((s.len() - 1) as f64 * p).round() as usize]
 }
 
-/// Time the threads of `pid` spent on a CPU, in ns: the sum of each
-/// thread's `schedstat`. Exact, where utime and stime are sampled at each
-/// clock tick (10 ms), which a process that wakes often for a few
-/// microseconds at a time meets only by chance. A thread that ended takes
-/// its time with it.
-pub fn on_cpu_ns(pid: u32) -> Result<u64, String> {
+/// Over all of `pid`'s threads, from each one's `schedstat`: the time on a
+/// CPU in ns, and the number of times a thread was put on a CPU (for a
+/// thread that sleeps between events, its wakeups). Exact, where utime and
+/// stime are sampled at each clock tick (10 ms), which a process that wakes
+/// often for a few microseconds at a time meets only by chance. A thread
+/// that ended takes its figures with it.
+pub fn on_cpu(pid: u32) -> Result<(u64, u64), String> {
     let dir = format!("/proc/{pid}/task");
-    let mut total = 0;
+    let (mut ns, mut runs) = (0, 0);
     for entry in std::fs::read_dir(&dir).map_err(|e| format!("{dir}: {e}"))? {
         let entry = entry.map_err(|e| format!("{dir}: {e}"))?;
         let Ok(text) = std::fs::read_to_string(entry.path().join("schedstat")) else {
             continue; // the thread ended meanwhile
         };
-        total += text
+        let fields: Vec<u64> = text
             .split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<u64>().ok())
-            .ok_or_else(|| format!("{}: bad schedstat", entry.path().display()))?;
+            .map(|v| v.parse::<u64>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| format!("{}: bad schedstat", entry.path().display()))?;
+        let [on_cpu, _waited, slices] = fields[..] else {
+            return Err(format!("{}: bad schedstat", entry.path().display()));
+        };
+        ns += on_cpu;
+        runs += slices;
     }
-    Ok(total)
+    Ok((ns, runs))
 }
 
 /// utime + stime of `pid`, in clock ticks.
