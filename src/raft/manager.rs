@@ -337,7 +337,7 @@ pub fn spawn_tick_driver(
         router.clock.start(interval, fastrand::f64());
         let driver: Arc<dyn crate::runtime::Clock> = Arc::new(TickDriver {
             router,
-            last: Mutex::new(0),
+            turn: Mutex::new(()),
         });
         // Removed when this task ends or is dropped.
         let _added = crate::runtime::add_clock(driver);
@@ -345,25 +345,26 @@ pub fn spawn_tick_driver(
     })
 }
 
-/// The ticks, as a clock of the executor's thread.
+/// The ticks, as a clock of the executor's thread. The last instant it
+/// ticked is the clock's `handled`.
 struct TickDriver {
     router: Router,
-    /// The last instant ticked.
-    last: Mutex<u64>,
+    /// One run at a time, where several threads run the executor (tests).
+    turn: Mutex<()>,
 }
 
 impl crate::runtime::Clock for TickDriver {
     fn run_due(&self, now: Instant) -> Option<Instant> {
         let clock = &self.router.clock;
         let k = clock.index(now);
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        let next = if k > *last {
-            *last = k;
+        let _turn = self.turn.lock().unwrap_or_else(|e| e.into_inner());
+        let last = clock.handled();
+        let next = if k > last {
             let next = self.router.tick_at(k);
             clock.handled.store(k, Ordering::Release);
             next
         } else {
-            self.router.next_tick(*last)
+            self.router.next_tick(last)
         };
         clock.at(next?)
     }
@@ -403,7 +404,7 @@ mod tests {
         router.register(GroupId::meta(), tx, gauge.clone());
         let driver = TickDriver {
             router: router.clone(),
-            last: Mutex::new(0),
+            turn: Mutex::new(()),
         };
         use crate::runtime::Clock as _;
         // Not started: nothing due, no deadline.
