@@ -1134,13 +1134,16 @@ pub async fn probe(
 /// see their streams reset while its listener may still accept for a moment.
 /// A connect that is accepted and then reset at once, before the other side
 /// could even read our hello, is that moment; the probe then asks again
-/// (at most four times). A live node leaves an accepted
+/// (at most four times). The reset may even come before the connect itself
+/// is reported done, and then the connect fails with "connection reset":
+/// that too is the moment, not an answer. A live node leaves an accepted
 /// connection open, waiting for the hello, and the probe answers `false`.
 pub async fn refuses(addr: SocketAddr, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
     for _ in 0..REFUSAL_PROBES {
         let left = deadline.saturating_duration_since(Instant::now());
         let mut stream = match within(left, TcpStream::connect(addr)).await {
+            Some(Err(e)) if is_reset(&e) => continue,
             Some(Err(e)) => return e.kind() == io::ErrorKind::ConnectionRefused,
             None => return false,
             Some(Ok(stream)) => stream,
@@ -1156,10 +1159,7 @@ pub async fn refuses(addr: SocketAddr, limit: Duration) -> bool {
         .await
         {
             Some(Ok(0)) => true,
-            Some(Err(e)) => matches!(
-                e.kind(),
-                io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
-            ),
+            Some(Err(e)) => is_reset(&e),
             // Open (a live node waits for our hello), or it spoke: alive.
             Some(Ok(_)) | None => false,
         };
@@ -1168,6 +1168,15 @@ pub async fn refuses(addr: SocketAddr, limit: Duration) -> bool {
         }
     }
     false
+}
+
+/// An accepted connection was reset by the other side (its process closed
+/// the listener it waited in, or the socket itself).
+fn is_reset(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+    )
 }
 
 /// How many connects [`refuses`] makes when each is accepted and reset.
@@ -1581,6 +1590,37 @@ mod tests {
             cluster: cluster.into(),
             cluster_id: String::new(),
             has_state: true,
+        }
+    }
+
+    #[test]
+    fn a_port_refuses_only_when_no_process_listens_there() {
+        crate::runtime::block_on(async {
+            let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let open = held.local_addr().unwrap();
+            let closed = {
+                let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                gone.local_addr().unwrap()
+            };
+            let limit = Duration::from_secs(5);
+            assert!(refuses(closed, limit).await, "nothing listens on {closed}");
+            // The kernel completes the handshake for a listener that has not
+            // accepted yet; the connection stays open: alive.
+            assert!(!refuses(open, limit).await, "{open} listens");
+            drop(held);
+        });
+    }
+
+    #[test]
+    fn a_reset_connection_is_not_an_answer() {
+        for kind in [
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::ConnectionAborted,
+        ] {
+            assert!(is_reset(&io::Error::from(kind)));
+        }
+        for kind in [io::ErrorKind::ConnectionRefused, io::ErrorKind::TimedOut] {
+            assert!(!is_reset(&io::Error::from(kind)));
         }
     }
 
