@@ -9,7 +9,9 @@
 //! reactor themselves, which keeps async-io's fallback thread spinning in short
 //! sleeps after every event. With a Raft tick every 25 ms that cost about
 //! 0.8 % of a core per idle node, four times the budget. Here the caller's
-//! thread only parks; the async-io thread alone waits in epoll. Raft's tick
+//! thread parks while the node is idle, and the async-io thread alone waits
+//! in epoll; only under load (wakes close together) does it wait in the
+//! reactor itself, which saves a thread hop per socket event. Raft's tick
 //! is a [`Clock`] that this thread runs itself, when its park times out, not
 //! a reactor timer or a thread of its own, and work that blocks runs on this
 //! module's worker threads ([`unblock`]), which never wake while idle.
@@ -23,7 +25,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use futures_lite::FutureExt as _;
+use futures_lite::{future, FutureExt as _};
 
 use crate::error::Error;
 
@@ -118,51 +120,144 @@ pub fn spawn<T: Send + 'static>(future: impl Future<Output = T> + Send + 'static
 /// due and parks until the earliest of their next deadlines, or until a
 /// task wakes. When it wakes, it runs the clocks again before any task, so
 /// that what fell due while it was parked comes first.
+///
+/// Under load (tasks woke it [`BUSY_WAKES`] times within [`BUSY_WINDOW`])
+/// the thread waits in the reactor itself instead of parking, until no task
+/// has woken it for [`BUSY_LINGER`]: a socket event then runs its task on
+/// this thread at once, rather than waking the async-io thread first and
+/// this one after. An idle node's traffic (heartbeats, probes) never comes
+/// that close together, so at rest the async-io thread alone waits in epoll.
 pub fn block_on<T>(future: impl Future<Output = T>) -> T {
     let (parker, unparker) = parking::pair();
-    let waker = Waker::from(unparker.clone());
+    let waker = Waker::from(unparker);
     let mut cx = Context::from_waker(&waker);
     let mut future = std::pin::pin!(EXECUTOR.run(future));
+    let mut load = Load::default();
     loop {
         run_clocks();
         if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
             return out;
         }
+        if load.busy() {
+            load = Load::default();
+            if let Some(out) = async_io::block_on(drive_reactor(future.as_mut())) {
+                return out;
+            }
+            continue;
+        }
         // The executor also returns here after every 200 tasks it runs
         // (it yields), so a busy thread still runs its clocks on time.
         // Listed as parked before the deadline is taken: a timer another
         // thread adds after that unparks this one.
-        let _parked = Parked::enter(&unparker);
-        match run_clocks() {
-            Some(deadline) => {
-                parker.park_deadline(deadline);
+        let _parked = Parked::enter(&waker);
+        let woken = match run_clocks() {
+            Some(deadline) => parker.park_deadline(deadline),
+            None => {
+                parker.park();
+                true
             }
-            None => parker.park(),
+        };
+        if woken {
+            load.woken(Instant::now());
         }
     }
 }
 
-/// The threads parked in [`block_on`]. A [`sleep`] that becomes the
-/// earliest timer unparks them, so that none sleeps past it. (In the node,
-/// the only such thread is the one that polls the sleep, which is not
-/// parked then.)
-static PARKED: Mutex<Vec<parking::Unparker>> = Mutex::new(Vec::new());
+/// How many wakes by a task within [`BUSY_WINDOW`] make [`block_on`] wait
+/// in the reactor itself.
+const BUSY_WAKES: u32 = 6;
+/// See [`BUSY_WAKES`].
+const BUSY_WINDOW: Duration = Duration::from_millis(2);
+/// How long [`block_on`] keeps waiting in the reactor after the last wake.
+const BUSY_LINGER: Duration = Duration::from_millis(5);
+
+/// Counts the wakes by a task within one [`BUSY_WINDOW`].
+#[derive(Default)]
+struct Load {
+    window: Option<Instant>,
+    wakes: u32,
+}
+
+impl Load {
+    fn woken(&mut self, now: Instant) {
+        match self.window {
+            Some(start) if now.duration_since(start) <= BUSY_WINDOW => self.wakes += 1,
+            _ => {
+                self.window = Some(now);
+                self.wakes = 1;
+            }
+        }
+    }
+
+    fn busy(&self) -> bool {
+        self.wakes >= BUSY_WAKES
+    }
+}
+
+/// Runs the executor inside `async_io::block_on`, which waits for I/O in
+/// the reactor on this thread. A reactor timer stands in for the park's
+/// deadline: the clocks' next one, or the end of the linger. Returns the
+/// executor's output, or `None` once nothing woke the thread for
+/// [`BUSY_LINGER`].
+async fn drive_reactor<F: Future>(mut future: std::pin::Pin<&mut F>) -> Option<F::Output> {
+    let waker = future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
+    let _parked = Parked::enter(&waker);
+    let mut timer = async_io::Timer::never();
+    let mut armed: Option<Instant> = None;
+    let mut last_wake = Instant::now();
+    future::poll_fn(move |cx| {
+        let now = Instant::now();
+        if armed.is_none_or(|at| now < at) {
+            // Polled before the timer's instant: a task or I/O woke it.
+            last_wake = now;
+        }
+        run_clocks();
+        if let Poll::Ready(out) = future.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        let idle_at = last_wake + BUSY_LINGER;
+        if now >= idle_at {
+            return Poll::Ready(None);
+        }
+        let at = run_clocks().map_or(idle_at, |deadline| deadline.min(idle_at));
+        // Arming a reactor timer interrupts the reactor's wait, so the timer
+        // moves only to an earlier instant, or once it fired: each wake
+        // moves the linger's end, and a timer that fires before it is
+        // armed again then.
+        if armed.is_none_or(|armed| at < armed || now >= armed) {
+            timer.set_at(at);
+            armed = Some(at);
+        }
+        if std::pin::Pin::new(&mut timer).poll(cx).is_ready() {
+            // Already due: poll again at once.
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// The threads parked in [`block_on`], by the waker that ends their wait.
+/// A [`sleep`] that becomes the earliest timer wakes them, so that none
+/// sleeps past it. (In the node, the only such thread is the one that polls
+/// the sleep, which is not parked then.)
+static PARKED: Mutex<Vec<Waker>> = Mutex::new(Vec::new());
 
 /// A thread's entry in [`PARKED`], removed on drop.
-struct Parked<'a>(&'a parking::Unparker);
+struct Parked<'a>(&'a Waker);
 
 impl<'a> Parked<'a> {
-    fn enter(unparker: &'a parking::Unparker) -> Parked<'a> {
+    fn enter(waker: &'a Waker) -> Parked<'a> {
         let mut parked = PARKED.lock().unwrap_or_else(|e| e.into_inner());
-        parked.push(unparker.clone());
-        Parked(unparker)
+        parked.push(waker.clone());
+        Parked(waker)
     }
 }
 
 impl Drop for Parked<'_> {
     fn drop(&mut self) {
         let mut parked = PARKED.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = parked.iter().position(|u| u.same_parker(self.0)) {
+        if let Some(i) = parked.iter().position(|w| w.will_wake(self.0)) {
             parked.swap_remove(i);
         }
     }
@@ -283,9 +378,7 @@ impl Future for Sleep {
                 drop(timers);
                 if earliest {
                     let parked = PARKED.lock().unwrap_or_else(|e| e.into_inner());
-                    parked.iter().for_each(|u| {
-                        u.unpark();
-                    });
+                    parked.iter().for_each(Waker::wake_by_ref);
                 }
             }
         }
@@ -446,6 +539,110 @@ mod tests {
         });
         let timers = TIMERS.lock().unwrap_or_else(|e| e.into_inner());
         assert!(!timers.contains_key(&key), "a dropped sleep left its timer");
+    }
+
+    #[test]
+    fn close_wakes_make_the_thread_busy_and_spread_ones_do_not() {
+        let start = Instant::now();
+        let mut load = Load::default();
+        // A heartbeat's answers: a few wakes, then nothing for a while.
+        for round in 0..10u32 {
+            let at = start + Duration::from_millis(100) * round;
+            for i in 0..BUSY_WAKES - 1 {
+                load.woken(at + Duration::from_micros(100) * i);
+            }
+            assert!(!load.busy(), "round {round}");
+        }
+        // Twice as many wakes, but never as many within one window.
+        let later = start + Duration::from_secs(2);
+        for i in 0..BUSY_WAKES * 2 {
+            load.woken(later + BUSY_WINDOW / (BUSY_WAKES - 2) * i);
+        }
+        assert!(!load.busy());
+        // Requests back to back.
+        let load_at = start + Duration::from_secs(3);
+        for i in 0..BUSY_WAKES {
+            load.woken(load_at + Duration::from_micros(200) * i);
+        }
+        assert!(load.busy());
+    }
+
+    /// The times the async-io thread was put on a CPU (schedstat).
+    fn reactor_thread_slices() -> u64 {
+        let mut slices = 0;
+        for task in std::fs::read_dir("/proc/self/task").unwrap() {
+            let dir = task.unwrap().path();
+            let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+            if comm.trim() == "async-io" {
+                let stat = std::fs::read_to_string(dir.join("schedstat")).unwrap_or_default();
+                slices += stat
+                    .split_whitespace()
+                    .nth(2)
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+        slices
+    }
+
+    #[test]
+    fn under_load_the_thread_waits_for_io_itself_and_still_runs_its_clocks() {
+        use futures_lite::{AsyncReadExt as _, AsyncWriteExt as _};
+        struct Every5ms(std::thread::ThreadId, std::sync::atomic::AtomicUsize);
+        impl Clock for Every5ms {
+            fn run_due(&self, now: Instant) -> Option<Instant> {
+                if std::thread::current().id() == self.0 {
+                    self.1.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(now + Duration::from_millis(5))
+            }
+        }
+        let clock = Arc::new(Every5ms(std::thread::current().id(), 0.into()));
+        let added = add_clock(clock.clone());
+        const ROUND_TRIPS: u64 = 3000;
+        let before = reactor_thread_slices();
+        let start = Instant::now();
+        block_on(async {
+            let listener = async_std::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .unwrap();
+            let addr = listener.local_addr().unwrap();
+            let echo = spawn(async move {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                stream.set_nodelay(true).unwrap();
+                let mut byte = [0u8; 1];
+                while stream.read_exact(&mut byte).await.is_ok() {
+                    stream.write_all(&byte).await.unwrap();
+                }
+            });
+            let mut stream = async_std::net::TcpStream::connect(addr).await.unwrap();
+            stream.set_nodelay(true).unwrap();
+            let mut byte = [0u8; 1];
+            for _ in 0..ROUND_TRIPS {
+                stream.write_all(&[7]).await.unwrap();
+                stream.read_exact(&mut byte).await.unwrap();
+            }
+            drop(stream);
+            echo.await;
+        });
+        let elapsed = start.elapsed();
+        drop(added);
+        // Each round trip is two socket events. Had the async-io thread
+        // waited for them, it would have woken for each (about 6,000 times;
+        // other tests' I/O adds to the count, never takes from it).
+        let slices = reactor_thread_slices() - before;
+        assert!(
+            slices < ROUND_TRIPS / 2,
+            "the async-io thread woke {slices} times in {ROUND_TRIPS} round trips"
+        );
+        // The clock's deadlines still came while the thread waited in the
+        // reactor (a generous bound: a quarter of them).
+        let runs = clock.1.load(Ordering::Relaxed) as u128;
+        let due = elapsed.as_millis() / 5;
+        assert!(
+            runs * 4 >= due,
+            "the clock ran {runs} times in {elapsed:?} of 5 ms deadlines"
+        );
     }
 
     #[test]
