@@ -121,9 +121,9 @@ pub fn spawn<T: Send + 'static>(future: impl Future<Output = T> + Send + 'static
 /// task wakes. When it wakes, it runs the clocks again before any task, so
 /// that what fell due while it was parked comes first.
 ///
-/// Under load (tasks woke it [`BUSY_WAKES`] times within [`BUSY_WINDOW`])
-/// the thread waits in the reactor itself instead of parking, until no task
-/// has woken it for [`BUSY_LINGER`]: a socket event then runs its task on
+/// Under load (tasks woke it 6 times within 2 ms) the thread waits in the
+/// reactor itself instead of parking, until no task has woken it for 5 ms:
+/// a socket event then runs its task on
 /// this thread at once, rather than waking the async-io thread first and
 /// this one after. An idle node's traffic (heartbeats, probes) never comes
 /// that close together, so at rest the async-io thread alone waits in epoll.
