@@ -12,15 +12,16 @@
 //! thread parks while the node is idle, and the async-io thread alone waits
 //! in epoll; only under load (wakes close together) does it wait in the
 //! reactor itself, which saves a thread hop per socket event. Raft's tick
-//! is a [`Clock`] that this thread runs itself, when its park times out, not
-//! a reactor timer or a thread of its own, and work that blocks runs on this
+//! is a [`Clock`] that this thread runs itself, when its park times out (under
+//! load, when the one reactor timer it keeps fires), not a reactor timer or a
+//! thread of its own per tick, and work that blocks runs on this
 //! module's worker threads ([`unblock`]), which never wake while idle.
 
 use std::any::Any;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -121,105 +122,188 @@ pub fn spawn<T: Send + 'static>(future: impl Future<Output = T> + Send + 'static
 /// task wakes. When it wakes, it runs the clocks again before any task, so
 /// that what fell due while it was parked comes first.
 ///
-/// Under load (tasks woke it 6 times within 2 ms) the thread waits in the
-/// reactor itself instead of parking, until no task has woken it for 5 ms:
-/// a socket event then runs its task on
-/// this thread at once, rather than waking the async-io thread first and
-/// this one after. An idle node's traffic (heartbeats, probes) never comes
-/// that close together, so at rest the async-io thread alone waits in epoll.
+/// Under load (woken from outside, by I/O or another thread rather than by
+/// its own clocks and tasks, at least 6 times, each within 1 ms of the last,
+/// over 2 ms or more) the thread waits in the reactor itself instead of
+/// parking, until 5 ms pass without such a wake: a socket event then runs
+/// its task on this thread at once, rather than waking the
+/// async-io thread first and this one after. A reactor timer then stands in
+/// for the clocks' deadline. An idle node's traffic (heartbeats, probes)
+/// never comes that close together, so at rest the async-io thread alone
+/// waits in epoll.
 pub fn block_on<T>(future: impl Future<Output = T>) -> T {
     let (parker, unparker) = parking::pair();
-    let waker = Waker::from(unparker);
+    let owner = std::thread::current().id();
+    let outside = Arc::new(AtomicBool::new(false));
+    let waker = Waker::from(Arc::new(CountingWaker {
+        owner,
+        outside: outside.clone(),
+        inner: Waker::from(unparker),
+    }));
     let mut cx = Context::from_waker(&waker);
     let mut future = std::pin::pin!(EXECUTOR.run(future));
     let mut load = Load::default();
     loop {
-        run_clocks();
-        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+        let polled = running(|| {
+            run_clocks();
+            future.as_mut().poll(&mut cx)
+        });
+        if let Poll::Ready(out) = polled {
             return out;
         }
         if load.busy() {
             load = Load::default();
-            if let Some(out) = async_io::block_on(drive_reactor(future.as_mut())) {
+            let busy = drive_reactor(future.as_mut(), owner, &outside);
+            if let Some(out) = async_io::block_on(busy) {
                 return out;
             }
             continue;
         }
-        // The executor also returns here after every 200 tasks it runs
-        // (it yields), so a busy thread still runs its clocks on time.
+        // The executor also returns after every 200 tasks it runs (it
+        // yields), here or in `drive_reactor`, so a busy thread still runs
+        // its clocks on time.
         // Listed as parked before the deadline is taken: a timer another
         // thread adds after that unparks this one.
-        let _parked = Parked::enter(&waker);
-        let woken = match run_clocks() {
-            Some(deadline) => parker.park_deadline(deadline),
-            None => {
-                parker.park();
-                true
+        let _parked = Parked::enter(owner, &waker);
+        match running(run_clocks) {
+            Some(deadline) => {
+                parker.park_deadline(deadline);
             }
-        };
-        if woken {
+            None => parker.park(),
+        }
+        if outside.swap(false, Ordering::AcqRel) {
             load.woken(Instant::now());
         }
     }
 }
 
-/// How many wakes by a task within [`BUSY_WINDOW`] make [`block_on`] wait
-/// in the reactor itself.
+thread_local! {
+    /// Set while the thread inside [`block_on`] runs its clocks and tasks:
+    /// a wake it makes then is its own doing, not load.
+    static RUNNING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with [`RUNNING`] set.
+fn running<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            RUNNING.with(|r| r.set(false));
+        }
+    }
+    RUNNING.with(|r| r.set(true));
+    let _reset = Reset;
+    f()
+}
+
+/// The waker [`block_on`] gives the executor: it wakes `inner` (the park,
+/// or async-io's wait in the reactor) and notes in `outside` a wake that
+/// did not come from the thread's own clocks and tasks.
+struct CountingWaker {
+    owner: std::thread::ThreadId,
+    outside: Arc<AtomicBool>,
+    inner: Waker,
+}
+
+impl std::task::Wake for CountingWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let own = RUNNING.with(|r| r.get()) && std::thread::current().id() == self.owner;
+        if !own {
+            self.outside.store(true, Ordering::Release);
+        }
+        self.inner.wake_by_ref();
+    }
+}
+
+/// [`block_on`] waits in the reactor itself after a run of wakes from
+/// outside at least this long, each within [`BUSY_GAP`] of the last, and at
+/// least [`BUSY_WAKES`] of them. A heartbeat round's answers (one per
+/// follower) come within a millisecond and then nothing for a tick, so they
+/// never make one; requests back to back do.
+const BUSY_SPAN: Duration = Duration::from_millis(2);
+/// See [`BUSY_SPAN`].
+const BUSY_GAP: Duration = Duration::from_millis(1);
+/// See [`BUSY_SPAN`].
 const BUSY_WAKES: u32 = 6;
-/// See [`BUSY_WAKES`].
-const BUSY_WINDOW: Duration = Duration::from_millis(2);
-/// How long [`block_on`] keeps waiting in the reactor after the last wake.
+/// How long [`block_on`] keeps waiting in the reactor after the last wake
+/// from outside.
 const BUSY_LINGER: Duration = Duration::from_millis(5);
 
-/// Counts the wakes by a task within one [`BUSY_WINDOW`].
+/// The current run of wakes from outside (see [`BUSY_SPAN`]).
 #[derive(Default)]
 struct Load {
-    window: Option<Instant>,
+    /// The run's first and last wake.
+    run: Option<(Instant, Instant)>,
     wakes: u32,
 }
 
 impl Load {
     fn woken(&mut self, now: Instant) {
-        match self.window {
-            Some(start) if now.duration_since(start) <= BUSY_WINDOW => self.wakes += 1,
+        match &mut self.run {
+            Some((_, last)) if now.duration_since(*last) <= BUSY_GAP => {
+                *last = now;
+                self.wakes += 1;
+            }
             _ => {
-                self.window = Some(now);
+                self.run = Some((now, now));
                 self.wakes = 1;
             }
         }
     }
 
     fn busy(&self) -> bool {
-        self.wakes >= BUSY_WAKES
+        self.run
+            .is_some_and(|(first, last)| last.duration_since(first) >= BUSY_SPAN)
+            && self.wakes >= BUSY_WAKES
     }
 }
 
 /// Runs the executor inside `async_io::block_on`, which waits for I/O in
 /// the reactor on this thread. A reactor timer stands in for the park's
 /// deadline: the clocks' next one, or the end of the linger. Returns the
-/// executor's output, or `None` once nothing woke the thread for
-/// [`BUSY_LINGER`].
-async fn drive_reactor<F: Future>(mut future: std::pin::Pin<&mut F>) -> Option<F::Output> {
-    let waker = future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
-    let _parked = Parked::enter(&waker);
+/// executor's output, or `None` once nothing from outside woke the thread
+/// for [`BUSY_LINGER`].
+async fn drive_reactor<F: Future>(
+    mut future: std::pin::Pin<&mut F>,
+    owner: std::thread::ThreadId,
+    outside: &Arc<AtomicBool>,
+) -> Option<F::Output> {
+    let inner = future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
+    let waker = Waker::from(Arc::new(CountingWaker {
+        owner,
+        outside: outside.clone(),
+        inner,
+    }));
+    let _parked = Parked::enter(owner, &waker);
+    let waker = waker.clone();
     let mut timer = async_io::Timer::never();
     let mut armed: Option<Instant> = None;
     let mut last_wake = Instant::now();
     future::poll_fn(move |cx| {
+        if outside.swap(false, Ordering::AcqRel) {
+            last_wake = Instant::now();
+        }
+        let polled = running(|| {
+            run_clocks();
+            match future.as_mut().poll(&mut Context::from_waker(&waker)) {
+                Poll::Ready(out) => Err(out),
+                Poll::Pending => Ok(run_clocks()),
+            }
+        });
+        let deadline = match polled {
+            Err(out) => return Poll::Ready(Some(out)),
+            Ok(deadline) => deadline,
+        };
         let now = Instant::now();
-        if armed.is_none_or(|at| now < at) {
-            // Polled before the timer's instant: a task or I/O woke it.
-            last_wake = now;
-        }
-        run_clocks();
-        if let Poll::Ready(out) = future.as_mut().poll(cx) {
-            return Poll::Ready(Some(out));
-        }
         let idle_at = last_wake + BUSY_LINGER;
         if now >= idle_at {
             return Poll::Ready(None);
         }
-        let at = run_clocks().map_or(idle_at, |deadline| deadline.min(idle_at));
+        let at = deadline.map_or(idle_at, |deadline| deadline.min(idle_at));
         // Arming a reactor timer interrupts the reactor's wait, so the timer
         // moves only to an earlier instant, or once it fired: each wake
         // moves the linger's end, and a timer that fires before it is
@@ -237,19 +321,20 @@ async fn drive_reactor<F: Future>(mut future: std::pin::Pin<&mut F>) -> Option<F
     .await
 }
 
-/// The threads parked in [`block_on`], by the waker that ends their wait.
-/// A [`sleep`] that becomes the earliest timer wakes them, so that none
-/// sleeps past it. (In the node, the only such thread is the one that polls
-/// the sleep, which is not parked then.)
-static PARKED: Mutex<Vec<Waker>> = Mutex::new(Vec::new());
+/// The threads waiting in [`block_on`] (parked, or in the reactor), by the
+/// waker that ends their wait. A [`sleep`] that becomes the earliest timer
+/// wakes the others, so that none sleeps past it; the thread that polled
+/// it reads the new deadline itself before it waits. (In the node only one
+/// thread runs the executor.)
+static PARKED: Mutex<Vec<(std::thread::ThreadId, Waker)>> = Mutex::new(Vec::new());
 
 /// A thread's entry in [`PARKED`], removed on drop.
 struct Parked<'a>(&'a Waker);
 
 impl<'a> Parked<'a> {
-    fn enter(waker: &'a Waker) -> Parked<'a> {
+    fn enter(owner: std::thread::ThreadId, waker: &'a Waker) -> Parked<'a> {
         let mut parked = PARKED.lock().unwrap_or_else(|e| e.into_inner());
-        parked.push(waker.clone());
+        parked.push((owner, waker.clone()));
         Parked(waker)
     }
 }
@@ -257,7 +342,7 @@ impl<'a> Parked<'a> {
 impl Drop for Parked<'_> {
     fn drop(&mut self) {
         let mut parked = PARKED.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = parked.iter().position(|w| w.will_wake(self.0)) {
+        if let Some(i) = parked.iter().position(|(_, w)| w.will_wake(self.0)) {
             parked.swap_remove(i);
         }
     }
@@ -266,8 +351,9 @@ impl Drop for Parked<'_> {
 /// Work that falls due at moments in time, run by the thread inside
 /// [`block_on`] between its tasks. A clock fires without a thread or a
 /// reactor timer of its own: when it is due, the executor's thread wakes
-/// from its park by itself, which costs one wakeup where a timer thread
-/// that sends a message costs two (its own and the executor's).
+/// from its park by itself (under load, from the reactor, on the one timer
+/// it keeps), which costs one wakeup where a timer thread that sends a
+/// message costs two (its own and the executor's).
 pub trait Clock: Send + Sync {
     /// Does what is due at `now`, which must not block; returns when the
     /// clock next has something to do, or `None` if nothing until a task
@@ -334,7 +420,8 @@ static TIMERS: Mutex<BTreeMap<(Instant, u64), Waker>> = Mutex::new(BTreeMap::new
 static TIMER_IDS: AtomicU64 = AtomicU64::new(0);
 
 /// Waits for `duration`, on the executor's own clock: the thread inside
-/// [`block_on`] wakes the task when its park times out. An async-io timer
+/// [`block_on`] wakes the task when its park times out (under load, when
+/// the reactor timer it keeps for its deadlines fires). An async-io timer
 /// costs the reactor thread a wakeup to arm it and another to fire it, then
 /// the executor's; this costs the executor's wakeup alone, which is what a
 /// periodic wait on an idle node should cost. Only tasks of this executor
@@ -377,8 +464,12 @@ impl Future for Sleep {
                 let earliest = timers.first_key_value().is_some_and(|(k, _)| *k == key);
                 drop(timers);
                 if earliest {
+                    let me = std::thread::current().id();
                     let parked = PARKED.lock().unwrap_or_else(|e| e.into_inner());
-                    parked.iter().for_each(Waker::wake_by_ref);
+                    parked
+                        .iter()
+                        .filter(|(owner, _)| *owner != me)
+                        .for_each(|(_, waker)| waker.wake_by_ref());
                 }
             }
         }
@@ -542,106 +633,131 @@ mod tests {
     }
 
     #[test]
-    fn close_wakes_make_the_thread_busy_and_spread_ones_do_not() {
+    fn a_run_of_wakes_makes_the_thread_busy_and_a_heartbeat_round_does_not() {
         let start = Instant::now();
         let mut load = Load::default();
-        // A heartbeat's answers: a few wakes, then nothing for a while.
+        // A leader of nine: eight answers within a millisecond, then nothing
+        // until the next heartbeat.
         for round in 0..10u32 {
             let at = start + Duration::from_millis(100) * round;
-            for i in 0..BUSY_WAKES - 1 {
+            for i in 0..8 {
                 load.woken(at + Duration::from_micros(100) * i);
             }
             assert!(!load.busy(), "round {round}");
         }
-        // Twice as many wakes, but never as many within one window.
+        // A request every 1.5 ms: never close enough together.
         let later = start + Duration::from_secs(2);
-        for i in 0..BUSY_WAKES * 2 {
-            load.woken(later + BUSY_WINDOW / (BUSY_WAKES - 2) * i);
+        for i in 0..20 {
+            load.woken(later + Duration::from_micros(1500) * i);
+            assert!(!load.busy(), "wake {i}");
         }
-        assert!(!load.busy());
-        // Requests back to back.
+        // Requests back to back, every 0.3 ms: busy once they span 2 ms.
         let load_at = start + Duration::from_secs(3);
-        for i in 0..BUSY_WAKES {
-            load.woken(load_at + Duration::from_micros(200) * i);
+        let mut busy_after = None;
+        for i in 0..20u32 {
+            load.woken(load_at + Duration::from_micros(300) * i);
+            if load.busy() && busy_after.is_none() {
+                busy_after = Some(i);
+            }
         }
-        assert!(load.busy());
+        // The 8th wake is 2.1 ms after the first.
+        assert_eq!(busy_after, Some(7));
     }
 
     /// The times the async-io thread was put on a CPU (schedstat).
     fn reactor_thread_slices() -> u64 {
-        let mut slices = 0;
+        let mut found = None;
         for task in std::fs::read_dir("/proc/self/task").unwrap() {
             let dir = task.unwrap().path();
             let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
             if comm.trim() == "async-io" {
-                let stat = std::fs::read_to_string(dir.join("schedstat")).unwrap_or_default();
-                slices += stat
-                    .split_whitespace()
-                    .nth(2)
-                    .and_then(|n| n.parse::<u64>().ok())
-                    .unwrap_or(0);
+                let stat = std::fs::read_to_string(dir.join("schedstat")).unwrap();
+                let slices = stat.split_whitespace().nth(2).and_then(|n| n.parse().ok());
+                found = Some(slices.expect("schedstat's third field"));
             }
         }
-        slices
+        found.expect("an async-io thread")
     }
 
     #[test]
     fn under_load_the_thread_waits_for_io_itself_and_still_runs_its_clocks() {
         use futures_lite::{AsyncReadExt as _, AsyncWriteExt as _};
-        struct Every5ms(std::thread::ThreadId, std::sync::atomic::AtomicUsize);
-        impl Clock for Every5ms {
+        use std::io::{Read as _, Write as _};
+        /// Counts its due runs on the test's thread, every millisecond.
+        struct EveryMs(std::thread::ThreadId, Mutex<Instant>, AtomicU64);
+        impl Clock for EveryMs {
             fn run_due(&self, now: Instant) -> Option<Instant> {
-                if std::thread::current().id() == self.0 {
-                    self.1.fetch_add(1, Ordering::Relaxed);
+                let mut next = self.1.lock().unwrap();
+                if std::thread::current().id() == self.0 && now >= *next {
+                    self.2.fetch_add(1, Ordering::Relaxed);
+                    *next = now + Duration::from_millis(1);
                 }
-                Some(now + Duration::from_millis(5))
+                Some(*next)
             }
         }
-        let clock = Arc::new(Every5ms(std::thread::current().id(), 0.into()));
+        let clock = Arc::new(EveryMs(
+            std::thread::current().id(),
+            Mutex::new(Instant::now()),
+            0.into(),
+        ));
         let added = add_clock(clock.clone());
-        const ROUND_TRIPS: u64 = 3000;
-        let before = reactor_thread_slices();
-        let start = Instant::now();
-        block_on(async {
-            let listener = async_std::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .unwrap();
-            let addr = listener.local_addr().unwrap();
-            let echo = spawn(async move {
-                let (mut stream, _) = listener.accept().await.unwrap();
-                stream.set_nodelay(true).unwrap();
-                let mut byte = [0u8; 1];
-                while stream.read_exact(&mut byte).await.is_ok() {
-                    stream.write_all(&byte).await.unwrap();
+        // The echo side is a thread of its own, off the executor: each byte
+        // comes back at once, but a 2 after a pause of 4 ms.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let echo = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            stream.set_nodelay(true).unwrap();
+            let mut byte = [0u8; 1];
+            while stream.read_exact(&mut byte).is_ok() {
+                if byte[0] == 2 {
+                    std::thread::sleep(Duration::from_millis(4));
                 }
-            });
+                stream.write_all(&byte).unwrap();
+            }
+        });
+        const ROUND_TRIPS: u64 = 3000;
+        const PAUSES: u64 = 10;
+        // The reactor, and with it the async-io thread, starts on first use.
+        block_on(async_io::Timer::after(Duration::from_millis(1)));
+        let before = reactor_thread_slices();
+        let runs_in_pauses = block_on(async {
             let mut stream = async_std::net::TcpStream::connect(addr).await.unwrap();
             stream.set_nodelay(true).unwrap();
             let mut byte = [0u8; 1];
-            for _ in 0..ROUND_TRIPS {
-                stream.write_all(&[7]).await.unwrap();
+            let mut runs_in_pauses = 0;
+            for i in 0..ROUND_TRIPS {
+                let pause = i % (ROUND_TRIPS / PAUSES) == ROUND_TRIPS / PAUSES - 1;
+                let runs = clock.2.load(Ordering::Relaxed);
+                stream
+                    .write_all(&[if pause { 2 } else { 1 }])
+                    .await
+                    .unwrap();
                 stream.read_exact(&mut byte).await.unwrap();
+                if pause {
+                    runs_in_pauses += clock.2.load(Ordering::Relaxed) - runs;
+                }
             }
-            drop(stream);
-            echo.await;
+            runs_in_pauses
         });
-        let elapsed = start.elapsed();
+        echo.join().unwrap();
         drop(added);
-        // Each round trip is two socket events. Had the async-io thread
-        // waited for them, it would have woken for each (about 6,000 times;
-        // other tests' I/O adds to the count, never takes from it).
+        // Each round trip is two socket events here (our write's answer
+        // readable, and the write itself at times). Had the async-io thread
+        // waited for them, it would have woken for each: 5,981 times in one
+        // run without the busy mode. Other tests' I/O only adds to it.
         let slices = reactor_thread_slices() - before;
         assert!(
             slices < ROUND_TRIPS / 2,
             "the async-io thread woke {slices} times in {ROUND_TRIPS} round trips"
         );
-        // The clock's deadlines still came while the thread waited in the
-        // reactor (a generous bound: a quarter of them).
-        let runs = clock.1.load(Ordering::Relaxed) as u128;
-        let due = elapsed.as_millis() / 5;
+        // In each 4 ms pause the thread waits in the reactor (the linger is
+        // 5 ms), where only the reactor timer set to the clock's deadline
+        // wakes it: about 4 runs a pause (40 in a run). Without that timer
+        // the clock runs when the answer wakes the thread (17 in a run).
         assert!(
-            runs * 4 >= due,
-            "the clock ran {runs} times in {elapsed:?} of 5 ms deadlines"
+            runs_in_pauses * 2 >= 5 * PAUSES,
+            "the clock ran {runs_in_pauses} times in {PAUSES} pauses of 4 ms"
         );
     }
 

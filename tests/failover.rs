@@ -237,10 +237,13 @@ fn followers_probe_each_other_on_one_kept_connection() {
         during.extend(seen(&ports));
         std::thread::sleep(Duration::from_millis(50));
     }
-    // 30 probe intervals; a dial per probe would show some 30 new sockets.
+    // 30 probe intervals each way; a dial per probe shows some 54 new
+    // sockets. A probe whose answer misses its 100 ms (a loaded machine:
+    // with two busy loops beside it, a quarter of the runs saw 3) drops its
+    // connection and dials anew, so a few are allowed.
     let new: Vec<_> = during.difference(&before).collect();
     assert!(
-        new.len() <= 2,
+        new.len() <= 10,
         "{} new connections to the followers' peer ports in 3 s: {new:?}\n{}",
         new.len(),
         c.diagnostics()

@@ -1143,7 +1143,11 @@ pub async fn refuses(addr: SocketAddr, limit: Duration) -> bool {
     for _ in 0..REFUSAL_PROBES {
         let left = deadline.saturating_duration_since(Instant::now());
         let mut stream = match within(left, TcpStream::connect(addr)).await {
-            Some(Err(e)) if is_reset(&e) => continue,
+            Some(Err(e)) if is_reset(&e) => {
+                // Give the dying process a moment to close its listener.
+                crate::runtime::sleep(RESET_PAUSE).await;
+                continue;
+            }
             Some(Err(e)) => return e.kind() == io::ErrorKind::ConnectionRefused,
             None => return false,
             Some(Ok(stream)) => stream,
@@ -1179,8 +1183,12 @@ fn is_reset(e: &io::Error) -> bool {
     )
 }
 
-/// How many connects [`refuses`] makes when each is accepted and reset.
+/// How many connects [`refuses`] makes when each is accepted and reset (or
+/// fails with a reset).
 const REFUSAL_PROBES: usize = 4;
+/// How long [`refuses`] waits before it connects again after a connect that
+/// failed with a reset.
+const RESET_PAUSE: Duration = Duration::from_millis(2);
 /// How long [`refuses`] waits for an accepted connection to be reset.
 const ACCEPTED_RESET_WAIT: Duration = Duration::from_millis(20);
 
