@@ -1133,19 +1133,19 @@ pub async fn probe(
 /// A process that is being killed closes its sockets one by one: its peers
 /// see their streams reset while its listener may still accept for a moment.
 /// A connect that is accepted and then reset at once, before the other side
-/// could even read our hello, is that moment; the probe then asks again
-/// (at most four times). The reset may even come before the connect itself
-/// is reported done, and then the connect fails with "connection reset":
-/// that too is the moment, not an answer. A live node leaves an accepted
-/// connection open, waiting for the hello, and the probe answers `false`.
+/// could even read our hello, is that moment; the probe then waits 2 ms
+/// and asks again (four connects at most). The reset may even come before
+/// the connect itself is reported done, and then the connect fails with
+/// "connection reset": that too is the moment, not an answer. A live node
+/// leaves an accepted connection open, waiting for the hello, and the probe
+/// answers `false`.
 pub async fn refuses(addr: SocketAddr, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
     for _ in 0..REFUSAL_PROBES {
         let left = deadline.saturating_duration_since(Instant::now());
         let mut stream = match within(left, TcpStream::connect(addr)).await {
             Some(Err(e)) if is_reset(&e) => {
-                // Give the dying process a moment to close its listener.
-                crate::runtime::sleep(RESET_PAUSE).await;
+                reset_pause(deadline).await;
                 continue;
             }
             Some(Err(e)) => return e.kind() == io::ErrorKind::ConnectionRefused,
@@ -1170,8 +1170,16 @@ pub async fn refuses(addr: SocketAddr, limit: Duration) -> bool {
         if !closed {
             return false;
         }
+        reset_pause(deadline).await;
     }
     false
+}
+
+/// Gives a dying process a moment to close its listener before [`refuses`]
+/// connects again (no longer than what is left until `deadline`).
+async fn reset_pause(deadline: Instant) {
+    let left = deadline.saturating_duration_since(Instant::now());
+    async_io::Timer::after(RESET_PAUSE.min(left)).await;
 }
 
 /// An accepted connection was reset by the other side (its process closed
