@@ -371,12 +371,17 @@ impl System for Quorumd {
 
     /// One checkpoint on every node that started after the writes: a
     /// checkpoint still running now is let finish first (they take
-    /// milliseconds), then the next one is awaited. Then the nodes are let
+    /// milliseconds), then the next one is awaited. A node whose last
+    /// checkpoint already held all it applied would never make another, so
+    /// one more small put follows the count: each node then checkpoints it,
+    /// at once or at rest, after the count was taken. Then the nodes are let
     /// rest: a node that applied nothing for a second compacts its log down
     /// to its tail, and the log writer deletes what that released.
     fn settle(&self) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(300));
         let before = self.checkpoints()?;
+        let leader = self.leader()?;
+        self.put(&mut KeepAlive::new(self.kv_addr(leader)), "settle", b"s")?;
         let deadline = Instant::now() + WAIT;
         loop {
             let now = self.checkpoints()?;
@@ -384,7 +389,10 @@ impl System for Quorumd {
                 break;
             }
             if Instant::now() > deadline {
-                return Err(format!("no checkpoint on every node within {WAIT:?}"));
+                return Err(format!(
+                    "no checkpoint on every node within {WAIT:?} (checkpoints per node, \
+                     leader first: {before:?} before, {now:?} now)"
+                ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
