@@ -659,27 +659,20 @@ mod tests {
             load.woken(later + Duration::from_micros(1500) * i);
             assert!(!load.busy(), "wake {i}");
         }
+        // The index of the first wake, `apart` from the last, that finds
+        // the thread busy.
+        let first_busy = |apart: Duration| {
+            let mut load = Load::default();
+            (0..40u32).find(|&i| {
+                load.woken(start + Duration::from_secs(3) + apart * i);
+                load.busy()
+            })
+        };
         // Requests back to back, every 0.3 ms: busy from the 10th wake (the
         // span is 2.7 ms by then).
-        let load_at = start + Duration::from_secs(3);
-        let mut busy_after = None;
-        for i in 0..20u32 {
-            load.woken(load_at + Duration::from_micros(300) * i);
-            if load.busy() && busy_after.is_none() {
-                busy_after = Some(i);
-            }
-        }
-        assert_eq!(busy_after, Some(9));
+        assert_eq!(first_busy(Duration::from_micros(300)), Some(9));
         // Every 0.1 ms: 10 wakes span only 0.9 ms; busy once they span 2 ms.
-        let mut load = Load::default();
-        let mut busy_after = None;
-        for i in 0..40u32 {
-            load.woken(load_at + Duration::from_micros(100) * i);
-            if load.busy() && busy_after.is_none() {
-                busy_after = Some(i);
-            }
-        }
-        assert_eq!(busy_after, Some(20));
+        assert_eq!(first_busy(Duration::from_micros(100)), Some(20));
     }
 
     /// The times the async-io thread was put on a CPU (schedstat).
