@@ -222,9 +222,10 @@ impl std::task::Wake for CountingWaker {
 /// [`block_on`] waits in the reactor itself after a run of wakes from
 /// outside at least this long, each within [`BUSY_GAP`] of the last, and at
 /// least [`BUSY_WAKES`] of them. A heartbeat round's answers (one per
-/// follower, at most 8 in a cluster of 9) come within a millisecond or two
-/// and then nothing for a tick, so they do not make one; requests back to
-/// back do.
+/// follower: 8 in a cluster of 9) come within a millisecond or two and then
+/// nothing for a tick, so they do not make one in a cluster of up to 10
+/// nodes (a leader of 11 or more would enter the mode on each round);
+/// requests back to back do.
 const BUSY_SPAN: Duration = Duration::from_millis(2);
 /// See [`BUSY_SPAN`].
 const BUSY_GAP: Duration = Duration::from_millis(1);
