@@ -10,7 +10,7 @@
 //! sleeps after every event. With a Raft tick every 25 ms that cost about
 //! 0.8 % of a core per idle node, four times the budget. Here the caller's
 //! thread parks while the node is idle, and the async-io thread alone waits
-//! in epoll; only under load (wakes close together) does it wait in the
+//! in epoll; only under load (a run of wakes close together) does it wait in the
 //! reactor itself, which saves a thread hop per socket event. Raft's tick
 //! is a [`Clock`] that this thread runs itself, when its park times out (under
 //! load, when the one reactor timer it keeps fires), not a reactor timer or a
@@ -129,8 +129,8 @@ pub fn spawn<T: Send + 'static>(future: impl Future<Output = T> + Send + 'static
 /// its task on this thread at once, rather than waking the
 /// async-io thread first and this one after. A reactor timer then stands in
 /// for the clocks' deadline. An idle node's traffic (heartbeats, probes)
-/// never comes that close together, so at rest the async-io thread alone
-/// waits in epoll.
+/// does not come that close together in a cluster of up to 10 nodes, so at
+/// rest the async-io thread alone waits in epoll.
 pub fn block_on<T>(future: impl Future<Output = T>) -> T {
     let (parker, unparker) = parking::pair();
     let owner = std::thread::current().id();
@@ -224,7 +224,7 @@ impl std::task::Wake for CountingWaker {
 /// least [`BUSY_WAKES`] of them. A heartbeat round's answers (one per
 /// follower: 8 in a cluster of 9) come within a millisecond or two and then
 /// nothing for a tick, so they do not make one in a cluster of up to 10
-/// nodes (a leader of 11 or more would enter the mode on each round);
+/// nodes (a leader of 11 or more could enter the mode on a round);
 /// requests back to back do.
 const BUSY_SPAN: Duration = Duration::from_millis(2);
 /// See [`BUSY_SPAN`].
