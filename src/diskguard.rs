@@ -248,7 +248,8 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
-/// The log writer begins an fsync.
+/// An fsync of the log begins (on the writer thread, or inline on a
+/// follower's replica).
 pub fn sync_begins() {
     let us = epoch().elapsed().as_micros().max(1) as u64;
     SYNC_STARTED_US.store(us, Ordering::Relaxed);

@@ -131,8 +131,9 @@ impl Active {
     }
 }
 
-/// See the module documentation. Owned by one thread: the replica's log
-/// writer.
+/// See the module documentation. Written by the replica's log writer
+/// thread, or by the replica itself under the writer's lock
+/// (`writer::LogWriter::write_inline`).
 #[derive(Debug)]
 pub struct RaftLog {
     dir: PathBuf,
@@ -310,8 +311,20 @@ impl RaftLog {
     /// state that lowers the term or the commit, or changes the vote within
     /// a term; entries that leave a gap.
     pub fn write(&mut self, write: &LogWrite) -> Result<()> {
+        self.write_within(write, None).map(|_| ())
+    }
+
+    /// [`RaftLog::write`], but only if its records take at most `max_bytes`
+    /// and fit in the active segment: `Ok(false)`, with nothing written,
+    /// if not. A write that fits needs no new segment (no zero-fill, no
+    /// directory sync).
+    pub fn write_small(&mut self, write: &LogWrite, max_bytes: u64) -> Result<bool> {
+        self.write_within(write, Some(max_bytes))
+    }
+
+    fn write_within(&mut self, write: &LogWrite, max_bytes: Option<u64>) -> Result<bool> {
         if write.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
         if let Some(hs) = &write.hard_state {
             self.check_promises(hs)?;
@@ -337,7 +350,14 @@ impl RaftLog {
         if let Some(hs) = &write.hard_state {
             Record::HardState(hs.clone()).encode_into(&mut buf);
         }
-        if self.active.pos() + buf.len() as u64 + SYNCED_RECORD_BYTES > self.active.capacity {
+        let fits =
+            self.active.pos() + buf.len() as u64 + SYNCED_RECORD_BYTES <= self.active.capacity;
+        if let Some(max) = max_bytes {
+            if !fits || buf.len() as u64 > max {
+                return Ok(false);
+            }
+        }
+        if !fits {
             self.rotate(buf.len() as u64)?;
         }
         let segment = &mut self.active.segment;
@@ -355,7 +375,7 @@ impl RaftLog {
         if write.sync {
             self.sync()?;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Makes everything written durable (one `fdatasync`), then records

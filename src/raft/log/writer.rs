@@ -10,19 +10,21 @@
 //! Readies, and a slow disk (an SD card whose fsync takes 10 ms) slows the
 //! writes that wait for it, not the replica's loop.
 //!
-//! A follower on a fast disk writes on its own thread instead
+//! A follower on a fast disk makes small writes on its own thread instead
 //! ([`LogWriter::write_inline`]): its acks are on every write's critical
 //! path, and the hand-off here and back cost two thread wakeups (36-49 µs
 //! and 30-40 µs on average in a 1-connection put run of a 3-node cluster on
 //! one 2-core machine, beside an `fdatasync` of about 150 µs). The replica
 //! writes inline only while nothing is queued here, and only while each of
-//! the last [`FAST_SYNCS`] syncs took under [`FAST_SYNC`]. One slower sync
-//! sends the writes back to this thread: a disk that turns slow stalls the
-//! replica's loop for one sync, then not again until eight syncs in a row
-//! were fast, and an SD card whose fsyncs take milliseconds never writes
-//! inline. A leader always hands its writes over.
+//! the last [`FAST_SYNCS`] syncs took under [`FAST_SYNC`], the last within
+//! [`FAST_FOR`]. That thread is the executor's only one, so the whole node
+//! waits for an inline fsync. One slower sync sends the writes back to this
+//! thread: a disk that turns slow, or one slow fsync, holds the node for
+//! that one sync, then not again until eight syncs in a row were fast, and
+//! an SD card whose fsyncs take milliseconds never writes inline. A leader
+//! always hands its writes over.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -75,11 +77,27 @@ pub const FAST_SYNC: Duration = Duration::from_millis(1);
 /// to write inline.
 pub const FAST_SYNCS: u32 = 8;
 
+/// How long the measure of the disk holds: after a second without a sync,
+/// the next write goes to the writer thread, which measures again.
+pub const FAST_FOR: Duration = Duration::from_secs(1);
+
+/// The largest write made inline (its records' bytes): a put's or a small
+/// batch's. A catch-up's megabytes go to the writer thread.
+pub const INLINE_MAX_BYTES: u64 = 64 * 1024;
+
 /// What the writer thread and an inline write share: the log itself, and
-/// how many of the last syncs were fast.
+/// the measure of the disk.
 struct Shared {
     log: Mutex<RaftLog>,
+    /// How many of the last syncs in a row were fast (at most
+    /// [`FAST_SYNCS`]).
     fast: AtomicU32,
+    /// Until when the measure holds ([`FAST_FOR`] after the last sync
+    /// ended), in µs after `epoch`.
+    fresh_until_us: AtomicU64,
+    epoch: Instant,
+    /// The writer thread failed: nothing more may be written.
+    failed: AtomicBool,
     observer: Arc<dyn SyncObserver>,
 }
 
@@ -104,9 +122,23 @@ impl Shared {
         Ok(())
     }
 
+    fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    /// Whether the disk measured fast, recently enough.
+    fn fast_now(&self) -> bool {
+        self.fast.load(Ordering::Relaxed) >= FAST_SYNCS
+            && self.now_us() < self.fresh_until_us.load(Ordering::Relaxed)
+    }
+
     /// Counts a sync that took `took`: fast ones up to [`FAST_SYNCS`], and
     /// a slow one starts the count again.
     fn note_sync(&self, took: Duration) {
+        self.fresh_until_us.store(
+            self.now_us() + FAST_FOR.as_micros() as u64,
+            Ordering::Relaxed,
+        );
         if took < FAST_SYNC {
             let _ = self
                 .fast
@@ -143,6 +175,9 @@ impl LogWriter {
         let shared = Arc::new(Shared {
             log: Mutex::new(log),
             fast: AtomicU32::new(0),
+            fresh_until_us: AtomicU64::new(0),
+            epoch: Instant::now(),
+            failed: AtomicBool::new(false),
             observer,
         });
         // Unbounded: the replica never waits to hand over a write, and raft
@@ -158,6 +193,7 @@ impl LogWriter {
                         batch.extend(rx.try_iter());
                         let stopped = || rx.is_disconnected();
                         if let Err(e) = run_batch(&shared, batch, &report, &stopped) {
+                            shared.failed.store(true, Ordering::Relaxed);
                             error!("the Raft log failed: {e}");
                             report(Event::Failed(e));
                             return;
@@ -177,34 +213,41 @@ impl LogWriter {
         })
     }
 
-    /// Writes (and, if it asks, syncs) `write` on the caller's thread, if
-    /// the disk is fast (the last [`FAST_SYNCS`] syncs each took under
-    /// [`FAST_SYNC`]) and the writer thread is not holding the log.
-    /// `Ok(true)`: it is written and durable now. `Ok(false)`: nothing was
-    /// written, queue it. The caller must have nothing queued that is not
-    /// written yet: the log keeps the order of its writes.
+    /// Writes and syncs `write` on the caller's thread, if the disk is
+    /// fast (each of the last [`FAST_SYNCS`] syncs took under
+    /// [`FAST_SYNC`], the last within [`FAST_FOR`]), the write is small
+    /// (at most [`INLINE_MAX_BYTES`], and it fits in the active segment, so
+    /// no new segment is made) and the writer thread neither holds the log
+    /// nor failed. `Ok(true)`: it is written, and durable if it asked for a
+    /// sync. `Ok(false)`: nothing of it was written, queue it. The caller
+    /// must have nothing queued that is not written yet: the log keeps the
+    /// order of its writes.
     ///
-    /// It waits for nothing, and a full disk is never waited out here: a
-    /// write that meets one (nothing of it was written) is handed back, and
-    /// the writer thread retries it.
+    /// The caller's thread waits for one `fdatasync`, so this is only for
+    /// a thread that may wait that long; a full disk is never waited out
+    /// here (the write is handed back, and the writer thread retries it).
     pub fn write_inline(&self, write: &mut LogWrite) -> Result<bool> {
-        if self.tx.is_none() || self.shared.fast.load(Ordering::Relaxed) < FAST_SYNCS {
+        if self.tx.is_none()
+            || self.shared.failed.load(Ordering::Relaxed)
+            || !self.shared.fast_now()
+        {
             return Ok(false);
         }
         let Ok(mut log) = self.shared.log.try_lock() else {
             return Ok(false);
         };
         // The mark of the last inline sync, if it is not written yet (see
-        // below).
+        // below). It goes in the active segment, which keeps room for it.
         log.mark_synced()?;
         // The sync is done (and timed) here, not by `RaftLog::write`.
         let sync = std::mem::take(&mut write.sync);
-        match log.write(write) {
-            Err(e) if crate::diskguard::is_enospc_text(&e.to_string()) => {
-                write.sync = sync;
-                return Ok(false);
-            }
+        let wrote = match log.write_small(write, INLINE_MAX_BYTES) {
+            Err(e) if crate::diskguard::is_enospc_text(&e.to_string()) => false,
             other => other?,
+        };
+        if !wrote {
+            write.sync = sync;
+            return Ok(false);
         }
         if sync {
             self.shared.sync(&mut log, 1)?;
@@ -380,26 +423,31 @@ mod tests {
         recovered.entries.last().map_or(1, |e| e.index)
     }
 
-    /// A write is inline only once the disk proved fast, never while the
-    /// writer thread holds the log, never after a slow sync; what it wrote
-    /// is durable when it returns (it survives a crash that loses every
-    /// write not synced), and it keeps the log's order with the writes the
-    /// thread made.
+    fn fast_disk(w: &LogWriter) {
+        for _ in 0..FAST_SYNCS {
+            w.shared.note_sync(Duration::from_micros(200));
+        }
+    }
+
+    /// A write is inline only once the disk proved fast, recently, never
+    /// while the log is held (by the writer thread, in the binary), never
+    /// after a slow sync or a failure of the writer; what it wrote is
+    /// durable when it returns (it survives a crash that loses every write
+    /// not synced), and it keeps the log's order with the writes the thread
+    /// made.
     #[test]
     fn a_write_is_inline_only_on_a_fast_disk_and_durable_when_it_returns() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("wal");
-        let mut log = RaftLog::create_small(&dir, 64 * 1024);
+        let mut log = RaftLog::create_small(&dir, 160 * 1024);
         let faults = log.record_faults();
         let (tx, events) = flume::unbounded();
         let w = LogWriter::spawn(log, move |e| tx.send(e).is_ok(), Arc::new(Quiet)).unwrap();
 
         // A fresh writer has no measure of the disk yet: nothing is written.
-        let mut first = entries(2, 3);
-        assert!(!w.write_inline(&mut first).unwrap());
-        assert!(first.sync, "a write handed back keeps its sync");
+        assert!(!w.write_inline(&mut entries(2, 3)).unwrap());
         assert_eq!(w.shared.lock().last().0, 1);
-        w.write(1, first);
+        w.write(1, entries(2, 3));
         assert!(matches!(events.recv().unwrap(), Event::Persisted(1)));
 
         // The thread's sync counted, fast or slow (the test's disk decides);
@@ -412,34 +460,69 @@ mod tests {
         assert!(!w.write_inline(&mut entries(4, 4)).unwrap());
         w.shared.note_sync(Duration::from_micros(200));
 
-        // Never while the writer thread holds the log.
+        // Never while the log is held.
         {
             let _held = w.shared.lock();
             assert!(!w.write_inline(&mut entries(4, 4)).unwrap());
         }
+        // Never a measure older than FAST_FOR.
+        w.shared.fresh_until_us.store(0, Ordering::Relaxed);
+        assert!(!w.write_inline(&mut entries(4, 4)).unwrap());
+        fast_disk(&w);
+        // Never a write larger than INLINE_MAX_BYTES; it keeps its sync.
+        let mut large = entries(4, 4);
+        large.entries[0].data = vec![7; INLINE_MAX_BYTES as usize].into();
+        assert!(!w.write_inline(&mut large).unwrap());
+        assert!(large.sync, "a write handed back keeps its sync");
         assert_eq!(w.shared.lock().last().0, 3);
 
+        fast_disk(&w);
         assert!(w.write_inline(&mut entries(4, 6)).unwrap());
         // The crash comes while the log is held, so the thread writes
         // nothing after it: what an inline write wrote is already synced.
+        // Its `Synced` mark was never written (it would go before the next
+        // write): the write after it, not synced, is lost, then torn, and
+        // recovery keeps what the inline write synced either way.
         {
-            let _held = w.shared.lock();
+            let mut log = w.shared.lock();
+            let mut unsynced = entries(7, 9);
+            unsynced.sync = false;
+            log.write(&unsynced).unwrap();
             faults.crash(Crash::LoseUnsynced);
             assert_eq!(last_on_disk(&dir), 6);
+            log.write(&unsynced).unwrap();
+            faults.crash(Crash::TearLast);
+            let last = last_on_disk(&dir);
+            assert!((6..=9).contains(&last), "recovered up to {last}");
         }
         assert!(
             events.try_recv().is_err(),
             "an inline write is not reported"
         );
 
-        // One slow sync sends the writes back to the thread.
+        // One slow sync sends the writes back to the thread; so does a
+        // failure of the writer.
         w.shared.note_sync(FAST_SYNC);
         assert!(!w.write_inline(&mut entries(7, 7)).unwrap());
+        fast_disk(&w);
+        w.shared.failed.store(true, Ordering::Relaxed);
+        assert!(!w.write_inline(&mut entries(7, 7)).unwrap());
+        w.shared.failed.store(false, Ordering::Relaxed);
         w.write(2, entries(7, 8));
         assert!(matches!(events.recv().unwrap(), Event::Persisted(2)));
+
+        // Never a write that needs a new segment (160 KiB here): two of
+        // 60 KiB fit, the third does not.
+        fast_disk(&w);
+        let mut sized = |index| {
+            let mut e = entries(index, index);
+            e.entries[0].data = vec![7; 60 * 1024].into();
+            w.write_inline(&mut e).unwrap()
+        };
+        assert_eq!((sized(9), sized(10), sized(11)), (true, true, false));
         drop(w);
         let (_, recovered) = RaftLog::open(&dir).unwrap();
         let indexes: Vec<u64> = recovered.entries.iter().map(|e| e.index).collect();
-        assert_eq!(indexes, (2..=8).collect::<Vec<_>>());
+        assert_eq!(indexes, (2..=10).collect::<Vec<_>>());
     }
 }
