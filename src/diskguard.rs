@@ -255,7 +255,7 @@ pub fn sync_begins() {
     SYNC_STARTED_US.store(us, Ordering::Relaxed);
 }
 
-/// The log writer's fsync returned.
+/// That fsync of the log returned.
 pub fn sync_ends() {
     SYNC_STARTED_US.store(0, Ordering::Relaxed);
 }

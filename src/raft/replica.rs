@@ -1875,7 +1875,10 @@ impl PartitionReplica {
     ///    reads them from the view at once (`advance_append_async`); the
     ///    messages that must wait for the write (votes, append acks) wait in
     ///    `unpersisted` until the writer reports the Ready durable
-    ///    ([`ReplicaMsg::Persisted`], then `on_persist_ready`);
+    ///    ([`ReplicaMsg::Persisted`], then `on_persist_ready`). A follower
+    ///    on a fast disk with no write in flight writes a small one itself
+    ///    (`LogWriter::write_inline`): the Ready is durable at once, and its
+    ///    acks go before the apply;
     /// 4. committed entries are applied to the state machine (raft only
     ///    hands over entries that are committed and durable here), then
     ///    `advance_apply_to`.

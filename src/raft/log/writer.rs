@@ -85,8 +85,8 @@ pub const FAST_FOR: Duration = Duration::from_secs(1);
 /// batch's. A catch-up's megabytes go to the writer thread.
 pub const INLINE_MAX_BYTES: u64 = 64 * 1024;
 
-/// What the writer thread and an inline write share: the log itself, and
-/// the measure of the disk.
+/// What the writer thread and an inline write share: the log itself, the
+/// measure of the disk, and whether a write failed.
 struct Shared {
     log: Mutex<RaftLog>,
     /// How many of the last syncs in a row were fast (at most
@@ -96,7 +96,8 @@ struct Shared {
     /// ended), in µs after `epoch`.
     fresh_until_us: AtomicU64,
     epoch: Instant,
-    /// The writer thread failed: nothing more may be written.
+    /// A write or sync failed (on the writer thread or inline): nothing
+    /// more may be written or synced. Set while the log is held.
     failed: AtomicBool,
     observer: Arc<dyn SyncObserver>,
 }
@@ -193,14 +194,20 @@ impl LogWriter {
                         batch.extend(rx.try_iter());
                         let stopped = || rx.is_disconnected();
                         if let Err(e) = run_batch(&shared, batch, &report, &stopped) {
-                            shared.failed.store(true, Ordering::Relaxed);
                             error!("the Raft log failed: {e}");
                             report(Event::Failed(e));
                             return;
                         }
                     }
-                    // The replica is gone: make what was written durable.
-                    if let Err(e) = shared.lock().sync() {
+                    // The replica is gone: make what was written durable,
+                    // unless a write failed (a second fsync after a failed
+                    // one may succeed without the data, and a `Synced` mark
+                    // would then confirm what never reached the disk).
+                    let mut log = shared.lock();
+                    if shared.failed.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    if let Err(e) = log.sync() {
                         error!("cannot sync the Raft log on the way out: {e}");
                     }
                 })
@@ -236,21 +243,36 @@ impl LogWriter {
         let Ok(mut log) = self.shared.log.try_lock() else {
             return Ok(false);
         };
-        // The mark of the last inline sync, if it is not written yet (see
-        // below). It goes in the active segment, which keeps room for it.
-        log.mark_synced()?;
-        // The sync is done (and timed) here, not by `RaftLog::write`.
-        let sync = std::mem::take(&mut write.sync);
-        let wrote = match log.write_small(write, INLINE_MAX_BYTES) {
-            Err(e) if crate::diskguard::is_enospc_text(&e.to_string()) => false,
-            other => other?,
-        };
-        if !wrote {
-            write.sync = sync;
+        // Again under the lock, which a failing writer thread holds while
+        // it sets the flag.
+        if self.shared.failed.load(Ordering::Relaxed) {
             return Ok(false);
         }
-        if sync {
-            self.shared.sync(&mut log, 1)?;
+        let written = (|| -> Result<bool> {
+            // The mark of the last inline sync, if it is not written yet
+            // (see below). It goes in the active segment, which keeps room
+            // for it.
+            log.mark_synced()?;
+            // The sync is done (and timed) here, not by `RaftLog::write`.
+            let sync = std::mem::take(&mut write.sync);
+            let wrote = match log.write_small(write, INLINE_MAX_BYTES) {
+                Err(e) if crate::diskguard::is_enospc_text(&e.to_string()) => false,
+                other => other?,
+            };
+            if !wrote {
+                write.sync = sync;
+                return Ok(false);
+            }
+            if sync {
+                self.shared.sync(&mut log, 1)?;
+            }
+            Ok(true)
+        })();
+        if written.is_err() {
+            self.shared.failed.store(true, Ordering::Relaxed);
+        }
+        if !written? {
+            return Ok(false);
         }
         // The `Synced` mark is written before the next write (or by the
         // writer thread's next sync, or on the way out), not now: it is
@@ -344,8 +366,28 @@ fn run_batch(
     report: &impl Fn(Event) -> bool,
     stopped: &dyn Fn() -> bool,
 ) -> Result<()> {
-    let mut guard = shared.lock();
-    let log = &mut *guard;
+    let mut log = shared.lock();
+    if shared.failed.load(Ordering::Relaxed) {
+        return Err(Error::Internal(
+            "the Raft log is not written after a failed write".into(),
+        ));
+    }
+    let result = write_batch(shared, &mut log, batch, report, stopped);
+    if result.is_err() {
+        // Set while the log is held: an inline write checks it under the
+        // lock.
+        shared.failed.store(true, Ordering::Relaxed);
+    }
+    result
+}
+
+fn write_batch(
+    shared: &Shared,
+    log: &mut RaftLog,
+    batch: Vec<Request>,
+    report: &impl Fn(Event) -> bool,
+    stopped: &dyn Fn() -> bool,
+) -> Result<()> {
     let mut persisted = None;
     let mut sync = false;
     let mut writes = 0;
@@ -512,14 +554,23 @@ mod tests {
         assert!(matches!(events.recv().unwrap(), Event::Persisted(2)));
 
         // Never a write that needs a new segment (160 KiB here): two of
-        // 60 KiB fit, the third does not.
+        // 60 KiB fit, the third does not. (The thread reports before it
+        // writes the sync's mark: wait until it lets go of the log.)
+        drop(w.shared.lock());
         fast_disk(&w);
-        let mut sized = |index| {
+        let sized = |index| {
             let mut e = entries(index, index);
             e.entries[0].data = vec![7; 60 * 1024].into();
             w.write_inline(&mut e).unwrap()
         };
         assert_eq!((sized(9), sized(10), sized(11)), (true, true, false));
+
+        // A write the thread refuses (a gap) fails the writer: nothing is
+        // written inline after it, and the way out syncs nothing more.
+        w.write(3, entries(20, 20));
+        assert!(matches!(events.recv().unwrap(), Event::Failed(_)));
+        fast_disk(&w);
+        assert!(!w.write_inline(&mut entries(11, 11)).unwrap());
         drop(w);
         let (_, recovered) = RaftLog::open(&dir).unwrap();
         let indexes: Vec<u64> = recovered.entries.iter().map(|e| e.index).collect();
