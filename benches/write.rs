@@ -76,6 +76,9 @@ const FAILOVER_POLL: Duration = Duration::from_millis(1);
 const REJOIN_REST: Duration = Duration::from_secs(1);
 /// Longest wait for anything in this bench.
 const WAIT: Duration = Duration::from_secs(60);
+/// A `kill -9` failover slower than this prints what every node logged
+/// meanwhile: the fast path failed, and the log tells how.
+const SLOW_KILL: Duration = Duration::from_millis(50);
 const MIB: f64 = 1024.0 * 1024.0;
 
 struct Knobs {
@@ -277,6 +280,16 @@ trait System: Sync {
     /// The election timeout of this system's configuration (the least one,
     /// before randomization).
     fn election_timeout(&self) -> Duration;
+    /// How much each node has logged so far (empty if the bench keeps no
+    /// logs of this system).
+    fn log_marks(&self) -> Vec<usize> {
+        Vec::new()
+    }
+    /// What each node logged since `marks`, each line prefixed with its
+    /// node.
+    fn log_since(&self, _marks: &[usize]) -> String {
+        String::new()
+    }
 }
 
 /// The Prometheus sample `name` (no labels) in `text`.
@@ -429,6 +442,23 @@ impl System for Quorumd {
     fn election_timeout(&self) -> Duration {
         // The shipped timing: 3 ticks of 100 ms.
         Duration::from_millis(300)
+    }
+
+    fn log_marks(&self) -> Vec<usize> {
+        self.nodes()
+            .into_iter()
+            .map(|n| self.c.stderr(n).len())
+            .collect()
+    }
+
+    fn log_since(&self, marks: &[usize]) -> String {
+        let mut out = String::new();
+        for (n, &mark) in self.nodes().into_iter().zip(marks) {
+            for line in self.c.stderr_since(n, mark).lines() {
+                out.push_str(&format!("  node {n}: {line}\n"));
+            }
+        }
+        out
     }
 }
 
@@ -913,6 +943,7 @@ fn failover(sys: &mut dyn System, fault: Fault) -> Result<Duration, String> {
     for p in &mut pollers {
         sys.leader_seen(p);
     }
+    let marks = sys.log_marks();
     let started = Instant::now();
     match fault {
         Fault::Kill => sys.kill9(old),
@@ -936,6 +967,14 @@ fn failover(sys: &mut dyn System, fault: Fault) -> Result<Duration, String> {
         }
         std::thread::sleep(FAILOVER_POLL);
     };
+    if matches!(fault, Fault::Kill) && took > SLOW_KILL && !marks.is_empty() {
+        eprintln!(
+            "{}: kill -9 of node {old} took {} ms; what the nodes logged since:\n{}",
+            sys.name(),
+            took.as_millis(),
+            sys.log_since(&marks)
+        );
+    }
     match fault {
         Fault::Kill => sys.restart(old),
         Fault::Pause => sys.signal(old, libc::SIGCONT),
