@@ -1950,8 +1950,8 @@ impl PartitionReplica {
             sync,
             snapshot: None,
         };
-        // A follower on a fast disk writes a small write right here when no
-        // write is in flight (`LogWriter::write_inline`): its acks are on
+        // A follower (or a candidate, writing its vote) on a fast disk
+        // writes a small write right here when no write is in flight (`LogWriter::write_inline`): its acks are on
         // every write's critical path, and the hand-off to the log thread
         // and back cost two thread wakeups. The executor's one thread waits
         // for that fsync. A leader always hands its write over: it
