@@ -136,6 +136,48 @@ fn kill_9_of_leader_survivors_elect_and_mark_it_dead() {
     }
 }
 
+/// The first voter in id order campaigns at once when the leader's process
+/// dies; when that one misses it (here it is paused through the kill), the
+/// next voter campaigns after its turn, past the lease the first one still
+/// counts, and wins as soon as the first can answer: no election timeout.
+#[test]
+fn kill_9_of_leader_while_the_first_voter_is_paused_elects_the_next() {
+    let (mut c, old_leader, old_term) = formed_cluster("kill9-first-paused");
+    let survivors = others(&[1, 2, 3], old_leader);
+    let (first, next) = (survivors[0], survivors[1]);
+    let from = c.stderr(next).len();
+
+    c.signal(first, libc::SIGSTOP);
+    c.signal(old_leader, libc::SIGKILL);
+    assert_eq!(c.wait_exit(old_leader, EXIT_BOUND), 128 + libc::SIGKILL);
+    let said = format!(
+        "no election reached this node within its turn after leader {old_leader} of term \
+         {old_term} went away: campaigning now"
+    );
+    let campaigned = common::wait_until(Duration::from_secs(20), || {
+        c.stderr_since(next, from).contains(&said)
+    });
+    c.signal(first, libc::SIGCONT);
+    assert!(
+        campaigned,
+        "node {next} never said: {said}\n{}",
+        c.stderr_since(next, from)
+    );
+
+    let (new_leader, new_term) =
+        c.wait_agreed_leader_where(&survivors, |l, t| l != old_leader && t > old_term);
+    assert_eq!(
+        new_leader,
+        next,
+        "node {next} campaigned while node {first} was paused, so it must lead (term \
+         {old_term} -> {new_term})\n{}",
+        c.diagnostics()
+    );
+    for id in survivors {
+        assert_no_panic(&format!("node {id}"), &c.stderr(id));
+    }
+}
+
 #[test]
 fn paused_follower_goes_dead_then_alive_again() {
     let (mut c, leader, _) = formed_cluster("stop-cont");

@@ -1255,10 +1255,16 @@ impl PartitionReplica {
         let Some(addr) = self.peers.addr(peer) else {
             return;
         };
-        let (term, own) = (raft.term, self.own.clone());
+        let (term, own, group) = (raft.term, self.own.clone(), self.group.clone());
         crate::runtime::spawn(async move {
             if crate::transport::refuses(addr, LEADER_PROBE_TIMEOUT).await {
                 let _ = own.send_async(ReplicaMsg::LeaderGone { peer, term }).await;
+            } else {
+                info!(
+                    "{group}: the stream from leader {peer} of term {term} closed, but its port \
+                     {addr} did not refuse a connection: the leader is taken to be alive (an \
+                     election comes only after the election timeout)"
+                );
             }
         })
         .detach();
@@ -1289,8 +1295,8 @@ impl PartitionReplica {
             self.fast_campaign(peer, term);
             return;
         }
-        // The others wait their turn, then stand only through a pre-vote:
-        // it never disturbs an election the first one started.
+        // The others wait their turn, and stand only if no election reached
+        // them meanwhile (see `fast_campaign`).
         let own = self.own.clone();
         let wait = FAST_ELECTION_STAGGER * rank as u32;
         crate::runtime::spawn(async move {
@@ -1302,22 +1308,27 @@ impl PartitionReplica {
         .detach();
     }
 
-    /// The first voter in id order campaigns as a leader transfer would (no
-    /// pre-vote, and the voters that still count the dead leader's lease vote
-    /// anyway), the others, later, through a pre-vote; each only if no new
-    /// leader or election appeared meanwhile.
+    /// Campaigns as a leader transfer would: no pre-vote, and the voters that
+    /// still count the dead leader's lease vote anyway. Only if no new
+    /// leader or election reached this node meanwhile: a vote request of
+    /// the first voter's campaign raises this node's term, so a later voter
+    /// never contests it. A later voter stands this way too, not through a
+    /// pre-vote: it stands only when the first did not (that one's probe
+    /// found the leader's port still open, or its stream had not closed
+    /// yet), and such a voter still counts the dead leader's lease, so it
+    /// would refuse a pre-vote until its election timeout ran out.
     fn fast_campaign(&mut self, peer: u64, term: u64) {
         let raft = &self.node.raft;
         let leaderless = raft.leader_id == peer || raft.leader_id == raft::INVALID_ID;
         if raft.state != StateRole::Follower || raft.term != term || !leaderless {
             return;
         }
-        let first = self.voters_except(peer).first() == Some(&raft.id);
-        if !first {
-            if let Err(e) = self.node.campaign() {
-                debug!("{}: pre-vote not started: {e}", self.group);
-            }
-            return;
+        if self.voters_except(peer).first() != Some(&raft.id) {
+            info!(
+                "{}: no election reached this node within its turn after leader {peer} of term \
+                 {term} went away: campaigning now",
+                self.group
+            );
         }
         // The dead leader's MsgTimeoutNow, as it would have sent it had it
         // handed over: raft-rs checks that this node may campaign.

@@ -1141,11 +1141,13 @@ pub async fn probe(
 /// answers `false`.
 pub async fn refuses(addr: SocketAddr, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
-    for _ in 0..REFUSAL_PROBES {
+    for probe in 0..REFUSAL_PROBES {
         let left = deadline.saturating_duration_since(Instant::now());
         let mut stream = match within(left, TcpStream::connect(addr)).await {
             Some(Err(e)) if is_reset(&e) => {
-                reset_pause(deadline).await;
+                if probe + 1 < REFUSAL_PROBES {
+                    reset_pause(deadline).await;
+                }
                 continue;
             }
             Some(Err(e)) => return e.kind() == io::ErrorKind::ConnectionRefused,
@@ -1170,7 +1172,9 @@ pub async fn refuses(addr: SocketAddr, limit: Duration) -> bool {
         if !closed {
             return false;
         }
-        reset_pause(deadline).await;
+        if probe + 1 < REFUSAL_PROBES {
+            reset_pause(deadline).await;
+        }
     }
     false
 }
