@@ -77,7 +77,8 @@ pub const MAX_APPLY_BYTES_PER_READY: u64 = 16 * 1024 * 1024;
 pub const LEADER_PROBE_TIMEOUT: Duration = Duration::from_millis(100);
 /// When a dead leader's voters campaign at once, the second in id order
 /// waits this long before it does, the third twice as long, and so on: long
-/// enough for the first's election to finish on a loaded box.
+/// enough for the first's election to finish on a loaded box. (One that has
+/// not finished refuses the later pre-vote once it is a candidate.)
 pub const FAST_ELECTION_STAGGER: Duration = Duration::from_millis(30);
 /// An apply batch with more entry data than this runs off the executor.
 pub const INLINE_APPLY_BYTES: usize = 256 * 1024;
@@ -730,6 +731,10 @@ pub struct PartitionReplica {
     timing: RaftTiming,
     request_timeout: Duration,
     ticks: u64,
+    /// The term of a leader whose process is gone, while this node stands
+    /// in the election that replaces it: its vote requests count the
+    /// kernel's word past the dead leader's lease (see `fast_campaign`).
+    gone_leader_term: Option<u64>,
     /// When a refusal for a full disk was last logged.
     disk_full_logged: Option<Instant>,
     /// When this node last handed off its leadership for a full disk.
@@ -908,6 +913,7 @@ impl PartitionReplica {
                 timing: timing.clone(),
                 request_timeout: settings.request_timeout,
                 ticks: 0,
+                gone_leader_term: None,
                 disk_full_logged: None,
                 disk_full_handoff: None,
                 incarnation: fastrand::u64(..),
@@ -1272,9 +1278,9 @@ impl PartitionReplica {
 
     /// The leader's process is gone, on the kernel's word: its connections
     /// reset and its port refuses new ones. Waiting out an election timeout
-    /// would only add time, so the voters campaign at once, one after the
+    /// would only add time, so the voters stand at once, one after the
     /// other by id ([`FAST_ELECTION_STAGGER`] apart), so that two do not split
-    /// the vote. A leader that is alive (a reset connection, its listener
+    /// the vote (see [`Self::fast_campaign`]). A leader that is alive (a reset connection, its listener
     /// up) is never contested this way: its port would not refuse.
     fn leader_gone(&mut self, peer: u64, term: u64) {
         let raft = &self.node.raft;
@@ -1295,8 +1301,7 @@ impl PartitionReplica {
             self.fast_campaign(peer, term);
             return;
         }
-        // The others wait their turn, and stand only if no election reached
-        // them meanwhile (see `fast_campaign`).
+        // The others wait their turn (see `fast_campaign`).
         let own = self.own.clone();
         let wait = FAST_ELECTION_STAGGER * rank as u32;
         crate::runtime::spawn(async move {
@@ -1308,15 +1313,17 @@ impl PartitionReplica {
         .detach();
     }
 
-    /// Campaigns as a leader transfer would: no pre-vote, and the voters that
-    /// still count the dead leader's lease vote anyway. Only if no new
-    /// leader or election reached this node meanwhile: a vote request of
-    /// the first voter's campaign raises this node's term, so a later voter
-    /// never contests it. A later voter stands this way too, not through a
-    /// pre-vote: it stands only when the first did not (that one's probe
-    /// found the leader's port still open, or its stream had not closed
-    /// yet), and such a voter still counts the dead leader's lease, so it
-    /// would refuse a pre-vote until its election timeout ran out.
+    /// Stands for election through a pre-vote, as after an election timeout,
+    /// except that its requests carry raft's leader-transfer mark, so the
+    /// voters that still count the dead leader's lease answer anyway (see
+    /// [`Self::mark_gone_leader_votes`]). A pre-vote raises no one's term:
+    /// a voter that cannot win (its log is behind) is refused and leaves the
+    /// field to one that can, and one that comes while another voter's
+    /// election runs is refused by that candidate. Only if no new leader or
+    /// election reached this node meanwhile. The first voter in id order
+    /// stands at once, the others after their turn: they stand when the
+    /// first missed the leader's death (its stream had not closed, or its
+    /// probe found the port still open) or cannot win.
     fn fast_campaign(&mut self, peer: u64, term: u64) {
         let raft = &self.node.raft;
         let leaderless = raft.leader_id == peer || raft.leader_id == raft::INVALID_ID;
@@ -1325,20 +1332,46 @@ impl PartitionReplica {
         }
         if self.voters_except(peer).first() != Some(&raft.id) {
             info!(
-                "{}: no election reached this node within its turn after leader {peer} of term \
-                 {term} went away: campaigning now",
+                "{}: no new leader within this node's turn after leader {peer} of term {term} \
+                 went away: standing for election now",
                 self.group
             );
         }
-        // The dead leader's MsgTimeoutNow, as it would have sent it had it
-        // handed over: raft-rs checks that this node may campaign.
-        let mut m = Message::default();
-        m.set_msg_type(MessageType::MsgTimeoutNow);
-        m.from = peer;
-        m.to = raft.id;
-        m.term = term;
-        if let Err(e) = self.node.step(m) {
+        // raft-rs checks that this node may campaign (a voter, no
+        // membership change committed and not applied).
+        if let Err(e) = self.node.campaign() {
             debug!("{}: fast campaign not started: {e}", self.group);
+            return;
+        }
+        self.gone_leader_term = Some(term);
+        self.mark_gone_leader_votes();
+    }
+
+    /// Marks this node's pre-vote and vote requests of the election after a
+    /// gone leader (term `gone_leader_term + 1`) as a leader transfer's:
+    /// raft-rs then lets them past a voter's lease of the old leader. raft-rs
+    /// sets the mark only on the vote requests of a transfer, which skips the
+    /// pre-vote; here the pre-vote stays. Called before each Ready is taken,
+    /// while the requests wait in raft's outbox; the mark is dropped once
+    /// this node leads, follows, or sees a later term.
+    fn mark_gone_leader_votes(&mut self) {
+        let Some(gone) = self.gone_leader_term else {
+            return;
+        };
+        let raft = &mut self.node.raft;
+        let standing = matches!(raft.state, StateRole::PreCandidate | StateRole::Candidate);
+        if !standing || raft.term > gone + 1 {
+            self.gone_leader_term = None;
+            return;
+        }
+        for m in raft.msgs.iter_mut() {
+            let request = matches!(
+                m.get_msg_type(),
+                MessageType::MsgRequestPreVote | MessageType::MsgRequestVote
+            );
+            if request && m.term == gone + 1 {
+                m.context = raft::CAMPAIGN_TRANSFER.to_vec().into();
+            }
         }
     }
 
@@ -1897,6 +1930,7 @@ impl PartitionReplica {
         if !self.node.has_ready() {
             return Ok(());
         }
+        self.mark_gone_leader_votes();
         let mut ready = self.node.ready();
         // A leader's Ready with entries to commit and none to replicate (in
         // a quiet cluster, the Ready after a write's acks) applies first and
