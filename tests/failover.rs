@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{assert_no_panic, TestCluster};
+use common::{assert_no_panic, Spec, TestCluster};
 
 /// Generous bound for a graceful exit after SIGTERM on a busy machine.
 const EXIT_BOUND: Duration = Duration::from_secs(15);
@@ -142,7 +142,12 @@ fn kill_9_of_leader_survivors_elect_and_mark_it_dead() {
 /// one still counts, and wins as soon as the first can answer.
 #[test]
 fn kill_9_of_leader_while_the_first_voter_is_paused_elects_the_next() {
-    let (mut c, old_leader, old_term) = formed_cluster("kill9-first-paused");
+    // A 5 s election timeout: the paused voter still counts the dead
+    // leader's lease when it resumes, however long the pause on a busy
+    // machine, and no election timeout runs out during the test.
+    let mut c = TestCluster::new(Spec::new("kill9-first-paused", 3).raft("election_ticks = 50"));
+    c.start_all();
+    let (old_leader, old_term) = c.wait_agreed_leader(&[1, 2, 3]);
     let survivors = others(&[1, 2, 3], old_leader);
     let (first, next) = (survivors[0], survivors[1]);
     let from = c.stderr(next).len();

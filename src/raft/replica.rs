@@ -77,8 +77,7 @@ pub const MAX_APPLY_BYTES_PER_READY: u64 = 16 * 1024 * 1024;
 pub const LEADER_PROBE_TIMEOUT: Duration = Duration::from_millis(100);
 /// When a dead leader's voters campaign at once, the second in id order
 /// waits this long before it does, the third twice as long, and so on: long
-/// enough for the first's election to finish on a loaded box. (One that has
-/// not finished refuses the later pre-vote once it is a candidate.)
+/// enough for the first's election to finish on a loaded box.
 pub const FAST_ELECTION_STAGGER: Duration = Duration::from_millis(30);
 /// An apply batch with more entry data than this runs off the executor.
 pub const INLINE_APPLY_BYTES: usize = 256 * 1024;
@@ -735,6 +734,10 @@ pub struct PartitionReplica {
     /// in the election that replaces it: its vote requests count the
     /// kernel's word past the dead leader's lease (see `fast_campaign`).
     gone_leader_term: Option<u64>,
+    /// The latest term for which this node granted another voter's
+    /// pre-vote: after a gone leader, a voter that did so leaves that
+    /// election to the other instead of standing too (see `fast_campaign`).
+    pre_vote_granted: u64,
     /// When a refusal for a full disk was last logged.
     disk_full_logged: Option<Instant>,
     /// When this node last handed off its leadership for a full disk.
@@ -914,6 +917,7 @@ impl PartitionReplica {
                 request_timeout: settings.request_timeout,
                 ticks: 0,
                 gone_leader_term: None,
+                pre_vote_granted: 0,
                 disk_full_logged: None,
                 disk_full_handoff: None,
                 incarnation: fastrand::u64(..),
@@ -1268,8 +1272,7 @@ impl PartitionReplica {
             } else {
                 info!(
                     "{group}: the stream from leader {peer} of term {term} closed, but its port \
-                     {addr} did not refuse a connection: the leader is taken to be alive (an \
-                     election comes only after the election timeout)"
+                     {addr} did not refuse a connection: this node takes the leader to be alive"
                 );
             }
         })
@@ -1279,8 +1282,8 @@ impl PartitionReplica {
     /// The leader's process is gone, on the kernel's word: its connections
     /// reset and its port refuses new ones. Waiting out an election timeout
     /// would only add time, so the voters stand at once, one after the
-    /// other by id ([`FAST_ELECTION_STAGGER`] apart), so that two do not split
-    /// the vote (see [`Self::fast_campaign`]). A leader that is alive (a reset connection, its listener
+    /// other by id ([`FAST_ELECTION_STAGGER`] apart), which makes a split
+    /// vote unlikely (see [`Self::fast_campaign`]). A leader that is alive (a reset connection, its listener
     /// up) is never contested this way: its port would not refuse.
     fn leader_gone(&mut self, peer: u64, term: u64) {
         let raft = &self.node.raft;
@@ -1316,18 +1319,25 @@ impl PartitionReplica {
     /// Stands for election through a pre-vote, as after an election timeout,
     /// except that its requests carry raft's leader-transfer mark, so the
     /// voters that still count the dead leader's lease answer anyway (see
-    /// [`Self::mark_gone_leader_votes`]). A pre-vote raises no one's term:
-    /// a voter that cannot win (its log is behind) is refused and leaves the
-    /// field to one that can, and one that comes while another voter's
-    /// election runs is refused by that candidate. Only if no new leader or
-    /// election reached this node meanwhile. The first voter in id order
+    /// [`Self::mark_gone_leader_votes`]). A pre-vote raises no one's term: a
+    /// voter that cannot win (its log is behind) is refused and leaves the
+    /// field to one that can. Only if no new leader or vote request reached
+    /// this node meanwhile, and it granted no other voter's pre-vote for the
+    /// next term: that one stands already. The first voter in id order
     /// stands at once, the others after their turn: they stand when the
     /// first missed the leader's death (its stream had not closed, or its
-    /// probe found the port still open) or cannot win.
+    /// probe found the port still open) or cannot win. Two can still split
+    /// the vote when the first's pre-vote takes longer than a turn to reach
+    /// the next; the election timeout then settles it, as without this path.
     fn fast_campaign(&mut self, peer: u64, term: u64) {
         let raft = &self.node.raft;
         let leaderless = raft.leader_id == peer || raft.leader_id == raft::INVALID_ID;
-        if raft.state != StateRole::Follower || raft.term != term || !leaderless {
+        if raft.state != StateRole::Follower
+            || raft.term != term
+            || !leaderless
+            || !raft.promotable()
+            || self.pre_vote_granted > term
+        {
             return;
         }
         if self.voters_except(peer).first() != Some(&raft.id) {
@@ -1337,8 +1347,8 @@ impl PartitionReplica {
                 self.group
             );
         }
-        // raft-rs checks that this node may campaign (a voter, no
-        // membership change committed and not applied).
+        // raft-rs also refuses while a committed membership change waits to
+        // be applied.
         if let Err(e) = self.node.campaign() {
             debug!("{}: fast campaign not started: {e}", self.group);
             return;
@@ -1352,13 +1362,23 @@ impl PartitionReplica {
     /// raft-rs then lets them past a voter's lease of the old leader. raft-rs
     /// sets the mark only on the vote requests of a transfer, which skips the
     /// pre-vote; here the pre-vote stays. Called before each Ready is taken,
-    /// while the requests wait in raft's outbox; the mark is dropped once
-    /// this node leads, follows, or sees a later term.
+    /// while the requests wait in raft's outbox, where it also notes a
+    /// pre-vote this node grants; the mark is dropped (at the next Ready)
+    /// once this node leads, follows, or sees a later term.
     fn mark_gone_leader_votes(&mut self) {
+        let raft = &mut self.node.raft;
+        let next = raft.term + 1;
+        let granted = raft.msgs.iter().any(|m| {
+            m.get_msg_type() == MessageType::MsgRequestPreVoteResponse
+                && !m.reject
+                && m.term == next
+        });
+        if granted {
+            self.pre_vote_granted = next;
+        }
         let Some(gone) = self.gone_leader_term else {
             return;
         };
-        let raft = &mut self.node.raft;
         let standing = matches!(raft.state, StateRole::PreCandidate | StateRole::Candidate);
         if !standing || raft.term > gone + 1 {
             self.gone_leader_term = None;
