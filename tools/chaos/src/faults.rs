@@ -70,6 +70,11 @@ enum Heal {
     /// Remove the learner added (by id), the request's answer arriving on
     /// the channel.
     RemoveLearner(u32, std::sync::mpsc::Receiver<String>),
+    /// Resume the paused node, then start the killed one.
+    ResumeRestart {
+        paused: u32,
+        killed: u32,
+    },
 }
 
 /// How long a clean shutdown may take before the node is killed.
@@ -340,6 +345,28 @@ impl Injector<'_> {
                     Heal::RemoveLearner(learner, rx),
                 )
             }
+            FaultKind::KillLeaderPause => {
+                let leader = self.leader_or_any(pick, &mut note);
+                let others: Vec<u32> = ids.iter().copied().filter(|&i| i != leader).collect();
+                let (f, which) = if pick.is_multiple_of(2) {
+                    (others.first().copied().unwrap_or(leader), "the first")
+                } else {
+                    (schedule::choose(&others, pick, 7).unwrap_or(leader), "a")
+                };
+                // Paused first: it must not see the death before it stops.
+                self.cluster.pause(f, true);
+                self.cluster.kill(leader);
+                (
+                    vec![leader, f],
+                    format!(
+                        "SIGSTOP of {which} follower, node {f}, and at once kill -9 of leader node {leader}{note}"
+                    ),
+                    Heal::ResumeRestart {
+                        paused: f,
+                        killed: leader,
+                    },
+                )
+            }
         };
         Ok(Active {
             fault: fault.clone(),
@@ -379,6 +406,10 @@ impl Injector<'_> {
                     .unwrap_or_else(|_| "no answer".into());
                 let removed = self.remove_learner(*learner);
                 detail_suffix = format!("; the add answered {added}; the removal {removed}");
+            }
+            Heal::ResumeRestart { paused, killed } => {
+                self.cluster.pause(*paused, false);
+                self.cluster.start(*killed)?;
             }
         }
         Ok(Applied {

@@ -77,7 +77,7 @@ struct RunArgs {
     think: Duration,
     /// Only these fault kinds (comma-separated): kill-leader, kill-follower,
     /// pause, partition-leader, partition-split, one-way, loss, restart-cluster,
-    /// pause-handoff, pause-transfer, member-restart.
+    /// pause-handoff, pause-transfer, member-restart, kill-leader-pause.
     #[arg(long, value_delimiter = ',', value_parser = parse_kind)]
     faults: Vec<FaultKind>,
     /// Negative control: gets use `?stale`, an unsafe read path; the checker

@@ -51,11 +51,16 @@ pub enum FaultKind {
     /// A learner added through a node while a node (the leader half the
     /// time) restarts cleanly; the learner is removed when it heals.
     MemberRestart,
+    /// SIGSTOP of a follower and at once `kill -9` of the leader (half the
+    /// time the first in id order, the one that stands for election first
+    /// when a leader's process dies); SIGCONT when it heals, then a restart
+    /// of the killed leader.
+    KillLeaderPause,
 }
 
 impl FaultKind {
     /// All kinds, in a fixed order.
-    pub const ALL: [FaultKind; 11] = [
+    pub const ALL: [FaultKind; 12] = [
         FaultKind::KillLeader,
         FaultKind::KillFollower,
         FaultKind::Pause,
@@ -67,6 +72,7 @@ impl FaultKind {
         FaultKind::PauseHandoff,
         FaultKind::PauseTransfer,
         FaultKind::MemberRestart,
+        FaultKind::KillLeaderPause,
     ];
 
     /// The kebab-case name used on the command line and in the results.
@@ -83,6 +89,7 @@ impl FaultKind {
             FaultKind::PauseHandoff => "pause-handoff",
             FaultKind::PauseTransfer => "pause-transfer",
             FaultKind::MemberRestart => "member-restart",
+            FaultKind::KillLeaderPause => "kill-leader-pause",
         }
     }
 
@@ -109,6 +116,8 @@ impl FaultKind {
             FaultKind::PauseHandoff => (100, 500),
             FaultKind::PauseTransfer => (et / 4, 2 * et),
             FaultKind::MemberRestart => (200, 1_000),
+            // With 3 nodes nothing is elected until the paused one returns.
+            FaultKind::KillLeaderPause => (et / 4, 2 * et),
         }
     }
 }

@@ -64,6 +64,7 @@ fn a_short_run_with_every_fault_kind_finds_no_violation() {
         "pause-handoff",
         "pause-transfer",
         "member-restart",
+        "kill-leader-pause",
     ] {
         assert!(kinds.contains(k), "fault kind {k} never ran: {kinds:?}");
     }
