@@ -1283,8 +1283,9 @@ impl PartitionReplica {
     /// reset and its port refuses new ones. Waiting out an election timeout
     /// would only add time, so the voters stand at once, one after the
     /// other by id ([`FAST_ELECTION_STAGGER`] apart), which makes a split
-    /// vote unlikely (see [`Self::fast_campaign`]). A leader that is alive (a reset connection, its listener
-    /// up) is never contested this way: its port would not refuse.
+    /// vote unlikely (see [`Self::fast_campaign`]). A leader that is alive
+    /// (a reset connection, its listener up) is never contested this way:
+    /// its port would not refuse.
     fn leader_gone(&mut self, peer: u64, term: u64) {
         let raft = &self.node.raft;
         if raft.state != StateRole::Follower || raft.leader_id != peer || raft.term != term {
@@ -1336,11 +1337,14 @@ impl PartitionReplica {
             || raft.term != term
             || !leaderless
             || !raft.promotable()
-            || self.pre_vote_granted > term
         {
             return;
         }
-        if self.voters_except(peer).first() != Some(&raft.id) {
+        self.note_pre_vote_grants();
+        if self.pre_vote_granted > term {
+            return;
+        }
+        if self.voters_except(peer).first() != Some(&self.node.raft.id) {
             info!(
                 "{}: no new leader within this node's turn after leader {peer} of term {term} \
                  went away: standing for election now",
@@ -1357,6 +1361,20 @@ impl PartitionReplica {
         self.mark_gone_leader_votes();
     }
 
+    /// Notes a grant of another voter's pre-vote for the next term waiting in
+    /// raft's outbox (see [`Self::fast_campaign`]).
+    fn note_pre_vote_grants(&mut self) {
+        let next = self.node.raft.term + 1;
+        let granted = self.node.raft.msgs.iter().any(|m| {
+            m.get_msg_type() == MessageType::MsgRequestPreVoteResponse
+                && !m.reject
+                && m.term == next
+        });
+        if granted {
+            self.pre_vote_granted = next;
+        }
+    }
+
     /// Marks this node's pre-vote and vote requests of the election after a
     /// gone leader (term `gone_leader_term + 1`) as a leader transfer's:
     /// raft-rs then lets them past a voter's lease of the old leader. raft-rs
@@ -1366,16 +1384,8 @@ impl PartitionReplica {
     /// pre-vote this node grants; the mark is dropped (at the next Ready)
     /// once this node leads, follows, or sees a later term.
     fn mark_gone_leader_votes(&mut self) {
+        self.note_pre_vote_grants();
         let raft = &mut self.node.raft;
-        let next = raft.term + 1;
-        let granted = raft.msgs.iter().any(|m| {
-            m.get_msg_type() == MessageType::MsgRequestPreVoteResponse
-                && !m.reject
-                && m.term == next
-        });
-        if granted {
-            self.pre_vote_granted = next;
-        }
         let Some(gone) = self.gone_leader_term else {
             return;
         };
