@@ -735,9 +735,10 @@ pub struct PartitionReplica {
     /// kernel's word past the dead leader's lease (see `fast_campaign`).
     gone_leader_term: Option<u64>,
     /// The latest term for which this node granted another voter's
-    /// pre-vote: after a gone leader, a voter that did so leaves that
-    /// election to the other instead of standing too (see `fast_campaign`).
-    pre_vote_granted: u64,
+    /// pre-vote, to whom, and when: after a gone leader, a voter that did so
+    /// within an election timeout leaves that election to the other instead
+    /// of standing too (see `fast_campaign`).
+    pre_vote_granted: Option<(u64, u64, Instant)>,
     /// When a refusal for a full disk was last logged.
     disk_full_logged: Option<Instant>,
     /// When this node last handed off its leadership for a full disk.
@@ -917,7 +918,7 @@ impl PartitionReplica {
                 request_timeout: settings.request_timeout,
                 ticks: 0,
                 gone_leader_term: None,
-                pre_vote_granted: 0,
+                pre_vote_granted: None,
                 disk_full_logged: None,
                 disk_full_handoff: None,
                 incarnation: fastrand::u64(..),
@@ -1341,8 +1342,16 @@ impl PartitionReplica {
             return;
         }
         self.note_pre_vote_grants();
-        if self.pre_vote_granted > term {
-            return;
+        let election_timeout = self.timing.election_timeout();
+        if let Some((granted, to, at)) = self.pre_vote_granted {
+            if granted > term && at.elapsed() < election_timeout {
+                info!(
+                    "{}: leader {peer} of term {term} went away; this node granted node {to}'s \
+                     pre-vote for term {granted}: leaving the election to it",
+                    self.group
+                );
+                return;
+            }
         }
         if self.voters_except(peer).first() != Some(&self.node.raft.id) {
             info!(
@@ -1351,8 +1360,9 @@ impl PartitionReplica {
                 self.group
             );
         }
-        // raft-rs also refuses while a committed membership change waits to
-        // be applied.
+        // raft-rs also declines (without an error) while a committed
+        // membership change waits to be applied; the mark is then dropped
+        // at the next Ready.
         if let Err(e) = self.node.campaign() {
             debug!("{}: fast campaign not started: {e}", self.group);
             return;
@@ -1362,16 +1372,18 @@ impl PartitionReplica {
     }
 
     /// Notes a grant of another voter's pre-vote for the next term waiting in
-    /// raft's outbox (see [`Self::fast_campaign`]).
+    /// raft's outbox (see [`Self::fast_campaign`]). A grant older than an
+    /// election timeout is not heeded: that pre-vote failed (the leader it
+    /// would have replaced kept leading), or its voter stalled.
     fn note_pre_vote_grants(&mut self) {
         let next = self.node.raft.term + 1;
-        let granted = self.node.raft.msgs.iter().any(|m| {
+        let granted = self.node.raft.msgs.iter().find(|m| {
             m.get_msg_type() == MessageType::MsgRequestPreVoteResponse
                 && !m.reject
                 && m.term == next
         });
-        if granted {
-            self.pre_vote_granted = next;
+        if let Some(m) = granted {
+            self.pre_vote_granted = Some((next, m.to, Instant::now()));
         }
     }
 

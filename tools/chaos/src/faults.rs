@@ -348,10 +348,12 @@ impl Injector<'_> {
             FaultKind::KillLeaderPause => {
                 let leader = self.leader_or_any(pick, &mut note);
                 let others: Vec<u32> = ids.iter().copied().filter(|&i| i != leader).collect();
-                let (f, which) = if pick.is_multiple_of(2) {
-                    (others.first().copied().unwrap_or(leader), "the first")
-                } else {
-                    (schedule::choose(&others, pick, 7).unwrap_or(leader), "a")
+                let (f, which) = match others.split_first() {
+                    Some((&first, _)) if pick.is_multiple_of(2) => (first, "the first"),
+                    Some((&first, rest)) => {
+                        (schedule::choose(rest, pick, 7).unwrap_or(first), "a later")
+                    }
+                    None => (leader, "the first"),
                 };
                 // Paused first: it must not see the death before it stops.
                 self.cluster.pause(f, true);

@@ -51,10 +51,10 @@ pub enum FaultKind {
     /// A learner added through a node while a node (the leader half the
     /// time) restarts cleanly; the learner is removed when it heals.
     MemberRestart,
-    /// SIGSTOP of a follower and at once `kill -9` of the leader (half the
-    /// time the first in id order, the one that stands for election first
-    /// when a leader's process dies); SIGCONT when it heals, then a restart
-    /// of the killed leader.
+    /// SIGSTOP of a follower and at once `kill -9` of the leader (the
+    /// follower is half the time the first in id order, the one that stands
+    /// for election first when a leader's process dies, and otherwise a later
+    /// one); SIGCONT when it heals, then a restart of the killed leader.
     KillLeaderPause,
 }
 

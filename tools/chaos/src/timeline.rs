@@ -37,7 +37,7 @@ fn fault_colour(k: FaultKind) -> RGBColor {
         FaultKind::PauseHandoff => RGBColor(188, 189, 34),
         FaultKind::PauseTransfer => RGBColor(23, 190, 207),
         FaultKind::MemberRestart => RGBColor(127, 127, 127),
-        FaultKind::KillLeaderPause => RGBColor(214, 39, 40),
+        FaultKind::KillLeaderPause => RGBColor(196, 156, 148),
     }
 }
 
