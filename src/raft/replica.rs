@@ -2038,8 +2038,9 @@ impl PartitionReplica {
             snapshot: None,
         };
         // A follower (or a candidate, writing its vote) on a fast disk
-        // writes a small write right here when no write is in flight (`LogWriter::write_inline`): its acks are on
-        // every write's critical path, and the hand-off to the log thread
+        // writes a small write right here when no write is in flight
+        // (`LogWriter::write_inline`): its acks are on every write's
+        // critical path, and the hand-off to the log thread
         // and back cost two thread wakeups. The executor's one thread waits
         // for that fsync. A leader always hands its write over: it
         // replicates while its own fsync runs (writing inline after a yield
