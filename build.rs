@@ -8,17 +8,33 @@
 //! refuses to discard them). Benches and tests keep their tables: they
 //! unwind, and their harnesses kill the nodes they started on the way.
 //! Without `ld.bfd` on `PATH` the binary keeps them, with a warning.
+//!
+//! The same link places the functions a node runs together, first in the
+//! code (`scripts/text-order.ld`, made by `scripts/text-order.sh`): the
+//! kernel maps code into a process 64 KiB at a time around each page first
+//! run, so code that runs spread through the whole binary maps all of it.
 
 use std::path::Path;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=scripts/no-eh-frame.ld");
+    println!("cargo:rerun-if-changed=scripts/text-order.ld");
+    println!("cargo:rerun-if-env-changed=QUORUMD_KEEP_SYMBOLS");
     let var = |name: &str| std::env::var(name).unwrap_or_default();
     let release = var("PROFILE") == "release";
     let native = var("TARGET") == var("HOST");
     let linux_gnu = var("CARGO_CFG_TARGET_OS") == "linux" && var("CARGO_CFG_TARGET_ENV") == "gnu";
-    if !(release && native && linux_gnu) {
+    if !release {
+        return;
+    }
+    // Stripped here rather than by the profile (see Cargo.toml); a build
+    // for scripts/text-order.sh keeps the symbols.
+    let keep_symbols = std::env::var_os("QUORUMD_KEEP_SYMBOLS").is_some();
+    if var("CARGO_CFG_TARGET_OS") == "linux" && !keep_symbols {
+        println!("cargo:rustc-link-arg-bins=-Wl,--strip-all");
+    }
+    if !(native && linux_gnu) {
         return;
     }
     let bfd = std::env::var_os("PATH")
@@ -33,4 +49,8 @@ fn main() {
     let script = Path::new(&var("CARGO_MANIFEST_DIR")).join("scripts/no-eh-frame.ld");
     println!("cargo:rustc-link-arg-bins=-fuse-ld=bfd");
     println!("cargo:rustc-link-arg-bins=-Wl,-T,{}", script.display());
+    let order = Path::new(&var("CARGO_MANIFEST_DIR")).join("scripts/text-order.ld");
+    if order.is_file() {
+        println!("cargo:rustc-link-arg-bins=-Wl,-T,{}", order.display());
+    }
 }
