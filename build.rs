@@ -31,6 +31,9 @@ fn main() {
     // Stripped here rather than by the profile (see Cargo.toml); a build
     // for scripts/text-order.sh keeps the symbols.
     let keep_symbols = std::env::var_os("QUORUMD_KEEP_SYMBOLS").is_some();
+    if keep_symbols {
+        println!("cargo:warning=QUORUMD_KEEP_SYMBOLS is set: the release binary keeps its symbols");
+    }
     if var("CARGO_CFG_TARGET_OS") == "linux" && !keep_symbols {
         println!("cargo:rustc-link-arg-bins=-Wl,--strip-all");
     }

@@ -3,11 +3,11 @@
 //!
 //! Every measure launches real `quorumd` processes with the harness of the
 //! process-level tests (`tests/common`, as `benches/kv.rs` does): the binary
-//! cargo built for this bench run (`CARGO_BIN_EXE_quorumd`, i.e.
-//! `target/release/quorumd` built with the bench profile, which inherits the
-//! release profile), copied once at start into a temp dir (`BinCopy`) so that
-//! a rebuild of `target/release` by other work during the bench cannot swap
-//! binaries between runs. Each run gets a fresh `TestCluster`: a temporary
+//! `make build` made when `make bench` runs it (`QUORUMD_BENCH_BIN`), else
+//! the one cargo built for this bench run (`CARGO_BIN_EXE_quorumd`, built
+//! with the bench profile, which inherits the release profile), copied once
+//! at start into a temp dir (`BinCopy`) so that a rebuild by other work
+//! during the bench cannot swap binaries between runs. Each run gets a fresh `TestCluster`: a temporary
 //! directory with its own cluster file and `data_dir`, and fresh loopback
 //! ports. The cluster file is `Spec::shipped`: no `[raft]` settings (the
 //! shipped timing, `DEFAULT_TICK_INTERVAL` and `DEFAULT_ELECTION_TICKS` of
@@ -43,9 +43,10 @@
 //!    `/proc/PID/status` 10 s and 60 s after bootstrap, and CPU % of one core
 //!    (utime + stime from `/proc/PID/stat`) from 30 s to 60 s after bootstrap.
 //!    With `QUORUMD_BENCH_QUICK=1`: RSS at 10 s and CPU over 0..10 s only.
-//! 5. **Binary size** of `CARGO_BIN_EXE_quorumd` (`target/<triple>/release/quorumd`;
-//!    the release profile strips it), with a check that it has no ELF symbol
-//!    table.
+//! 5. **Binary size** of the binary the nodes run: `QUORUMD_BENCH_BIN`, which
+//!    `make bench` sets to the one `make build` made, else
+//!    `CARGO_BIN_EXE_quorumd` (build.rs strips either when it links), with a
+//!    check that it has no ELF symbol table.
 //!
 //! Stdout gets one markdown table (min / median / max, the target
 //! and etcd 3.4's median), the machine it ran on, which targets were
@@ -68,7 +69,7 @@ use std::sync::OnceLock;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use common::{BinCopy, KeepAlive, Pacer, Spec, TestCluster, BIN};
+use common::{bin_under_test, BinCopy, KeepAlive, Pacer, Spec, TestCluster};
 use quorumd::config::{DEFAULT_ELECTION_TICKS, DEFAULT_TICK_INTERVAL};
 use serde_json::Value;
 use shared::{clock_ticks, cpu_ticks, stat_ticks};
@@ -76,9 +77,10 @@ use shared::{clock_ticks, cpu_ticks, stat_ticks};
 /// The private copy of `BIN` that this bench run launches (see `main`).
 static EXE: OnceLock<PathBuf> = OnceLock::new();
 
-/// The binary every node runs: the private copy, or `BIN` before it exists.
-fn exe() -> &'static Path {
-    EXE.get().map_or(Path::new(BIN), PathBuf::as_path)
+/// The binary every node runs: the private copy, or [`bin_under_test`]
+/// before it exists.
+fn exe() -> PathBuf {
+    EXE.get().cloned().unwrap_or_else(bin_under_test)
 }
 
 /// Poll step for bootstrap and failover.
@@ -121,12 +123,16 @@ fn main() {
     // Other work in this tree may rebuild target/release/quorumd while the bench
     // runs: launch a private copy taken now, so every run measures one binary.
     let bin_copy = BinCopy::new().unwrap_or_else(|e| {
-        eprintln!("cannot copy {BIN} for the bench: {e}");
+        eprintln!(
+            "cannot copy {} for the bench: {e}",
+            bin_under_test().display()
+        );
         std::process::exit(1);
     });
     let _ = EXE.set(bin_copy.path().to_path_buf());
     eprintln!(
-        "[bench] binary: {BIN} (run from the copy {}); {runs} runs per timed measure; quick={quick}",
+        "[bench] binary: {} (run from the copy {}); {runs} runs per timed measure; quick={quick}",
+        bin_under_test().display(),
         exe().display()
     );
 
@@ -883,14 +889,14 @@ fn binary_size(notes: &mut Vec<String>) -> Row {
     match std::fs::metadata(exe()) {
         Ok(m) => {
             s.ok.push(m.len() as f64 / MIB);
-            let stripped = match elf_has_symtab(exe()) {
+            let stripped = match elf_has_symtab(&exe()) {
                 Ok(false) => "no ELF symbol table (stripped)".to_string(),
                 Ok(true) => "HAS an ELF symbol table (not stripped)".to_string(),
                 Err(e) => format!("could not inspect ELF: {e}"),
             };
             notes.push(format!(
-                "binary: {BIN} as cargo built it for this bench (bench profile = release \
-                 profile; copied at start), {} bytes, {stripped}",
+                "binary: {} (copied at start), {} bytes, {stripped}",
+                bin_under_test().display(),
                 m.len()
             ));
         }
@@ -1025,7 +1031,7 @@ fn term_of(clients: &mut [(u64, KeepAlive)], id: u64) -> Result<u64, String> {
 /// The cluster file of nodes `1..=size` as users run it, launched from the
 /// private copy of the binary; starts nothing.
 fn new_cluster(size: u64) -> TestCluster {
-    TestCluster::new(Spec::shipped(&format!("bench{size}"), size)).with_bin(exe())
+    TestCluster::new(Spec::shipped(&format!("bench{size}"), size)).with_bin(&exe())
 }
 
 /// An error naming the first of `ids` that is no longer running.

@@ -51,7 +51,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{KeepAlive, Spec, TestCluster, BIN};
+use common::{bin_under_test, KeepAlive, Spec, TestCluster};
 use serde_json::{json, Value};
 use shared::etcd::{b64, Etcd};
 use shared::{env_num, on_cpu, percentile, proc_rss_mib, which};
@@ -130,7 +130,7 @@ fn main() {
     if let Some(e) = &mut e {
         measure(e, &mut fe, &knobs, wrk.as_deref(), knobs.etcd_kills);
     }
-    fq.binary_bytes = std::fs::metadata(BIN).ok().map(|m| m.len());
+    fq.binary_bytes = std::fs::metadata(bin_under_test()).ok().map(|m| m.len());
     fe.binary_bytes = etcd_bin
         .as_deref()
         .and_then(|p| std::fs::metadata(p).ok())
@@ -139,7 +139,8 @@ fn main() {
     drop(e);
     report(&fq, etcd_bin.is_some().then_some(&fe), &knobs);
     println!(
-        "\nbinary: {BIN}; total run time {:.0} s; load average {load_at_start} at the start, {} at the end",
+        "\nbinary: {}; total run time {:.0} s; load average {load_at_start} at the start, {} at the end",
+        bin_under_test().display(),
         started.elapsed().as_secs_f64(),
         load_average()
     );

@@ -22,8 +22,9 @@
 # A function that runs but is missing from the list still works; it costs
 # memory: the kernel maps up to 64 KiB of the code around it.
 set -euo pipefail
+export LC_ALL=C
 cd "$(dirname "$0")/.."
-for tool in valgrind curl gcc nm; do
+for tool in valgrind curl gcc nm cargo; do
   command -v "$tool" >/dev/null || { echo "text-order: $tool is not installed" >&2; exit 1; }
 done
 TARGET=$(rustc -vV | sed -n 's/^host: //p')
@@ -69,8 +70,12 @@ admin = "127.0.0.1:18303"
 EOF
 
 declare -A PIDS
+# The log filter of the nodes started next: `info`, as the systemd unit sets
+# it (parsing it runs code of its own), or none, as `make cluster3` runs.
+LOG=info
 # Node $1, under callgrind, or natively under perf when $2 is a pass number.
 start() {
+  if [ -n "$LOG" ]; then export RUST_LOG=$LOG; else unset RUST_LOG; fi
   if [ -z "${2:-}" ]; then
     valgrind --tool=callgrind --demangle=no --dump-instr=no --compress-strings=no \
       --callgrind-out-file="$OUT/cg.$1.%p" \
@@ -81,8 +86,24 @@ start() {
   fi
   PIDS[$1]=$!
 }
-stop() { kill -TERM "${PIDS[$1]}" 2>/dev/null || true; wait "${PIDS[$1]}" 2>/dev/null || true; }
-cleanup() { for n in "${!PIDS[@]}"; do kill -KILL "${PIDS[$n]}" 2>/dev/null || true; done; }
+# SIGTERM: a node stops cleanly (callgrind writes its profile), and perf
+# passes it on to the node it runs.
+stop() {
+  [ -n "${PIDS[$1]:-}" ] || return 0
+  kill -TERM "${PIDS[$1]}" 2>/dev/null || true
+  wait "${PIDS[$1]}" 2>/dev/null || true
+  unset 'PIDS[$1]'
+}
+cleanup() {
+  for n in "${!PIDS[@]}"; do kill -TERM "${PIDS[$n]}" 2>/dev/null || true; done
+  for _ in $(seq 100); do
+    alive=0
+    for n in "${!PIDS[@]}"; do kill -0 "${PIDS[$n]}" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && return
+    sleep 0.1
+  done
+  for n in "${!PIDS[@]}"; do kill -KILL "${PIDS[$n]}" 2>/dev/null || true; done
+}
 trap cleanup EXIT
 
 # The node that says it leads (a dead leader's followers may still name it).
@@ -144,10 +165,9 @@ work() {
 # one of them).
 aliases() {
   nm --defined-only "$BIN" | awk '$2 ~ /^[TtWw]$/ { print $1, $3 }' > "$OUT/symbols.txt"
-  awk 'FNR == 1 { pass++ }
-    pass == 1 { ran[$0] = 1; print; next }
-    pass == 2 { if ($2 in ran) at[$1] = 1; next }
-    ($1 in at) { print $2 }' "$1" "$OUT/symbols.txt" "$OUT/symbols.txt" | sort -u
+  awk 'FILENAME == ARGV[1] { ran[$0] = 1; print; next }
+    FILENAME == ARGV[2] { if ($2 in ran) at[$1] = 1; next }
+    ($1 in at) { print $2 }' "$1" "$OUT/symbols.txt" - < "$OUT/symbols.txt" | sort -u
 }
 
 # The C libraries' code has one section per file, not per function: the
@@ -155,7 +175,7 @@ aliases() {
 # variant of those (strchr-avx2.o, strchr-evex.o).
 c_files() {
   nm -A --defined-only "$1" 2>/dev/null | sed "s|^$1:||" |
-    awk -F: 'NR == FNR { ran[$0] = 1; next }
+    awk -F: 'FILENAME == ARGV[1] { ran[$0] = 1; next }
       { m = $1; sub(/-(avx|evex|sse|ssse|erms|rtm|vaes).*$/, "", m); sub(/\.o$/, "", m)
         split($2, f, " "); if (f[2] ~ /^[TtWwi]$/ && (f[3] in ran)) want[m] = 1; file[$1] = m }
       END { for (x in file) if (file[x] in want) print x }' "$OUT/functions.txt" - | sort
@@ -184,7 +204,7 @@ SECTIONS
     *crt1.o(.text .text.*)
     *crtbegin*.o(.text .text.*)
 EOF
-    awk 'NR == FNR { cold[$0] = 1; next }
+    awk 'FILENAME == ARGV[1] { cold[$0] = 1; next }
       { print "    *(.text" (($0 in cold) ? ".unlikely." : ".") $0 ")" }' \
       "$OUT/unlikely.txt" "$OUT/functions.txt"
     local libc
@@ -205,7 +225,9 @@ EOF
 }
 INSERT BEFORE .text;
 EOF
-  } > scripts/text-order.ld
+  } > "$OUT/text-order.ld"
+  # Whole or not at all: every release build links with it.
+  mv "$OUT/text-order.ld" scripts/text-order.ld
 }
 
 # The day, under callgrind.
@@ -216,32 +238,40 @@ work "$L"
 sleep 5
 # The leader stops; the others elect one at once and serve; it comes back.
 stop "$L"
-work "$(leader)"
+N=$(leader)
+work "$N"
 start "$L"
 sleep 10
-work "$(leader)"
 # The leader is killed (its own profile is lost; the others' is what
 # counts), and restarts.
 L=$(leader)
+work "$L"
 kill -KILL "${PIDS[$L]}"
 wait "${PIDS[$L]}" 2>/dev/null || true
-work "$(leader)"
+unset 'PIDS[$L]'
+N=$(leader)
+work "$N"
 start "$L"
 sleep 10
-work "$(leader)"
+N=$(leader)
+work "$N"
 sleep 5
 for n in 1 2 3; do stop "$n"; done
-# A fresh cluster, its nodes started one by one in the other order.
+# A fresh cluster, its nodes started one by one in the other order, with no
+# log filter.
 rm -rf "$OUT/data"
+LOG=
 for n in 3 2 1; do
   start "$n"
   sleep 3
 done
-work "$(leader)"
+L=$(leader)
+work "$L"
 sleep 5
 for n in 1 2 3; do stop "$n"; done
 cat "$OUT"/cg.* | sed -n "/^fn=/{s/^fn=//;s/'[0-9]*\$//;p}" |
-  grep -E '^[A-Za-z_.$][A-Za-z0-9_.$]*$' | sort -u > "$OUT/ran.txt"
+  { grep -E '^[A-Za-z_.$][A-Za-z0-9_.$]*$' || true; } | sort -u > "$OUT/ran.txt"
+[ -s "$OUT/ran.txt" ] || { echo "text-order: callgrind recorded no function" >&2; exit 1; }
 write_order
 
 # Natively, under perf: the functions whose first instruction fetch faulted.
@@ -249,17 +279,22 @@ if command -v perf >/dev/null; then
   for pass in 1 2 3; do
     build
     rm -rf "$OUT/data"
-    for n in 1 2 3; do start "$n" "$pass"; done
-    work "$(leader)"
+    LOG=info
+    start 1 "$pass"
+    start 2 "$pass"
+    LOG=
+    start 3 "$pass"
     L=$(leader)
+    work "$L"
     stop "$L"
-    work "$(leader)"
+    N=$(leader)
+    work "$N"
     sleep 3
     for n in 1 2 3; do stop "$n"; done
     for f in "$OUT"/pf."$pass".*; do
       perf script -i "$f" --no-demangle -F ip,sym,addr 2>/dev/null |
         awk 'NF == 4 && substr($1, 1, length($1) - 3) == substr($3, 1, length($3) - 3) { print $4 }'
-    done | grep -E '^[A-Za-z_.$][A-Za-z0-9_.$]*$' | sort -u > "$OUT/faulted.txt"
+    done | { grep -E '^[A-Za-z_.$][A-Za-z0-9_.$]*$' || true; } | sort -u > "$OUT/faulted.txt"
     # Only what the list lacks counts: the rest faulted inside it.
     new=$(comm -23 "$OUT/faulted.txt" "$OUT/functions.txt" | tee -a "$OUT/native.txt" | wc -l)
     sort -u -o "$OUT/native.txt" "$OUT/native.txt"

@@ -42,6 +42,15 @@ pub use keep_alive::KeepAlive;
 /// The binary under test, built by cargo for this test run.
 pub const BIN: &str = env!("CARGO_BIN_EXE_quorumd");
 
+/// The binary clusters run: `QUORUMD_BENCH_BIN` when set, else [`BIN`].
+/// `make bench` sets it to the binary `make build` made, the one that
+/// ships: the functions of the [`BIN`] cargo builds for benches have other
+/// names (Rust's symbol hashes cover how cargo built it), so the code layout
+/// of `scripts/text-order.ld`, which names them, applies to it only in part.
+pub fn bin_under_test() -> PathBuf {
+    std::env::var_os("QUORUMD_BENCH_BIN").map_or_else(|| PathBuf::from(BIN), PathBuf::from)
+}
+
 /// How long any single wait in a test may take before it counts as a failure.
 pub const WAIT: Duration = Duration::from_secs(20);
 
@@ -356,7 +365,7 @@ impl TestCluster {
             spec,
             dir,
             config,
-            bin: PathBuf::from(BIN),
+            bin: bin_under_test(),
             children: BTreeMap::new(),
             exited: BTreeMap::new(),
             node_configs: BTreeMap::new(),
@@ -896,7 +905,7 @@ impl BinCopy {
     pub fn new() -> std::io::Result<BinCopy> {
         let dir = tempfile::Builder::new().prefix("quorumd-bin-").tempdir()?;
         let path = dir.path().join("quorumd");
-        std::fs::copy(BIN, &path)?;
+        std::fs::copy(bin_under_test(), &path)?;
         Ok(BinCopy { _dir: dir, path })
     }
 
