@@ -3,7 +3,7 @@
 # release build's linker places together at the start of the code (see
 # build.rs, and "Memory" in docs/architecture.md). Not needed to build.
 #
-#   scripts/text-order.sh      (needs valgrind, curl, gcc, nm, cargo; perf if present)
+#   scripts/text-order.sh   (needs valgrind, curl, gcc, nm, ld.bfd, cargo; perf if present)
 #
 # 1. It builds the static release binary with its symbols (the same names
 #    as the shipped build's: build.rs strips it when it links).
@@ -19,21 +19,22 @@
 #    the nodes natively under `perf record -e page-faults`, and adds every
 #    function whose first run mapped code, so that what valgrind's CPU does
 #    not run (the AVX-512 variants; startup code of the static C library)
-#    joins the list too.
+#    joins the list too; then once with TLS (ring picks its code by the CPU
+#    as well).
 #
 # A function that runs but is missing from the list still works; it costs
 # memory: the kernel maps up to 64 KiB of the code around it.
 set -euo pipefail
 export LC_ALL=C
 cd "$(dirname "$0")/.."
-for tool in valgrind curl gcc nm cargo; do
+for tool in valgrind curl gcc nm ld.bfd cargo; do
   command -v "$tool" >/dev/null || { echo "text-order: $tool is not installed" >&2; exit 1; }
 done
 TARGET=$(rustc -vV | sed -n 's/^host: //p')
 OUT=target/text-order
-rm -rf "$OUT/data" "$OUT/data-tls" "$OUT"/cg.* "$OUT"/pf.* "$OUT"/*.log "$OUT/native.txt"
+rm -rf "$OUT/data" "$OUT/data-tls" "$OUT"/cg.* "$OUT"/pf.* "$OUT"/*.log "$OUT"/native*.txt
 mkdir -p "$OUT"
-touch "$OUT/native.txt"
+touch "$OUT/native.txt" "$OUT/native-tls.txt"
 BIN="$OUT/build/$TARGET/release/quorumd"
 build() {
   RUSTFLAGS="-C target-feature=+crt-static -C link-arg=-Wl,-Map=$PWD/$OUT/link.map" \
@@ -149,7 +150,7 @@ leader() {
 }
 
 work() {
-  local u
+  local u i n s
   u=$(url "$1")
   for i in $(seq 40); do q -X PUT -d "value-$i" "$u/v1/kv/app/k$i" >/dev/null || true; done
   for n in 1 2 3; do
@@ -233,7 +234,8 @@ write_order() {
   aliases "$OUT/seen.txt" > "$OUT/functions.txt"
   # What only a cluster with TLS ran comes after the rest: a node without
   # TLS then maps little of it.
-  aliases "$OUT/ran-tls.txt" | comm -23 - "$OUT/functions.txt" > "$OUT/functions-tls.txt"
+  sort -u "$OUT/ran-tls.txt" "$OUT/native-tls.txt" > "$OUT/seen-tls.txt"
+  aliases "$OUT/seen-tls.txt" | comm -23 - "$OUT/functions.txt" > "$OUT/functions-tls.txt"
   sort -u "$OUT/functions.txt" "$OUT/functions-tls.txt" > "$OUT/functions-all.txt"
   {
     cat <<'EOF'
@@ -242,8 +244,8 @@ write_order() {
  * build). The kernel maps a binary's code into a process 64 KiB at a time,
  * around each page that runs; with what runs spread through 4 MiB of code,
  * a node mapped nearly all of it. `.text.run` holds the functions that ran
- * by their exact names, then the C libraries' files that hold what ran,
- * then what only a cluster with TLS ran; `.text.near` each Rust function
+ * by their exact names, then the C libraries' files that hold what ran
+ * (with TLS or without), then what only a cluster with TLS ran; `.text.near` each Rust function
  * again without the hash that ends its name (17h<16 hex digits>E), which
  * also takes the other copies of a generic function, so that a list made
  * before a change of version or dependencies still puts what runs near the
@@ -264,10 +266,12 @@ EOF
       c_files "$a" | sed "s|^\(.*\)\$|    *$(basename "$a"):\1(.text .text.*)|"
     done
     sections "$OUT/functions-tls.txt"
-    # ring's assembly (TLS): its files' names start with a hash of the build.
+    # ring's assembly (TLS), one section a file. The linker reads ring's
+    # files from its rlib, and their names start with a hash of the build.
+    # (Its C files have a section a function, listed by name above.)
     for a in "$OUT"/build/"$TARGET"/release/build/ring-*/out/libring_core_*_.a; do
       [ -f "$a" ] || continue
-      c_files "$a" | sed -n 's|^[0-9a-f]*-\(.*\)$|    *libring_core_*.a:*-\1(.text .text.*)|p'
+      c_files "$a" | sed -n 's|^[0-9a-f]*-\(.*-elf\.o\)$|    *libring-*.rlib:*-\1(.text)|p'
     done | sort -u
     cat <<'EOF'
   }
@@ -339,12 +343,23 @@ ran() {
   cat "$@" | sed -n "/^fn=/{s/^fn=//;s/'[0-9]*\$//;p}" |
     { grep -E '^[A-Za-z_.$][A-Za-z0-9_.$]*$' || true; } | sort -u
 }
+compgen -G "$OUT/cg.plain.*" > /dev/null && compgen -G "$OUT/cg.tls.*" > /dev/null ||
+  { echo "text-order: callgrind wrote no profile" >&2; exit 1; }
 ran "$OUT"/cg.plain.* > "$OUT/ran.txt"
 ran "$OUT"/cg.tls.* > "$OUT/ran-tls.txt"
 [ -s "$OUT/ran.txt" ] || { echo "text-order: callgrind recorded no function" >&2; exit 1; }
 write_order
 
-# Natively, under perf: the functions whose first instruction fetch faulted.
+# Natively, under perf: the functions whose first instruction fetch faulted
+# in the runs of pass $1, into faulted.txt.
+faulted() {
+  for f in "$OUT"/pf."$1".*; do
+    perf script -i "$f" --no-demangle -F ip,sym,addr 2>/dev/null |
+      awk 'NF == 4 && substr($1, 1, length($1) - 3) == substr($3, 1, length($3) - 3) { print $4 }' ||
+      true
+  done | { grep -E '^[A-Za-z_.$][A-Za-z0-9_.$]*$' || true; } | sort -u > "$OUT/faulted.txt"
+}
+
 if command -v perf >/dev/null; then
   for pass in 1 2 3; do
     build
@@ -355,10 +370,7 @@ if command -v perf >/dev/null; then
     LOG=
     start 3 "$pass"
     work_and_failover
-    for f in "$OUT"/pf."$pass".*; do
-      perf script -i "$f" --no-demangle -F ip,sym,addr 2>/dev/null |
-        awk 'NF == 4 && substr($1, 1, length($1) - 3) == substr($3, 1, length($3) - 3) { print $4 }'
-    done | { grep -E '^[A-Za-z_.$][A-Za-z0-9_.$]*$' || true; } | sort -u > "$OUT/faulted.txt"
+    faulted "$pass"
     # Only what the list lacks counts: the rest faulted inside it.
     new=$(comm -23 "$OUT/faulted.txt" "$OUT/functions.txt" | tee -a "$OUT/native.txt" | wc -l)
     sort -u -o "$OUT/native.txt" "$OUT/native.txt"
@@ -366,6 +378,19 @@ if command -v perf >/dev/null; then
     [ "$new" -gt 0 ] || break
     write_order
   done
+  # Once with TLS: ring picks its code by the CPU too.
+  build
+  rm -rf "$OUT/data-tls"
+  MODE=tls
+  LOG=info
+  for n in 1 2 3; do start "$n" tls; done
+  work_and_failover
+  MODE=plain
+  faulted tls
+  comm -23 "$OUT/faulted.txt" "$OUT/functions-all.txt" >> "$OUT/native-tls.txt"
+  sort -u -o "$OUT/native-tls.txt" "$OUT/native-tls.txt"
+  echo "text-order: with TLS: $(wc -l < "$OUT/native-tls.txt") functions ran natively outside the list" >&2
+  write_order
 else
   echo "text-order: perf is not installed: only what ran under valgrind is listed" >&2
 fi
