@@ -7,9 +7,9 @@
 //! the one cargo built for this bench run (`CARGO_BIN_EXE_quorumd`, built
 //! with the bench profile, which inherits the release profile), copied once
 //! at start into a temp dir (`BinCopy`) so that a rebuild by other work
-//! during the bench cannot swap binaries between runs. Each run gets a fresh `TestCluster`: a temporary
-//! directory with its own cluster file and `data_dir`, and fresh loopback
-//! ports. The cluster file is `Spec::shipped`: no `[raft]` settings (the
+//! during the bench cannot swap binaries between runs. Each run gets a fresh
+//! `TestCluster`: a temporary directory with its own cluster file and
+//! `data_dir`, and fresh loopback ports. The cluster file is `Spec::shipped`: no `[raft]` settings (the
 //! shipped timing, `DEFAULT_TICK_INTERVAL` and `DEFAULT_ELECTION_TICKS` of
 //! `src/config.rs`), and `heartbeat_interval = "1s"`, `peer_timeout = "3s"`,
 //! `quorum_wait_timeout = "30s"` as in `clusters/cluster3.toml`. Nodes log at
