@@ -362,63 +362,69 @@ async fn serve_get(kv: &KvService, get: GetRequest, acl: Option<AclCheck>) -> Re
             kv.limits().max_response_bytes,
             kv.settings().request_timeout,
         );
-        let listing = kv
-            .read(consistency, move |t| {
-                // The token is checked in the same read as the data: a
-                // linearizable read sees every revocation committed before.
-                let authz = match acl.as_ref().map(|c| c.resolve(t)).transpose() {
-                    Ok(a) => a,
-                    Err(e) => return Ok(denied(t, e)),
-                };
-                let may = |want: crate::acl::Access, key: &str| {
-                    authz.as_ref().is_none_or(|a| a.key(key, want))
-                };
-                Ok(match q {
-                    Query::One(k) if !may(crate::acl::Access::Read, &k) => {
-                        denied(t, crate::http::acl::denied())
-                    }
-                    // The reserved prefix is the cluster's: invisible here.
-                    Query::One(k) => map_listing(t.client_get(&k)?, Found::One),
-                    Query::Tree(p) => {
-                        let Some(estimate) = t.client_estimate(&p, max_bytes)? else {
-                            return Ok(too_large(t, max_bytes));
-                        };
-                        let Some(share) = budget.reserve_blocking(estimate, timeout) else {
-                            return Ok(busy(t, budget.capacity()));
-                        };
-                        let mut out = Vec::with_capacity(estimate as usize);
-                        out.push(b'[');
-                        let mut shown = 0usize;
-                        let listing = t.client_list_each(&p, |e| {
-                            // As Consul: a listing leaves out what the
-                            // token may not read.
-                            if !may(crate::acl::Access::Read, &e.key) {
-                                return;
-                            }
-                            if out.len() > 1 {
-                                out.push(b',');
-                            }
-                            shown += 1;
-                            // Writing JSON into a Vec cannot fail.
-                            let _ = serde_json::to_writer(&mut out, &entry_json(&e));
-                        })?;
-                        out.push(b']');
-                        let found = (listing.value > 0 && shown > 0)
-                            .then(|| crate::budget::reserved_bytes(out, share));
-                        map_listing(listing, |_| Found::Rendered(found))
-                    }
-                    Query::Keys(p, sep) => match t.client_keys(&p, sep.as_deref(), max_bytes)? {
-                        Err(_) => too_large(t, max_bytes),
-                        Ok(mut listing) => {
-                            listing.value.retain(|k| may(crate::acl::Access::List, k));
-                            let rendered = (!listing.value.is_empty())
-                                .then(|| Bytes::from(json!(listing.value).to_string()));
-                            map_listing(listing, |_| Found::Rendered(rendered))
+        let one = matches!(query, Query::One(_));
+        let read = move |t: &crate::store::machine::ReadTables| {
+            // The token is checked in the same read as the data: a
+            // linearizable read sees every revocation committed before.
+            let authz = match acl.as_ref().map(|c| c.resolve(t)).transpose() {
+                Ok(a) => a,
+                Err(e) => return Ok(denied(t, e)),
+            };
+            let may = |want: crate::acl::Access, key: &str| {
+                authz.as_ref().is_none_or(|a| a.key(key, want))
+            };
+            Ok(match q {
+                Query::One(k) if !may(crate::acl::Access::Read, &k) => {
+                    denied(t, crate::http::acl::denied())
+                }
+                // The reserved prefix is the cluster's: invisible here.
+                Query::One(k) => map_listing(t.client_get(&k)?, Found::One),
+                Query::Tree(p) => {
+                    let Some(estimate) = t.client_estimate(&p, max_bytes)? else {
+                        return Ok(too_large(t, max_bytes));
+                    };
+                    let Some(share) = budget.reserve_blocking(estimate, timeout) else {
+                        return Ok(busy(t, budget.capacity()));
+                    };
+                    let mut out = Vec::with_capacity(estimate as usize);
+                    out.push(b'[');
+                    let mut shown = 0usize;
+                    let listing = t.client_list_each(&p, |e| {
+                        // As Consul: a listing leaves out what the
+                        // token may not read.
+                        if !may(crate::acl::Access::Read, &e.key) {
+                            return;
                         }
-                    },
-                })
+                        if out.len() > 1 {
+                            out.push(b',');
+                        }
+                        shown += 1;
+                        // Writing JSON into a Vec cannot fail.
+                        let _ = serde_json::to_writer(&mut out, &entry_json(&e));
+                    })?;
+                    out.push(b']');
+                    let found = (listing.value > 0 && shown > 0)
+                        .then(|| crate::budget::reserved_bytes(out, share));
+                    map_listing(listing, |_| Found::Rendered(found))
+                }
+                Query::Keys(p, sep) => match t.client_keys(&p, sep.as_deref(), max_bytes)? {
+                    Err(_) => too_large(t, max_bytes),
+                    Ok(mut listing) => {
+                        listing.value.retain(|k| may(crate::acl::Access::List, k));
+                        let rendered = (!listing.value.is_empty())
+                            .then(|| Bytes::from(json!(listing.value).to_string()));
+                        map_listing(listing, |_| Found::Rendered(rendered))
+                    }
+                },
             })
-            .await;
+        };
+        // A single key is one walk down the B-tree, read on the executor;
+        // a listing goes to a worker thread (KvService::read_point).
+        let listing = if one {
+            kv.read_point(consistency, read).await
+        } else {
+            kv.read(consistency, read).await
+        };
         let listing = match listing {
             Ok(l) => l,
             Err(e) => return kv_error(&e, false, kv.settings().request_timeout),
