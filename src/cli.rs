@@ -232,6 +232,7 @@ pub fn run(cli: Cli, started: Instant) -> Result<()> {
             let config = ClusterConfig::load(&cluster_file(cluster)?)?;
             config.require_node(node_id)?;
             let options = NodeOptions { data_dir, started };
+            crate::memory::configure();
             // As a task, the node is polled when something it waits for
             // wakes it. As block_on's own future, it would be polled on every
             // wake of the thread, and the signal socket read with it: one

@@ -41,6 +41,7 @@ pub mod lock_cli;
 pub mod logging;
 pub mod member_cli;
 pub mod membership;
+pub mod memory;
 pub mod metrics;
 pub mod notify;
 pub mod quorum;

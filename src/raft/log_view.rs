@@ -155,6 +155,11 @@ impl LogView {
         for dropped in self.entries.drain(..n) {
             self.bytes -= entry_size(&dropped);
         }
+        // A run of writes grows the queue to `snapshot_entries` slots (1.7
+        // MiB for 10,000), which it would keep at rest holding a short tail.
+        if self.entries.capacity() > 4 * self.entries.len().max(256) {
+            self.entries.shrink_to(2 * self.entries.len());
+        }
         self.snap_index = index;
         self.snap_term = term;
         if self
@@ -299,6 +304,24 @@ mod tests {
         assert!(v.held().1 < before);
         assert_eq!(v.held().0, 3);
         assert_eq!(v.bytes_after(5), v.held().1);
+    }
+
+    #[test]
+    fn compaction_to_a_short_tail_gives_the_queue_back() {
+        let mut v = view();
+        let entries: Vec<Entry> = (11..=10_010).map(|i| entry(i, 2)).collect();
+        v.append(&entries);
+        let grown = v.entries.capacity();
+        assert!(grown >= 10_000);
+        v.compact(9_010);
+        assert_eq!(v.held().0, 1_000);
+        assert!(v.entries.capacity() <= 2_000, "{} slots", v.entries.capacity());
+        assert_eq!(v.term(10_010).unwrap(), 2);
+        // A compaction that keeps most of the queue leaves it as it is.
+        v.append(&[entry(10_011, 2)]);
+        let kept = v.entries.capacity();
+        v.compact(9_011);
+        assert_eq!(v.entries.capacity(), kept);
     }
 
     #[test]

@@ -795,6 +795,9 @@ pub struct PartitionReplica {
     checkpoint_disk: u64,
     /// When the last entry was applied (see [`AT_REST`]).
     last_apply: Instant,
+    /// The applied index when the allocator was last trimmed
+    /// ([`PartitionReplica::maybe_trim`]).
+    trimmed_at: u64,
 }
 
 /// A configuration change as data: the consensus layer proposes it and
@@ -945,6 +948,7 @@ impl PartitionReplica {
                 applies: 0,
                 checkpoint_disk,
                 last_apply: Instant::now(),
+                trimmed_at: recovered.applied,
             },
             handle,
         ))
@@ -1586,6 +1590,7 @@ impl PartitionReplica {
             // Its tombstone reap: nothing else would apply it at rest.
             self.drain_applies()?;
         }
+        self.maybe_trim();
         self.finish_handoff();
         self.leave_joint();
         let now = Instant::now();
@@ -2378,6 +2383,22 @@ impl PartitionReplica {
         if let Some((index, _)) = self.compaction(self.applied.min(self.checkpointed)) {
             self.compact_to(index);
         }
+    }
+
+    /// At rest (see [`AT_REST`]) after writes, with every applied entry
+    /// checkpointed, gives the memory the writes freed back to the kernel
+    /// (`memory::trim`, off the executor): once per run of writes, never
+    /// while they go on.
+    fn maybe_trim(&mut self) {
+        if self.store_busy
+            || self.applied == self.trimmed_at
+            || self.applied != self.checkpointed
+            || self.last_apply.elapsed() < AT_REST
+        {
+            return;
+        }
+        self.trimmed_at = self.applied;
+        crate::runtime::spawn(crate::runtime::unblock(crate::memory::trim)).detach();
     }
 
     /// At rest (see [`AT_REST`]), compacts the log down to its tail. A
