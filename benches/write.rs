@@ -27,6 +27,7 @@
 //!    connections, then linearizable gets over 1 connection, each for
 //!    `QUORUMD_BENCH_SECONDS` (5): median, p99, requests/s. Without wrk the
 //!    bench times 2,000 puts and gets of one keep-alive client instead.
+//!    Then, after 10 s at rest, the RSS of every node again.
 //! 5. **Failover**: `kill -9` of the leader, timed until both survivors
 //!    report the same new leader (each polled every millisecond over a
 //!    keep-alive connection); the node is started again and the cluster let
@@ -74,6 +75,10 @@ const FAILOVER_POLL: Duration = Duration::from_millis(1);
 /// Rest after a restarted node rejoined, before the next kill: its peers
 /// hold connections to it again.
 const REJOIN_REST: Duration = Duration::from_secs(1);
+/// Rest after the latency runs before the RSS after work is read: past
+/// quorumd's checkpoint interval (5 s) and its second at rest, after which
+/// it gives freed memory back.
+const WORK_REST: Duration = Duration::from_secs(10);
 /// Longest wait for anything in this bench.
 const WAIT: Duration = Duration::from_secs(60);
 /// A `kill -9` failover slower than this prints what every node logged
@@ -194,6 +199,8 @@ struct Figures {
     /// Times a thread of the node was put on a CPU, per second.
     idle_wakeups_per_s: Vec<f64>,
     idle_rss_mib: Vec<f64>,
+    /// RSS of every node after the latency runs and [`WORK_REST`].
+    rest_rss_mib: Vec<f64>,
     put1: Option<WrkRun>,
     put16: Option<WrkRun>,
     get1: Option<WrkRun>,
@@ -622,6 +629,19 @@ fn measure(sys: &mut dyn System, f: &mut Figures, knobs: &Knobs, wrk: Option<&st
     };
     if let Err(e) = latency {
         failed(f, "latency", e);
+    }
+    eprintln!(
+        "{name}: RSS after the runs, {} s at rest",
+        WORK_REST.as_secs()
+    );
+    std::thread::sleep(WORK_REST);
+    for n in sys.nodes() {
+        match sys.pid(n).and_then(proc_rss_mib) {
+            Some(rss) => f.rest_rss_mib.push(rss),
+            None => f
+                .notes
+                .push(format!("RSS after work: no /proc figure for node {n}")),
+        }
     }
     eprintln!("{name}: {kills} kills of the leader");
     f.kills = kills;
@@ -1077,6 +1097,10 @@ fn report(q: &Figures, e: Option<&Figures>, knobs: &Knobs) {
         (!q.idle_rss_mib.is_empty()).then(|| max(&q.idle_rss_mib)),
         e_(&|f| (!f.idle_rss_mib.is_empty()).then(|| max(&f.idle_rss_mib))),
     );
+    let rest_rss = both(
+        (!q.rest_rss_mib.is_empty()).then(|| max(&q.rest_rss_mib)),
+        e_(&|f| (!f.rest_rss_mib.is_empty()).then(|| max(&f.rest_rss_mib))),
+    );
     let disk = both(q.disk_per_put(), e_(&|f| f.disk_per_put()));
     let failover_median = median_of(&q.failover_ms);
     let pause_median = median_of(&q.pause_ms);
@@ -1180,6 +1204,16 @@ fn report(q: &Figures, e: Option<&Figures>, knobs: &Knobs) {
             |f| (!f.idle_rss_mib.is_empty()).then(|| format!("{:.1} MiB", max(&f.idle_rss_mib))),
             rss,
             "no higher than before",
+            None,
+        ),
+        row(
+            format!(
+                "… RSS per node after the latency runs and {} s at rest, max of 3",
+                WORK_REST.as_secs()
+            ),
+            |f| (!f.rest_rss_mib.is_empty()).then(|| format!("{:.1} MiB", max(&f.rest_rss_mib))),
+            rest_rss,
+            "",
             None,
         ),
         row(
