@@ -315,7 +315,11 @@ mod tests {
         assert!(grown >= 10_000);
         v.compact(9_010);
         assert_eq!(v.held().0, 1_000);
-        assert!(v.entries.capacity() <= 2_000, "{} slots", v.entries.capacity());
+        assert!(
+            v.entries.capacity() <= 2_000,
+            "{} slots",
+            v.entries.capacity()
+        );
         assert_eq!(v.term(10_010).unwrap(), 2);
         // A compaction that keeps most of the queue leaves it as it is.
         v.append(&[entry(10_011, 2)]);
