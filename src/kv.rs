@@ -11,8 +11,9 @@
 //!
 //! Listings of the redb file run on worker threads (`runtime::unblock`):
 //! they may cover many keys, and their pages may be cold. A read of one key
-//! ([`KvService::read_point`]) and reads of small rows of fixed bounds (a
-//! session's, [`KvService::read_small`]) run on the executor.
+//! runs on the executor while that is quick ([`KvService::read_point`]),
+//! and so do reads of small rows of fixed bounds (a session's,
+//! [`KvService::read_small`]).
 
 use std::sync::Arc;
 
@@ -24,6 +25,17 @@ use crate::store::command::ReadLimits;
 use crate::store::disk::StateStore;
 use crate::store::machine::{self, ReadTables};
 use crate::store::{Command, KvOp};
+
+/// A point read, timed for [`StateStore::reads_inline`].
+fn timed_point_read<T>(
+    store: &StateStore,
+    query: impl FnOnce(&ReadTables) -> machine::Result<T>,
+) -> crate::error::Result<T> {
+    let started = std::time::Instant::now();
+    let out = store.read(query);
+    store.note_point_read(started.elapsed());
+    out
+}
 
 /// How a read is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -167,20 +179,31 @@ impl KvService {
             .map_err(|e| KvError::Storage(e.to_string()))
     }
 
-    /// Runs a query of one key (a point lookup, and the token's rows) with
-    /// the given consistency, right on the executor, as a small apply runs:
-    /// one walk down a B-tree of a store bounded by `max_store_bytes`, whose
-    /// pages the apply of the key's last write touched. The value is at
-    /// most `max_value_bytes` (2 MiB at most). The hop to a worker thread
-    /// and back costs two thread wakeups, more than the read: a
-    /// linearizable get took 0.13 ms instead of 0.17, a stale one 0.06 ms
-    /// instead of 0.09 (wrk, one connection, 3 local nodes).
-    pub async fn read_point<T>(
+    /// Runs a query of one key (a point lookup, and the token's rows when
+    /// the ACL cache does not hold them) with the given consistency: right
+    /// on the executor, as a small apply runs, when `inline` and the store
+    /// allows it ([`StateStore::reads_inline`]), else on a worker thread.
+    /// The hop to a worker and back costs two thread wakeups, more than
+    /// the read: a linearizable get took 0.13 ms instead of 0.17, a stale
+    /// one 0.06 ms instead of 0.09 (wrk, one connection, 3 local nodes).
+    /// Every point read is timed, wherever it runs, for the next one's
+    /// choice.
+    pub async fn read_point<T: Send + 'static>(
         &self,
         consistency: Consistency,
-        query: impl FnOnce(&ReadTables) -> machine::Result<T>,
+        inline: bool,
+        query: impl FnOnce(&ReadTables) -> machine::Result<T> + Send + 'static,
     ) -> Result<T, KvError> {
-        self.read_small(consistency, query).await
+        if consistency == Consistency::Linearizable {
+            self.replica.read_index().await?;
+        }
+        let out = if inline && self.store.reads_inline() {
+            timed_point_read(&self.store, query)
+        } else {
+            let store = self.store.clone();
+            crate::runtime::unblock(move || timed_point_read(&store, query)).await
+        };
+        out.map_err(|e| KvError::Storage(e.to_string()))
     }
 
     /// Runs a small query (a few point lookups of rows of a fixed small

@@ -183,6 +183,14 @@ impl AclCheck {
         self.watch = self.cache.watch(kv).await;
     }
 
+    /// True if [`AclCheck::resolve`] would answer from the cache, without
+    /// reading the token's rows and parsing its policies.
+    pub fn is_cached(&self) -> bool {
+        self.watch
+            .as_ref()
+            .is_some_and(|rx| self.cache.get(&self.key, rx).is_some())
+    }
+
     /// The token's rights, as `t` has them (or as cached since): for a
     /// check in the same read as the data it guards.
     pub fn resolve(&self, t: &ReadTables) -> Result<Authorizer, ApiError> {

@@ -355,75 +355,80 @@ async fn serve_get(kv: &KvService, get: GetRequest, acl: Option<AclCheck>) -> Re
         } else {
             None
         };
-        let q = query.clone();
-        let acl = acl.clone();
-        let (budget, max_bytes, timeout) = (
-            kv.budget().clone(),
-            kv.limits().max_response_bytes,
-            kv.settings().request_timeout,
-        );
-        let one = matches!(query, Query::One(_));
-        let read = move |t: &crate::store::machine::ReadTables| {
-            // The token is checked in the same read as the data: a
-            // linearizable read sees every revocation committed before.
-            let authz = match acl.as_ref().map(|c| c.resolve(t)).transpose() {
-                Ok(a) => a,
-                Err(e) => return Ok(denied(t, e)),
-            };
-            let may = |want: crate::acl::Access, key: &str| {
-                authz.as_ref().is_none_or(|a| a.key(key, want))
-            };
-            Ok(match q {
-                Query::One(k) if !may(crate::acl::Access::Read, &k) => {
-                    denied(t, crate::http::acl::denied())
-                }
-                // The reserved prefix is the cluster's: invisible here.
-                Query::One(k) => map_listing(t.client_get(&k)?, Found::One),
-                Query::Tree(p) => {
-                    let Some(estimate) = t.client_estimate(&p, max_bytes)? else {
-                        return Ok(too_large(t, max_bytes));
-                    };
-                    let Some(share) = budget.reserve_blocking(estimate, timeout) else {
-                        return Ok(busy(t, budget.capacity()));
-                    };
-                    let mut out = Vec::with_capacity(estimate as usize);
-                    out.push(b'[');
-                    let mut shown = 0usize;
-                    let listing = t.client_list_each(&p, |e| {
-                        // As Consul: a listing leaves out what the
-                        // token may not read.
-                        if !may(crate::acl::Access::Read, &e.key) {
-                            return;
-                        }
-                        if out.len() > 1 {
-                            out.push(b',');
-                        }
-                        shown += 1;
-                        // Writing JSON into a Vec cannot fail.
-                        let _ = serde_json::to_writer(&mut out, &entry_json(&e));
-                    })?;
-                    out.push(b']');
-                    let found = (listing.value > 0 && shown > 0)
-                        .then(|| crate::budget::reserved_bytes(out, share));
-                    map_listing(listing, |_| Found::Rendered(found))
-                }
-                Query::Keys(p, sep) => match t.client_keys(&p, sep.as_deref(), max_bytes)? {
-                    Err(_) => too_large(t, max_bytes),
-                    Ok(mut listing) => {
-                        listing.value.retain(|k| may(crate::acl::Access::List, k));
-                        let rendered = (!listing.value.is_empty())
-                            .then(|| Bytes::from(json!(listing.value).to_string()));
-                        map_listing(listing, |_| Found::Rendered(rendered))
+        let listing = match &query {
+            // One key: on the executor while that is quick, unless the
+            // token's policies are to be read and parsed (not cached).
+            Query::One(k) => {
+                let inline = acl.as_ref().is_none_or(AclCheck::is_cached);
+                let (k, acl) = (k.clone(), acl.clone());
+                kv.read_point(consistency, inline, move |t| {
+                    match authorize_read(t, acl.as_ref()) {
+                        Err(denial) => Ok(denial),
+                        Ok(authz) => read_one(t, &k, authz.as_ref()),
                     }
-                },
-            })
-        };
-        // A single key is one walk down the B-tree, read on the executor;
-        // a listing goes to a worker thread (KvService::read_point).
-        let listing = if one {
-            kv.read_point(consistency, read).await
-        } else {
-            kv.read(consistency, read).await
+                })
+                .await
+            }
+            listing => {
+                let (q, acl) = (listing.clone(), acl.clone());
+                let (budget, max_bytes, timeout) = (
+                    kv.budget().clone(),
+                    kv.limits().max_response_bytes,
+                    kv.settings().request_timeout,
+                );
+                kv.read(consistency, move |t| {
+                    let authz = match authorize_read(t, acl.as_ref()) {
+                        Ok(a) => a,
+                        Err(denial) => return Ok(denial),
+                    };
+                    let may = |want: crate::acl::Access, key: &str| {
+                        authz.as_ref().is_none_or(|a| a.key(key, want))
+                    };
+                    Ok(match q {
+                        Query::One(k) => read_one(t, &k, authz.as_ref())?,
+                        Query::Tree(p) => {
+                            let Some(estimate) = t.client_estimate(&p, max_bytes)? else {
+                                return Ok(too_large(t, max_bytes));
+                            };
+                            let Some(share) = budget.reserve_blocking(estimate, timeout) else {
+                                return Ok(busy(t, budget.capacity()));
+                            };
+                            let mut out = Vec::with_capacity(estimate as usize);
+                            out.push(b'[');
+                            let mut shown = 0usize;
+                            let listing = t.client_list_each(&p, |e| {
+                                // As Consul: a listing leaves out what the
+                                // token may not read.
+                                if !may(crate::acl::Access::Read, &e.key) {
+                                    return;
+                                }
+                                if out.len() > 1 {
+                                    out.push(b',');
+                                }
+                                shown += 1;
+                                // Writing JSON into a Vec cannot fail.
+                                let _ = serde_json::to_writer(&mut out, &entry_json(&e));
+                            })?;
+                            out.push(b']');
+                            let found = (listing.value > 0 && shown > 0)
+                                .then(|| crate::budget::reserved_bytes(out, share));
+                            map_listing(listing, |_| Found::Rendered(found))
+                        }
+                        Query::Keys(p, sep) => {
+                            match t.client_keys(&p, sep.as_deref(), max_bytes)? {
+                                Err(_) => too_large(t, max_bytes),
+                                Ok(mut listing) => {
+                                    listing.value.retain(|k| may(crate::acl::Access::List, k));
+                                    let rendered = (!listing.value.is_empty())
+                                        .then(|| Bytes::from(json!(listing.value).to_string()));
+                                    map_listing(listing, |_| Found::Rendered(rendered))
+                                }
+                            }
+                        }
+                    })
+                })
+                .await
+            }
         };
         let listing = match listing {
             Ok(l) => l,
@@ -452,6 +457,31 @@ async fn serve_get(kv: &KvService, get: GetRequest, acl: Option<AclCheck>) -> Re
             _ => return render(listing, raw),
         }
     }
+}
+
+/// The token's rights, checked in the same read as the data: a
+/// linearizable read sees every revocation committed before. `Err` is the
+/// denial to answer with.
+fn authorize_read(
+    t: &crate::store::machine::ReadTables,
+    acl: Option<&AclCheck>,
+) -> Result<Option<crate::acl::Authorizer>, Listing<Found>> {
+    acl.map(|c| c.resolve(t))
+        .transpose()
+        .map_err(|e| denied(t, e))
+}
+
+/// One key, if `authz` (none: ACLs are off) may read it.
+fn read_one(
+    t: &crate::store::machine::ReadTables,
+    key: &str,
+    authz: Option<&crate::acl::Authorizer>,
+) -> crate::store::machine::Result<Listing<Found>> {
+    if !authz.is_none_or(|a| a.key(key, crate::acl::Access::Read)) {
+        return Ok(denied(t, crate::http::acl::denied()));
+    }
+    // The reserved prefix is the cluster's: invisible here.
+    Ok(map_listing(t.client_get(key)?, Found::One))
 }
 
 fn too_large(t: &crate::store::machine::ReadTables, limit: u64) -> Listing<Found> {

@@ -158,7 +158,7 @@ impl LogView {
         // A run of writes grows the queue to `snapshot_entries` slots (1.7
         // MiB for 10,000), which it would keep at rest holding a short tail.
         if self.entries.capacity() > 4 * self.entries.len().max(256) {
-            self.entries.shrink_to(2 * self.entries.len());
+            self.entries.shrink_to(2 * self.entries.len().max(256));
         }
         self.snap_index = index;
         self.snap_term = term;

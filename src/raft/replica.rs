@@ -112,6 +112,11 @@ pub const GROWTH_CHECK_APPLIES: u64 = 16;
 /// for lagging followers, so that a quiet node's log (on disk and in
 /// memory) is small whatever the last burst of writes left.
 pub const AT_REST: Duration = Duration::from_secs(1);
+/// Entry bytes applied since the allocator's last trim before a node at
+/// rest trims it again (see `PartitionReplica::maybe_trim`): a few writes
+/// leave little behind, and a write every few seconds would otherwise
+/// trim after each checkpoint.
+pub const TRIM_AFTER_BYTES: u64 = 64 * 1024;
 /// Ticks a read-index request may wait for its answer before it is asked
 /// again (a leader drops it until it has committed an entry of its term).
 pub const READ_INDEX_RETRY_TICKS: u64 = 2;
@@ -798,6 +803,8 @@ pub struct PartitionReplica {
     /// The applied index when the allocator was last trimmed
     /// ([`PartitionReplica::maybe_trim`]).
     trimmed_at: u64,
+    /// Entry bytes applied since then.
+    applied_since_trim: u64,
 }
 
 /// A configuration change as data: the consensus layer proposes it and
@@ -949,6 +956,7 @@ impl PartitionReplica {
                 checkpoint_disk,
                 last_apply: Instant::now(),
                 trimmed_at: recovered.applied,
+                applied_since_trim: 0,
             },
             handle,
         ))
@@ -1231,12 +1239,12 @@ impl PartitionReplica {
             }
             ReplicaMsg::LogFailed(e) => return Err(e),
             ReplicaMsg::Applied(written) => {
-                self.store_busy = false;
+                self.set_store_busy(false);
                 self.applied_to(written?);
                 self.drain_applies()?;
             }
             ReplicaMsg::Checkpointed(done) => {
-                self.store_busy = false;
+                self.set_store_busy(false);
                 self.checkpointed = done?;
                 self.metrics.checkpointed();
                 self.maybe_compact();
@@ -2147,7 +2155,10 @@ impl PartitionReplica {
             snapshot: Some(snapshot),
             ..Default::default()
         };
-        let written = crate::runtime::unblock(move || store.apply(&batch)).await?;
+        self.store.set_writing_elsewhere(true);
+        let written = crate::runtime::unblock(move || store.apply(&batch)).await;
+        self.store.set_writing_elsewhere(false);
+        let written = written?;
         let entries = ready.take_entries();
         let hard_state = ready.hs().cloned();
         self.log
@@ -2261,6 +2272,14 @@ impl PartitionReplica {
         self.drain_applies()
     }
 
+    /// Marks a write transaction running off the executor, or its end:
+    /// until then applies wait, and point reads go to worker threads too
+    /// (see `StateStore::reads_inline`).
+    fn set_store_busy(&mut self, busy: bool) {
+        self.store_busy = busy;
+        self.store.set_writing_elsewhere(busy);
+    }
+
     /// Applies waiting batches in order. A small batch is applied right
     /// here: without an fsync it costs microseconds, less than handing it to
     /// another thread. A large one runs off the executor, and so does a
@@ -2271,9 +2290,10 @@ impl PartitionReplica {
                 break;
             };
             self.applied_bytes += batch.data_bytes() as u64;
+            self.applied_since_trim += batch.data_bytes() as u64;
             self.applies += 1;
             if batch.data_bytes() > INLINE_APPLY_BYTES || batch.may_scan() {
-                self.store_busy = true;
+                self.set_store_busy(true);
                 let (store, own) = (self.store.clone(), self.own.clone());
                 crate::runtime::spawn(async move {
                     let written = crate::runtime::unblock(move || store.apply(&batch)).await;
@@ -2351,7 +2371,7 @@ impl PartitionReplica {
         if !due {
             return;
         }
-        self.store_busy = true;
+        self.set_store_busy(true);
         self.last_checkpoint = Instant::now();
         self.applied_bytes = 0;
         self.applies = 0;
@@ -2385,19 +2405,21 @@ impl PartitionReplica {
         }
     }
 
-    /// At rest (see [`AT_REST`]) after writes, with every applied entry
-    /// checkpointed, gives the memory the writes freed back to the kernel
-    /// (`memory::trim`, off the executor): once per run of writes, never
-    /// while they go on.
+    /// At rest (see [`AT_REST`]) after a run of writes ([`TRIM_AFTER_BYTES`]
+    /// of entries or more), with every applied entry checkpointed, gives the
+    /// memory the writes freed back to the kernel (`memory::trim`, off the
+    /// executor): once per run of writes, never while they go on.
     fn maybe_trim(&mut self) {
         if self.store_busy
             || self.applied == self.trimmed_at
+            || self.applied_since_trim < TRIM_AFTER_BYTES
             || self.applied != self.checkpointed
             || self.last_apply.elapsed() < AT_REST
         {
             return;
         }
         self.trimmed_at = self.applied;
+        self.applied_since_trim = 0;
         crate::runtime::spawn(crate::runtime::unblock(crate::memory::trim)).detach();
     }
 

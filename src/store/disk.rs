@@ -179,6 +179,27 @@ pub struct StateStore {
     /// Where committed write transactions are counted, once the node's
     /// metrics are known (see [`StateStore::count_transactions`]).
     transactions: std::sync::OnceLock<Counter>,
+    /// Whether a read of one key may run on the executor's thread
+    /// ([`StateStore::reads_inline`]).
+    point_reads: PointReads,
+}
+
+/// A point read that took this long or more sends the next ones to worker
+/// threads (see [`StateStore::reads_inline`]).
+const SLOW_POINT_READ: std::time::Duration = std::time::Duration::from_millis(1);
+/// Point reads in a row under [`SLOW_POINT_READ`] before they run on the
+/// executor's thread again.
+const FAST_POINT_READS: u32 = 8;
+
+/// See [`StateStore::reads_inline`].
+#[derive(Debug, Default)]
+struct PointReads {
+    /// A write transaction runs off the executor (a checkpoint, a large
+    /// apply, a snapshot's install).
+    writing_elsewhere: std::sync::atomic::AtomicBool,
+    /// Point reads in a row that took less than [`SLOW_POINT_READ`], up
+    /// to [`FAST_POINT_READS`].
+    fast: std::sync::atomic::AtomicU32,
 }
 
 impl std::fmt::Debug for StateStore {
@@ -282,6 +303,7 @@ impl StateStore {
             db,
             applied: std::sync::Mutex::new(None),
             transactions: std::sync::OnceLock::new(),
+            point_reads: PointReads::default(),
         };
         guarded(&store.file, || store.upgrade_from_1())??;
         store.check_identity(identity)?;
@@ -305,6 +327,7 @@ impl StateStore {
             db,
             applied: std::sync::Mutex::new(None),
             transactions: std::sync::OnceLock::new(),
+            point_reads: PointReads::default(),
         };
         guarded(&store.file, || store.read_identity())?
     }
@@ -754,6 +777,40 @@ impl StateStore {
         })?
     }
 
+    /// True if a read of one key may run on the executor's thread: no
+    /// write transaction runs on another thread, and each of the last
+    /// [`FAST_POINT_READS`] point reads took less than [`SLOW_POINT_READ`].
+    /// Such a read is one walk down a B-tree, cheaper than the hop to a
+    /// worker thread and back. But redb's reads wait for a write that grows
+    /// the file (its fsync), and for a checkpoint writing out pages; and a
+    /// cold page (after a restart, on an SD card) or a large value takes
+    /// longer. Then the executor's thread, which runs Raft, would wait too.
+    pub fn reads_inline(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        !self.point_reads.writing_elsewhere.load(Relaxed)
+            && self.point_reads.fast.load(Relaxed) >= FAST_POINT_READS
+    }
+
+    /// Notes how long a point read took, wherever it ran.
+    pub fn note_point_read(&self, took: std::time::Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let fast = &self.point_reads.fast;
+        if took >= SLOW_POINT_READ {
+            fast.store(0, Relaxed);
+        } else if fast.load(Relaxed) < FAST_POINT_READS {
+            fast.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Set while a write transaction runs off the executor: point reads
+    /// then go to worker threads. Set and cleared on the executor's thread,
+    /// where inline reads run, so none is under way when it changes.
+    pub fn set_writing_elsewhere(&self, on: bool) {
+        self.point_reads
+            .writing_elsewhere
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Builds a snapshot of the store at the applied index, for a follower
     /// that is behind the compacted log. Blocking: call it off the executor.
     pub fn build_snapshot(&self) -> Result<Snapshot> {
@@ -1054,5 +1111,36 @@ mod tests {
             })
             .unwrap_err();
         assert_eq!(counter.get(), 2);
+    }
+
+    #[test]
+    fn point_reads_run_inline_only_while_quick_and_no_write_runs_elsewhere() {
+        use std::time::Duration;
+        let tmp = tempfile::tempdir().unwrap();
+        let s = NodeStorage::open(tmp.path(), &identity()).unwrap();
+        let store = &s.state;
+        let fast = Duration::from_micros(20);
+        // Not before it has seen quick reads.
+        assert!(!store.reads_inline());
+        for _ in 0..FAST_POINT_READS - 1 {
+            store.note_point_read(fast);
+        }
+        assert!(!store.reads_inline());
+        store.note_point_read(fast);
+        assert!(store.reads_inline());
+        // Not while a checkpoint or a large apply runs on a worker.
+        store.set_writing_elsewhere(true);
+        assert!(!store.reads_inline());
+        store.set_writing_elsewhere(false);
+        assert!(store.reads_inline());
+        // One slow read sends the next ones away until enough are quick.
+        store.note_point_read(SLOW_POINT_READ);
+        assert!(!store.reads_inline());
+        for _ in 0..FAST_POINT_READS - 1 {
+            store.note_point_read(fast);
+        }
+        assert!(!store.reads_inline());
+        store.note_point_read(fast);
+        assert!(store.reads_inline());
     }
 }
