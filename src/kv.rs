@@ -11,9 +11,8 @@
 //!
 //! Listings of the redb file run on worker threads (`runtime::unblock`):
 //! they may cover many keys, and their pages may be cold. A read of one key
-//! runs on the executor while that is quick ([`KvService::read_point`]),
-//! and so do reads of small rows of fixed bounds (a session's,
-//! [`KvService::read_small`]).
+//! (a client's, a session's row) runs on the executor while that is quick
+//! ([`KvService::read_point`]).
 
 use std::sync::Arc;
 
@@ -31,9 +30,14 @@ fn timed_point_read<T>(
     store: &StateStore,
     query: impl FnOnce(&ReadTables) -> machine::Result<T>,
 ) -> crate::error::Result<T> {
+    // A read that started while a write ran on another thread may have
+    // waited for it: its time says nothing of the disk's.
+    let contended = store.writing_elsewhere();
     let started = std::time::Instant::now();
     let out = store.read(query);
-    store.note_point_read(started.elapsed());
+    if !contended {
+        store.note_point_read(started.elapsed());
+    }
     out
 }
 
@@ -180,7 +184,8 @@ impl KvService {
     }
 
     /// Runs a query of one key (a point lookup, and the token's rows when
-    /// the ACL cache does not hold them) with the given consistency: right
+    /// the ACL cache does not hold them; the caller passes `inline` false
+    /// when a read must parse more) with the given consistency: right
     /// on the executor, as a small apply runs, when `inline` and the store
     /// allows it ([`StateStore::reads_inline`]), else on a worker thread.
     /// The hop to a worker and back costs two thread wakeups, more than
@@ -204,24 +209,6 @@ impl KvService {
             crate::runtime::unblock(move || timed_point_read(&store, query)).await
         };
         out.map_err(|e| KvError::Storage(e.to_string()))
-    }
-
-    /// Runs a small query (a few point lookups of rows of a fixed small
-    /// bound, never a client's value, no listing, nothing that waits) with
-    /// the given consistency, right on the executor: like a small apply, it
-    /// takes microseconds, less than the hop to a worker thread and back
-    /// (two thread wakeups).
-    pub async fn read_small<T>(
-        &self,
-        consistency: Consistency,
-        query: impl FnOnce(&ReadTables) -> machine::Result<T>,
-    ) -> Result<T, KvError> {
-        if consistency == Consistency::Linearizable {
-            self.replica.read_index().await?;
-        }
-        self.store
-            .read(query)
-            .map_err(|e| KvError::Storage(e.to_string()))
     }
 
     /// Proposes `ops` as one client command and waits until it is applied

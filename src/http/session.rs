@@ -235,7 +235,9 @@ async fn may_change(kv: &KvService, id: &str, authz: &Authorizer) -> Option<Resp
     if !authz.is_management() && session::valid_id(id) {
         let row = session::row_key(id);
         let found = kv
-            .read_small(crate::kv::Consistency::Linearizable, |t| t.get(&row))
+            .read_point(crate::kv::Consistency::Linearizable, true, move |t| {
+                t.get(&row)
+            })
             .await;
         if let Err(e) = &found {
             return Some(kv_error(e, false, kv.settings().request_timeout));
@@ -338,7 +340,7 @@ async fn renew(kv: &KvService, id: &str) -> Resp {
             Outcome::Committed(_) => {
                 let row = session::row_key(id);
                 let found = kv
-                    .read_small(crate::kv::Consistency::Stale, |t| t.get(&row))
+                    .read_point(crate::kv::Consistency::Stale, true, move |t| t.get(&row))
                     .await;
                 match found {
                     Ok(l) => match l.value {

@@ -1065,6 +1065,8 @@ impl PartitionReplica {
             log, store, inbox, ..
         } = self;
         let group = self.group;
+        // Point reads go to workers while the last checkpoint runs.
+        store.set_writing_elsewhere(true);
         let mut done = crate::runtime::spawn(crate::runtime::unblock(move || {
             log.close();
             // A batch still running off the executor finishes first (redb
@@ -2159,6 +2161,8 @@ impl PartitionReplica {
         let written = crate::runtime::unblock(move || store.apply(&batch)).await;
         self.store.set_writing_elsewhere(false);
         let written = written?;
+        // The install's buffers count as a run of writes for the trim.
+        self.applied_since_trim = self.applied_since_trim.saturating_add(TRIM_AFTER_BYTES);
         let entries = ready.take_entries();
         let hard_state = ready.hs().cloned();
         self.log

@@ -787,8 +787,15 @@ impl StateStore {
     /// longer. Then the executor's thread, which runs Raft, would wait too.
     pub fn reads_inline(&self) -> bool {
         use std::sync::atomic::Ordering::Relaxed;
-        !self.point_reads.writing_elsewhere.load(Relaxed)
-            && self.point_reads.fast.load(Relaxed) >= FAST_POINT_READS
+        !self.writing_elsewhere() && self.point_reads.fast.load(Relaxed) >= FAST_POINT_READS
+    }
+
+    /// True while a write transaction runs off the executor (see
+    /// [`StateStore::set_writing_elsewhere`]).
+    pub fn writing_elsewhere(&self) -> bool {
+        self.point_reads
+            .writing_elsewhere
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Notes how long a point read took, wherever it ran.
