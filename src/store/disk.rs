@@ -779,7 +779,8 @@ impl StateStore {
 
     /// True if a read of one key may run on the executor's thread: no
     /// write transaction runs on another thread, and each of the last
-    /// [`FAST_POINT_READS`] point reads took less than [`SLOW_POINT_READ`].
+    /// 8 point reads (`FAST_POINT_READS`) took less than 1 ms
+    /// (`SLOW_POINT_READ`).
     /// Such a read is one walk down a B-tree, cheaper than the hop to a
     /// worker thread and back. But redb's reads wait for a write that grows
     /// the file (its fsync), and for a checkpoint writing out pages; and a
