@@ -1127,15 +1127,18 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let s = NodeStorage::open(tmp.path(), &identity()).unwrap();
         let store = &s.state;
-        let fast = Duration::from_micros(20);
+        // Inline only from the last of FAST_POINT_READS quick reads on.
+        let quick_reads_bring_it_back = || {
+            for _ in 0..FAST_POINT_READS - 1 {
+                store.note_point_read(Duration::from_micros(20));
+                assert!(!store.reads_inline());
+            }
+            store.note_point_read(Duration::from_micros(20));
+            assert!(store.reads_inline());
+        };
         // Not before it has seen quick reads.
         assert!(!store.reads_inline());
-        for _ in 0..FAST_POINT_READS - 1 {
-            store.note_point_read(fast);
-        }
-        assert!(!store.reads_inline());
-        store.note_point_read(fast);
-        assert!(store.reads_inline());
+        quick_reads_bring_it_back();
         // Not while a checkpoint or a large apply runs on a worker.
         store.set_writing_elsewhere(true);
         assert!(!store.reads_inline());
@@ -1144,11 +1147,6 @@ mod tests {
         // One slow read sends the next ones away until enough are quick.
         store.note_point_read(SLOW_POINT_READ);
         assert!(!store.reads_inline());
-        for _ in 0..FAST_POINT_READS - 1 {
-            store.note_point_read(fast);
-        }
-        assert!(!store.reads_inline());
-        store.note_point_read(fast);
-        assert!(store.reads_inline());
+        quick_reads_bring_it_back();
     }
 }
