@@ -189,7 +189,7 @@ impl KvService {
     /// on the executor, as a small apply runs, when `inline` and the store
     /// allows it ([`StateStore::reads_inline`]), else on a worker thread.
     /// The hop to a worker and back costs two thread wakeups, more than
-    /// the read: a linearizable get took 0.13 ms instead of 0.15-0.19, a stale
+    /// the read: a linearizable get took 0.12-0.14 ms instead of 0.15-0.19, a stale
     /// one 0.06 ms instead of 0.09 (wrk, one connection, 3 local nodes).
     /// Every point read is timed, wherever it runs, for the next one's
     /// choice.

@@ -1,7 +1,7 @@
 //! The C allocator's free memory, given back to the kernel.
 //!
 //! glibc's malloc keeps the memory a burst of work freed: a node that took
-//! puts for a few seconds held 12-20 MiB afterwards, of which 3.6 MiB was in
+//! puts for a few seconds held 11-20 MiB afterwards, of which 3.4 MiB was in
 //! use (malloc_stats). Its heap gives back only what lies free at its top,
 //! and the writes leave live blocks above the free ones. So:
 //! - [`configure`] fixes the threshold above which a block gets its own

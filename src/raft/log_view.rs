@@ -155,8 +155,9 @@ impl LogView {
         for dropped in self.entries.drain(..n) {
             self.bytes -= entry_size(&dropped);
         }
-        // A run of writes grows the queue to `snapshot_entries` slots (1.7
-        // MiB for 10,000), which it would keep at rest holding a short tail.
+        // A run of writes grows the queue past `snapshot_entries` slots
+        // (16,384 for 10,000: 1.6 MiB), which it would keep at rest holding
+        // a short tail.
         if self.entries.capacity() > 4 * self.entries.len().max(256) {
             self.entries.shrink_to(2 * self.entries.len().max(256));
         }
